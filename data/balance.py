@@ -1,0 +1,185 @@
+"""Balance statistics and oversampling factors (Moore et al., ICASSP 2023, section 2).
+
+Pure numpy, no I/O. Multi-label data is a sequence of per-clip label-index arrays; every
+function also accepts a `MultiLabels` (the same thing in compressed-row form, which is what
+the CSV parser and the store return, and what makes 2M clips cheap).
+
+Notation follows the paper: N clips, K classes, N_k clips labelled k,
+  prior            p_k = N_k / N                                         (eq. 1)
+  imbalance ratio  rho = max_k N_k / min_k N_k                            (eq. 2)
+  Gini             G = 1 - 2 sum_k sum_{l<=k} p_(l) / (K sum_k p_k)       (eq. 3)
+  oversampling     m_j = max_{k in clip j} (1 / p_k)^beta                 (eq. 4)
+                   M_j = round(m_j / min_j m_j) >= 1                      (eq. 5)
+Classes with no clips have no prior (1/p_k is infinite): they are left out of rho and G with
+a warning that lists them, and ignored when a clip's factor is computed.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "MultiLabels", "as_multilabels", "class_counts", "priors", "imbalance_ratio", "gini",
+    "rarest_label_count", "oversampling_factors", "oversampled_counts", "oversampled_stats",
+]
+
+
+@dataclass(frozen=True)
+class MultiLabels:
+    """Per-clip label indices in compressed-row form: clip j has `indices[offsets[j]:offsets[j+1]]`."""
+
+    offsets: np.ndarray  # int64 [n_clips + 1]
+    indices: np.ndarray  # int64 [n_labels]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return self.indices[self.offsets[j]:self.offsets[j + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Labels per clip, int64 [n_clips]."""
+        return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> "MultiLabels":
+        """The clips at `rows`, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        return MultiLabels(offsets, self.indices[np.arange(offsets[-1]) + starts])
+
+    def multi_hot(self, n_classes: int) -> np.ndarray:
+        """Float32 [n_clips, n_classes] 0/1 matrix."""
+        out = np.zeros((len(self), n_classes), dtype=np.float32)
+        out[np.repeat(np.arange(len(self)), self.lengths), self.indices] = 1.0
+        return out
+
+
+def as_multilabels(labels: Sequence[Sequence[int]] | MultiLabels) -> MultiLabels:
+    """Convert a sequence of per-clip label-index arrays to `MultiLabels` (no copy if already one)."""
+    if isinstance(labels, MultiLabels):
+        return labels
+    arrays = [np.asarray(l, dtype=np.int64).ravel() for l in labels]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    indices = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return MultiLabels(offsets, indices)
+
+
+def class_counts(labels, n_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """N_k: clips labelled k, int64 [n_classes]; with per-clip `weights` [n_clips], their sum."""
+    ml = as_multilabels(labels)
+    w = None if weights is None else np.repeat(np.asarray(weights, dtype=np.float64), ml.lengths)
+    counts = np.bincount(ml.indices, weights=w, minlength=n_classes)
+    if weights is None or np.issubdtype(np.asarray(weights).dtype, np.integer):
+        return np.rint(counts).astype(np.int64)
+    return counts
+
+
+def priors(labels, n_classes: int) -> np.ndarray:
+    """p_k = N_k / N (eq. 1), float64 [n_classes]."""
+    n = len(as_multilabels(labels))
+    return class_counts(labels, n_classes) / max(n, 1)
+
+
+def _nonzero(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    empty = np.flatnonzero(counts <= 0)
+    if len(empty):
+        shown = ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else "")
+        warnings.warn(f"{len(empty)} class(es) with no clips excluded: {shown}", stacklevel=3)
+    return counts[counts > 0]
+
+
+def imbalance_ratio(counts: np.ndarray) -> float:
+    """rho = max_k N_k / min_k N_k over classes with clips (eq. 2). Accepts counts or priors."""
+    c = _nonzero(counts)
+    return float(c.max() / c.min())
+
+
+def gini(counts: np.ndarray) -> float:
+    """G = 1 - 2 sum_k sum_{l<=k} p_(l) / (K sum p) over priors sorted ascending (eq. 3).
+
+    Accepts counts or priors (the formula is scale-free); empty classes are excluded.
+    """
+    p = np.sort(_nonzero(counts))
+    k = len(p)
+    return float(1.0 - 2.0 * np.cumsum(p).sum() / (k * p.sum()))
+
+
+def _rarest_per_clip(ml: MultiLabels, values: np.ndarray, clip_ids=None) -> np.ndarray:
+    """min over clip j's labels of `values` (ignoring non-positive entries), float64 [n_clips]."""
+    v = np.asarray(values, dtype=np.float64)[ml.indices]
+    v = np.where(v > 0, v, np.inf)
+    lengths = ml.lengths
+    if (lengths == 0).any():
+        j = int(np.flatnonzero(lengths == 0)[0])
+        raise ValueError(f"clip {_name(j, clip_ids)} has no labels")
+    out = np.minimum.reduceat(v, ml.offsets[:-1]) if len(ml) else np.zeros(0)
+    bad = np.flatnonzero(~np.isfinite(out))
+    if len(bad):
+        names = ", ".join(_name(j, clip_ids) for j in bad[:5])
+        raise ValueError(f"{len(bad)} clip(s) carry only classes with no training clips: {names}")
+    return out
+
+
+def _name(j: int, clip_ids) -> str:
+    return repr(clip_ids[j]) if clip_ids is not None else f"#{j}"
+
+
+def rarest_label_count(labels, counts: np.ndarray, clip_ids=None) -> np.ndarray:
+    """r_j: the clip count of clip j's rarest label, int64 [n_clips].
+
+    For every beta > 0, M_j is a non-increasing function of r_j, so clips sorted by ascending
+    r_j put the clips with M_j >= c in a prefix, for every c and every beta.
+    """
+    return _rarest_per_clip(as_multilabels(labels), counts, clip_ids).astype(np.int64)
+
+
+def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
+                         clip_ids=None) -> np.ndarray:
+    """M_j: integer repeats of clip j per pass (eq. 4-5), int64 [n_clips], every entry >= 1.
+
+    `priors` default to the priors of `labels` themselves (eq. 1). beta = 0 gives all ones
+    (the raw data), beta = 1 full balancing. Rounding is half-up. Computed in log space:
+    M_j = round(exp(beta * (log max_j p_rarest(j) - log p_rarest(j)))).
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    ml = as_multilabels(labels)
+    if priors is None:
+        n_classes = int(ml.indices.max()) + 1 if len(ml.indices) else 0
+        priors = class_counts(ml, n_classes) / max(len(ml), 1)
+    p_rarest = _rarest_per_clip(ml, priors, clip_ids)  # [n_clips], the clip's smallest prior
+    if beta == 0 or len(ml) == 0:
+        return np.ones(len(ml), dtype=np.int64)
+    log_ratio = np.log(p_rarest.max()) - np.log(p_rarest)  # log(m_j / min m) / beta >= 0
+    return np.floor(np.exp(beta * log_ratio) + 0.5).astype(np.int64)
+
+
+def oversampled_counts(labels, factors: np.ndarray, n_classes: int) -> np.ndarray:
+    """N'_k: clips labelled k when clip j counts `factors[j]` times, int64 [n_classes]."""
+    return class_counts(labels, n_classes, weights=np.asarray(factors, dtype=np.int64))
+
+
+def oversampled_stats(labels, beta: float, n_classes: int, priors: np.ndarray | None = None) -> dict:
+    """Statistics of the oversampled set at `beta`: the paper's Table 2 row plus epoch size.
+
+    Returns {beta, imbalance_ratio, gini, epoch_length (sum M_j), max_repeat (max M_j)}.
+    """
+    ml = as_multilabels(labels)
+    if priors is None:
+        priors = class_counts(ml, n_classes) / max(len(ml), 1)
+    m = oversampling_factors(ml, beta, priors)
+    counts = oversampled_counts(ml, m, n_classes)
+    counts = np.where(np.asarray(priors) > 0, counts, 0)  # classes without a prior stay excluded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # already warned about by the caller's table 1 row
+        return {"beta": float(beta), "imbalance_ratio": imbalance_ratio(counts),
+                "gini": gini(counts), "epoch_length": int(m.sum()), "max_repeat": int(m.max())}

@@ -1,0 +1,137 @@
+"""AudioSet label files: the class index CSV and the segment CSVs.
+
+Formats (the public Google release):
+  class_labels_indices.csv   header `index,mid,display_name`, one class a row, index order.
+  *_segments.csv[.gz]        `#` header lines (3 in the originals, 1 in some copies), then
+                             `YTID, start_seconds, end_seconds, "mid1,mid2,..."`.
+Several segment files read together are one partition (balanced + unbalanced train = the
+paper's "published train"). Unknown MIDs and duplicate YTIDs are errors that name them.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from data.balance import MultiLabels
+
+__all__ = ["ClassIndex", "Segments", "LabelFileError", "read_class_index", "read_segments"]
+
+
+class LabelFileError(ValueError):
+    """A label file that cannot be used as it is; the message names the file and the rows."""
+
+
+@dataclass(frozen=True)
+class ClassIndex:
+    """Classes in index order: `mids[i]`, `names[i]` for class i."""
+
+    mids: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+    def index_of(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.mids)}
+
+
+@dataclass(frozen=True)
+class Segments:
+    """One partition: clip ids, segment times (seconds) and label indices, in file order."""
+
+    clip_ids: np.ndarray  # str [n_clips]
+    start: np.ndarray     # float64 [n_clips]
+    end: np.ndarray       # float64 [n_clips]
+    labels: MultiLabels   # [n_clips] -> class indices
+    sources: list[str]    # the files read
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+
+def read_class_index(path: str | Path) -> ClassIndex:
+    """Parse `class_labels_indices.csv` (index, mid, display_name); indices must be 0..K-1."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
+        raise LabelFileError(f"{path}: expected header 'index,mid,display_name', got {rows[:1]}")
+    mids, names = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 3:
+            raise LabelFileError(f"{path}:{line}: expected 3 fields, got {row}")
+        if int(row[0]) != len(mids):
+            raise LabelFileError(f"{path}:{line}: index {row[0]} out of order (expected {len(mids)})")
+        mids.append(row[1].strip())
+        names.append(row[2].strip())
+    dup = _duplicates(np.array(mids))
+    if dup:
+        raise LabelFileError(f"{path}: duplicate MIDs {dup}")
+    return ClassIndex(mids, names)
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _duplicates(values: np.ndarray, shown: int = 5) -> list[str]:
+    uniq, counts = np.unique(values, return_counts=True)
+    return [str(v) for v in uniq[counts > 1][:shown]] if (counts > 1).any() else []
+
+
+def _parse_file(path: Path) -> pa.Table:
+    """One segment CSV as a table (ytid, start, end, mids: list<string>); `#` lines skipped."""
+    with _open_text(path) as f:
+        text = f.read()
+    pos = 0  # `#` header lines only ever lead the file
+    while text.startswith("#", pos):
+        pos = text.find("\n", pos) + 1 or len(text)
+    opts = pacsv.ReadOptions(column_names=["ytid", "start", "end", "mids"])
+    parse = pacsv.ParseOptions(delimiter=",", quote_char='"')
+    types = pacsv.ConvertOptions(column_types={"ytid": pa.string(), "start": pa.float64(),
+                                               "end": pa.float64(), "mids": pa.string()})
+    body = text[pos:].replace(", ", ",").encode()  # originals separate with ", ", copies with ","
+    try:
+        table = pacsv.read_csv(pa.py_buffer(body), opts, parse, types)
+    except pa.ArrowInvalid as e:
+        raise LabelFileError(f"{path}: not 'YTID, start, end, \"labels\"': {e}") from None
+    mids = pc.split_pattern(pc.utf8_trim(table["mids"], characters='" '), ",")
+    return table.set_column(3, "mids", mids)
+
+
+def read_segments(paths, class_index: ClassIndex) -> Segments:
+    """Parse one or more segment CSVs (optionally .gz) into one partition.
+
+    Raises LabelFileError naming unknown MIDs (with counts) and duplicate YTIDs (first few).
+    """
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    names = ", ".join(str(p) for p in paths)
+    table = pa.concat_tables([_parse_file(p) for p in paths])
+    mids = table["mids"].combine_chunks()
+    flat = pc.utf8_trim_whitespace(mids.flatten())
+    indices = pc.index_in(flat, value_set=pa.array(class_index.mids)).to_numpy(zero_copy_only=False)
+    unknown_mask = np.isnan(indices) if indices.dtype.kind == "f" else indices < 0
+    if unknown_mask.any():
+        unknown, counts = np.unique(flat.to_numpy(zero_copy_only=False)[unknown_mask], return_counts=True)
+        order = np.argsort(-counts)
+        listed = ", ".join(f"{unknown[i]} ({counts[i]}x)" for i in order[:5])
+        raise LabelFileError(f"{names}: {len(unknown)} unknown MID(s) not in the class index: {listed}")
+    ytid = pc.utf8_trim_whitespace(table["ytid"]).combine_chunks()
+    n_unique = pc.count_distinct(ytid).as_py()
+    if n_unique != len(ytid):
+        counts = pc.value_counts(ytid)
+        dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        raise LabelFileError(f"{names}: {len(ytid) - n_unique} duplicate YTID row(s), "
+                             f"e.g. {', '.join(dup[:5].to_pylist())}")
+    offsets = mids.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    labels = MultiLabels(offsets, indices.astype(np.int64))
+    return Segments(ytid.to_numpy(zero_copy_only=False).astype(str), table["start"].to_numpy(),
+                    table["end"].to_numpy(), labels, [str(p) for p in paths])

@@ -1,0 +1,98 @@
+"""Imbalance statistics of a partition: the paper's Tables 1 and 2 for any data.
+
+    python -m data.stats --segments balanced_train_segments.csv unbalanced_train_segments.csv.gz \\
+        --class-index class_labels_indices.csv
+    python -m data.stats --store runs/synth --split train --json
+
+Several segment files are read as one partition (balanced + unbalanced = "published train").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
+
+__all__ = ["PAPER_BETAS", "partition_stats", "format_table", "main"]
+
+PAPER_BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def partition_stats(labels, n_classes: int, betas=PAPER_BETAS) -> dict:
+    """Table 1 row (clips, ratio, Gini) and Table 2 rows (one per beta) for one partition."""
+    ml = as_multilabels(labels)
+    counts = class_counts(ml, n_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty classes are reported in the result instead
+        return {
+            "clips": len(ml),
+            "classes": n_classes,
+            "labels_per_clip": float(ml.lengths.mean()) if len(ml) else 0.0,
+            "imbalance_ratio": imbalance_ratio(counts),
+            "gini": gini(counts),
+            "empty_classes": np.flatnonzero(counts == 0).tolist(),
+            "oversampled": [oversampled_stats(ml, b, n_classes) for b in betas],
+        }
+
+
+def format_table(name: str, s: dict) -> str:
+    """The paper's Table 1 (one row) and Table 2 layout as plain text."""
+    lines = [f"{name}: {s['clips']:,} clips, {s['classes']} classes, "
+             f"{s['labels_per_clip']:.2f} labels per clip",
+             f"  imbalance ratio {s['imbalance_ratio']:,.1f}   Gini {s['gini']:.3f}"]
+    if s["empty_classes"]:
+        lines.append(f"  classes with no clips (excluded): {s['empty_classes']}")
+    lines.append(f"  {'beta':>5} {'ratio':>10} {'Gini':>6} {'epoch length':>14} {'max repeat':>11}")
+    for r in s["oversampled"]:
+        lines.append(f"  {r['beta']:5.2f} {r['imbalance_ratio']:10,.1f} {r['gini']:6.3f} "
+                     f"{r['epoch_length']:14,d} {r['max_repeat']:11,d}")
+    return "\n".join(lines)
+
+
+def _betas(text: str) -> tuple[float, ...]:
+    try:
+        betas = tuple(float(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--betas takes numbers separated by commas, got {text!r}")
+    if any(b < 0 for b in betas):
+        raise argparse.ArgumentTypeError("--betas must be >= 0")
+    return betas
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.stats", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--segments", nargs="+", metavar="CSV", help="AudioSet segment CSV(s), .gz ok")
+    src.add_argument("--store", metavar="DIR", help="a spectrogram store (see data/store.py)")
+    p.add_argument("--class-index", metavar="CSV", help="class_labels_indices.csv (with --segments)")
+    p.add_argument("--split", default="train", help="split of --store (default: train)")
+    p.add_argument("--betas", type=_betas, default=PAPER_BETAS,
+                   help="oversampling exponents, comma-separated (default: the paper's 7)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    if a.segments:
+        if not a.class_index:
+            p.error("--segments needs --class-index")
+        from data.labels import read_class_index, read_segments
+        ci = read_class_index(a.class_index)
+        labels, n_classes, name = read_segments(a.segments, ci).labels, len(ci), " + ".join(a.segments)
+    else:
+        from data.store import open_store
+        store = open_store(a.store)
+        labels, n_classes, name = store.labels(a.split), store.n_classes, f"{a.store} [{a.split}]"
+    t1 = time.perf_counter()
+    stats = partition_stats(labels, n_classes, a.betas)
+    stats["seconds"] = {"read": round(t1 - t0, 3), "stats": round(time.perf_counter() - t1, 3)}
+    print(json.dumps(stats, indent=1) if a.json else format_table(name, stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The spectrogram store: Parquet shards of raw log-mel spectrograms plus a JSON manifest.
+
+Layout of a store directory:
+  manifest.json              format version, feature parameters, classes in index order, and
+                             per split: shard files (rows, bytes), clip count, per-class counts,
+                             a fingerprint of the clip-id set, the row order.
+  <split>/part-00000.parquet one row a clip:
+      clip_id  string
+      labels   list<int16>                               class indices
+      mel      arrow.fixed_shape_tensor<halffloat>[T, F] raw log-mel [frames, mels], zero-padded
+      n_frames int32                                     frames before padding
+The training split is written in ascending order of each clip's rarest-label count (r_j), which
+makes "the clips repeated at least c times" a prefix of the split for every beta (see
+data/stream.py). Row groups are small (`ROW_GROUP_ROWS`) so a reader can fetch row ranges.
+Shards and the manifest are written to a temporary name and renamed: a reader never sees a
+half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.balance import MultiLabels, class_counts
+
+__all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter",
+           "open_store", "create_store", "fingerprint", "schema"]
+
+FORMAT_VERSION = 1
+ROW_GROUP_ROWS = 64
+MANIFEST = "manifest.json"
+
+
+class StoreError(ValueError):
+    """A store that does not match its manifest; the message names the file."""
+
+
+def schema(frames: int, mels: int) -> pa.Schema:
+    return pa.schema([
+        ("clip_id", pa.string()),
+        ("labels", pa.list_(pa.int16())),
+        ("mel", pa.fixed_shape_tensor(pa.float16(), [frames, mels])),
+        ("n_frames", pa.int32()),
+    ])
+
+
+def fingerprint(clip_ids) -> str:
+    """sha256 of the sorted clip ids, newline-joined: the identity of a split's clip set."""
+    h = hashlib.sha256("\n".join(sorted(map(str, clip_ids))).encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def create_store(root: str | Path, classes: list[dict], features: dict) -> "Store":
+    """Start a store: `classes` are {index, mid, name} in index order, `features` the frontend
+    parameters (must include `frames` and `mels`)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / MANIFEST).exists():
+        raise StoreError(f"{root / MANIFEST} already exists")
+    _write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
+                                  "classes": classes, "splits": {}})
+    return open_store(root)
+
+
+@dataclass
+class SplitWriter:
+    """Writes one split as shards of `rows_per_shard` rows; `close()` records it in the manifest.
+
+    Rows are written in the order given: the caller sorts the training split by rarest label.
+    """
+
+    store: "Store"
+    split: str
+    rows_per_shard: int = 1024
+    order: str = "given"
+    _buffer: list = field(default_factory=list)
+    _shards: list = field(default_factory=list)
+    _clip_ids: list = field(default_factory=list)
+    _labels: list = field(default_factory=list)
+
+    def write(self, clip_ids, labels, mel: np.ndarray, n_frames) -> None:
+        """Append clips: ids [n], label-index arrays [n], mel [n, frames, mels], n_frames [n]."""
+        f, m = self.store.frames, self.store.mels
+        if mel.shape[1:] != (f, m):
+            raise StoreError(f"split {self.split}: mel shape {mel.shape[1:]} != store's {(f, m)}")
+        if not np.isfinite(mel).all():
+            row = int(np.flatnonzero(~np.isfinite(mel).reshape(len(mel), -1).all(axis=1))[0])
+            raise StoreError(f"split {self.split}: clip {clip_ids[row]!r} has a non-finite spectrogram")
+        for i in range(len(clip_ids)):
+            self._buffer.append((str(clip_ids[i]), np.asarray(labels[i], np.int16), mel[i], int(n_frames[i])))
+            if len(self._buffer) == self.rows_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        ids, labels, mels, n_frames = zip(*self._buffer)
+        self._buffer.clear()
+        name = f"{self.split}/part-{len(self._shards):05d}.parquet"
+        self._shards.append(self.store.write_shard(name, ids, labels, np.stack(mels), n_frames))
+        self._clip_ids.extend(ids)
+        self._labels.extend(labels)
+
+    def close(self) -> dict:
+        """Flush and record the split in the manifest; returns its manifest entry."""
+        self._flush()
+        return self.store.add_split(self.split, self._shards, self._clip_ids, self._labels, self.order)
+
+
+class Store:
+    """Read access to a store directory (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.exists():
+            raise StoreError(f"{path}: no manifest (not a store directory)")
+        self.manifest = json.loads(path.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: format_version {self.manifest.get('format_version')} "
+                             f"!= {FORMAT_VERSION}")
+
+    # --- what the manifest says -------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return [c["name"] for c in self.manifest["classes"]]
+
+    @property
+    def mids(self) -> list[str]:
+        return [c["mid"] for c in self.manifest["classes"]]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.manifest["classes"])
+
+    @property
+    def features(self) -> dict:
+        return self.manifest["features"]
+
+    @property
+    def frames(self) -> int:
+        return int(self.features["frames"])
+
+    @property
+    def mels(self) -> int:
+        return int(self.features["mels"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def split_info(self, split: str) -> dict:
+        if split not in self.manifest["splits"]:
+            raise StoreError(f"{self.root}: no split {split!r} (have {self.splits})")
+        return self.manifest["splits"][split]
+
+    def shard_paths(self, split: str) -> list[str]:
+        info = self.split_info(split)
+        if "union_of" in info:
+            return [p for part in info["union_of"] for p in self.shard_paths(part)]
+        return [str(self.root / s["file"]) for s in info["shards"]]
+
+    def fingerprint(self, split: str) -> str:
+        return self.split_info(split)["fingerprint"]
+
+    def class_counts(self, split: str) -> np.ndarray:
+        return np.asarray(self.split_info(split)["class_counts"], dtype=np.int64)
+
+    # --- what the shards hold ---------------------------------------------------------
+    def _index_table(self, split: str) -> pa.Table:
+        return pa.concat_tables([pq.read_table(p, columns=["clip_id", "labels"])
+                                 for p in self.shard_paths(split)])
+
+    @cached_property
+    def _index_cache(self) -> dict:
+        return {}
+
+    def _index(self, split: str) -> pa.Table:
+        if split not in self._index_cache:
+            self._index_cache[split] = self._index_table(split)
+        return self._index_cache[split]
+
+    def clip_ids(self, split: str) -> np.ndarray:
+        """Clip ids in row order, str [n_clips]."""
+        return self._index(split)["clip_id"].to_numpy().astype(str)
+
+    def labels(self, split: str) -> MultiLabels:
+        """Per-clip label indices in row order (a sequence of int64 arrays)."""
+        col = self._index(split)["labels"].combine_chunks()
+        offsets = col.offsets.to_numpy().astype(np.int64)
+        return MultiLabels(offsets - offsets[0], col.flatten().to_numpy().astype(np.int64))
+
+    def spectrogram(self, split: str, clip_id: str) -> np.ndarray:
+        """Raw log-mel of one clip, float16 [frames, mels]."""
+        for path in self.shard_paths(split):
+            pf = pq.ParquetFile(path)
+            for g in range(pf.num_row_groups):
+                ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
+                if clip_id in ids:
+                    mel = pf.read_row_group(g, columns=["mel"])["mel"].combine_chunks()
+                    return mel.to_numpy_ndarray()[ids.index(clip_id)]
+        raise KeyError(f"clip {clip_id!r} not in split {split!r} of {self.root}")
+
+    def validate(self, split: str | None = None) -> None:
+        """Check shards against the manifest (existence, rows, schema, fingerprint).
+
+        Raises StoreError naming the first shard that does not match.
+        """
+        expected = schema(self.frames, self.mels)
+        for name in [split] if split else self.splits:
+            info = self.split_info(name)
+            if "union_of" in info:
+                continue
+            for shard in info["shards"]:
+                path = self.root / shard["file"]
+                if not path.exists():
+                    raise StoreError(f"{path}: shard listed in the manifest is missing")
+                try:
+                    meta = pq.read_metadata(path)
+                    got = pq.read_schema(path)
+                except Exception as e:  # a truncated or foreign file
+                    raise StoreError(f"{path}: unreadable Parquet shard ({e})") from None
+                if meta.num_rows != shard["rows"]:
+                    raise StoreError(f"{path}: {meta.num_rows} rows, manifest says {shard['rows']}")
+                if not got.remove_metadata().equals(expected):
+                    raise StoreError(f"{path}: schema {got.remove_metadata()} != expected {expected}")
+            self._index_cache.pop(name, None)
+            if fingerprint(self.clip_ids(name)) != info["fingerprint"]:
+                raise StoreError(f"{self.root / name}: clip ids do not match the manifest's fingerprint")
+
+    # --- writing ----------------------------------------------------------------------
+    def write_shard(self, name: str, clip_ids, labels, mel: np.ndarray, n_frames) -> dict:
+        """Write one shard atomically; returns its manifest entry {file, rows, bytes}."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({
+            "clip_id": pa.array(list(clip_ids), pa.string()),
+            "labels": pa.array([np.asarray(l, np.int16) for l in labels], pa.list_(pa.int16())),
+            "mel": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(mel, np.float16)),
+            "n_frames": pa.array(np.asarray(n_frames, np.int32)),
+        }, schema=schema(self.frames, self.mels))
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="none")
+        os.replace(tmp, path)
+        return {"file": name, "rows": len(table), "bytes": path.stat().st_size}
+
+    def add_split(self, split: str, shards: list[dict], clip_ids, labels, order: str) -> dict:
+        """Record a written split in the manifest (atomically); returns its entry."""
+        entry = {"shards": shards, "clips": len(clip_ids), "order": order,
+                 "class_counts": class_counts(labels, self.n_classes).tolist(),
+                 "fingerprint": fingerprint(clip_ids)}
+        self.manifest["splits"][split] = entry
+        _write_json(self.root / MANIFEST, self.manifest)
+        self._index_cache.pop(split, None)
+        return entry
+
+    def writer(self, split: str, rows_per_shard: int = 1024, order: str = "given") -> SplitWriter:
+        return SplitWriter(self, split, rows_per_shard, order)
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a store directory written by `create_store` / `SplitWriter`."""
+    return Store(path)

@@ -1,0 +1,88 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from data import balance as B
+from data.labels import LabelFileError, read_class_index, read_segments
+from data.stats import main as stats_main, partition_stats
+
+# The paper's Table 2 Gini column (published train) and Table 1 ratio.
+TABLE2_GINI = {0.0: 0.83, 0.1: 0.79, 0.2: 0.75, 0.3: 0.71, 0.5: 0.63, 0.7: 0.56, 1.0: 0.47}
+
+
+@pytest.fixture(scope="module")
+def class_index(audioset):
+    return read_class_index(audioset / "class_labels_indices.csv")
+
+
+def test_published_train_reproduces_tables_1_and_2(audioset, class_index):
+    seg = read_segments([audioset / "balanced_train_segments.csv",
+                         audioset / "unbalanced_train_segments.csv.gz"], class_index)
+    assert len(seg) == 2_063_949
+    s = partition_stats(seg.labels, len(class_index), tuple(TABLE2_GINI))
+    assert round(s["imbalance_ratio"]) == 15_009
+    assert round(s["gini"], 2) == 0.83
+    for row in s["oversampled"]:
+        assert round(row["gini"], 2) == TABLE2_GINI[row["beta"]], row
+    assert s["oversampled"][-1]["max_repeat"] == 15_009
+    # the label totals agree with the per-split counts shipped beside the CSVs
+    full = np.loadtxt(audioset / "class_counts_by_split.csv", delimiter=",", skiprows=1,
+                      usecols=6, dtype=np.int64, converters={6: int}, quotechar='"')
+    assert B.class_counts(seg.labels, 527).tolist() == full.tolist()
+
+
+def test_eval_csv(audioset, class_index):
+    seg = read_segments(audioset / "eval_segments.csv", class_index)
+    assert len(seg) == 20_371 and len(seg.labels.indices) == 51_804
+    assert seg.clip_ids[0] == "--4gqARaEJE" and seg.start[0] == 0.0 and seg.end[0] == 10.0
+
+
+def _write(path, rows, header=("# YTID, start_seconds, end_seconds, positive_labels",)):
+    text = "\n".join(list(header) + rows) + "\n"
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_one_header_line_gz_and_no_space_variant(tmp_path, class_index):
+    a = _write(tmp_path / "a.csv.gz", ['aaa, 0.000, 10.000, "/m/09x0r,/m/04rlf"'])
+    b = _write(tmp_path / "b.csv", ['bbb,1.0,11.0,"/m/04rlf"'], header=("# a", "# b", "# c"))
+    seg = read_segments([a, b], class_index)
+    assert seg.clip_ids.tolist() == ["aaa", "bbb"]
+    assert [list(seg.labels[j]) for j in range(2)] == [[0, 137], [137]]
+
+
+def test_unknown_mids_are_named_and_counted(tmp_path, class_index):
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r,/m/nope"', 'b, 0, 10, "/m/nope"',
+                                    'c, 0, 10, "/m/other"'])
+    with pytest.raises(LabelFileError, match=r"x\.csv.*2 unknown MID.*/m/nope \(2x\).*/m/other \(1x\)"):
+        read_segments(f, class_index)
+
+
+def test_duplicate_ytids_are_named(tmp_path, class_index):
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r"', 'b, 0, 10, "/m/09x0r"',
+                                    'a, 30, 40, "/m/09x0r"'])
+    with pytest.raises(LabelFileError, match="1 duplicate YTID.*e.g. a"):
+        read_segments(f, class_index)
+
+
+def test_bad_class_index(tmp_path):
+    (tmp_path / "ci.csv").write_text("index,mid,display_name\n0,/m/a,A\n2,/m/b,B\n")
+    with pytest.raises(LabelFileError, match="ci.csv:3: index 2 out of order"):
+        read_class_index(tmp_path / "ci.csv")
+
+
+def test_stats_cli_json(audioset, capsys):
+    import json
+    stats_main(["--segments", str(audioset / "eval_segments.csv"), "--class-index",
+                str(audioset / "class_labels_indices.csv"), "--betas", "0,1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["clips"] == 20_371 and out["empty_classes"] == []
+    assert set(out) >= {"clips", "classes", "labels_per_clip", "imbalance_ratio", "gini",
+                        "empty_classes", "oversampled"}
+    assert [r["beta"] for r in out["oversampled"]] == [0.0, 1.0]
+    assert set(out["oversampled"][0]) == {"beta", "imbalance_ratio", "gini", "epoch_length", "max_repeat"}
