@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -213,6 +214,18 @@ class Store:
                     mel = pf.read_row_group(g, columns=["mel"])["mel"].combine_chunks()
                     return mel.to_numpy_ndarray()[ids.index(clip_id)]
         raise KeyError(f"clip {clip_id!r} not in split {split!r} of {self.root}")
+
+    def iter_batches(self, split: str, batch_size: int) -> Iterator[dict]:
+        """The split in row order, `batch_size` clips at a time: {clip_id [b] str,
+        mel [b, frames, mels] float16, target [b, n_classes] float32 multi-hot}."""
+        for path in self.shard_paths(split):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size, columns=["clip_id", "labels", "mel"]):
+                labels = batch.column("labels")
+                lengths = np.diff(labels.offsets.to_numpy())
+                target = np.zeros((len(batch), self.n_classes), dtype=np.float32)
+                target[np.repeat(np.arange(len(batch)), lengths), labels.flatten().to_numpy()] = 1.0
+                yield {"clip_id": batch.column("clip_id").to_numpy(zero_copy_only=False),
+                       "mel": batch.column("mel").to_numpy_ndarray(), "target": target}
 
     def validate(self, split: str | None = None) -> None:
         """Check shards against the manifest (existence, rows, schema, fingerprint).

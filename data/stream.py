@@ -1,0 +1,222 @@
+"""The oversampling stream: clip j exactly M_j times per pass (eq. 4-5), well mixed, on Ray Data.
+
+How a pass is planned (all on the driver, in numpy, from the labels alone):
+- M_j comes from data/balance.py for the split's labels, beta and the training priors.
+- A *unit* is (row group g, copy c): the rows of g with M_j >= c. Clip j is in exactly M_j
+  units, so any order of all units is an exact pass. The training split is stored in
+  ascending rarest-label order, so M_j is non-increasing along the split and a unit is a
+  prefix of its row group: reads are contiguous and few are wasted, for every beta.
+- Units are put in a random order (seeded by seed and pass), cut into *blocks* of
+  `units_per_block`, and each block's rows are shuffled together. Copies of a clip are in
+  different units, so they land in the same batch about as often as in a uniform random
+  permutation of the oversampled multiset (measured by `sampler_audit`).
+- A run is counted in examples, not passes: `examples` concatenates passes epoch, epoch+1, ...
+  until that many rows, and `skip` starts the stream at that position (resume).
+Ray Data then reads each block's row groups in parallel tasks (`read_block`), streaming,
+with memory bounded by Ray's backpressure, not by the dataset size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
+from data.store import Store, open_store
+
+__all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled_dataset",
+           "duplicates_per_batch", "sampler_audit"]
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a reader needs to produce the stream; picklable, no Ray objects."""
+
+    shards: list[str]          # shard paths in split order
+    group_shard: np.ndarray    # int32 [G] shard of each row group
+    group_index: np.ndarray    # int32 [G] row-group index within its shard
+    group_start: np.ndarray    # int64 [G + 1] first global row of each group
+    factors: np.ndarray        # int64 [N] M_j
+    blocks: np.ndarray         # int64 [B, units_per_block, 2] (group, copy), -1 = empty slot
+    block_rows: np.ndarray     # int64 [B] rows each block emits
+    block_seeds: np.ndarray    # int64 [B, 2] (pass, position): the block's shuffle seed
+    block_start: np.ndarray    # int64 [B] stream position of each block's first row
+    seed: int
+    n_classes: int
+    skip: int = 0              # rows at stream positions < skip are not emitted
+
+    @property
+    def examples(self) -> int:
+        """Rows the plan emits (before any `limit`)."""
+        if not len(self.block_rows):
+            return 0
+        return int(self.block_rows.sum() - max(0, self.skip - self.block_start[0]))
+
+
+def _row_groups(shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shard_of, index, sizes = [], [], []
+    for s, path in enumerate(shards):
+        meta = pq.read_metadata(path)
+        for g in range(meta.num_row_groups):
+            shard_of.append(s)
+            index.append(g)
+            sizes.append(meta.row_group(g).num_rows)
+    start = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=start[1:])
+    return np.asarray(shard_of, np.int32), np.asarray(index, np.int32), start
+
+
+def _unit_rows(factors: np.ndarray, group_start: np.ndarray, g: int, c: int) -> np.ndarray:
+    """Global rows of unit (g, c): the rows of group g repeated at least c times."""
+    a, b = group_start[g], group_start[g + 1]
+    return a + np.flatnonzero(factors[a:b] >= c)
+
+
+def _pass_units(factors: np.ndarray, group_start: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """All (group, copy) units of one pass in random order, and each unit's row count."""
+    g_max = np.maximum.reduceat(factors, group_start[:-1])           # copies per group [G]
+    groups = np.repeat(np.arange(len(g_max)), g_max)
+    copies = np.arange(len(groups)) - np.repeat(np.cumsum(g_max) - g_max, g_max) + 1
+    # rows per unit: #{j in g: M_j >= c}, from each group's factors sorted descending
+    sizes = np.empty(len(groups), dtype=np.int64)
+    for g in range(len(g_max)):
+        m = -np.sort(-factors[group_start[g]:group_start[g + 1]])
+        lo, hi = np.searchsorted(groups, [g, g + 1])
+        sizes[lo:hi] = np.searchsorted(-m, -copies[lo:hi], side="right")
+    order = rng.permutation(len(groups))
+    return np.stack([groups[order], copies[order]], axis=1), sizes[order]
+
+
+def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
+                examples: int | None = None, skip: int = 0, units_per_block: int = 8,
+                priors: np.ndarray | None = None) -> StreamPlan:
+    """Plan passes epoch, epoch+1, ... of `split` at `beta` (one pass if `examples` is None).
+
+    `priors` default to the split's own (eq. 1); pass the training priors when streaming
+    another split. `skip` starts the stream at that position (rows before it are not emitted).
+    """
+    labels = store.labels(split)
+    if priors is None:
+        priors = class_counts(labels, store.n_classes) / len(labels)
+    factors = oversampling_factors(labels, beta, priors, clip_ids=None)
+    shards = store.shard_paths(split)
+    group_shard, group_index, group_start = _row_groups(shards)
+    blocks, rows, seeds, total, e = [], [], [], 0, epoch
+    while True:
+        units, sizes = _pass_units(factors, group_start, np.random.default_rng([seed, e]))
+        pad = -len(units) % units_per_block
+        units = np.concatenate([units, np.full((pad, 2), -1)]).reshape(-1, units_per_block, 2)
+        sizes = np.concatenate([sizes, np.zeros(pad, np.int64)]).reshape(-1, units_per_block).sum(1)
+        blocks.append(units)
+        rows.append(sizes)
+        seeds.append(np.stack([np.full(len(sizes), e), np.arange(len(sizes))], axis=1))
+        total += int(sizes.sum())
+        e += 1
+        if examples is None or total >= skip + examples:
+            break
+    blocks, rows, seeds = np.concatenate(blocks), np.concatenate(rows), np.concatenate(seeds)
+    start = np.cumsum(rows) - rows
+    keep = start + rows > skip                          # drop blocks fully consumed
+    if examples is not None:                            # and blocks past the budget
+        keep &= start < skip + examples
+    return StreamPlan(shards, group_shard, group_index, group_start, factors, blocks[keep],
+                      rows[keep], seeds[keep], start[keep], seed, store.n_classes, skip)
+
+
+def block_rows(plan: StreamPlan, b: int) -> np.ndarray:
+    """Global rows emitted by block b, in stream order (int64 [plan.block_rows[b]])."""
+    units = plan.blocks[b]
+    rows = np.concatenate([_unit_rows(plan.factors, plan.group_start, g, c)
+                           for g, c in units if g >= 0] or [np.zeros(0, np.int64)])
+    rng = np.random.default_rng([plan.seed, *plan.block_seeds[b].tolist(), 7])
+    return rows[rng.permutation(len(rows))]
+
+
+@lru_cache(maxsize=64)
+def _parquet(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(path, memory_map=True)
+
+
+def read_block(batch: dict, plan: StreamPlan) -> dict:
+    """Ray Data UDF: block ids [b] -> rows {clip_id, clip_index, position (in the stream),
+    mel [n, T, F] float16, target [n, K] float32 multi-hot}, in stream order."""
+    parts = [block_rows(plan, int(b)) for b in batch["id"]]
+    position = np.concatenate([plan.block_start[int(b)] + np.arange(len(p))
+                               for b, p in zip(batch["id"], parts)])
+    rows = np.concatenate(parts)[position >= plan.skip]
+    position = position[position >= plan.skip]
+    groups = np.searchsorted(plan.group_start, rows, side="right") - 1
+    uniq = np.unique(groups)
+    table = pa.concat_tables([
+        _parquet(plan.shards[plan.group_shard[g]]).read_row_group(
+            int(plan.group_index[g]), columns=["clip_id", "labels", "mel"]) for g in uniq])
+    # position of each requested row in the concatenation of the groups read
+    base = np.concatenate([[0], np.cumsum(np.diff(plan.group_start)[uniq])[:-1]])
+    table = table.take(base[np.searchsorted(uniq, groups)] + rows - plan.group_start[groups])
+    labels = table["labels"].combine_chunks()
+    lengths = np.diff(labels.offsets.to_numpy())
+    target = np.zeros((len(rows), plan.n_classes), dtype=np.float32)
+    target[np.repeat(np.arange(len(rows)), lengths), labels.flatten().to_numpy()] = 1.0
+    return {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False), "clip_index": rows,
+            "position": position, "mel": table["mel"].combine_chunks().to_numpy_ndarray(), "target": target}
+
+
+def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
+                        examples: int | None = None, skip: int = 0, units_per_block: int = 8,
+                        priors: np.ndarray | None = None):
+    """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split`
+    oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`."""
+    import ray
+    from ray.data import DataContext
+
+    plan = plan_stream(open_store(store_path), split, beta, seed=seed, epoch=epoch,
+                       examples=examples, skip=skip, units_per_block=units_per_block, priors=priors)
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the planned order is the order delivered
+    ctx.enable_progress_bars = False
+    block_ids = np.flatnonzero(plan.block_rows > 0)
+    ds = ray.data.from_numpy(block_ids).rename_columns({"data": "id"})
+    ds = ds.map_batches(read_block, batch_size=1, fn_kwargs={"plan": plan},
+                        batch_format="numpy", num_cpus=0.5)
+    if examples is not None:
+        ds = ds.limit(examples)
+    return ds
+
+
+def duplicates_per_batch(clip_index: np.ndarray, batch_size: int) -> float:
+    """Mean over consecutive full batches of (batch size - distinct clips) / batch size."""
+    n = len(clip_index) // batch_size * batch_size
+    if n == 0:
+        return 0.0
+    b = np.sort(np.asarray(clip_index[:n]).reshape(-1, batch_size), axis=1)
+    return float((b[:, 1:] == b[:, :-1]).sum(axis=1).mean() / batch_size)
+
+
+def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch_size: int = 32,
+                  units_per_block: int = 8, priors: np.ndarray | None = None) -> dict:
+    """What a pass at `beta` exposes, from the plan alone (no spectrograms read).
+
+    Returns per-class exposure N'_k, epoch inflation (sum M_j / N), distinct clips per pass,
+    max repeat, and duplicates per batch of the planned order against the mean of the same
+    statistic over 5 uniform random permutations of the same multiset (the ideal).
+    """
+    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors)
+    order = np.concatenate([block_rows(plan, b) for b in range(len(plan.blocks))])
+    rng = np.random.default_rng(seed)
+    ideal = float(np.mean([duplicates_per_batch(rng.permutation(order), batch_size) for _ in range(5)]))
+    dup = duplicates_per_batch(order, batch_size)
+    labels: MultiLabels = store.labels(split)
+    return {
+        "beta": float(beta),
+        "exposure": oversampled_counts(labels, plan.factors, store.n_classes).tolist(),
+        "epoch_inflation": float(plan.factors.sum() / len(plan.factors)),
+        "epoch_length": int(plan.factors.sum()),
+        "distinct_clips": int(len(np.unique(order))),
+        "max_repeat": int(plan.factors.max()),
+        "duplicates_per_batch": dup,
+        "duplicates_per_batch_ideal": ideal,
+        "duplicates_ratio": dup / ideal if ideal > 0 else (1.0 if dup == 0 else float("inf")),
+    }
