@@ -137,7 +137,7 @@ def block_rows(plan: StreamPlan, b: int) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _parquet(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(path, memory_map=True)
+    return pq.ParquetFile(path)
 
 
 def read_block(batch: dict, plan: StreamPlan) -> dict:

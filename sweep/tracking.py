@@ -1,0 +1,124 @@
+"""MLflow tracking: one parent run per sweep, one child run per trial.
+
+The tracking URI is MLFLOW_TRACKING_URI when set (a server), otherwise a sqlite file under the
+run directory with artifacts beside it (absolute paths: MLflow resolves relative ones against
+whichever process's working directory). Metrics are logged against examples seen (the step).
+Only the sweep driver, the trial drivers and Train rank 0 call this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+__all__ = ["TrackingError", "tracking_uri", "check_reachable", "experiment_id", "start_parent",
+           "child_run", "log_metrics", "log_json", "finish_run", "close_running_children",
+           "ui_command"]
+
+MAX_PARAM_CHARS = 6000
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used; the message says which and why."""
+
+
+def tracking_uri(run_dir: str | Path) -> str:
+    """MLFLOW_TRACKING_URI, else `sqlite:////<abs run_dir>/mlflow.db`."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            if r.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered /health with HTTP {r.status}")
+    except OSError as e:
+        raise TrackingError(f"MLflow server {uri} is unreachable ({e}); start it or unset "
+                            "MLFLOW_TRACKING_URI to use a local sqlite store") from None
+
+
+def experiment_id(client: MlflowClient, name: str, run_dir: str | Path) -> str:
+    """Get or create the experiment; a new local one keeps artifacts under the run directory."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not client.tracking_uri.startswith(("http://", "https://")):
+        location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _params(values: dict) -> list[Param]:
+    return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(values.items())]
+
+
+def start_parent(client: MlflowClient, exp_id: str, name: str, params: dict, tags: dict) -> str:
+    run = client.create_run(exp_id, run_name=f"sweep-{name}",
+                            tags={**tags, "sweep.name": name})
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=_params(dict(list(params.items())[i:i + 100])))
+    return run.info.run_id
+
+
+def child_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str, name: str,
+              params: dict, tags: dict) -> str:
+    """The trial's child run: found again by its trial id after a restart, else created."""
+    found = client.search_runs([exp_id], f"tags.ray_trial_id = '{trial_id}' and "
+                                         f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(exp_id, run_name=name, tags={
+        **tags, "mlflow.parentRunId": parent_id, "ray_trial_id": trial_id})
+    items = _params(params)
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
+
+
+def log_json(client: MlflowClient, run_id: str, obj, artifact_path: str) -> None:
+    """Write `obj` as JSON to the run's artifacts at `artifact_path` (e.g. 'audit/beta.json')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        path.write_text(json.dumps(obj, indent=1))
+        client.log_artifact(run_id, str(path), str(Path(artifact_path).parent) or None)
+
+
+def finish_run(client: MlflowClient, run_id: str, error: BaseException | None = None) -> None:
+    if error is not None:
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+    client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+
+
+def close_running_children(client: MlflowClient, exp_id: str, parent_id: str) -> int:
+    """Mark children still RUNNING (trials stopped early by a scheduler) as KILLED."""
+    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                        "attributes.status = 'RUNNING'")
+    for r in runs:
+        client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return len(runs)
+
+
+def ui_command(uri: str, exp_id: str) -> str:
+    """How to browse the runs (the runs table is not MLflow 3's landing page)."""
+    url = f"#/experiments/{exp_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{url}"
+    return (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"  then open http://127.0.0.1:5000/{url}")

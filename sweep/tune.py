@@ -1,0 +1,139 @@
+"""The Ray Tune sweep over beta x learning rate; each trial builds and fits a TorchTrainer.
+
+`trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
+MLflow child run, logs the sampler audit, and fits a `TorchTrainer` running
+`sweep.train.train_func` on the trial's oversampled stream. The Train run name is stable per
+trial (`train-<trial id>`), so a restarted trial finds its checkpoints. `build_tuner` makes
+(or restores) the Tuner; concurrency is derived from the cluster so a 2-CPU machine never
+deadlocks (ray-notes 1.4).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from data.store import open_store
+from data.stream import oversampled_dataset, sampler_audit
+from sweep.config import Config, flatten, from_dict, to_dict
+from sweep.train import resume_examples, train_func
+
+__all__ = ["trial_driver", "build_tuner", "trial_concurrency", "METRIC"]
+
+METRIC = "val_dprime_ma"
+
+
+def _train_dataset_factory(cfg: Config, beta: float, train_run_path: str):
+    """Called by Train at every worker-group start: the stream from the last checkpoint on."""
+    def build():
+        seen = resume_examples(train_run_path)
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=cfg.train.seed,
+                                   examples=max(cfg.train.examples - seen, 1), skip=seen,
+                                   units_per_block=cfg.data.units_per_block)
+    return build
+
+
+def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
+    """Open (or find again) the trial's MLflow child run and log params and the sampler audit."""
+    t = config.get("tracking")
+    if not t:
+        return None
+    from mlflow.tracking import MlflowClient
+    from sweep import tracking
+    client = MlflowClient(t["uri"])
+    store = open_store(cfg.data.store)
+    params = {"beta": config["beta"], "lr": config["lr"], **flatten({"cfg": config["cfg"]})}
+    tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "trial_id": trial_id}
+    run_id = tracking.child_run(client, t["experiment_id"], t["parent_run_id"], trial_id,
+                                f"beta={config['beta']:g} lr={config['lr']:g}", params, tags)
+    audit = sampler_audit(store, cfg.data.train_split, config["beta"], seed=cfg.train.seed,
+                          batch_size=cfg.train.batch_size, units_per_block=cfg.data.units_per_block)
+    tracking.log_metrics(client, run_id, {f"audit.{k}": v for k, v in audit.items()
+                                          if isinstance(v, (int, float))}, 0)
+    tracking.log_json(client, run_id, audit, "audit/sampler_audit.json")
+    return run_id
+
+
+def trial_driver(config: dict) -> None:
+    """Tune trainable: config = {cfg, beta, lr, storage_path, tracking}."""
+    cfg: Config = from_dict(Config, config["cfg"])
+    trial_id = tune.get_context().get_trial_id()
+    name = f"train-{trial_id}"  # stable: a restarted trial resumes from its checkpoints
+    train_storage = os.path.join(config["storage_path"], "train_runs")
+    run_id = _log_trial_start(cfg, config, trial_id)
+    r = cfg.resources
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
+    keep = cfg.train.keep_checkpoints
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"cfg": config["cfg"], "beta": config["beta"], "lr": config["lr"],
+                           "tracking": {**config["tracking"], "run_id": run_id} if run_id else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=per_worker),
+        datasets={"train": _train_dataset_factory(cfg, config["beta"],
+                                                  os.path.join(train_storage, name))},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=train_storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.sweep.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=keep, checkpoint_score_attribute="val_dprime" if keep else None,
+                checkpoint_score_order="max"),
+            callbacks=[TuneReportCallback()]),
+    )
+    error = None
+    try:
+        trainer.fit()
+    except BaseException as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
+        error = e
+        raise
+    finally:
+        if run_id:
+            from mlflow.tracking import MlflowClient
+            from sweep.tracking import finish_run
+            finish_run(MlflowClient(config["tracking"]["uri"]), run_id, error)
+
+
+def trial_concurrency(cfg: Config, resources: dict) -> int:
+    """Trials that fit at once: by GPUs when trials use them (the whole grid while the cluster
+    has none: the autoscaler adds them), else by CPUs, leaving one CPU for Ray Data; never more
+    than the grid."""
+    r = cfg.resources
+    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
+    if r.max_concurrent_trials:
+        return min(r.max_concurrent_trials, grid)
+    if r.use_gpu:  # no GPU yet: an autoscaling cluster adds nodes as trials ask for them
+        fit = int(resources.get("GPU", 0) // r.num_workers) or grid
+    else:
+        fit = int((resources.get("CPU", 1) - 1) // max(r.num_workers * r.cpus_per_worker + 0.5, 1e-9))
+    return max(1, min(fit, grid))
+
+
+def build_tuner(cfg: Config, storage_path: str, tracking_info: dict | None, resume: bool) -> tune.Tuner:
+    """A new Tuner over the beta x lr grid, or the interrupted one restored (`resume`)."""
+    driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
+    trainable = tune.with_resources(trial_driver, driver_resources)
+    path = os.path.join(storage_path, cfg.run.name)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    evals = math.ceil(cfg.train.examples / cfg.train.eval_every_examples)
+    scheduler = None
+    if cfg.sweep.asha:
+        from ray.tune.schedulers import ASHAScheduler
+        scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
+                                  grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
+    return tune.Tuner(
+        trainable,
+        param_space={"cfg": to_dict(cfg), "beta": tune.grid_search(list(cfg.sweep.betas)),
+                     "lr": tune.grid_search(list(cfg.sweep.lrs)), "storage_path": storage_path,
+                     "tracking": tracking_info},
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=trial_concurrency(cfg, ray.cluster_resources())),
+        run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
