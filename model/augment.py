@@ -1,0 +1,106 @@
+"""On-device, batch-level augmentation of raw log-mel spectrograms: SpecAugment and MixUp.
+
+Both work on a whole batch [batch, frames, mels] of raw (not yet normalised) log-mel on
+any device, with no Python loop over examples, and draw every random number from an
+optional `torch.Generator` on the batch's device, so a seeded generator gives the same
+augmentation on every run.
+
+- SpecAugment (Park et al., 2019, https://arxiv.org/abs/1904.08779), AST's setting: one
+  frequency mask and one time mask per example, width floor(U * param), uniform start,
+  value 0 in the raw log-mel domain (so masks are applied before normalisation).
+- MixUp (Zhang et al., 2018, https://arxiv.org/abs/1710.09412) in the energy domain as in
+  Moore et al. (2023): log(lam * exp(x) + (1 - lam) * exp(x')), lam ~ Beta(alpha, alpha)
+  per example, every example mixed, the partner x' from a random permutation of the
+  batch; labels mixed with the same lam.
+
+Order in `augment`: MixUp, then SpecAugment. AST mixes waveforms before computing the
+spectrogram and masks that spectrogram, so a masked band is empty in the training input;
+masking before mixing would let the partner's energy fill the band.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["AugmentConfig", "spec_augment", "energy_mixup", "augment"]
+
+
+@dataclass
+class AugmentConfig:
+    specaugment: bool = True
+    freqm: int = 48        # max frequency-mask width at 128 mel bins; scaled with mels / 128
+    timem: int = 192       # max time-mask width at 1024 frames; scaled with frames / 1024
+    mixup: bool = True
+    mixup_alpha: float = 10.0
+
+
+def _uniform(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """n draws of U[0, 1) in float32 on like's device."""
+    return torch.rand(n, generator=generator, device=like.device)
+
+
+def _mask(size: int, param: int, batch: int, like: torch.Tensor,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """Boolean [batch, size]: one band per row, width floor(U * param) (< size), start
+    floor(U * (size - width)), as torchaudio's FrequencyMasking / TimeMasking."""
+    width = (_uniform(batch, like, generator) * min(param, size)).floor()
+    start = (_uniform(batch, like, generator) * (size - width)).floor()
+    pos = torch.arange(size, device=like.device)
+    return (pos >= start[:, None]) & (pos < (start + width)[:, None])
+
+
+def spec_augment(x: torch.Tensor, freqm: int, timem: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """x raw log-mel [batch, frames, mels] -> a new tensor with one frequency band (width
+    < freqm bins) and one time band (width < timem frames) per example set to 0.
+    A param of 0 skips that mask."""
+    batch, frames, mels = x.shape
+    keep = torch.ones(batch, frames, mels, dtype=torch.bool, device=x.device)
+    if freqm > 0:
+        keep &= ~_mask(mels, freqm, batch, x, generator)[:, None, :]
+    if timem > 0:
+        keep &= ~_mask(frames, timem, batch, x, generator)[:, :, None]
+    return x.masked_fill(~keep, 0.0)
+
+
+def sample_beta(alpha: float, n: int, like: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """n draws of Beta(alpha, alpha) in float32 on like's device, as G1 / (G1 + G2) with
+    G ~ Gamma(alpha, 1). torch._standard_gamma is the sampler behind
+    torch.distributions.Gamma; unlike the distribution it accepts a generator."""
+    conc = torch.full((2, n), float(alpha), device=like.device)
+    g = torch._standard_gamma(conc, generator=generator)
+    return g[0] / (g[0] + g[1])
+
+
+def energy_mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,
+                 generator: torch.Generator | None = None,
+                 lam: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energy-domain MixUp. x raw log-mel [batch, frames, mels] (natural log of energy),
+    y targets [batch, classes] -> (log(lam exp(x) + (1 - lam) exp(x[perm])),
+    lam y + (1 - lam) y[perm]), lam [batch] ~ Beta(alpha, alpha) unless given.
+    Computed as logaddexp(x + log lam, x[perm] + log(1 - lam)) in float32 (no overflow,
+    lam = 1 returns x exactly), cast back to x's dtype."""
+    batch = x.shape[0]
+    if lam is None:
+        lam = sample_beta(alpha, batch, x, generator)
+    lam = lam.to(device=x.device, dtype=torch.float32)
+    perm = torch.randperm(batch, generator=generator, device=x.device)
+    xf = x.float()
+    mixed = torch.logaddexp(xf + lam.log()[:, None, None], xf[perm] + torch.log1p(-lam)[:, None, None])
+    targets = lam[:, None] * y.float() + (1 - lam[:, None]) * y.float()[perm]
+    return mixed.to(x.dtype), targets.to(y.dtype)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training augmentation of a raw log-mel batch x [batch, frames, mels], targets
+    y [batch, classes]: MixUp, then SpecAugment with mask widths scaled to the geometry
+    (freqm * mels / 128, timem * frames / 1024). Normalise afterwards."""
+    if cfg.mixup:
+        x, y = energy_mixup(x, y, cfg.mixup_alpha, generator)
+    if cfg.specaugment:
+        _, frames, mels = x.shape
+        x = spec_augment(x, round(cfg.freqm * mels / 128), round(cfg.timem * frames / 1024), generator)
+    return x, y

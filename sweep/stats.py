@@ -1,0 +1,98 @@
+"""Statistics beyond the paper (DESIGN section 5): paired bootstrap intervals for a difference
+between two models on the same evaluation set, AP re-scored under another class prior, and the
+regression of per-class delta-AP on the training prior (the paper's Fig. 3) with a bootstrap
+interval for its slope. Arrays are [clips, classes] unless stated."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import linregress
+
+from sweep.metrics import WORK_ELEMENTS, Ranking, check_inputs, classification_metrics, macro_metrics
+
+METRICS = ("mAP", "mAUC", "dprime")
+
+
+def weighted_average_precision(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per-class AP [classes] of scores s against 0/1 targets y with non-negative weights w
+    ([clips] or [clips, classes]); equals sklearn's AP with sample_weight. NaN for a class with
+    no positive or no negative weight."""
+    y, s = check_inputs(y, s)
+    w = np.asarray(w, dtype=np.float64)
+    w = w[:, None] if w.ndim == 1 else w
+    if w.ndim != 2 or w.shape[0] != y.shape[0] or w.shape[1] not in (1, y.shape[1]):
+        raise ValueError(f"weights {w.shape} must be [clips] or [clips, classes] for {y.shape}")
+    if not (np.isfinite(w) & (w >= 0)).all():
+        raise ValueError("weights must be finite and non-negative")
+    return Ranking(y, s).ap_auc(w)[0]
+
+
+def paired_bootstrap(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, metric: str,
+                     n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of metric(b) - metric(a), metric in METRICS, over evaluation clips.
+
+    Each resample draws clips with replacement (multinomial counts, i.e. integer weights per
+    clip) and scores both models on it; a class without positives or negatives in a resample is
+    left out of that resample's means. Returns diff (on the full set), ci95 (2.5 and 97.5
+    percentiles of the resampled differences) and samples [n_resamples]."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    rankings = [Ranking(targets, s) for s in (scores_a, scores_b)]
+    n = np.shape(targets)[0]
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+    samples = np.empty(n_resamples)
+    step = max(1, WORK_ELEMENTS // (n * rankings[0].block_classes))  # resamples per pass
+    for lo in range(0, n_resamples, step):
+        w = counts[lo:lo + step, :, None]
+        a, b = (macro_metrics(*r.ap_auc(w))[metric] for r in rankings)
+        samples[lo:lo + step] = b - a
+    a, b = (macro_metrics(*r.ap_auc())[metric] for r in rankings)
+    lo_hi = np.nanpercentile(samples, [2.5, 97.5])
+    return {"diff": float(b - a), "ci95": (float(lo_hi[0]), float(lo_hi[1])), "samples": samples}
+
+
+def prior_shift_metrics(targets: np.ndarray, scores: np.ndarray, target_prior: np.ndarray) -> dict:
+    """Scores re-scored as if the evaluation set had class prior target_prior [classes].
+
+    Negatives of class k get weight w_k = pi_k (1 - pi'_k) / (pi'_k (1 - pi_k)) (pi: the set's own
+    prior, pi': the target), which makes class k's weighted prior pi'_k. AP moves; AUC and d' do
+    not (returned unchanged). Returns ap [classes] (NaN where pi_k or pi'_k is 0 or 1), mAP, dprime
+    and ess [classes], Kish's effective sample size (sum w)^2 / sum w^2 of class k's weights."""
+    y, s = check_inputs(targets, scores)
+    pi_target = np.asarray(target_prior, dtype=np.float64)
+    if pi_target.shape != y.shape[1:]:
+        raise ValueError(f"target_prior {pi_target.shape} must be [classes] = {y.shape[1:]}")
+    pi = y.mean(axis=0)
+    ok = (pi > 0) & (pi < 1) & (pi_target > 0) & (pi_target < 1)
+    pi_ok, target_ok = np.where(ok, pi, 0.5), np.where(ok, pi_target, 0.5)
+    w_neg = pi_ok * (1 - target_ok) / (target_ok * (1 - pi_ok))
+    w = np.where(y, 1.0, w_neg)
+    ap = np.where(ok, weighted_average_precision(y, s, w), np.nan)
+    ess = np.where(ok, w.sum(axis=0) ** 2 / (w ** 2).sum(axis=0), np.nan)
+    return {"ap": ap, "mAP": float(np.nanmean(ap)) if ok.any() else float("nan"),
+            "dprime": classification_metrics(y, s)["dprime"], "ess": ess}
+
+
+def prior_slope(delta_ap: np.ndarray, train_prior: np.ndarray, n_resamples: int = 1000,
+                seed: int = 0) -> dict:
+    """Least-squares line of per-class delta_ap [classes] on log10(train_prior) [classes] (the
+    paper's Fig. 3), classes with a non-finite delta or a prior <= 0 dropped. Returns slope,
+    intercept, r, p (scipy.stats.linregress, two-sided test of slope 0) and slope_ci95, the 2.5
+    and 97.5 percentiles of the slope over n_resamples resamples of classes with replacement."""
+    d, p = np.asarray(delta_ap, dtype=np.float64), np.asarray(train_prior, dtype=np.float64)
+    if d.ndim != 1 or d.shape != p.shape:
+        raise ValueError(f"delta_ap {d.shape} and train_prior {p.shape} must both be [classes]")
+    keep = np.isfinite(d) & np.isfinite(p) & (p > 0)
+    if keep.sum() < 3:
+        raise ValueError(f"need >= 3 classes with a finite delta-AP and prior > 0, have {keep.sum()}")
+    x, d = np.log10(p[keep]), d[keep]
+    fit = linregress(x, d)
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    xs, ds = x[idx], d[idx]
+    xs = xs - xs.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of one repeated class
+        slopes = (xs * ds).sum(axis=1) / (xs ** 2).sum(axis=1)
+    lo, hi = np.nanpercentile(slopes, [2.5, 97.5])
+    return {"slope": float(fit.slope), "intercept": float(fit.intercept), "r": float(fit.rvalue),
+            "p": float(fit.pvalue), "slope_ci95": (float(lo), float(hi))}
