@@ -272,12 +272,40 @@ class Store:
 
     def add_split(self, split: str, shards: list[dict], clip_ids, labels, order: str) -> dict:
         """Record a written split in the manifest (atomically); returns its entry."""
-        entry = {"shards": shards, "clips": len(clip_ids), "order": order,
-                 "class_counts": class_counts(labels, self.n_classes).tolist(),
-                 "fingerprint": fingerprint(clip_ids)}
-        self.manifest["splits"][split] = entry
+        return self.add_splits({split: (shards, clip_ids, labels, order)})[split]
+
+    def add_splits(self, splits: dict[str, tuple]) -> dict[str, dict]:
+        """Record several written splits {name: (shards, clip_ids, labels, order)} in one atomic
+        manifest write (a split moving clips to another is never seen half done); returns entries."""
+        entries = {name: {"shards": shards, "clips": len(clip_ids), "order": order,
+                          "class_counts": class_counts(labels, self.n_classes).tolist(),
+                          "fingerprint": fingerprint(clip_ids)}
+                   for name, (shards, clip_ids, labels, order) in splits.items()}
+        self.manifest["splits"].update(entries)
         _write_json(self.root / MANIFEST, self.manifest)
-        self._index_cache.pop(split, None)
+        for name in entries:
+            self._index_cache.pop(name, None)
+        return entries
+
+    def add_union(self, name: str, parts: list[str]) -> dict:
+        """Record split `name` as the concatenation of splits `parts`, in that order, without
+        copying data; its clip count, class counts and fingerprint are recorded as for any split.
+        Raises StoreError if a part is missing or the parts share clips."""
+        if not parts or name in parts:
+            raise StoreError(f"{self.root}: a union {name!r} needs parts other than itself, got {parts}")
+        if "shards" in self.manifest["splits"].get(name, {}):
+            raise StoreError(f"{self.root}: split {name!r} exists and holds data; pick another name")
+        ids = np.concatenate([self.clip_ids(p) for p in parts])
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise StoreError(f"{self.root}: splits {parts} share {int((counts > 1).sum())} clip(s), "
+                             f"e.g. {uniq[counts > 1][:5].tolist()}")
+        entry = {"union_of": list(parts), "clips": len(ids), "order": "union",
+                 "class_counts": sum(self.class_counts(p) for p in parts).tolist(),
+                 "fingerprint": fingerprint(ids)}
+        self.manifest["splits"][name] = entry
+        _write_json(self.root / MANIFEST, self.manifest)
+        self._index_cache.pop(name, None)
         return entry
 
     def writer(self, split: str, rows_per_shard: int = 1024, order: str = "given") -> SplitWriter:

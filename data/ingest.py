@@ -1,0 +1,348 @@
+"""Ingest AudioSet-format audio into the spectrogram store, in parallel on Ray.
+
+    python -m data.ingest --segments balanced_train_segments.csv unbalanced_train_segments.csv.gz \\
+        --class-index class_labels_indices.csv --audio-dir audio/ --out store/ --split train
+
+1. Labels: the segment CSVs as one partition. An unknown MID is dropped from its clip (a clip
+   left without labels is skipped: "unknown_mid"), a repeated YTID keeps its first row; both named.
+2. Files: each clip's file is looked up in --audio-dir (one directory walk) by trying each
+   --audio-pattern with each --ext; a clip without a file is skipped, "missing".
+3. Order and shards: train is sorted by ascending rarest-label count over the clips with files
+   (see data/store.py), other splits keep CSV order; fixed chunks of --rows-per-shard clips of
+   that list, one shard each, so a rerun maps to the same shards.
+4. One Ray task per shard (all CPUs of the machine or cluster): decode, AST log-mel
+   (data/features.py), write the shard atomically. A clip that gives no spectrogram is skipped
+   with its reason (unreadable, empty, too_short, non_finite, error).
+5. The split is recorded in the manifest (a new store gets the class index's classes);
+   STORE/ingest_report.json lists every skipped clip with its reason.
+
+Resume: finished shards are journaled in STORE/ingest_journal_<split>.jsonl; rerunning the same
+command keeps every shard whose chunk is unchanged and whose file is intact ("reused") and
+computes only the rest. The audio files must be readable from every Ray node.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from data.balance import as_multilabels, class_counts, rarest_label_count
+from data.features import FRAMES, AudioError, clip_log_mel, store_features
+from data.labels import LabelFileError, Segments, _parse_file, read_class_index, read_segments
+from data.store import MANIFEST, Store, StoreError, _write_json, create_store, open_store
+
+__all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "main"]
+
+PATTERNS = ("{ytid}.{ext}", "Y{ytid}.{ext}", "{ytid}_{start}.{ext}", "{ytid}_{start_g}.{ext}")
+EXTS = ("wav", "flac", "ogg")
+REPORT = "ingest_report.json"
+
+
+@dataclass
+class IngestConfig:
+    segments: list[str]
+    class_index: str
+    audio_dir: str
+    out: str
+    split: str
+    patterns: tuple[str, ...] = PATTERNS
+    exts: tuple[str, ...] = EXTS
+    frames: int = FRAMES
+    rows_per_shard: int = 512       # 512 x 1024 x 128 float16 = 128 MiB shards
+    order: str | None = None        # "rarest_label" or "given"; None: rarest_label for "train"
+
+    def __post_init__(self):
+        self.order = self.order or ("rarest_label" if self.split == "train" else "given")
+
+
+class AudioFinder:
+    """Finds a clip's audio file under `root`: the first of `patterns` x `exts` that exists.
+
+    Pattern fields: {ytid}, {start} as in the CSV ("30.000"), {start_g} shortest ("30"), {ext}.
+    A pattern without "/" matches a file of that name anywhere under `root`.
+    """
+
+    def __init__(self, root: str | Path, patterns=PATTERNS, exts=EXTS):
+        self.root, self.patterns, self.exts = Path(root), tuple(patterns), tuple(exts)
+        for p in self.patterns:
+            try:
+                p.format(ytid="x", start="0.000", start_g="0", ext="wav")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"audio pattern {p!r}: bad field {e}; "
+                                 "use {ytid} {start} {start_g} {ext}") from None
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"audio directory {self.root} does not exist")
+        self._dir_of: dict[str, str] = {}
+        for dirpath, dirnames, files in os.walk(self.root):
+            dirnames.sort()
+            for f in files:
+                self._dir_of.setdefault(f, dirpath)
+
+    def find(self, ytid: str, start: float) -> str | None:
+        fields = {"ytid": ytid, "start": f"{start:.3f}", "start_g": f"{start:g}"}
+        for pattern in self.patterns:
+            for ext in self.exts:
+                name = pattern.format(ext=ext, **fields)
+                if "/" in name:
+                    if (self.root / name).is_file():
+                        return str(self.root / name)
+                elif name in self._dir_of:
+                    return os.path.join(self._dir_of[name], name)
+        return None
+
+
+def read_labels(paths, class_index) -> tuple[Segments, dict, list[dict]]:
+    """The segment CSVs as one partition, forgiving read_segments' errors.
+
+    Returns (segments, issues {error, unknown_mids {mid: rows}, duplicate_ytids}, skipped clips).
+    """
+    try:
+        return read_segments(paths, class_index), {}, []
+    except LabelFileError as e:
+        error = str(e)
+    table = pa.concat_tables([_parse_file(Path(p)) for p in paths])
+    index = class_index.index_of()
+    rows, labels, skipped, duplicates, unknown, seen = [], [], [], [], Counter(), set()
+    ytids = [y.strip() for y in table["ytid"].to_pylist()]
+    for row, (ytid, mids) in enumerate(zip(ytids, table["mids"].to_pylist())):
+        mids = [m.strip() for m in mids]
+        unknown.update(m for m in mids if m not in index)
+        if ytid in seen:
+            duplicates.append(ytid)
+            continue
+        seen.add(ytid)
+        known = [index[m] for m in mids if m in index]
+        if known:
+            rows.append(row)
+            labels.append(known)
+        else:
+            skipped.append({"clip_id": ytid, "reason": "unknown_mid", "detail": f"only unknown MIDs {mids}"})
+    segments = Segments(np.array(ytids, dtype=str)[rows], table["start"].to_numpy()[rows],
+                        table["end"].to_numpy()[rows], as_multilabels(labels), [str(p) for p in paths])
+    return segments, {"error": error, "unknown_mids": dict(unknown), "duplicate_ytids": duplicates}, skipped
+
+
+def _compute_shard(root: str, name: str, clips: list[tuple[str, str, list[int]]], frames: int) -> dict:
+    """Ray task: log-mel of each (clip id, path, labels), then the shard written atomically.
+
+    Returns {file (None if no clip worked), rows, bytes, skipped [[clip id, reason, detail]]}.
+    """
+    store = open_store(root)
+    mel = np.empty((len(clips), frames, store.mels), dtype=np.float16)
+    ids, labels, n_frames, skipped = [], [], [], []
+    for clip_id, path, clip_labels in clips:
+        try:
+            mel[len(ids)], n = clip_log_mel(path, frames)
+        except AudioError as e:
+            skipped.append([clip_id, e.reason, str(e)])
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop the others
+            skipped.append([clip_id, "error", f"{path}: {e!r}"])
+        else:
+            ids.append(clip_id)
+            labels.append(clip_labels)
+            n_frames.append(n)
+    entry = {"file": None, "rows": 0, "bytes": 0}
+    if ids:
+        entry = store.write_shard(name, ids, labels, mel[:len(ids)], n_frames)
+    return {**entry, "skipped": skipped}
+
+
+def _reusable(entry: dict | None, key: str, root: Path) -> bool:
+    if entry is None or entry["key"] != key:
+        return False
+    return entry["file"] is None or ((root / entry["file"]).is_file()
+                                     and (root / entry["file"]).stat().st_size == entry["bytes"])
+
+
+def _open_store(cfg: IngestConfig, class_index) -> Store:
+    """Open (or create) the store and check it can take this split."""
+    root = Path(cfg.out)
+    if not (root / MANIFEST).exists():
+        classes = [{"index": i, "mid": m, "name": n}
+                   for i, (m, n) in enumerate(zip(class_index.mids, class_index.names))]
+        return create_store(root, classes, store_features(cfg.frames))
+    store = open_store(root)
+    if store.features != store_features(cfg.frames):
+        raise StoreError(f"{root}: the store's features differ from this ingest's (--frames {cfg.frames})")
+    if store.mids != class_index.mids:
+        raise StoreError(f"{root}: the store's classes differ from {cfg.class_index}")
+    written = _read_report(root).get(cfg.split, {}).get("fingerprint")
+    if cfg.split in store.splits and store.split_info(cfg.split).get("fingerprint") != written:
+        raise StoreError(f"{root}: split {cfg.split!r} exists and was not written by this ingest, or was "
+                         "changed since (e.g. by data.split): ingest into another split or store")
+    return store
+
+
+def _read_report(root: Path) -> dict:
+    path = root / REPORT
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Journal lines {name, key, file, rows, bytes, skipped}, the last per shard; torn lines are ignored."""
+    entries = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with suppress(json.JSONDecodeError):
+            entry = json.loads(line)
+            entries[entry["name"]] = entry
+    return entries
+
+
+def _compute(todo: list[dict], root: Path, journal: Path, split: str, frames: int) -> tuple[dict, list]:
+    """Run the shard tasks on Ray, journaling each finished shard; returns (entries, failed)."""
+    import ray
+    if not ray.is_initialized():
+        ray.init()
+    task = ray.remote(num_cpus=1)(_compute_shard)
+    pending = {task.remote(str(root), c["name"], c["clips"], frames): c for c in todo}
+    done, failed = {}, []
+    with tqdm(total=sum(len(c["clips"]) for c in todo), unit="clip", desc=f"ingest {split}",
+              smoothing=0.1) as bar, open(journal, "a") as log:
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            chunk = pending.pop(ref)
+            bar.update(len(chunk["clips"]))
+            try:
+                entry = {"name": chunk["name"], "key": chunk["key"], **ray.get(ref)}
+            except ray.exceptions.RayError as e:  # a worker died (memory?): retried on rerun
+                failed.append({"file": chunk["name"], "error": str(e).strip().splitlines()[-1]})
+                continue
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            done[chunk["name"]] = entry
+    return done, failed
+
+
+def _plan(cfg: IngestConfig, segments: Segments, paths: list, n_classes: int) -> list[dict]:
+    """The clips with files, ordered, cut into chunks {name, key, clips [(clip id, path, labels)]}."""
+    rows = np.array([j for j, p in enumerate(paths) if p is not None], dtype=np.int64)
+    if cfg.order == "rarest_label" and len(rows):
+        found = segments.labels.take(rows)
+        rows = rows[np.argsort(rarest_label_count(found, class_counts(found, n_classes)), kind="stable")]
+    chunks = []
+    for i, start in enumerate(range(0, len(rows), cfg.rows_per_shard)):
+        part = rows[start:start + cfg.rows_per_shard]
+        ids = segments.clip_ids[part].tolist()
+        key = hashlib.sha256(("\n".join(ids) + f"\n{cfg.frames}").encode()).hexdigest()[:16]  # the chunk
+        clips = [(ids[k], paths[j], segments.labels[j].tolist()) for k, j in enumerate(part)]
+        chunks.append({"name": f"{cfg.split}/part-{i:05d}.parquet", "key": key, "clips": clips})
+    return chunks
+
+
+def _collect(chunks: list[dict], entries: dict) -> tuple[list, list, list, list]:
+    """(shards, clip ids, labels, skipped) of the finished chunks, in chunk order."""
+    shards, ids, labels, skipped = [], [], [], []
+    for c in chunks:
+        if c["name"] not in entries:
+            continue
+        entry = entries[c["name"]]
+        bad = {s[0] for s in entry["skipped"]}
+        skipped += [{"clip_id": s[0], "reason": s[1], "detail": s[2]} for s in entry["skipped"]]
+        ids += [clip for clip, _, _ in c["clips"] if clip not in bad]
+        labels += [clip_labels for clip, _, clip_labels in c["clips"] if clip not in bad]
+        if entry["file"] is not None:
+            shards.append({k: entry[k] for k in ("file", "rows", "bytes")})
+    return shards, ids, labels, skipped
+
+
+def ingest(cfg: IngestConfig) -> dict:
+    """Ingest one split (see the module docstring); returns the split's report."""
+    t0 = time.time()
+    class_index = read_class_index(cfg.class_index)
+    segments, issues, label_skipped = read_labels(cfg.segments, class_index)
+    store = _open_store(cfg, class_index)
+    finder = AudioFinder(cfg.audio_dir, cfg.patterns, cfg.exts)
+    paths = [finder.find(y, s) for y, s in zip(segments.clip_ids, segments.start)]
+    missing = [{"clip_id": y, "reason": "missing", "detail": f"no file in {cfg.audio_dir}"}
+               for y, p in zip(segments.clip_ids, paths) if p is None]
+    chunks = _plan(cfg, segments, paths, len(class_index))
+    journal_path = store.root / f"ingest_journal_{cfg.split}.jsonl"
+    journal = _read_journal(journal_path)
+    reused = {c["name"]: journal[c["name"]] for c in chunks
+              if _reusable(journal.get(c["name"]), c["key"], store.root)}
+    todo = [c for c in chunks if c["name"] not in reused]
+    computed, failed = _compute(todo, store.root, journal_path, cfg.split, cfg.frames) if todo else ({}, [])
+    entries = {**reused, **computed}
+    shards, ids, labels, decode_skipped = _collect(chunks, entries)
+    skipped = label_skipped + missing + decode_skipped
+    report = {"split": cfg.split, "complete": not failed, "config": asdict(cfg),
+              "clips_listed": len(segments) + len(label_skipped), "ingested": len(ids),
+              "reused": sum(e["rows"] for e in reused.values()),
+              "computed": sum(len(c["clips"]) for c in todo),
+              "shards": len(chunks), "shards_reused": len(reused), "failed_shards": failed,
+              "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped": skipped,
+              "label_issues": issues}
+    if cfg.order == "rarest_label" and ids:  # skipped clips can put a few ties out of order
+        r = rarest_label_count(labels, class_counts(labels, len(class_index)))
+        report["rows_out_of_order"] = int((np.diff(r) < 0).sum())
+    if not failed:
+        report["fingerprint"] = store.add_split(cfg.split, shards, ids, labels, cfg.order)["fingerprint"]
+        keep = {s["file"] for s in shards}
+        for stale in (store.root / cfg.split).glob("part-*.parquet*"):
+            if f"{cfg.split}/{stale.name}" not in keep:
+                stale.unlink()
+        journal_path.write_text("".join(json.dumps(entries[c["name"]]) + "\n" for c in chunks))
+    report["seconds"] = round(time.time() - t0, 2)
+    report["clips_per_s"] = round(report["computed"] / max(report["seconds"], 0.01), 2)
+    _write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
+    return report
+
+
+def summary(report: dict, shown: int = 20) -> dict:
+    """The report without its long lists: counts, and the first `shown` clip ids per skip reason."""
+    out = {k: v for k, v in report.items() if k not in ("skipped", "config")}
+    out["skipped_examples"] = {r: [s["clip_id"] for s in report["skipped"] if s["reason"] == r][:shown]
+                               for r in report["skipped_by_reason"]}
+    if report["label_issues"]:
+        duplicates = report["label_issues"]["duplicate_ytids"]
+        out["label_issues"] = {**report["label_issues"], "duplicate_ytids": duplicates[:shown],
+                               "duplicate_count": len(duplicates)}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.ingest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--segments", nargs="+", required=True, metavar="CSV",
+                   help="segment CSV(s) of one partition (.csv or .csv.gz)")
+    p.add_argument("--class-index", required=True, metavar="CSV", help="class_labels_indices.csv")
+    p.add_argument("--audio-dir", required=True, metavar="DIR",
+                   help="directory with the audio files (searched recursively)")
+    p.add_argument("--out", required=True, metavar="STORE", help="store directory (created if new)")
+    p.add_argument("--split", required=True, metavar="NAME", help="split name, e.g. train, eval_public")
+    p.add_argument("--audio-pattern", nargs="+", default=list(PATTERNS), metavar="PATTERN",
+                   help="file names to try, in order; fields {ytid}, {start} (as in the CSV, 30.000), "
+                        f"{{start_g}} (30), {{ext}} (default: {' '.join(PATTERNS)})")
+    p.add_argument("--ext", nargs="+", default=list(EXTS), metavar="EXT",
+                   help=f"extensions to try for {{ext}} (default: {' '.join(EXTS)})")
+    p.add_argument("--frames", type=int, default=FRAMES, metavar="N",
+                   help="frames per clip, 10 ms each (default %(default)s)")
+    p.add_argument("--rows-per-shard", type=int, default=IngestConfig.rows_per_shard, metavar="N",
+                   help="clips per shard (default %(default)s)")
+    p.add_argument("--order", choices=["rarest_label", "given"],
+                   help="row order (default: rarest_label for the split 'train', else CSV order)")
+    a = p.parse_args(argv)
+    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.out, a.split,
+                                 tuple(a.audio_pattern), tuple(a.ext), a.frames, a.rows_per_shard, a.order))
+    print(json.dumps(summary(report), indent=1))
+    if report["label_issues"]:
+        print(f"label files: {report['label_issues']['error']}", file=sys.stderr)
+    if not report["complete"]:
+        print(f"{len(report['failed_shards'])} shard(s) failed; the split is not recorded: rerun to retry",
+              file=sys.stderr)
+    return 0 if report["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

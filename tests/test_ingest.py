@@ -1,0 +1,172 @@
+"""Ingest on a real local Ray: generated soundfile audio in several layouts, bad files, resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torchaudio.compliance import kaldi
+
+from data.balance import class_counts, rarest_label_count
+from data.ingest import AudioFinder, IngestConfig, ingest, main
+from data.labels import read_class_index
+from data.store import open_store
+
+AST_FBANK = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
+                 num_mel_bins=128, dither=0.0, frame_shift=10)
+
+# clip id -> (file name or None, rate, channels, seconds, class indices)
+CLIPS = {
+    "aaaaaaaaaaa": ("aaaaaaaaaaa.wav", 16000, 1, 10.0, [0]),
+    "bbbbbbbbbbb": ("Ybbbbbbbbbbb.flac", 44100, 2, 10.0, [0, 1]),
+    "ccccccccccc": ("ccccccccccc_30.000.wav", 8000, 1, 3.0, [2]),
+    "ddddddddddd": ("sub/ddddddddddd_30.flac", 48000, 2, 12.5, [0, 2]),
+    "eeeeeeeeeee": ("eeeeeeeeeee.ogg", 22050, 1, 4.0, [1]),
+    "fffffffffff": ("fffffffffff.wav", 16000, 2, 0.6, [0]),
+    "ggggggggggg": ("ggggggggggg.wav", 32000, 1, 10.0, [3]),
+    "hhhhhhhhhhh": ("hhhhhhhhhhh.wav", 16000, 1, 5.0, [0, 3]),
+    "mixedmid000": ("mixedmid000.wav", 16000, 1, 2.0, [1]),   # + an unknown MID, dropped
+    "tooshort000": ("tooshort000.wav", 16000, 1, 0.05, [0]),
+    "corrupt0000": ("corrupt0000.wav", None, 1, 0, [0]),
+    "emptyfile00": ("emptyfile00.flac", None, 1, 0, [1]),
+    "missing0000": (None, None, 1, 0, [2]),
+    "unknownmid0": ("unknownmid0.wav", 16000, 1, 1.0, []),     # only an unknown MID
+}
+KEPT = ["aaaaaaaaaaa", "bbbbbbbbbbb", "ccccccccccc", "ddddddddddd", "eeeeeeeeeee", "fffffffffff",
+        "ggggggggggg", "hhhhhhhhhhh", "mixedmid000"]
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    """A local Ray for this module (reuses one already started, e.g. by `ray_local`)."""
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, audioset):
+    """Audio files, a segment CSV (with a duplicate YTID and unknown MIDs) and the class index."""
+    root = tmp_path_factory.mktemp("ingest")
+    audio = root / "audio"
+    (audio / "sub").mkdir(parents=True)
+    mids = read_class_index(audioset / "class_labels_indices.csv").mids
+    lines = ["# Segments csv", "# YTID, start_seconds, end_seconds, positive_labels"]
+    for k, (clip, (name, rate, channels, seconds, labels)) in enumerate(CLIPS.items()):
+        if name and rate:
+            t = np.arange(int(rate * seconds)) / rate
+            x = 0.3 * np.sin(2 * np.pi * (200 + 50 * k) * t)[:, None] * np.linspace(1, 0.5, channels)
+            x = x + 0.05 * np.random.default_rng(k).standard_normal((len(t), channels))
+            sf.write(audio / name, x.astype(np.float32), rate)
+        elif name:
+            (audio / name).write_bytes(b"not audio at all" * 20 if "corrupt" in clip else b"")
+        tags = [mids[i] for i in labels] + (["/m/not_a_class"] if clip in ("mixedmid000", "unknownmid0")
+                                            else [])
+        lines.append(f'{clip}, 30.000, 40.000, "{",".join(tags)}"')
+    lines.append(f'aaaaaaaaaaa, 0.000, 10.000, "{mids[5]}"')  # duplicate YTID: the first row wins
+    (root / "segments.csv").write_text("\n".join(lines) + "\n")
+    return root, audio
+
+
+def _run(inputs, **kw):
+    root, audio = inputs
+    return ingest(IngestConfig([str(root / "segments.csv")], str(root.parent / "class_index.csv"), str(audio),
+                               str(root / "store"), "train", rows_per_shard=3, **kw))
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_module, inputs, audioset):
+    root, _ = inputs
+    (root.parent / "class_index.csv").write_bytes((audioset / "class_labels_indices.csv").read_bytes())
+    return _run(inputs), open_store(root / "store")
+
+
+def test_files_are_found_in_every_layout(inputs):
+    _, audio = inputs
+    finder = AudioFinder(audio)
+    assert finder.find("ccccccccccc", 30.0).endswith("ccccccccccc_30.000.wav")
+    assert finder.find("ddddddddddd", 30.0).endswith("sub/ddddddddddd_30.flac")
+    assert finder.find("bbbbbbbbbbb", 0.0).endswith("Ybbbbbbbbbbb.flac")
+    assert finder.find("missing0000", 30.0) is None
+    assert AudioFinder(audio, ["sub/{ytid}_{start_g}.{ext}"], ["flac"]).find("ddddddddddd", 30.0)
+    with pytest.raises(ValueError, match="bad field 'yid'"):
+        AudioFinder(audio, ["{yid}.wav"])
+
+
+def test_stored_features_equal_kaldi_fbank(first_run, inputs):
+    report, store = first_run
+    _, audio = inputs
+    assert store.n_classes == 527 and store.frames == 1024 and store.mels == 128
+    assert sorted(store.clip_ids("train")) == sorted(KEPT)
+    for clip in KEPT:
+        name, rate, _, seconds, _ = CLIPS[clip]
+        samples, _ = sf.read(audio / name, dtype="float32", always_2d=True)
+        wave = AF.resample(torch.from_numpy(samples).mean(1), rate, 16000)
+        want = kaldi.fbank((wave - wave.mean())[None], **AST_FBANK).numpy()[:1024]
+        got = store.spectrogram("train", clip).astype(np.float32)
+        np.testing.assert_allclose(got[:len(want)], want, atol=0.02, rtol=2e-3, err_msg=clip)
+        assert (got[len(want):] == 0).all()
+    ids = store.clip_ids("train").tolist()
+    assert [list(store.labels("train")[ids.index("mixedmid000")])] == [[1]]
+    assert list(store.labels("train")[ids.index("aaaaaaaaaaa")]) == [0]
+
+
+def test_bad_input_is_reported_and_the_rest_kept(first_run):
+    report, store = first_run
+    reasons = {s["clip_id"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {"tooshort000": "too_short", "corrupt0000": "unreadable", "emptyfile00": "empty",
+                       "missing0000": "missing", "unknownmid0": "unknown_mid"}
+    assert report["ingested"] == len(KEPT) and report["complete"]
+    issues = report["label_issues"]
+    assert issues["unknown_mids"] == {"/m/not_a_class": 2} and issues["duplicate_ytids"] == ["aaaaaaaaaaa"]
+    assert "unknown MID" in issues["error"] or "duplicate" in issues["error"]
+    on_disk = json.loads((store.root / "ingest_report.json").read_text())["train"]
+    assert on_disk["skipped_by_reason"] == {"unknown_mid": 1, "missing": 1, "unreadable": 1, "empty": 1,
+                                            "too_short": 1}
+    store.validate()
+
+
+def test_train_is_in_rarest_label_order(first_run):
+    _, store = first_run
+    labels = store.labels("train")
+    r = rarest_label_count(labels, class_counts(labels, store.n_classes))
+    assert (np.diff(r) >= 0).all() and store.split_info("train")["order"] == "rarest_label"
+    n_frames = {c: n for c, n in zip(store.clip_ids("train"), _column(store, "n_frames"))}
+    assert (n_frames["aaaaaaaaaaa"], n_frames["ddddddddddd"], n_frames["fffffffffff"]) == (998, 1024, 58)
+
+
+def _column(store, name):
+    import pyarrow.parquet as pq
+    return np.concatenate([pq.read_table(p, columns=[name])[name].to_numpy()
+                           for p in store.shard_paths("train")])
+
+
+def test_rerun_resumes_without_repeating_work(first_run, inputs, capsys):
+    _, store = first_run
+    shards = store.shard_paths("train")
+    mtimes = {p: os.stat(p).st_mtime_ns for p in shards}
+    fp = store.fingerprint("train")
+    root, audio = inputs
+    index = str(root.parent / "class_index.csv")
+    rc = main(["--segments", str(root / "segments.csv"), "--class-index", index, "--audio-dir", str(audio),
+               "--out", str(store.root), "--split", "train", "--rows-per-shard", "3"])
+    printed = json.loads(capsys.readouterr().out)
+    assert rc == 0 and printed["computed"] == 0 and printed["reused"] == len(KEPT)
+    assert printed["shards_reused"] == printed["shards"] == 4
+    assert printed["skipped_examples"]["missing"] == ["missing0000"]
+    assert {p: os.stat(p).st_mtime_ns for p in shards} == mtimes
+    # an interrupted run: one shard never written -> only that chunk is computed again
+    os.remove(shards[1])
+    report = _run(inputs)
+    assert report["computed"] == 3 and report["shards_reused"] == 3
+    del mtimes[shards[1]]
+    assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
+    assert open_store(store.root).fingerprint("train") == fp
