@@ -5,10 +5,18 @@ A trial checkpoint is a directory:
   optimizer.pt  the Adam state
   state.json    {examples, step, history, beta, lr, model: ASTConfig as a dict}
 so a checkpoint rebuilds its model without the sweep's configuration.
+
+    python -m sweep.evaluate --predictions P.npz --target-prior {train|uniform|<split>|file.csv} [--store DIR]
+    python -m sweep.evaluate --checkpoint PATH --store DIR --split NAME [--split ...] [--out DIR|F.npz]
+
+The first re-scores saved predictions under another class prior (AP moves, d' does not); the
+second evaluates a trial checkpoint directory or a published AST AudioSet .pth on store splits,
+writing the metrics (as results.json rows hold them) and predictions (as the sweep saves them).
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +28,8 @@ from model.ast import ASTConfig, create_ast
 from model.step import predict
 from sweep.metrics import classification_metrics
 
-__all__ = ["save_checkpoint", "load_state", "load_model", "evaluate_split", "save_predictions"]
+__all__ = ["save_checkpoint", "load_state", "list_checkpoints", "load_model", "load_any_checkpoint", "evaluate_split",
+           "save_predictions", "target_prior", "rescore", "main"]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -37,6 +46,25 @@ def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_
 
 def load_state(directory: str | Path) -> dict:
     return json.loads((Path(directory) / "state.json").read_text())
+
+
+def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
+    """(path, state) of every trial checkpoint under a Train run's storage path (a local
+    directory or a URI such as s3://...), in order of examples seen."""
+    import pyarrow.fs as pafs
+    if "://" in run_path:
+        fs, base = pafs.FileSystem.from_uri(run_path)
+        scheme = run_path.split("://", 1)[0] + "://"
+    else:
+        fs, base, scheme = pafs.LocalFileSystem(), str(Path(run_path).resolve()), ""
+    if fs.get_file_info(base).type == pafs.FileType.NotFound:
+        return []
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if info.base_name == "state.json" and not info.path.rstrip("/").endswith(".tmp/state.json"):
+            with fs.open_input_stream(info.path) as f:
+                found.append((scheme + info.path.rsplit("/", 1)[0], json.loads(f.read())))
+    return sorted(found, key=lambda c: c[1]["examples"])
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -72,71 +100,152 @@ def save_predictions(path: str | Path, result: dict) -> None:
 
 
 def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_split: str = "train") -> np.ndarray:
-    """A class prior [K] named on the command line: `train`, `uniform` (every class at the
-    set's mean prior), a store split's name, or a CSV file with a `prior` column in class order."""
+    """A class prior [K] named on the command line: `train` (the store's training split), `uniform`
+    (every class at the set's mean prior, so the expected labels per clip stay the same), a store
+    split's name, or a CSV file with a `prior` column, one row per class in class order (or in any
+    order with an `index` column)."""
+    k = targets.shape[1]
     if spec == "uniform":
-        return np.full(targets.shape[1], targets.mean())
+        return np.full(k, float(np.mean(targets)))
     if spec.endswith(".csv"):
         import csv
         with open(spec, newline="") as f:
             rows = list(csv.DictReader(f))
         if not rows or "prior" not in rows[0]:
             raise ValueError(f"{spec}: expected a CSV with a 'prior' column, one row per class")
-        prior = np.array([float(r["prior"]) for r in rows])
+        try:
+            values = [float(r["prior"]) for r in rows]
+            index = [int(r["index"]) for r in rows] if "index" in rows[0] else list(range(len(rows)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{spec}: {e}") from None
+        if sorted(index) != list(range(len(rows))):
+            raise ValueError(f"{spec}: the 'index' column must hold 0..{len(rows) - 1} once each")
+        prior = np.empty(len(rows))
+        prior[index] = values
     else:
         if store is None:
-            raise ValueError(f"--target-prior {spec} needs --store")
+            raise ValueError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
         split = train_split if spec == "train" else spec
         prior = store.class_counts(split) / store.split_info(split)["clips"]
-    if prior.shape != (targets.shape[1],):
-        raise ValueError(f"target prior has {prior.size} classes, the predictions {targets.shape[1]}")
+    if prior.shape != (k,):
+        raise ValueError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
+    bad = ~(np.isfinite(prior) & (prior >= 0) & (prior <= 1))
+    if bad.any():
+        raise ValueError(f"target prior {spec}: class {int(np.flatnonzero(bad)[0])} has prior "
+                         f"{prior[bad][0]!r}, not in [0, 1]")
     return prior
+
+
+def rescore(predictions: str | Path, spec: str, store: Store | None = None, train_split: str = "train") -> dict:
+    """Saved predictions re-scored under the class prior `spec` (see target_prior): per-class AP
+    with the negatives of class k weighted to make its prior pi'_k (sweep.stats.prior_shift_metrics),
+    its mAP, d' and macro AUC (unchanged by design: they do not depend on the prior), and per class
+    the effective sample size of the weighted set. Classes whose own or target prior is 0 or 1
+    have no shifted AP and are listed in `excluded`."""
+    from sweep.stats import prior_shift_metrics
+    with np.load(predictions) as f:
+        scores, targets = f["scores"], f["targets"]
+    prior = target_prior(spec, targets, store, train_split)
+    own = classification_metrics(targets, scores)
+    shifted = prior_shift_metrics(targets, scores, prior)
+    names = store.classes if store is not None and store.n_classes == targets.shape[1] \
+        else [str(i) for i in range(targets.shape[1])]
+    nan = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731 (strict JSON: no NaN)
+    own_prior = targets.mean(axis=0)
+    return {"predictions": str(predictions), "target_prior": spec, "clips": int(targets.shape[0]),
+            "classes": int(targets.shape[1]), "mAP_own_prior": own["mAP"], "mAP_target_prior": nan(shifted["mAP"]),
+            "dprime": own["dprime"], "AUC": own["mAUC"],
+            "ess_min": nan(np.nanmin(shifted["ess"])) if np.isfinite(shifted["ess"]).any() else None,
+            "excluded": [names[i] for i in np.flatnonzero(~np.isfinite(shifted["ap"]))],
+            "per_class": [{"class": names[i], "prior_own": nan(own_prior[i]), "prior_target": nan(prior[i]),
+                           "ap_own_prior": nan(own["ap"][i]), "ap_target_prior": nan(shifted["ap"][i]),
+                           "ess": nan(shifted["ess"][i])} for i in range(targets.shape[1])]}
+
+
+def load_any_checkpoint(path: str | Path, store: Store, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str]:
+    """A trial checkpoint directory (model.pt + state.json) or a published AST AudioSet .pth, as a
+    model for `store`'s spectrograms; returns (model, "trial" | "published"). A model whose input
+    geometry or class count does not fit the store is an error, not a silently random classifier."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file() or not (path / "state.json").is_file():
+            raise FileNotFoundError(f"{path}: a trial checkpoint holds model.pt and state.json")
+        cfg = load_state(path)["model"]
+        got = {"frames": cfg["frames"], "mels": cfg["mels"], "n_classes": cfg["n_classes"]}
+        want = {"frames": store.frames, "mels": store.mels, "n_classes": store.n_classes}
+        if got != want:
+            raise ValueError(f"{path}: the checkpoint's model takes {got}, the store {store.root} has {want}")
+        return load_model(path, device), "trial"
+    from model.ast import load_ast_checkpoint
+    model = load_ast_checkpoint(path, frames=store.frames, mels=store.mels)
+    if model.n_classes != store.n_classes:
+        raise ValueError(f"{path}: {model.n_classes} classes, the store {store.root} {store.n_classes}; "
+                         "its classifier does not fit this store's classes")
+    return model.to(device).eval(), "published"
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv=None) -> int:
     import argparse
-    import sys
     from data.store import open_store
     p = argparse.ArgumentParser(prog="python -m sweep.evaluate", description=(
-        "Evaluate a checkpoint on a store split, or re-score saved predictions under another class "
-        "prior (AP changes with the prior, d' does not)."))
+        "Evaluate a checkpoint on store splits, or re-score saved predictions under another class "
+        "prior (AP changes with the prior, AUC and d' do not). Prints JSON."), epilog=(
+        "examples:\n"
+        "  python -m sweep.evaluate --predictions runs/demo/predictions/beta=0/eval_public.npz "
+        "--target-prior eval_internal --store runs/demo/store\n"
+        "  python -m sweep.evaluate --checkpoint audioset_10_10_0.4593.pth --store DIR "
+        "--split eval_public --split eval_internal --out runs/ast_preds\n"
+        "  python -m sweep.report --run-dir runs/demo --extra AST=runs/ast_preds"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", metavar="NPZ", help="predictions saved by a sweep (scores, targets, clip_ids)")
     p.add_argument("--target-prior", metavar="PRIOR", help="train | uniform | <split> | file.csv")
+    p.add_argument("--train-split", default="train", help="the split `--target-prior train` means (default train)")
     p.add_argument("--checkpoint", metavar="PATH", help="a trial checkpoint dir or a published AST .pth")
     p.add_argument("--store", metavar="DIR", help="the spectrogram store")
-    p.add_argument("--split", metavar="NAME", help="split to evaluate --checkpoint on")
-    p.add_argument("--out", metavar="NPZ", help="where to save the checkpoint's predictions")
+    p.add_argument("--split", metavar="NAME", action="append", default=[],
+                   help="split to evaluate --checkpoint on (repeatable)")
+    p.add_argument("--out", metavar="PATH", help="where to save the checkpoint's predictions: a directory "
+                   "(<split>.npz per split and metrics.json; what sweep.report --extra reads) or, for one "
+                   "split, a .npz file")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     a = p.parse_args(argv)
-    store = open_store(a.store) if a.store else None
-    if a.checkpoint:
-        if store is None or not a.split:
-            p.error("--checkpoint needs --store and --split")
-        if Path(a.checkpoint).is_dir():
-            model = load_model(a.checkpoint)
-        else:
-            from model.ast import load_ast_checkpoint
-            model = load_ast_checkpoint(a.checkpoint, n_classes=store.n_classes, frames=store.frames).eval()
-        result = evaluate_split(model, store, a.split, a.batch_size)
-        if a.out:
-            save_predictions(a.out, result)
-        m = result["metrics"]
-        print(json.dumps({"split": a.split, "clips": len(result["clip_ids"]), "mAP": m["mAP"],
-                          "AUC": m["mAUC"], "dprime": m["dprime"], "excluded": m["excluded"]}, indent=1))
+    try:
+        store = open_store(a.store) if a.store else None
+        if a.checkpoint:
+            if store is None or not a.split:
+                p.error("--checkpoint needs --store and --split")
+            if a.out and a.out.endswith(".npz") and len(a.split) > 1:
+                p.error("--out FILE.npz holds one split; give a directory for several")
+            for s in a.split:
+                store.split_info(s)  # names a missing split before the model loads
+            device = a.device or _default_device()
+            model, kind = load_any_checkpoint(a.checkpoint, store, device)
+            out = {"checkpoint": a.checkpoint, "kind": kind, "store": str(store.root), "eval": {}, "predictions": {}}
+            for s in a.split:
+                result = evaluate_split(model, store, s, a.batch_size, device)
+                m = result["metrics"]
+                out["eval"][s] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"],
+                                  "clips": len(result["clip_ids"]), "excluded": m["excluded"]}
+                if a.out:
+                    path = Path(a.out) if a.out.endswith(".npz") else Path(a.out) / f"{s}.npz"
+                    save_predictions(path, result)
+                    out["predictions"][s] = str(path)
+            if a.out and not a.out.endswith(".npz"):
+                (Path(a.out) / "metrics.json").write_text(json.dumps(out, indent=1))
+            print(json.dumps(out, indent=1))
+            return 0
+        if not a.predictions or not a.target_prior:
+            p.error("give --checkpoint (with --store, --split) or --predictions with --target-prior")
+        print(json.dumps(rescore(a.predictions, a.target_prior, store, a.train_split), indent=1))
         return 0
-    if not a.predictions or not a.target_prior:
-        p.error("give --checkpoint (with --store, --split) or --predictions with --target-prior")
-    from sweep.stats import prior_shift_metrics
-    with np.load(a.predictions) as f:
-        scores, targets = f["scores"], f["targets"]
-    prior = target_prior(a.target_prior, targets, store)
-    own = classification_metrics(targets, scores)
-    shifted = prior_shift_metrics(targets, scores, prior)
-    print(json.dumps({"predictions": a.predictions, "target_prior": a.target_prior,
-                      "mAP_own_prior": own["mAP"], "mAP_target_prior": float(shifted["mAP"]),
-                      "dprime": own["dprime"], "ess_min": float(np.nanmin(shifted["ess"])),
-                      "ess": np.round(shifted["ess"], 1).tolist()}, indent=1))
-    return 0
+    except (OSError, ValueError) as e:  # a missing file, a bad prior or split (StoreError is a ValueError)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

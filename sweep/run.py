@@ -53,25 +53,44 @@ def prepare(cfg: Config) -> Config:
     return replace(cfg, data=data, run=run, model=model)
 
 
-def collect_traces(results) -> tuple[list, list[dict]]:
-    """Validation traces of every trial from the Tune ResultGrid, and the failed trials."""
+def collect_traces(results, train_runs: str) -> tuple[list, list[dict]]:
+    """Each trial's validation trace from its checkpoints (the canonical history: it survives
+    worker restarts and resumed sweeps), and the failed trials. An evaluation whose
+    checkpoint was not kept (train.keep_checkpoints) maps to the nearest kept one."""
     import numpy as np
+    from sweep.evaluate import list_checkpoints
     from sweep.select import TrialTrace
     traces, failed = [], []
     for r in results:
-        cfg = r.config
-        df = r.metrics_dataframe
-        if df is None or "val_dprime" not in df or df["val_dprime"].isna().all():
-            failed.append({"beta": cfg["beta"], "lr": cfg["lr"], "error": str(r.error)})
+        beta, lr = float(r.config["beta"]), float(r.config["lr"])
+        trial_id = (r.metrics or {}).get("trial_id")
+        checkpoints = list_checkpoints(os.path.join(train_runs, f"train-{trial_id}")) if trial_id else []
+        if r.error or not checkpoints:
+            failed.append({"beta": beta, "lr": lr, "trial_id": trial_id, "error": str(r.error)})
+        if not checkpoints:
             continue
-        df = df.dropna(subset=["val_dprime"]).drop_duplicates("examples", keep="last").sort_values("examples")
-        traces.append(TrialTrace(
-            trial_id=str(df["trial_id"].iloc[-1]), beta=float(cfg["beta"]), lr=float(cfg["lr"]),
-            examples=df["examples"].to_numpy(np.int64), dprime=df["val_dprime"].to_numpy(float),
-            checkpoints=df["checkpoint_path"].tolist() if "checkpoint_path" in df else [None] * len(df)))
-        if r.error:
-            failed.append({"beta": cfg["beta"], "lr": cfg["lr"], "error": str(r.error)})
+        history = checkpoints[-1][1]["history"]
+        kept = np.array([state["examples"] for _, state in checkpoints])
+        nearest = [checkpoints[int(np.abs(kept - e).argmin())][0] for e in history["examples"]]
+        traces.append(TrialTrace(trial_id, beta, lr, np.asarray(history["examples"], np.int64),
+                                 np.asarray(history["val_dprime"], float), nearest))
     return traces, failed
+
+
+def _fresh_storage(storage: str, name: str) -> None:
+    """A new sweep starts from empty Tune/Train storage (MLflow keeps the old runs)."""
+    import shutil
+    import pyarrow.fs as pafs
+    for path in (os.path.join(storage, name), os.path.join(storage, "train_runs")):
+        if "://" in path:
+            fs, base = pafs.FileSystem.from_uri(path)
+            if fs.get_file_info(base).type != pafs.FileType.NotFound:
+                raise ConfigError(f"{path} holds an earlier sweep: pass --resume to continue it, "
+                                  "or choose another run.name")
+        elif os.path.exists(path):
+            print(f"starting afresh: removing the earlier sweep's Ray storage {path} "
+                  "(pass --resume to continue it instead)")
+            shutil.rmtree(path)
 
 
 def _evaluate_checkpoint(checkpoint: str, store_dir: str, splits: list[str], batch_size: int) -> dict:
@@ -131,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sweep.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="YAML", default=None,
-                   help=f"sweep configuration (default: {DEFAULT_CONFIG.relative_to(Path.cwd()) if DEFAULT_CONFIG.is_relative_to(Path.cwd()) else DEFAULT_CONFIG})")
+                   help="sweep configuration (default: configs/demo.yaml, the embedded demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.examples=4000 (repeatable)")
     p.add_argument("--run-dir", metavar="DIR", help="where results, predictions and MLflow go")
@@ -180,12 +199,14 @@ def main(argv=None) -> int:
     if owns_ray:
         ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False)
     storage = cfg.run.storage_path or os.environ.get("SWEEP_STORAGE") or str(run_dir / "ray")
+    if not a.resume:
+        _fresh_storage(storage, cfg.run.name)
     tracking_info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
     try:
         results = build_tuner(cfg, storage, tracking_info, a.resume).fit()
         tracking.close_running_children(client, exp_id, parent_id)
         from sweep.select import select_overall, select_per_beta
-        traces, failed = collect_traces(results)
+        traces, failed = collect_traces(results, os.path.join(storage, "train_runs"))
         if not traces:
             raise RuntimeError(f"every trial failed: {failed}")
         per_beta = select_per_beta(traces, cfg.sweep.smoothing_window)

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 __all__ = ["TrackingError", "tracking_uri", "check_reachable", "experiment_id", "start_parent",

@@ -4,9 +4,9 @@
 cadence are counted in examples. Every `eval_every_examples`, rank 0 scores the validation
 split, computes d' (raw and trailing-smoothed) and saves a checkpoint; every rank calls
 `ray.train.report` (a barrier). A restarted worker group resumes from the latest checkpoint:
-the stream is rebuilt from the examples already seen (`resume_examples`, read by the dataset
-factory when the worker group starts), so no example is trained on twice and every rank
-still gets an equal share.
+the stream is rebuilt from the examples already seen (the dataset factory in sweep/tune.py
+reads them from the checkpoints when the worker group starts), so no example is trained on
+twice and every rank still gets an equal share.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from sweep.config import Config, from_dict
 from sweep.evaluate import evaluate_split, load_state, save_checkpoint
 from sweep.select import moving_average
 
-__all__ = ["train_func", "resume_examples", "HISTORY_KEYS"]
+__all__ = ["train_func", "summary_metrics", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("examples", "train_loss", "val_mAP", "val_AUC", "val_dprime", "val_dprime_ma")
 
@@ -37,22 +37,6 @@ class _Collate(NumpyBatchCollateFn):
 
     def __call__(self, batch):
         return torch.from_numpy(batch["mel"]), torch.from_numpy(batch["target"])
-
-
-def resume_examples(train_run_path: str) -> int:
-    """Examples seen at the latest checkpoint under a Train run's storage path (0 if none)."""
-    import pyarrow.fs as pafs
-    fs, base = pafs.FileSystem.from_uri(train_run_path) if "://" in train_run_path else \
-        (pafs.LocalFileSystem(), os.path.abspath(train_run_path))
-    if fs.get_file_info(base).type == pafs.FileType.NotFound:
-        return 0
-    seen = 0
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.base_name == "state.json":
-            with fs.open_input_stream(info.path) as f:
-                import json
-                seen = max(seen, int(json.loads(f.read())["examples"]))
-    return seen
 
 
 def _tracking(config: dict):
@@ -71,6 +55,13 @@ def _log_history(client, run_id: str, history: dict) -> None:
     for i, examples in enumerate(history["examples"]):
         if examples > last:
             log_metrics(client, run_id, {k: history[k][i] for k in HISTORY_KEYS if k != "examples"}, examples)
+
+
+def summary_metrics(state: dict) -> dict:
+    """What a trial reports: progress and the latest evaluation of its history."""
+    h = state["history"]
+    return {"examples": state["examples"], "step": state["step"], "evals": len(h["examples"]),
+            **{k: h[k][-1] for k in HISTORY_KEYS if k != "examples"}}
 
 
 def train_func(config: dict) -> None:
@@ -120,7 +111,7 @@ def train_func(config: dict) -> None:
                 # trailing value of the centred average; selection recomputes it on the full trace
                 h["val_dprime_ma"] = moving_average(np.asarray(h["val_dprime"]),
                                                     cfg.sweep.smoothing_window).tolist()
-                metrics.update({k: h[k][-1] for k in HISTORY_KEYS if k != "examples"})
+                metrics = summary_metrics(state)
                 save_checkpoint(tmp, model, optimizer, state, cfg.model)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
@@ -129,6 +120,9 @@ def train_func(config: dict) -> None:
         losses.clear()
         next_eval += every
 
+    if state["examples"] >= budget:  # restarted after the last evaluation: nothing left to do
+        ray.train.report(summary_metrics(state))
+        return
     shard = ray.train.get_dataset_shard("train")
     model.train()
     for mel, target in shard.iter_torch_batches(batch_size=per_worker, collate_fn=_Collate()):

@@ -21,7 +21,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from data.store import open_store
 from data.stream import oversampled_dataset, sampler_audit
 from sweep.config import Config, flatten, from_dict, to_dict
-from sweep.train import resume_examples, train_func
+from sweep.evaluate import list_checkpoints
+from sweep.train import summary_metrics, train_func
 
 __all__ = ["trial_driver", "build_tuner", "trial_concurrency", "METRIC"]
 
@@ -31,7 +32,7 @@ METRIC = "val_dprime_ma"
 def _train_dataset_factory(cfg: Config, beta: float, train_run_path: str):
     """Called by Train at every worker-group start: the stream from the last checkpoint on."""
     def build():
-        seen = resume_examples(train_run_path)
+        seen = max((state["examples"] for _, state in list_checkpoints(train_run_path)), default=0)
         return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=cfg.train.seed,
                                    examples=max(cfg.train.examples - seen, 1), skip=seen,
                                    units_per_block=cfg.data.units_per_block)
@@ -59,12 +60,22 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
     return run_id
 
 
+def _report_finished(checkpoint: tuple[str, dict]) -> None:
+    """Give Tune the final result of a trial whose training had already finished."""
+    path, state = checkpoint
+    tune.report({**summary_metrics(state), "checkpoint_path": path})
+
+
 def trial_driver(config: dict) -> None:
     """Tune trainable: config = {cfg, beta, lr, storage_path, tracking}."""
     cfg: Config = from_dict(Config, config["cfg"])
     trial_id = tune.get_context().get_trial_id()
     name = f"train-{trial_id}"  # stable: a restarted trial resumes from its checkpoints
     train_storage = os.path.join(config["storage_path"], "train_runs")
+    checkpoints = list_checkpoints(os.path.join(train_storage, name))
+    if checkpoints and checkpoints[-1][1]["examples"] >= cfg.train.examples:
+        _report_finished(checkpoints[-1])  # finished before an interruption: not run again
+        return
     run_id = _log_trial_start(cfg, config, trial_id)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
