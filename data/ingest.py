@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from data.balance import as_multilabels, class_counts, rarest_label_count
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
-from data.labels import LabelFileError, Segments, _parse_file, read_class_index, read_segments
-from data.store import MANIFEST, Store, StoreError, _write_json, create_store, open_store
+from data.labels import Segments, read_class_index, read_segments
+from data.store import MANIFEST, Store, StoreError, write_json, create_store, open_store
 
 __all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "main"]
 
@@ -103,34 +103,14 @@ class AudioFinder:
 
 
 def read_labels(paths, class_index) -> tuple[Segments, dict, list[dict]]:
-    """The segment CSVs as one partition, forgiving read_segments' errors.
+    """The segment CSVs as one partition, with what a strict read would refuse left out.
 
-    Returns (segments, issues {error, unknown_mids {mid: rows}, duplicate_ytids}, skipped clips).
+    Returns (segments, issues {unknown_mids {mid: labels}, duplicate_ytids}, skipped clips).
     """
-    try:
-        return read_segments(paths, class_index), {}, []
-    except LabelFileError as e:
-        error = str(e)
-    table = pa.concat_tables([_parse_file(Path(p)) for p in paths])
-    index = class_index.index_of()
-    rows, labels, skipped, duplicates, unknown, seen = [], [], [], [], Counter(), set()
-    ytids = [y.strip() for y in table["ytid"].to_pylist()]
-    for row, (ytid, mids) in enumerate(zip(ytids, table["mids"].to_pylist())):
-        mids = [m.strip() for m in mids]
-        unknown.update(m for m in mids if m not in index)
-        if ytid in seen:
-            duplicates.append(ytid)
-            continue
-        seen.add(ytid)
-        known = [index[m] for m in mids if m in index]
-        if known:
-            rows.append(row)
-            labels.append(known)
-        else:
-            skipped.append({"clip_id": ytid, "reason": "unknown_mid", "detail": f"only unknown MIDs {mids}"})
-    segments = Segments(np.array(ytids, dtype=str)[rows], table["start"].to_numpy()[rows],
-                        table["end"].to_numpy()[rows], as_multilabels(labels), [str(p) for p in paths])
-    return segments, {"error": error, "unknown_mids": dict(unknown), "duplicate_ytids": duplicates}, skipped
+    segments, issues = read_segments(paths, class_index, strict=False)
+    skipped = [{"clip_id": c, "reason": "unknown_mid", "detail": "only unknown MIDs"} for c in issues.unlabelled]
+    found = {"unknown_mids": issues.unknown_mids, "duplicate_ytids": issues.duplicate_ytids} if issues else {}
+    return segments, found, skipped
 
 
 def _compute_shard(root: str, name: str, clips: list[tuple[str, str, list[int]]], frames: int) -> dict:
@@ -295,7 +275,7 @@ def ingest(cfg: IngestConfig) -> dict:
         journal_path.write_text("".join(json.dumps(entries[c["name"]]) + "\n" for c in chunks))
     report["seconds"] = round(time.time() - t0, 2)
     report["clips_per_s"] = round(report["computed"] / max(report["seconds"], 0.01), 2)
-    _write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
+    write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
     return report
 
 
@@ -337,7 +317,10 @@ def main(argv=None) -> int:
                                  tuple(a.audio_pattern), tuple(a.ext), a.frames, a.rows_per_shard, a.order))
     print(json.dumps(summary(report), indent=1))
     if report["label_issues"]:
-        print(f"label files: {report['label_issues']['error']}", file=sys.stderr)
+        issues = report["label_issues"]
+        print(f"label files: left out {len(issues['unknown_mids'])} unknown MID(s) "
+              f"{sorted(issues['unknown_mids'])[:5]} and {len(issues['duplicate_ytids'])} repeated YTID row(s) "
+              f"{issues['duplicate_ytids'][:5]}; see ingest_report.json", file=sys.stderr)
     if not report["complete"]:
         print(f"{len(report['failed_shards'])} shard(s) failed; the split is not recorded: rerun to retry",
               file=sys.stderr)

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from data.balance import MultiLabels
 
-__all__ = ["ClassIndex", "Segments", "LabelFileError", "read_class_index", "read_segments"]
+__all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments"]
 
 
 class LabelFileError(ValueError):
@@ -106,10 +106,25 @@ def _parse_file(path: Path) -> pa.Table:
     return table.set_column(3, "mids", mids)
 
 
-def read_segments(paths, class_index: ClassIndex) -> Segments:
+@dataclass(frozen=True)
+class LabelIssues:
+    """What a lenient read left out: unknown MIDs (with their label counts), repeated YTIDs
+    (rows after the first), and clips whose every MID was unknown."""
+
+    unknown_mids: dict[str, int]
+    duplicate_ytids: list[str]
+    unlabelled: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.unknown_mids or self.duplicate_ytids or self.unlabelled)
+
+
+def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     """Parse one or more segment CSVs (optionally .gz) into one partition.
 
-    Raises LabelFileError naming unknown MIDs (with counts) and duplicate YTIDs (first few).
+    strict: unknown MIDs and duplicate YTIDs raise LabelFileError naming them (counts, first
+    few). Not strict (ingest): unknown MIDs are dropped, a repeated YTID keeps its first row,
+    clips left without labels are dropped, and `(Segments, LabelIssues)` is returned.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     names = ", ".join(str(p) for p in paths)
@@ -117,21 +132,31 @@ def read_segments(paths, class_index: ClassIndex) -> Segments:
     mids = table["mids"].combine_chunks()
     flat = pc.utf8_trim_whitespace(mids.flatten())
     indices = pc.index_in(flat, value_set=pa.array(class_index.mids)).to_numpy(zero_copy_only=False)
-    unknown_mask = np.isnan(indices) if indices.dtype.kind == "f" else indices < 0
-    if unknown_mask.any():
-        unknown, counts = np.unique(flat.to_numpy(zero_copy_only=False)[unknown_mask], return_counts=True)
-        order = np.argsort(-counts)
-        listed = ", ".join(f"{unknown[i]} ({counts[i]}x)" for i in order[:5])
+    known = ~np.isnan(indices) if indices.dtype.kind == "f" else indices >= 0
+    unknown, unknown_counts = np.unique(flat.to_numpy(zero_copy_only=False)[~known], return_counts=True)
+    if strict and len(unknown):
+        order = np.argsort(-unknown_counts)
+        listed = ", ".join(f"{unknown[i]} ({unknown_counts[i]}x)" for i in order[:5])
         raise LabelFileError(f"{names}: {len(unknown)} unknown MID(s) not in the class index: {listed}")
-    ytid = pc.utf8_trim_whitespace(table["ytid"]).combine_chunks()
-    n_unique = pc.count_distinct(ytid).as_py()
-    if n_unique != len(ytid):
-        counts = pc.value_counts(ytid)
-        dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-        raise LabelFileError(f"{names}: {len(ytid) - n_unique} duplicate YTID row(s), "
-                             f"e.g. {', '.join(dup[:5].to_pylist())}")
+    ytid = pc.utf8_trim_whitespace(table["ytid"]).combine_chunks().to_numpy(zero_copy_only=False).astype(str)
+    _, first = np.unique(ytid, return_index=True)
+    if strict and len(first) != len(ytid):
+        dup = _duplicates(ytid)
+        raise LabelFileError(f"{names}: {len(ytid) - len(first)} duplicate YTID row(s), e.g. {', '.join(dup)}")
     offsets = mids.offsets.to_numpy().astype(np.int64)
     offsets -= offsets[0]
-    labels = MultiLabels(offsets, indices.astype(np.int64))
-    return Segments(ytid.to_numpy(zero_copy_only=False).astype(str), table["start"].to_numpy(),
-                    table["end"].to_numpy(), labels, [str(p) for p in paths])
+    clip_of_label = np.repeat(np.arange(len(ytid)), np.diff(offsets))
+    kept_labels = np.bincount(clip_of_label[known], minlength=len(ytid))
+    is_first = np.zeros(len(ytid), dtype=bool)
+    is_first[first] = True
+    keep = is_first & (kept_labels > 0)
+    label_rows = keep[clip_of_label] & known
+    new_offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(kept_labels[keep], out=new_offsets[1:])
+    segments = Segments(ytid[keep], table["start"].to_numpy()[keep], table["end"].to_numpy()[keep],
+                        MultiLabels(new_offsets, indices[label_rows].astype(np.int64)), [str(p) for p in paths])
+    if strict:
+        return segments
+    issues = LabelIssues(dict(zip(unknown.tolist(), unknown_counts.tolist())),
+                         ytid[~is_first].tolist(), ytid[is_first & (kept_labels == 0)].tolist())
+    return segments, issues

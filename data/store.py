@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from data.balance import MultiLabels, class_counts
 
 __all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter",
-           "open_store", "create_store", "fingerprint", "schema"]
+           "open_store", "create_store", "fingerprint", "schema", "write_json"]
 
 FORMAT_VERSION = 1
 ROW_GROUP_ROWS = 64
@@ -58,7 +58,8 @@ def fingerprint(clip_ids) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
@@ -71,7 +72,7 @@ def create_store(root: str | Path, classes: list[dict], features: dict) -> "Stor
     root.mkdir(parents=True, exist_ok=True)
     if (root / MANIFEST).exists():
         raise StoreError(f"{root / MANIFEST} already exists")
-    _write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
+    write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
                                   "classes": classes, "splits": {}})
     return open_store(root)
 
@@ -282,7 +283,7 @@ class Store:
                           "fingerprint": fingerprint(clip_ids)}
                    for name, (shards, clip_ids, labels, order) in splits.items()}
         self.manifest["splits"].update(entries)
-        _write_json(self.root / MANIFEST, self.manifest)
+        write_json(self.root / MANIFEST, self.manifest)
         for name in entries:
             self._index_cache.pop(name, None)
         return entries
@@ -304,7 +305,7 @@ class Store:
                  "class_counts": sum(self.class_counts(p) for p in parts).tolist(),
                  "fingerprint": fingerprint(ids)}
         self.manifest["splits"][name] = entry
-        _write_json(self.root / MANIFEST, self.manifest)
+        write_json(self.root / MANIFEST, self.manifest)
         self._index_cache.pop(name, None)
         return entry
 

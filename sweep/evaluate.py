@@ -48,9 +48,23 @@ def load_state(directory: str | Path) -> dict:
     return json.loads((Path(directory) / "state.json").read_text())
 
 
+def _registered(fs, base: str) -> set[str]:
+    """Names of the checkpoint directories Train registered in its run snapshot (ray-notes 1.5).
+    A worker persists a checkpoint before the controller registers it: one killed in between
+    leaves a directory Train will not restore, from a branch of training that is dropped."""
+    import pyarrow.fs as pafs
+    path = f"{base.rstrip('/')}/checkpoint_manager_snapshot.json"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return set()
+    with fs.open_input_stream(path) as f:
+        snapshot = json.loads(f.read())
+    results = snapshot.get("checkpoint_results", []) + [snapshot.get("latest_checkpoint_result") or {}]
+    return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+
+
 def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
-    """(path, state) of every trial checkpoint under a Train run's storage path (a local
-    directory or a URI such as s3://...), in order of examples seen."""
+    """(path, state) of every checkpoint Train registered under a Train run's storage path (a
+    local directory or a URI such as s3://...), in order of examples seen."""
     import pyarrow.fs as pafs
     if "://" in run_path:
         fs, base = pafs.FileSystem.from_uri(run_path)
@@ -59,9 +73,10 @@ def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
         fs, base, scheme = pafs.LocalFileSystem(), str(Path(run_path).resolve()), ""
     if fs.get_file_info(base).type == pafs.FileType.NotFound:
         return []
+    registered = _registered(fs, base)
     found = []
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.base_name == "state.json" and not info.path.rstrip("/").endswith(".tmp/state.json"):
+        if info.base_name == "state.json" and info.path.rsplit("/", 2)[-2] in registered:
             with fs.open_input_stream(info.path) as f:
                 found.append((scheme + info.path.rsplit("/", 1)[0], json.loads(f.read())))
     return sorted(found, key=lambda c: c[1]["examples"])
@@ -154,7 +169,7 @@ def rescore(predictions: str | Path, spec: str, store: Store | None = None, trai
     own_prior = targets.mean(axis=0)
     return {"predictions": str(predictions), "target_prior": spec, "clips": int(targets.shape[0]),
             "classes": int(targets.shape[1]), "mAP_own_prior": own["mAP"], "mAP_target_prior": nan(shifted["mAP"]),
-            "dprime": own["dprime"], "AUC": own["mAUC"],
+            "dprime": nan(own["dprime"]), "AUC": own["mAUC"],
             "ess_min": nan(np.nanmin(shifted["ess"])) if np.isfinite(shifted["ess"]).any() else None,
             "excluded": [names[i] for i in np.flatnonzero(~np.isfinite(shifted["ap"]))],
             "per_class": [{"class": names[i], "prior_own": nan(own_prior[i]), "prior_target": nan(prior[i]),

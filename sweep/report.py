@@ -96,7 +96,8 @@ def _resampled(targets: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> d
     [resamples, clips]). Per pair of models this is sweep.stats.paired_bootstrap, but each model's
     resamples are scored once, not once per pair and metric."""
     r = Ranking(targets, scores)
-    full = macro_metrics(*r.ap_auc())
+    ap, auc = r.ap_auc()
+    full = macro_metrics(ap, auc)
     n_res, n = counts.shape
     out = {key: np.empty(n_res) for key, _, _ in METRICS.values()}
     step = max(1, WORK_ELEMENTS // (n * r.block_classes))
@@ -104,7 +105,7 @@ def _resampled(targets: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> d
         m = macro_metrics(*r.ap_auc(counts[lo:lo + step, :, None]))
         for key in out:
             out[key][lo:lo + step] = m[key]
-    return {"full": {k: float(full[k]) for k in out}, "samples": out}
+    return {"full": {k: float(full[k]) for k in out}, "ap": ap, "samples": out}
 
 
 def _cell(abs_value: float, model: dict, base: dict, key: str) -> dict:
@@ -219,8 +220,10 @@ def _fig_traces(path: Path, traces: list[dict], rows: list[dict], window: int) -
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
     for ax in axes.flat[len(betas):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("training examples seen")
+    for i, ax in enumerate(axes.flat[:len(betas)]):
+        if i + ncol >= len(betas):  # nothing below it: show its x axis
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("training examples seen")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation d'")
     handles = [Line2D([], [], color=f"C{i % 10}", lw=1.6, label=f"lr = {lr:g}") for i, lr in enumerate(lrs)]
@@ -260,6 +263,10 @@ def _f(x, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
+def _model(r: dict) -> str:
+    return r["name"] if r["beta"] is None else f"β = {r['beta']:g}"
+
+
 def _markdown(t: dict) -> str:
     splits, base = t["eval_splits"], t["baseline_beta"]
     lines = ["# Balancing sweep report", "",
@@ -280,8 +287,7 @@ def _markdown(t: dict) -> str:
         for r in t[name]:
             cells = [f"{_f(c['abs'])} ({_f(c['rel'], '+.3f')} [{_f(c['ci95'][0], '+.3f')}, "
                      f"{_f(c['ci95'][1], '+.3f')}])" if c else "-" for c in (r.get(s) for s in splits)]
-            model = r["name"] if r["beta"] is None else f"β = {r['beta']:g}"
-            lines.append(f"| {model} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_model(r)} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
     if t.get("fig3"):
         f3 = t["fig3"]
         lines += ["", f"## Fig. 3: per-class ΔAP (β = {f3['betas'][1]:g} vs {f3['betas'][0]:g}) "
@@ -292,9 +298,9 @@ def _markdown(t: dict) -> str:
                          f"to {f['slope_ci95'][1]:+.4f}), intercept {f['intercept']:+.4f}, r = {f['r']:.3f}, "
                          f"p = {f['p']:.3g}, {f['n_classes']} classes")
     lines += ["", "## Prior shift: mAP re-scored under another eval split's class prior (d' unchanged)", "",
-              "| model | scored on | under the prior of | mAP | mAP (own prior) | min effective negatives |",
+              "| model | scored on | under the prior of | mAP | mAP (own prior) | min effective sample size |",
               "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['split']} | {r['under_prior_of']} | {_f(r['mAP'])} | "
+    lines += [f"| {_model(r)} | {r['split']} | {r['under_prior_of']} | {_f(r['mAP'])} | "
               f"{_f(r['mAP_own_prior'])} | {_f(r['ess_min'], '.1f')} |" for r in t["prior_shift"]]
     lines += ["", "## Convergence: the selected checkpoint per β", "",
               "| β | lr | examples to peak | validation d' (smoothed) | validation d' (raw) |",
@@ -335,6 +341,8 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
         raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
+    for f in FIGURES:  # none left from an earlier report that this one would not redraw
+        (report_dir / f).unlink(missing_ok=True)
     store = open_store(cfg["data"]["store"])
     train = cfg["data"]["train_split"]
     train_prior = store.class_counts(train) / store.split_info(train)["clips"]
@@ -356,8 +364,9 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     shift = []
     for s in splits:  # one split at a time: every model's predictions of one split in memory
         ref = _load_npz(run_dir / "predictions" / f"beta={base['beta']:g}" / f"{s}.npz")
-        preds = {m["name"]: _load_npz(run_dir / "predictions" / f"beta={m['beta']:g}" / f"{s}.npz")
-                 if m["row"] is not None else _extra_for_split(Path(extras[m["name"]]), s, ref) for m in models}
+        preds = {m["name"]: ref if m is models[0] else
+                 _load_npz(run_dir / "predictions" / f"beta={m['beta']:g}" / f"{s}.npz") if m["row"] is not None
+                 else _extra_for_split(Path(extras[m["name"]]), s, ref) for m in models}
         preds = {k: None if v is None else _align(v, ref, f"{k} on {s}") for k, v in preds.items()}
         n = len(ref["clip_ids"])
         counts = np.random.default_rng(SEED).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
@@ -384,9 +393,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
                               "dprime": r["dprime"], "ess_min": float(np.nanmin(r["ess"])) if
                               np.isfinite(r["ess"]).any() else None})
         if fig3 is not None:
-            lo, hi = (Ranking(preds[f"beta={r['beta']:g}"]["targets"], preds[f"beta={r['beta']:g}"]["scores"])
-                      .ap_auc()[0] for r in (rows[0], rows[-1]))
-            delta = hi - lo
+            delta = boot[models[len(rows) - 1]["name"]]["ap"] - boot[models[0]["name"]]["ap"]
             reg = prior_slope(delta, train_prior, n_resamples=max(n_resamples, 1000), seed=SEED)
             fig3[s] = {**reg, "slope_ci95": list(reg["slope_ci95"]),
                        "n_classes": int((np.isfinite(delta) & (train_prior > 0)).sum()), "delta_ap": delta.tolist()}
@@ -399,7 +406,8 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
         tables[name] = [{"name": m["name"], "beta": m["beta"], "lr": m["lr"], **cells[name][m["name"]]}
                         for m in models]
     tables["fig3"] = fig3
-    tables["prior_shift"] = shift
+    order = {m["name"]: i for i, m in enumerate(models)}
+    tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept
     tables["convergence"] = [{k: r.get(k) for k in ("beta", "lr", "trial_id", "examples_to_peak", "val_dprime",
                                                     "val_dprime_raw")} for r in rows]
     tables["failed"] = results.get("failed", [])

@@ -25,7 +25,6 @@ from model.ast import create_ast
 from model.step import make_optimizer, train_step
 from sweep.config import Config, from_dict
 from sweep.evaluate import evaluate_split, load_state, save_checkpoint
-from sweep.select import moving_average
 
 __all__ = ["train_func", "summary_metrics", "HISTORY_KEYS"]
 
@@ -108,9 +107,9 @@ def train_func(config: dict) -> None:
                 h["val_mAP"].append(val["mAP"])
                 h["val_AUC"].append(val["mAUC"])
                 h["val_dprime"].append(val["dprime"])
-                # trailing value of the centred average; selection recomputes it on the full trace
-                h["val_dprime_ma"] = moving_average(np.asarray(h["val_dprime"]),
-                                                    cfg.sweep.smoothing_window).tolist()
+                # causal mean of the last `smoothing_window` evaluations: what Tune and ASHA see
+                # live; selection recomputes the paper's centred average on the whole trace
+                h["val_dprime_ma"].append(float(np.mean(h["val_dprime"][-cfg.sweep.smoothing_window:])))
                 metrics = summary_metrics(state)
                 save_checkpoint(tmp, model, optimizer, state, cfg.model)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)

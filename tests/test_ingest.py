@@ -127,7 +127,6 @@ def test_bad_input_is_reported_and_the_rest_kept(first_run):
     assert report["ingested"] == len(KEPT) and report["complete"]
     issues = report["label_issues"]
     assert issues["unknown_mids"] == {"/m/not_a_class": 2} and issues["duplicate_ytids"] == ["aaaaaaaaaaa"]
-    assert "unknown MID" in issues["error"] or "duplicate" in issues["error"]
     on_disk = json.loads((store.root / "ingest_report.json").read_text())["train"]
     assert on_disk["skipped_by_reason"] == {"unknown_mid": 1, "missing": 1, "unreadable": 1, "empty": 1,
                                             "too_short": 1}

@@ -86,3 +86,13 @@ def test_stats_cli_json(audioset, capsys):
                         "empty_classes", "oversampled"}
     assert [r["beta"] for r in out["oversampled"]] == [0.0, 1.0]
     assert set(out["oversampled"][0]) == {"beta", "imbalance_ratio", "gini", "epoch_length", "max_repeat"}
+
+
+def test_lenient_read_leaves_out_what_strict_refuses(tmp_path, class_index):
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r,/m/nope"', 'b, 0, 10, "/m/nope"',
+                                    'a, 30, 40, "/m/04rlf"', 'c, 0, 10, "/m/04rlf"'])
+    seg, issues = read_segments(f, class_index, strict=False)
+    assert seg.clip_ids.tolist() == ["a", "c"]
+    assert [list(seg.labels[j]) for j in range(2)] == [[0], [137]]
+    assert issues.unknown_mids == {"/m/nope": 2} and issues.duplicate_ytids == ["a"]
+    assert issues.unlabelled == ["b"]

@@ -1,0 +1,238 @@
+"""sweep.report on a realistic sweep output built without Ray: the synthetic store, validation
+traces and selection as sweep.run makes them, and per-beta predictions whose per-class quality
+depends on beta and the class's training prior (rare classes gain from balancing, common ones
+lose: the paper's Fig. 3 pattern), written exactly as sweep.run.evaluate_winners / main do."""
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy.stats import linregress
+
+from data.balance import gini, imbalance_ratio, oversampled_stats
+from sweep.config import load_config, to_dict
+from sweep.evaluate import save_predictions
+from sweep.metrics import classification_metrics
+from sweep.report import FIGURES, build_report, main
+from sweep.run import prepare
+from sweep.select import TrialTrace, select_overall, select_per_beta
+from sweep.stats import paired_bootstrap, prior_shift_metrics
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+BETAS, LRS = (0.0, 0.5, 1.0), (3e-4, 1e-3)
+
+
+def _scores(targets: np.ndarray, train_prior: np.ndarray, beta: float, lr: float, seed: int) -> np.ndarray:
+    """Sigmoid scores whose per-class separation grows with beta for rare classes and shrinks for
+    common ones."""
+    rng = np.random.default_rng(seed)
+    rarity = -np.log10(train_prior)
+    rarity = (rarity - rarity.mean()) / rarity.std()
+    sep = 1.4 - 0.35 * rarity + beta * (0.5 * rarity - 0.15) + 0.1 * np.log10(lr / 1e-3)
+    logit = -2 + 2 * np.maximum(sep, 0.1) * targets + rng.normal(size=targets.shape)
+    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+
+
+def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24) -> Path:
+    """results.json and predictions/beta=<b>/<split>.npz as `python -m sweep.run` writes them."""
+    cfg = prepare(load_config(SMOKE, [f"data.store={store.root}", f"run.run_dir={run_dir}", "data.synth=null",
+                                      f"sweep.betas={list(betas)}", f"sweep.lrs={list(lrs)}"]))
+    run_dir = Path(cfg.run.run_dir)
+    train_prior = store.class_counts("train") / store.split_info("train")["clips"]
+    rng = np.random.default_rng(0)
+    every = cfg.train.eval_every_examples
+    traces = []
+    for i, (beta, lr) in enumerate((b, lr) for b in betas for lr in lrs):
+        x = every * np.arange(1, n_evals + 1)
+        peak = (0.35 + 0.4 * (1 - beta)) * n_evals  # balanced trials peak earlier
+        y = 1.2 + 0.9 * (1 - np.exp(-3 * x / (every * peak))) - 0.02 * np.maximum(x / every - peak, 0)
+        y += 0.05 * beta + rng.normal(0, 0.04, n_evals)
+        ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
+        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), x, y, ckpts))
+    per_beta = select_per_beta(traces, cfg.sweep.smoothing_window)
+    rows = []
+    for beta in sorted(per_beta):  # as sweep.run.evaluate_winners
+        sel = per_beta[beta]
+        row = {"beta": beta, "lr": sel.lr, "trial_id": sel.trial_id, "checkpoint": sel.checkpoint,
+               "val_dprime": sel.val_dprime, "val_dprime_raw": sel.val_dprime_raw,
+               "examples_to_peak": sel.examples_to_peak, "eval": {}}
+        for k, split in enumerate(cfg.data.eval_splits):
+            targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
+            scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta))
+            res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
+                   "metrics": classification_metrics(targets, scores)}
+            save_predictions(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz", res)
+            m = res["metrics"]
+            row["eval"][split] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"]}
+        rows.append(row)
+    summary = {"selection": asdict(select_overall(per_beta)), "rows": rows, "failed": [],
+               "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
+                           "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
+               "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg), "wall_seconds": 1.0}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def report(synth_store, tmp_path_factory):
+    """The report of a 3-beta x 2-lr sweep, through the CLI, with the beta = 0.5 predictions
+    copied in as an extra model (a dir of <split>.npz)."""
+    run_dir = write_sweep_output(synth_store, tmp_path_factory.mktemp("sweep") / "run")
+    copy = shutil.copytree(run_dir / "predictions" / "beta=0.5", run_dir.parent / "copy")
+    assert main(["--run-dir", str(run_dir), "--extra", f"COPY={copy}"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    tables = json.loads((run_dir / "report" / "tables.json").read_text())
+    return run_dir, results, tables, synth_store
+
+
+def _pred(run_dir, beta, split):
+    with np.load(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_imbalance_tables(report):
+    run_dir, results, t, store = report
+    splits = results["eval_splits"]
+    assert [r["partition"] for r in t["table1"]] == ["train", "valid", *splits]
+    assert [r["role"] for r in t["table1"]] == ["train", "validation"] + ["eval"] * len(splits)
+    for r in t["table1"]:
+        c = store.class_counts(r["partition"])
+        assert r["clips"] == store.split_info(r["partition"])["clips"]
+        assert r["imbalance_ratio"] == pytest.approx(imbalance_ratio(c)) and r["gini"] == pytest.approx(gini(c))
+    assert [r["beta"] for r in t["table2"]] == [r["beta"] for r in results["rows"]] == list(BETAS)
+    for r in t["table2"]:
+        assert r == pytest.approx(oversampled_stats(store.labels("train"), r["beta"], store.n_classes))
+        assert set(r) >= {"imbalance_ratio", "gini", "epoch_length", "max_repeat"}
+    assert t["table2"][0]["max_repeat"] == 1 and t["table2"][-1]["gini"] < t["table2"][0]["gini"]
+
+
+def test_metric_tables_consistent_with_results(report):
+    run_dir, results, t, _ = report
+    splits, rows = results["eval_splits"], results["rows"]
+    assert t["baseline_beta"] == 0 and t["n_resamples"] >= 1000
+    for name, key in (("table3", "dprime"), ("table4", "mAP")):
+        table = t[name]
+        assert [r["name"] for r in table] == [f"beta={r['beta']:g}" for r in rows] + ["COPY"]
+        for row, res in zip(table, rows):
+            assert (row["beta"], row["lr"]) == (res["beta"], res["lr"])
+            for s in splits:
+                cell = row[s]
+                assert set(cell) == {"abs", "rel", "ci95"}
+                assert cell["abs"] == res["eval"][s][key]
+                assert cell["rel"] == pytest.approx(res["eval"][s][key] - rows[0]["eval"][s][key], abs=1e-9)
+                lo, hi = cell["ci95"]
+                assert lo <= cell["rel"] <= hi, (name, row["name"], s, cell)
+                if row["beta"] == 0:
+                    assert cell["rel"] == 0 and lo <= 0 <= hi
+                else:
+                    assert hi - lo > 0
+        copy, half = table[-1], next(r for r in table if r["beta"] == 0.5)
+        assert copy["beta"] is None and all(copy[s] == pytest.approx(half[s]) for s in splits)
+
+
+def test_ci_is_the_paired_bootstrap(report):
+    """One bootstrap pass per model gives sweep.stats.paired_bootstrap's interval exactly."""
+    run_dir, results, t, _ = report
+    s = results["eval_splits"][1]
+    a, b = _pred(run_dir, 0.0, s), _pred(run_dir, 1.0, s)
+    for name, key in (("table3", "dprime"), ("table4", "mAP")):
+        boot = paired_bootstrap(a["targets"], a["scores"], b["scores"], key, n_resamples=t["n_resamples"], seed=0)
+        cell = next(r for r in t[name] if r["beta"] == 1.0)[s]
+        assert cell["ci95"] == pytest.approx(list(boot["ci95"]), abs=1e-12)
+        assert cell["rel"] == pytest.approx(boot["diff"], abs=1e-12)
+
+
+def test_fig3_regression_equals_linregress(report):
+    run_dir, results, t, store = report
+    f3 = t["fig3"]
+    assert f3["betas"] == [0.0, 1.0] and f3["classes"] == store.classes
+    prior = store.class_counts("train") / store.split_info("train")["clips"]
+    for s in results["eval_splits"]:
+        lo, hi = (classification_metrics(p["targets"], p["scores"])["ap"]
+                  for p in (_pred(run_dir, 0.0, s), _pred(run_dir, 1.0, s)))
+        delta = hi - lo
+        np.testing.assert_allclose(np.array(f3[s]["delta_ap"], dtype=float), delta, atol=1e-12)
+        ok = np.isfinite(delta)
+        fit = linregress(np.log10(prior[ok]), delta[ok])
+        got = f3[s]
+        assert (got["slope"], got["intercept"], got["r"], got["p"]) == pytest.approx(
+            (fit.slope, fit.intercept, fit.rvalue, fit.pvalue), rel=1e-9)
+        assert got["n_classes"] == ok.sum() and got["slope_ci95"][0] <= got["slope"] <= got["slope_ci95"][1]
+        assert got["slope"] < 0  # the fixture's rare classes gain from balancing
+
+
+def test_prior_shift_rows(report):
+    run_dir, results, t, store = report
+    splits = results["eval_splits"]
+    rows = {(r["name"], r["split"], r["under_prior_of"]): r for r in t["prior_shift"]}
+    names = [r["name"] for r in t["table4"]]
+    assert set(rows) == {(n, s, o) for n in names for s in splits for o in splits if o != s}
+    for r in results["rows"]:
+        for s in splits:
+            p = _pred(run_dir, r["beta"], s)
+            for o in splits:
+                if o == s:
+                    continue
+                got = rows[(f"beta={r['beta']:g}", s, o)]
+                other = store.class_counts(o) / store.split_info(o)["clips"]
+                want = prior_shift_metrics(p["targets"], p["scores"], other)
+                assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
+                assert got["mAP_own_prior"] == pytest.approx(r["eval"][s]["mAP"], abs=1e-12)
+                assert got["dprime"] == pytest.approx(r["eval"][s]["dprime"], abs=1e-12)
+                assert 0 < got["ess_min"] <= len(p["targets"])
+
+
+def test_markdown_and_figures(report):
+    run_dir, results, t, _ = report
+    md = (run_dir / "report" / "report.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Fig. 3", "Prior shift", "Convergence"):
+        assert heading in md
+    assert "| COPY |" in md and "NaN" not in md
+    assert t["figures"] == list(FIGURES)
+    for name in FIGURES:
+        path = run_dir / "report" / name
+        assert path.stat().st_size > 15_000 and f"]({name})" in md
+        img = matplotlib.image.imread(path)
+        assert img.shape[0] > 300 and img.shape[1] > 500
+        assert img[..., :3].std() > 0.05 and (img[..., :3] < 0.5).mean() > 0.005  # drawn, not blank
+    assert [c["examples_to_peak"] for c in t["convergence"]] == [r["examples_to_peak"] for r in results["rows"]]
+
+
+def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
+    """One npz of one split, clips shuffled: aligned by clip id, a row with that split only."""
+    run_dir = shutil.copytree(report[0], tmp_path / "run")
+    s = report[1]["eval_splits"][1]
+    p = _pred(run_dir, 1.0, s)
+    order = np.random.default_rng(1).permutation(len(p["clip_ids"]))
+    np.savez(tmp_path / "one.npz", **{k: v[order] for k, v in p.items()})
+    t = json.loads((build_report(run_dir, 200, {"ONE": tmp_path / "one.npz"}) / "tables.json").read_text())
+    one, full = t["table4"][-1], next(r for r in t["table4"] if r["beta"] == 1.0)
+    assert one["name"] == "ONE" and one[report[1]["eval_splits"][0]] is None
+    assert one[s] == pytest.approx(full[s])
+    assert {(r["split"], r["under_prior_of"]) for r in t["prior_shift"] if r["name"] == "ONE"} == \
+        {(s, report[1]["eval_splits"][0])}
+    bad = dict(p, targets=1 - p["targets"])
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(ValueError, match="targets differ"):
+        build_report(run_dir, 10, {"BAD": tmp_path / "bad.npz"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no predictions of the eval splits"):
+        build_report(run_dir, 10, {"E": tmp_path / "empty"})
+    with pytest.raises(SystemExit):
+        main(["--run-dir", str(run_dir), "--extra", "no-equals-sign"])
+
+
+def test_single_beta_sweep(report, tmp_path):
+    """A sweep with one beta left: the tables, no comparison figures."""
+    run_dir = shutil.copytree(report[0], tmp_path / "run")
+    results = json.loads((run_dir / "results.json").read_text())
+    results["rows"] = results["rows"][1:2]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    t = json.loads((build_report(run_dir, 10) / "tables.json").read_text())
+    assert t["baseline_beta"] == 0.5 and t["fig3"] is None
+    assert t["figures"] == ["validation_traces.png", "examples_to_peak.png"]
+    assert sorted(p.name for p in (run_dir / "report").glob("*.png")) == sorted(t["figures"])  # none stale
+    assert all(r[s]["rel"] == 0 for r in t["table4"] for s in results["eval_splits"])
