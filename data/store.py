@@ -35,7 +35,7 @@ __all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWrit
            "open_store", "create_store", "fingerprint", "schema", "write_json"]
 
 FORMAT_VERSION = 1
-ROW_GROUP_ROWS = 64
+ROW_GROUP_ROWS = 16  # small units: the stream mixes many of them into each block
 MANIFEST = "manifest.json"
 
 

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
-from data.store import Store, open_store
+from data.store import Store, StoreError, open_store
 
 __all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled_dataset",
-           "duplicates_per_batch", "sampler_audit"]
+           "duplicates_per_batch", "class_mix_distance", "sampler_audit"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _pass_units(factors: np.ndarray, group_start: np.ndarray, rng) -> tuple[np.n
 
 
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
-                examples: int | None = None, skip: int = 0, units_per_block: int = 8,
+                examples: int | None = None, skip: int = 0, units_per_block: int = 64,
                 priors: np.ndarray | None = None) -> StreamPlan:
     """Plan passes epoch, epoch+1, ... of `split` at `beta` (one pass if `examples` is None).
 
@@ -140,6 +140,15 @@ def _parquet(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
+def _read_group(plan: StreamPlan, g: int) -> pa.Table:
+    """Row group g of the plan; a shard that cannot be read is a StoreError naming it."""
+    path, index = plan.shards[plan.group_shard[g]], int(plan.group_index[g])
+    try:
+        return _parquet(path).read_row_group(index, columns=["clip_id", "labels", "mel"])
+    except (OSError, pa.ArrowException) as e:  # a shard damaged after validation
+        raise StoreError(f"{path}: row group {index} is unreadable ({type(e).__name__}: {e})") from e
+
+
 def read_block(batch: dict, plan: StreamPlan) -> dict:
     """Ray Data UDF: block ids [b] -> rows {clip_id, clip_index, position (in the stream),
     mel [n, T, F] float16, target [n, K] float32 multi-hot}, in stream order."""
@@ -150,9 +159,7 @@ def read_block(batch: dict, plan: StreamPlan) -> dict:
     position = position[position >= plan.skip]
     groups = np.searchsorted(plan.group_start, rows, side="right") - 1
     uniq = np.unique(groups)
-    table = pa.concat_tables([
-        _parquet(plan.shards[plan.group_shard[g]]).read_row_group(
-            int(plan.group_index[g]), columns=["clip_id", "labels", "mel"]) for g in uniq])
+    table = pa.concat_tables([_read_group(plan, int(g)) for g in uniq])
     # position of each requested row in the concatenation of the groups read
     base = np.concatenate([[0], np.cumsum(np.diff(plan.group_start)[uniq])[:-1]])
     table = table.take(base[np.searchsorted(uniq, groups)] + rows - plan.group_start[groups])
@@ -165,7 +172,7 @@ def read_block(batch: dict, plan: StreamPlan) -> dict:
 
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
-                        examples: int | None = None, skip: int = 0, units_per_block: int = 8,
+                        examples: int | None = None, skip: int = 0, units_per_block: int = 64,
                         priors: np.ndarray | None = None):
     """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split`
     oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`."""
@@ -195,28 +202,56 @@ def duplicates_per_batch(clip_index: np.ndarray, batch_size: int) -> float:
     return float((b[:, 1:] == b[:, :-1]).sum(axis=1).mean() / batch_size)
 
 
+def class_mix_distance(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
+                       batch_size: int) -> float:
+    """Mean over consecutive full batches of the total-variation distance between the batch's
+    label distribution and the whole sequence's: how far batches stray from the pass's prior
+    (clips stored in rarest-label order make read units homogeneous; mixing must undo it)."""
+    n = len(clip_index) // batch_size * batch_size
+    if n == 0:
+        return 0.0
+    sub = labels.take(np.asarray(clip_index[:n]))
+    batch = np.repeat(np.arange(n) // batch_size, sub.lengths)
+    counts = np.bincount(batch * n_classes + sub.indices, minlength=n // batch_size * n_classes)
+    counts = counts.reshape(-1, n_classes).astype(np.float64)
+    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    q = counts.sum(axis=0) / counts.sum()
+    return float(0.5 * np.abs(p - q).sum(axis=1).mean())
+
+
 def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch_size: int = 32,
-                  units_per_block: int = 8, priors: np.ndarray | None = None) -> dict:
+                  units_per_block: int = 64, priors: np.ndarray | None = None,
+                  max_examples: int = 2_000_000) -> dict:
     """What a pass at `beta` exposes, from the plan alone (no spectrograms read).
 
     Returns per-class exposure N'_k, epoch inflation (sum M_j / N), distinct clips per pass,
-    max repeat, and duplicates per batch of the planned order against the mean of the same
-    statistic over 5 uniform random permutations of the same multiset (the ideal).
+    max repeat, and two mixing statistics of the planned order, each against its mean over 5
+    uniform random permutations of the same multiset (the ideal): duplicates per batch, and
+    the class-mix distance (`class_mix_distance`). At most `max_examples` of the pass are
+    audited (a pass at beta = 1 on AudioSet is 437M examples).
     """
     plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors)
-    order = np.concatenate([block_rows(plan, b) for b in range(len(plan.blocks))])
-    rng = np.random.default_rng(seed)
-    ideal = float(np.mean([duplicates_per_batch(rng.permutation(order), batch_size) for _ in range(5)]))
-    dup = duplicates_per_batch(order, batch_size)
+    blocks = np.searchsorted(np.cumsum(plan.block_rows), max_examples) + 1
+    order = np.concatenate([block_rows(plan, b) for b in range(min(blocks, len(plan.blocks)))])[:max_examples]
     labels: MultiLabels = store.labels(split)
+    rng = np.random.default_rng(seed)
+    ideal_orders = [rng.permutation(order) for _ in range(5)]
+    dup = duplicates_per_batch(order, batch_size)
+    ideal = float(np.mean([duplicates_per_batch(o, batch_size) for o in ideal_orders]))
+    mix = class_mix_distance(order, labels, store.n_classes, batch_size)
+    mix_ideal = float(np.mean([class_mix_distance(o, labels, store.n_classes, batch_size) for o in ideal_orders]))
     return {
         "beta": float(beta),
         "exposure": oversampled_counts(labels, plan.factors, store.n_classes).tolist(),
         "epoch_inflation": float(plan.factors.sum() / len(plan.factors)),
         "epoch_length": int(plan.factors.sum()),
+        "audited_examples": int(len(order)),
         "distinct_clips": int(len(np.unique(order))),
         "max_repeat": int(plan.factors.max()),
         "duplicates_per_batch": dup,
         "duplicates_per_batch_ideal": ideal,
         "duplicates_ratio": dup / ideal if ideal > 0 else (1.0 if dup == 0 else float("inf")),
+        "class_mix_distance": mix,
+        "class_mix_distance_ideal": mix_ideal,
+        "class_mix_ratio": mix / mix_ideal if mix_ideal > 0 else 1.0,
     }

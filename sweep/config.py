@@ -35,7 +35,7 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: list[str] = field(default_factory=lambda: ["eval_public", "eval_internal"])
-    units_per_block: int = 8                # oversampling stream: units shuffled together
+    units_per_block: int = 64               # oversampling stream: row-group units shuffled together
 
 
 @dataclass

@@ -20,13 +20,39 @@ def synth_store(tmp_path_factory):
     return make_synthetic_store(out, SynthConfig(clips=1000, classes=24, frames=32, mels=16, seed=3))
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session: 2 CPUs like CI, the dashboard on (Train V2 needs it)."""
+def start_local_ray():
+    """The session's local Ray: 2 CPUs like CI, the dashboard on (Train V2 needs it)."""
     import os
     import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
              configure_logging=False)
-    yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts the session's Ray down at the end (if one is still up)."""
+    import ray
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """One local Ray shared by the session's tests, started by the first test that asks for it,
+    and again after a module that needs its own cluster (tests/test_multinode.py) shut it down."""
+    import ray
+    if not ray.is_initialized():
+        start_local_ray()
+    return ray
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

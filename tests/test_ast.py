@@ -16,13 +16,7 @@ MELS, FRAMES, FS, TS = 64, 128, 12, 10
 GRID = ((MELS - 16) // FS + 1, (FRAMES - 16) // TS + 1)   # (5, 12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone(d=D, depth=DEPTH, grid=GRID, in_chans=1, seed=0) -> dict:

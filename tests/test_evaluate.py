@@ -21,12 +21,7 @@ from test_report import write_sweep_output
 SPLIT = "eval_internal"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv) -> tuple[int, dict | str]:

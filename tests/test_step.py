@@ -14,13 +14,7 @@ FRAMES, MELS, K = 32, 32, 4
 NO_AUG = AugmentConfig(specaugment=False, mixup=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed=0):

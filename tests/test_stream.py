@@ -47,6 +47,7 @@ def test_budget_spans_passes_and_skip_resumes(synth_store):
 def test_duplicates_per_batch_near_a_random_permutation(synth_store, beta):
     audit = sampler_audit(synth_store, "train", beta, seed=0, batch_size=32)
     assert audit["duplicates_per_batch"] <= 1.5 * audit["duplicates_per_batch_ideal"] + 1e-9
+    assert audit["class_mix_distance"] <= 1.25 * audit["class_mix_distance_ideal"]
     labels = synth_store.labels("train")
     factors = oversampling_factors(labels, beta)
     assert audit["epoch_length"] == factors.sum()
@@ -54,6 +55,14 @@ def test_duplicates_per_batch_near_a_random_permutation(synth_store, beta):
     assert audit["exposure"] == oversampled_counts(labels, factors, synth_store.n_classes).tolist()
     assert audit["distinct_clips"] == len(synth_store.clip_ids("train"))
     assert audit["max_repeat"] > 1
+
+
+def test_class_mix_distance_by_hand():
+    from data.balance import as_multilabels
+    from data.stream import class_mix_distance
+    labels = as_multilabels([[0], [1]])
+    assert class_mix_distance(np.array([0, 1, 0, 1]), labels, 2, 2) == 0.0  # every batch is the pass
+    assert class_mix_distance(np.array([0, 0, 1, 1]), labels, 2, 2) == pytest.approx(0.5)
 
 
 def test_duplicates_statistic_by_hand():
