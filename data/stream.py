@@ -185,7 +185,9 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     ctx.execution_options.preserve_order = True  # the planned order is the order delivered
     ctx.enable_progress_bars = False
     block_ids = np.flatnonzero(plan.block_rows > 0)
-    ds = ray.data.from_numpy(block_ids).rename_columns({"data": "id"})
+    # from_items builds its one block here; from_numpy would run a 1-CPU task, which never
+    # starts when no node has a whole CPU free (Train workers hold the rest; the reads take 0.5)
+    ds = ray.data.from_items([{"id": int(b)} for b in block_ids], override_num_blocks=1)
     ds = ds.map_batches(read_block, batch_size=1, fn_kwargs={"plan": plan},
                         batch_format="numpy", num_cpus=0.5)
     if examples is not None:

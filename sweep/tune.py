@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import ray
 import ray.train
@@ -24,7 +25,7 @@ from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.evaluate import list_checkpoints
 from sweep.train import summary_metrics, train_func
 
-__all__ = ["trial_driver", "build_tuner", "trial_concurrency", "METRIC"]
+__all__ = ["trial_driver", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_ma"
 
@@ -66,6 +67,27 @@ def _report_finished(checkpoint: tuple[str, dict]) -> None:
     tune.report({**summary_metrics(state), "checkpoint_path": path})
 
 
+class TrialError(RuntimeError):
+    """A trial's training failed; the message starts with each failed worker's root error."""
+
+
+def _worker_errors(error: BaseException) -> BaseException:
+    """Train's WorkerGroupError cuts each worker's traceback short, and with it the line that
+    says what failed (e.g. the StoreError naming a damaged shard). A TrialError that leads with
+    each rank's root error (the first exception line of its traceback: Python prints causes
+    first), then the tracebacks in full; any other error as it is."""
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        return error
+    roots, full = [], []
+    for rank, failure in sorted(failures.items()):
+        text = str(failure)
+        root = re.search(r"^[A-Za-z_][\w.]*: .+$", text, re.M)
+        roots.append(f"rank {rank}: {root.group(0) if root else text.splitlines()[-1]}")
+        full.append(f"--- rank {rank} ---\n{text}")
+    return TrialError("training failed on " + "; ".join(roots) + "\n" + "\n".join(full))
+
+
 def trial_driver(config: dict) -> None:
     """Tune trainable: config = {cfg, beta, lr, storage_path, tracking}."""
     cfg: Config = from_dict(Config, config["cfg"])
@@ -101,8 +123,10 @@ def trial_driver(config: dict) -> None:
     try:
         trainer.fit()
     except BaseException as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
-        error = e
-        raise
+        error = _worker_errors(e)
+        if error is e:
+            raise
+        raise error from e
     finally:
         if run_id:
             from mlflow.tracking import MlflowClient
