@@ -34,10 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from data.balance import as_multilabels, class_counts, rarest_label_count
+from data.balance import class_counts, rarest_label_count
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
 from data.store import MANIFEST, Store, StoreError, write_json, create_store, open_store

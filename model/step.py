@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.ast import normalise
 from model.augment import AugmentConfig, augment
 
-__all__ = ["OptimConfig", "make_optimizer", "lr_at", "train_step", "predict"]
+__all__ = ["unwrap", "OptimConfig", "make_optimizer", "lr_at", "train_step", "predict"]
 
 
 @dataclass
@@ -36,7 +36,7 @@ class OptimConfig:
     compile: bool = False          # torch.compile the model in place on its first train_step
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -104,7 +104,7 @@ def predict(model: nn.Module, batches: Iterable, device: str | torch.device) -> 
     """Scores of `model` over batches of (x raw log-mel [b, frames, mels], y targets [b, classes]),
     tensors or numpy. Returns (sigmoid(logits) float32 [N, classes], targets float32 [N, classes]).
     Runs in eval mode (the previous mode is restored) on the module unwrapped from DDP."""
-    net = _unwrap(model)
+    net = unwrap(model)
     was_training = net.training
     net.eval()
     scores, targets = [], []

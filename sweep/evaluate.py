@@ -25,21 +25,16 @@ import torch
 
 from data.store import Store
 from model.ast import ASTConfig, create_ast
-from model.step import predict
+from model.step import predict, unwrap
 from sweep.metrics import classification_metrics
 
 __all__ = ["save_checkpoint", "load_state", "list_checkpoints", "load_model", "load_any_checkpoint", "evaluate_split",
            "save_predictions", "target_prior", "rescore", "main"]
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_cfg: ASTConfig) -> None:
     d = Path(directory)
-    torch.save(_unwrap(model).state_dict(), d / "model.pt")
+    torch.save(unwrap(model).state_dict(), d / "model.pt")
     torch.save(optimizer.state_dict(), d / "optimizer.pt")
     (d / "state.json").write_text(json.dumps({**state, "model": asdict(model_cfg)}))
 

@@ -22,7 +22,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data.store import open_store
 from model.ast import create_ast
-from model.step import make_optimizer, train_step
+from model.step import make_optimizer, train_step, unwrap
 from sweep.config import Config, from_dict
 from sweep.evaluate import evaluate_split, load_state, save_checkpoint
 
@@ -83,7 +83,7 @@ def train_func(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
             model_state = torch.load(os.path.join(d, "model.pt"), map_location=device)
-            getattr(model, "module", model).load_state_dict(model_state)
+            unwrap(model).load_state_dict(model_state)
             optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device))
     client, run_id = _tracking(config)
     if client is not None and checkpoint:
