@@ -6,7 +6,8 @@
 Prints JSON: examples/s of `oversampled_dataset` at beta 0, 0.5, 1.0 consumed as torch
 batches; examples/s of a bare pyarrow scan of the same shards in the same run (the ceiling)
 and the ratio; duplicates per batch against a random permutation; peak memory increase
-while streaming a fixed number of examples from the store and from a 4x larger one; and
+(median of fresh-Ray runs) while streaming a fixed number of examples from the store, from a
+4x larger one, and twice as many examples from the store; and
 PyTorch DataLoader + WeightedRandomSampler over the same Parquet rows.
 """
 from __future__ import annotations
@@ -53,6 +54,23 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.increase = self.peak - self.base
+
+
+def start_ray() -> None:
+    import ray
+    ray.init(address="local", include_dashboard=True, log_to_driver=False, configure_logging=False)
+
+
+def peak_memory(store_dir, batch: int, limit: int) -> int:
+    """Peak used-memory increase (bytes) of streaming `limit` examples at beta = 1, in a fresh
+    Ray instance (its idle daemons excluded) so pages a previous measurement left in the
+    object store do not hide growth."""
+    import ray
+    start_ray()
+    with PeakMemory() as m:
+        stream_rate(store_dir, 1.0, batch, limit)
+    ray.shutdown()
+    return m.increase
 
 
 def stream_rate(store_dir, beta: float, batch: int, limit: int | None) -> float:
@@ -114,12 +132,13 @@ def main() -> None:
     p.add_argument("--mels", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--limit", type=int, default=8000, help="examples streamed per measurement")
+    p.add_argument("--memory-repeats", type=int, default=3, help="fresh-Ray memory runs per size (median)")
     p.add_argument("--sampler-samples", type=int, default=1000, help="WeightedRandomSampler draws")
     p.add_argument("--dir", default=None, help="where to build the stores (default: a temp dir)")
     a = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
-    ray.init(address="local", include_dashboard=True, log_to_driver=False, configure_logging=False)
+    start_ray()
     root = Path(a.dir or tempfile.mkdtemp(prefix="bench-stream-"))
     stores = {}
     for scale in (1, 4):
@@ -142,20 +161,21 @@ def main() -> None:
             "duplicates_per_batch": audit["duplicates_per_batch"],
             "duplicates_per_batch_ideal": audit["duplicates_per_batch_ideal"],
             "epoch_length": audit["epoch_length"]}
-    memory = {}
-    for scale, s in stores.items():
-        with PeakMemory() as m:
-            stream_rate(s.root, 1.0, a.batch, a.limit)
-        memory[f"x{scale}_GB"] = m.increase / 1e9
-    memory["ratio_4x_to_1x"] = memory["x4_GB"] / max(memory["x1_GB"], 1e-9)
+    ray.shutdown()
+    cases = {"x1": (stores[1], a.limit), "x4": (stores[4], a.limit), "x1_2x_examples": (stores[1], 2 * a.limit)}
+    runs = {name: [peak_memory(s.root, a.batch, n) / 1e9 for _ in range(a.memory_repeats)]
+            for name, (s, n) in cases.items()}
+    memory = {f"{name}_GB_runs": r for name, r in runs.items()}
+    memory.update({f"{name}_GB_median": float(np.median(r)) for name, r in runs.items()})
+    memory["ratio_4x_data"] = memory["x4_GB_median"] / max(memory["x1_GB_median"], 1e-9)
+    memory["ratio_2x_examples"] = memory["x1_2x_examples_GB_median"] / max(memory["x1_GB_median"], 1e-9)
     out["peak_memory_increase"] = memory
     sampler = weighted_sampler_rate(store, 1.0, a.batch, a.sampler_samples)
     out["weighted_random_sampler"] = {"examples_per_s": sampler,
                                       "stream_beta1_over_sampler": out["stream"]["1.0"]["examples_per_s"] / sampler}
-    rate = out["stream"]["1.0"]["examples_per_s"]
+    rate = min(v["examples_per_s"] for v in out["stream"].values())  # the slowest beta
     out["cpu_cores_per_h100"] = {"h100_examples_per_s": 460,
                                  "cores_needed": round(460 / (rate / max(1, os.cpu_count())), 1)}
-    ray.shutdown()
     print(json.dumps(out, indent=1))
 
 
