@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -32,10 +33,16 @@ HISTORY_KEYS = ("examples", "train_loss", "val_mAP", "val_AUC", "val_dprime", "v
 
 
 class _Collate(NumpyBatchCollateFn):
-    """Stream rows -> (mel [b, T, F] float16, target [b, K] float32); string ids dropped."""
+    """Stream rows -> (mel [b, T, F] float16, target [b, K] float32); string ids dropped.
+
+    The arrays are read-only views of Ray's object store; the tensors share them without a
+    copy (and without torch's warning about it) because the step never writes its inputs:
+    `train_step` casts, augments and normalises out of place."""
 
     def __call__(self, batch):
-        return torch.from_numpy(batch["mel"]), torch.from_numpy(batch["target"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(batch["mel"]), torch.from_numpy(batch["target"])
 
 
 def _tracking(config: dict):

@@ -9,6 +9,7 @@ deadlocks (ray-notes 1.4).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from sweep.train import summary_metrics, train_func
 __all__ = ["trial_driver", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_ma"
+log = logging.getLogger(__name__)
 
 
 def _train_dataset_factory(cfg: Config, beta: float, train_run_path: str):
@@ -136,17 +138,22 @@ def trial_driver(config: dict) -> None:
 
 def trial_concurrency(cfg: Config, resources: dict) -> int:
     """Trials that fit at once: by GPUs when trials use them (the whole grid while the cluster
-    has none: the autoscaler adds them), else by CPUs, leaving one CPU for Ray Data; never more
-    than the grid."""
+    has none: the autoscaler adds them), else by CPUs, leaving one CPU for Ray Data and the
+    drivers; never more than the grid. An explicit `resources.max_concurrent_trials` wins, with
+    a warning when it oversubscribes the CPUs (trials then wait on each other's reads)."""
     r = cfg.resources
     grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
-    if r.max_concurrent_trials:
-        return min(r.max_concurrent_trials, grid)
     if r.use_gpu:  # no GPU yet: an autoscaling cluster adds nodes as trials ask for them
         fit = int(resources.get("GPU", 0) // r.num_workers) or grid
-    else:
-        fit = int((resources.get("CPU", 1) - 1) // max(r.num_workers * r.cpus_per_worker + 0.5, 1e-9))
-    return max(1, min(fit, grid))
+    else:  # each trial: its Train workers plus one 0.5-CPU read task
+        fit = max(1, int((resources.get("CPU", 1) - 1) // (r.num_workers * r.cpus_per_worker + 0.5)))
+    if r.max_concurrent_trials:
+        if r.max_concurrent_trials > fit:
+            log.warning("resources.max_concurrent_trials=%d but only %d trial(s) fit in %s CPU / %s GPU; "
+                        "the extra trials will wait for resources", r.max_concurrent_trials, fit,
+                        resources.get("CPU", 0), resources.get("GPU", 0))
+        return min(r.max_concurrent_trials, grid)
+    return min(fit, grid)
 
 
 def build_tuner(cfg: Config, storage_path: str, tracking_info: dict | None, resume: bool) -> tune.Tuner:

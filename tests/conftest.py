@@ -20,12 +20,12 @@ def synth_store(tmp_path_factory):
     return make_synthetic_store(out, SynthConfig(clips=1000, classes=24, frames=32, mels=16, seed=3))
 
 
-def start_local_ray():
+def start_local_ray(num_cpus: int = 2):
     """The session's local Ray: 2 CPUs like CI, the dashboard on (Train V2 needs it)."""
     import os
     import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False,
              configure_logging=False)
 
 
@@ -46,6 +46,19 @@ def ray_local(_ray_session):
     if not ray.is_initialized():
         start_local_ray()
     return ray
+
+
+@pytest.fixture
+def ray_4_cpus(_ray_session):
+    """A local Ray that reports 4 logical CPUs on this 2-core machine, as a laptop with more
+    cores would (more trials fit at once). It replaces the session's Ray for one test; the next
+    test that asks for `ray_local` starts that again."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    start_local_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture

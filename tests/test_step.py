@@ -65,6 +65,18 @@ def test_augmented_step_runs_from_float16():
     assert np.isfinite(loss)
 
 
+def test_step_never_writes_its_inputs():
+    """The training loop hands the step tensors that share Ray's read-only object store."""
+    model = tiny()
+    cfg = OptimConfig()
+    for dtype in (torch.float16, torch.float32):
+        x, y = toy_batch(8)
+        x = x.to(dtype)
+        x0, y0 = x.clone(), y.clone()
+        train_step(model, make_optimizer(model, cfg), x, y, 0, cfg, AugmentConfig(), torch.Generator().manual_seed(0))
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
 def test_micro_batches_give_the_full_batch_gradient():
     x, y = toy_batch(8)
     out = {}

@@ -61,6 +61,43 @@ def test_smoke_sweep_end_to_end(ray_local, tmp_path, monkeypatch):
         assert "audit.epoch_inflation" in c.data.metrics
 
 
+def test_trial_concurrency_follows_the_cluster(caplog):
+    from sweep.config import load_config
+    from sweep.tune import trial_concurrency
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")  # 8 trials, 0.5 CPU each
+    assert trial_concurrency(demo, {"CPU": 2}) == 1     # CI and the development machine
+    assert trial_concurrency(demo, {"CPU": 4}) == 3     # one CPU left for the reads and drivers
+    assert trial_concurrency(demo, {"CPU": 64}) == 8    # never more than the grid
+    gpu = load_config(Path(__file__).resolve().parents[1] / "configs" / "audioset.yaml")
+    grid = len(gpu.sweep.betas) * len(gpu.sweep.lrs)
+    per_trial = gpu.resources.num_workers
+    assert trial_concurrency(gpu, {"CPU": 8}) == grid   # no GPU yet: the autoscaler adds them
+    assert trial_concurrency(gpu, {"CPU": 8, "GPU": 2 * per_trial}) == min(2, grid)
+    forced = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                         ["resources.max_concurrent_trials=2"])
+    with caplog.at_level("WARNING", logger="sweep.tune"):
+        assert trial_concurrency(forced, {"CPU": 2}) == 2
+    assert "only 1 trial(s) fit" in caplog.text
+
+
+def test_trials_run_concurrently_when_the_cpus_allow(ray_4_cpus, tmp_path, monkeypatch):
+    """With CPUs to spare (4 logical here) both smoke trials run at once, each its own Train run
+    and Ray Data stream in one Ray, and the sweep is as complete as when they run in turn."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert _run(tmp_path) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert [r["beta"] for r in results["rows"]] == [0.0, 1.0] and not results["failed"]
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    children = _children(client, json.loads((run / "sweep.json").read_text())["parent_run_id"])
+    assert len(children) == 2
+    for c in children:
+        assert c.info.status == "FINISHED", c.data.tags.get("error")
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_dprime")] == [160, 320, 480, 640]
+    starts, ends = [c.info.start_time for c in children], [c.info.end_time for c in children]
+    assert max(starts) < min(ends), "the two trials did not overlap"
+
+
 def test_sweep_logs_to_a_real_mlflow_server(ray_local, tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
