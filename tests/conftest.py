@@ -1,7 +1,19 @@
-"""Shared fixtures: the real AudioSet label files in ../shared, and a small synthetic store."""
+"""Shared fixtures: the real AudioSet label files in ../shared, and a small synthetic store.
+
+Every Ray the tests start is single-machine and loopback-only: with "cluster mode" off Ray
+takes 127.0.0.1 as the node address, and its servers (GCS, raylet, workers, agents, metrics)
+then listen on 127.0.0.1 instead of all interfaces. Set before anything imports Ray, and
+inherited by the processes Ray and the tests start. (One listener is not Ray's: the TCPStore
+that torch.distributed opens in each Train worker group listens on all interfaces, and
+neither torch nor Ray Train offers a bind address for it.)
+"""
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "audioset"
 
@@ -21,12 +33,13 @@ def synth_store(tmp_path_factory):
 
 
 def start_local_ray(num_cpus: int = 2):
-    """The session's local Ray: 2 CPUs like CI, the dashboard on (Train V2 needs it)."""
-    import os
+    """The session's local Ray: 2 CPUs like CI, the dashboard on (Train V2 needs it), every
+    server on 127.0.0.1."""
     import ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False,
              configure_logging=False)
+    address = ray._private.worker._global_node.node_ip_address
+    assert address == "127.0.0.1", f"Ray took {address} as the node address, not the loopback"
 
 
 @pytest.fixture(scope="session")

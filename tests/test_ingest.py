@@ -14,6 +14,8 @@ from data.ingest import AudioFinder, IngestConfig, ingest, main
 from data.labels import read_class_index
 from data.store import open_store
 
+from conftest import start_local_ray
+
 AST_FBANK = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
                  num_mel_bins=128, dither=0.0, frame_shift=10)
 
@@ -39,17 +41,12 @@ KEPT = ["aaaaaaaaaaa", "bbbbbbbbbbb", "ccccccccccc", "ddddddddddd", "eeeeeeeeeee
 
 
 @pytest.fixture(scope="module")
-def ray_module():
-    """A local Ray for this module (reuses one already started, e.g. by `ray_local`)."""
+def ray_module(_ray_session):
+    """The session's local Ray (tests/conftest.py), for this module's module-scoped fixtures."""
     import ray
-    started = not ray.is_initialized()
-    if started:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
-                 configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
+    if not ray.is_initialized():
+        start_local_ray()
+    return ray
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ test that asks for `ray_local` starts it again (tests/conftest.py). The sweep co
 would to a `ray up` cluster: `--set run.ray_address=<head>`.
 """
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,20 +24,10 @@ def cluster():
     from ray.cluster_utils import Cluster
     if ray.is_initialized():  # the session's ray_local: one Ray at a time on this machine
         ray.shutdown()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Every node on the loopback address only. Ray rewrites a connect address of 127.0.0.1 to
-    # the machine's "reachable" IP unless cluster mode is off (its knob for one-machine Ray):
-    # then it keeps 127.0.0.1, here and in every process the nodes start.
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    patch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    # Every node on the loopback address only (cluster mode is off for the tests: conftest.py)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-    try:
-        c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": True,
-                                                          "dashboard_host": "127.0.0.1"})
-    except BaseException:
-        patch.undo()
-        raise
+    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": True,
+                                                      "dashboard_host": "127.0.0.1"})
     try:
         # Cluster records its address as "the" local Ray: a plain ray.init() anywhere on this
         # shared machine would join it. Forget it; the test names the address.
@@ -51,7 +40,6 @@ def cluster():
         if ray.is_initialized():
             ray.shutdown()
         c.shutdown()
-        patch.undo()
 
 
 def test_sweep_spans_nodes(cluster, tmp_path, monkeypatch):
