@@ -13,6 +13,8 @@ writes <run_dir>/report/:
                prior_shift (each model's mAP re-scored under every other eval split's class prior),
                convergence (examples to the selected checkpoint per beta)
   report.md    the same, readable
+  per_class_<split>.csv  one row per class: mid, name, training clips and prior, positives in
+               the split, then AP and AUC of every model (sweep rows and extras) on that split
   *.png        fig1_2_metrics_vs_beta (mAP and d' vs beta, aligned at the baseline, CI bars),
                fig3_delta_ap_vs_prior, validation_traces (raw and smoothed, per trial),
                examples_to_peak
@@ -23,6 +25,7 @@ holding <split>.npz per eval split, or one .npz (matched to the eval split with 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -105,7 +108,7 @@ def _resampled(targets: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> d
         m = macro_metrics(*r.ap_auc(counts[lo:lo + step, :, None]))
         for key in out:
             out[key][lo:lo + step] = m[key]
-    return {"full": {k: float(full[k]) for k in out}, "ap": ap, "samples": out}
+    return {"full": {k: float(full[k]) for k in out}, "ap": ap, "auc": auc, "samples": out}
 
 
 def _cell(abs_value: float, model: dict, base: dict, key: str) -> dict:
@@ -257,6 +260,23 @@ def _fig_peak(path: Path, rows: list[dict]) -> None:
 
 
 # --- markdown ---------------------------------------------------------------------------------
+def _per_class_csv(path: Path, store, train: str, split: str, boot: dict) -> None:
+    """Per-class AP and AUC of every model on one split, beside the class's priors ('' = no
+    positives or negatives in the split: undefined)."""
+    train_clips = store.class_counts(train)
+    prior = train_clips / store.split_info(train)["clips"]
+    scored = {name: b for name, b in boot.items() if b is not None}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "name", "train_clips", "train_prior", f"{split}_positives",
+                    *(f"AP {n}" for n in scored), *(f"AUC {n}" for n in scored)])
+        for k, (mid, name, n, positives) in enumerate(zip(store.mids, store.classes, train_clips,
+                                                          store.class_counts(split))):
+            values = [b["ap"][k] for b in scored.values()] + [b["auc"][k] for b in scored.values()]
+            w.writerow([k, mid, name, int(n), f"{prior[k]:.6g}", int(positives),
+                        *("" if not np.isfinite(v) else f"{v:.6f}" for v in values)])
+
+
 def _f(x, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -310,7 +330,9 @@ def _markdown(t: dict) -> str:
     if t.get("failed"):
         lines += ["", "## Failed trials", ""] + [f"- β = {r['beta']:g}, lr = {r['lr']:g}: {r['error']}"
                                                  for r in t["failed"]]
-    lines += [""] + [f"![{f}]({f})\n" for f in t["figures"]]
+    lines += ["", "Per-class AP and AUC of every model, with training priors: "
+              + ", ".join(f"[{f}]({f})" for f in t["per_class"]), ""]
+    lines += [f"![{f}]({f})\n" for f in t["figures"]]
     return "\n".join(lines)
 
 
@@ -341,7 +363,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
         raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
-    for f in FIGURES:  # none left from an earlier report that this one would not redraw
+    for f in [*FIGURES, *report_dir.glob("per_class_*.csv")]:  # none left from an earlier report
         (report_dir / f).unlink(missing_ok=True)
     store = open_store(cfg["data"]["store"])
     train = cfg["data"]["train_split"]
@@ -392,6 +414,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
                               "mAP": r["mAP"], "mAP_own_prior": boot[m["name"]]["full"]["mAP"],
                               "dprime": r["dprime"], "ess_min": float(np.nanmin(r["ess"])) if
                               np.isfinite(r["ess"]).any() else None})
+        _per_class_csv(report_dir / f"per_class_{s}.csv", store, train, s, boot)
         if fig3 is not None:
             delta = boot[models[len(rows) - 1]["name"]]["ap"] - boot[models[0]["name"]]["ap"]
             reg = prior_slope(delta, train_prior, n_resamples=max(n_resamples, 1000), seed=SEED)
@@ -423,6 +446,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     _fig_peak(report_dir / FIGURES[3], rows)
     figures.append(FIGURES[3])
     tables["figures"] = figures
+    tables["per_class"] = [f"per_class_{s}.csv" for s in splits]
     (report_dir / "tables.json").write_text(json.dumps(_json_safe(tables), indent=1, allow_nan=False))
     (report_dir / "report.md").write_text(_markdown(tables))
     return report_dir

@@ -2,6 +2,7 @@
 traces and selection as sweep.run makes them, and per-beta predictions whose per-class quality
 depends on beta and the class's training prior (rare classes gain from balancing, common ones
 lose: the paper's Fig. 3 pattern), written exactly as sweep.run.evaluate_winners / main do."""
+import csv
 import json
 import shutil
 from dataclasses import asdict
@@ -199,6 +200,28 @@ def test_markdown_and_figures(report):
         assert img.shape[0] > 300 and img.shape[1] > 500
         assert img[..., :3].std() > 0.05 and (img[..., :3] < 0.5).mean() > 0.005  # drawn, not blank
     assert [c["examples_to_peak"] for c in t["convergence"]] == [r["examples_to_peak"] for r in results["rows"]]
+
+
+def test_per_class_csv(report):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    run_dir, results, t, store = report
+    for s in results["eval_splits"]:
+        assert f"per_class_{s}.csv" in t["per_class"]
+        with (run_dir / "report" / f"per_class_{s}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [r["mid"] for r in rows] == store.mids and [r["name"] for r in rows] == store.classes
+        assert [int(r[f"{s}_positives"]) for r in rows] == store.class_counts(s).tolist()
+        assert [int(r["train_clips"]) for r in rows] == store.class_counts("train").tolist()
+        assert {f"AP {m}" for m in ("beta=0", "beta=0.5", "beta=1", "COPY")} <= set(rows[0])
+        for beta in BETAS:
+            p = _pred(run_dir, beta, s)
+            for k, r in enumerate(rows):
+                y = p["targets"][:, k]
+                if 0 < y.sum() < len(y):
+                    assert float(r[f"AP beta={beta:g}"]) == pytest.approx(average_precision_score(y, p["scores"][:, k]), abs=1e-6)
+                    assert float(r[f"AUC beta={beta:g}"]) == pytest.approx(roc_auc_score(y, p["scores"][:, k]), abs=1e-6)
+                elif y.sum() == 0:
+                    assert r[f"AP beta={beta:g}"] == ""  # no positives: undefined, left empty
 
 
 def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
