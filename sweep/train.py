@@ -27,7 +27,7 @@ from model.step import make_optimizer, train_step, unwrap
 from sweep.config import Config, from_dict
 from sweep.evaluate import evaluate_split, load_state, save_checkpoint
 
-__all__ = ["train_func", "summary_metrics", "HISTORY_KEYS"]
+__all__ = ["train_func", "summary_metrics", "step_seed", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("examples", "train_loss", "val_mAP", "val_AUC", "val_dprime", "val_dprime_ma")
 
@@ -63,6 +63,13 @@ def _log_history(client, run_id: str, history: dict) -> None:
             log_metrics(client, run_id, {k: history[k][i] for k in HISTORY_KEYS if k != "examples"}, examples)
 
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The augmentation seed of one optimizer step on one rank: a function of these alone, so a
+    worker restarted from a checkpoint redoes its steps exactly (same stream, same masks and
+    MixUp draws) and re-reports the same validation numbers."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def summary_metrics(state: dict) -> dict:
     """What a trial reports: progress and the latest evaluation of its history."""
     h = state["history"]
@@ -95,7 +102,7 @@ def train_func(config: dict) -> None:
     client, run_id = _tracking(config)
     if client is not None and checkpoint:
         _log_history(client, run_id, state["history"])  # evaluations lost between report and log
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + state["step"])
+    generator = torch.Generator(device=device)  # re-seeded every step (step_seed)
     every, budget = cfg.train.eval_every_examples, cfg.train.examples
     next_eval = (state["examples"] // every + 1) * every
     per_worker = max(1, cfg.train.batch_size // world)
@@ -134,6 +141,7 @@ def train_func(config: dict) -> None:
     for mel, target in shard.iter_torch_batches(batch_size=per_worker, collate_fn=_Collate()):
         x = mel.to(device, non_blocking=True)
         y = target.to(device, non_blocking=True)
+        generator.manual_seed(step_seed(cfg.train.seed, rank, state["step"]))
         losses.append(train_step(model, optimizer, x, y, state["step"], optim_cfg, cfg.train.augment, generator))
         state["step"] += 1
         state["examples"] += len(x) * world

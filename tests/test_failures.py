@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.run import main
@@ -133,6 +134,10 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ray_local, tmp_path, mo
         assert steps == STEPS, steps  # the killed trial too: no gap, no repeat
         trace = next(t for t in results["traces"] if t["trial_id"] == c.data.tags["ray_trial_id"])
         assert trace["examples"] == STEPS
+        # a redone step is the same step (step_seed, exact stream resume): the value MLflow got
+        # before the kill is the one in the checkpoint that selection reads
+        values = [m.value for m in client.get_metric_history(c.info.run_id, "val_dprime")]
+        assert values == pytest.approx(trace["dprime"], abs=1e-9), (values, trace["dprime"])
     # the killed trial's checkpoints: one per evaluation, none repeated after the restart
     snap = json.loads((run / "ray" / "train_runs" / killed["run"] / "checkpoint_manager_snapshot.json").read_text())
     assert [int(r["metrics"]["examples"]) for r in snap["checkpoint_results"]] == STEPS

@@ -77,6 +77,37 @@ def test_step_never_writes_its_inputs():
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
+def test_resumed_steps_repeat_exactly():
+    """A worker restarted from a checkpoint at step 3 (model and optimizer state restored, the
+    augmentation re-seeded by sweep.train.step_seed) redoes steps 3-5 bit for bit."""
+    from sweep.train import step_seed
+    cfg, aug = OptimConfig(lr=1e-3), AugmentConfig(mixup=True)
+    batches = [toy_batch(8, seed=i) for i in range(6)]
+
+    def run(model, opt, steps):
+        g = torch.Generator()
+        out = []
+        for s in steps:
+            g.manual_seed(step_seed(0, 0, s))
+            out.append(train_step(model, opt, *batches[s], s, cfg, aug, g))
+        return out
+
+    model = tiny()
+    opt = make_optimizer(model, cfg)
+    straight = run(model, opt, range(6))
+    first = tiny()
+    first_opt = make_optimizer(first, cfg)
+    run(first, first_opt, range(3))
+    resumed = tiny(seed=1)  # a new process: other initial weights, overwritten by the checkpoint
+    resumed.load_state_dict(first.state_dict())
+    resumed_opt = make_optimizer(resumed, cfg)
+    resumed_opt.load_state_dict(first_opt.state_dict())
+    assert run(resumed, resumed_opt, range(3, 6)) == straight[3:]
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert len({step_seed(0, r, s) for r in range(4) for s in range(10_000)}) == 40_000
+
+
 def test_micro_batches_give_the_full_batch_gradient():
     x, y = toy_batch(8)
     out = {}
