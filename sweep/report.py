@@ -259,7 +259,7 @@ def _fig_peak(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-# --- markdown ---------------------------------------------------------------------------------
+# --- per-class CSV ----------------------------------------------------------------------------
 def _per_class_csv(path: Path, store, train: str, split: str, boot: dict) -> None:
     """Per-class AP and AUC of every model on one split, beside the class's priors ('' = no
     positives or negatives in the split: undefined)."""
@@ -277,6 +277,7 @@ def _per_class_csv(path: Path, store, train: str, split: str, boot: dict) -> Non
                         *("" if not np.isfinite(v) else f"{v:.6f}" for v in values)])
 
 
+# --- markdown ---------------------------------------------------------------------------------
 def _f(x, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
