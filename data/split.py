@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data.balance import MultiLabels, as_multilabels, class_counts, rarest_label_count
-from data.store import Store, StoreError, fingerprint, open_store
+from data.store import RowGroups, Store, StoreError, close_shards, fingerprint, open_store
 
 __all__ = ["SplitConfig", "valid_targets", "stratified_split", "carve", "main"]
 
@@ -108,37 +105,12 @@ def _keep_one_for_training(candidates: MultiLabels, train_left: np.ndarray) -> n
     return np.bincount(entry_clip, bad.astype(np.float64), len(candidates)) == 0
 
 
-@lru_cache(maxsize=8)
-def _parquet(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(path)
-
-
-class _Rows:
-    """Rows of a split by global index (row order), read by row group."""
-
-    def __init__(self, paths: list[str]):
-        self.groups, sizes = [], []
-        for path in paths:
-            meta = pq.read_metadata(path)
-            self.groups += [(path, g) for g in range(meta.num_row_groups)]
-            sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-        self.start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-
-    def take(self, rows: np.ndarray) -> pa.Table:
-        group = np.searchsorted(self.start, rows, side="right") - 1
-        uniq = np.unique(group)
-        table = pa.concat_tables([_parquet(path).read_row_group(index) for path, index in
-                                  (self.groups[g] for g in uniq)])
-        offset = np.concatenate([[0], np.cumsum(np.diff(self.start)[uniq])[:-1]])
-        return table.take(offset[np.searchsorted(uniq, group)] + rows - self.start[group])
-
-
-def _write(store: Store, source: _Rows, rows: np.ndarray, directory: str, rows_per_shard: int) -> list[dict]:
+def _write(store: Store, source: RowGroups, rows: np.ndarray, directory: str, rows_per_shard: int) -> list[dict]:
     """Copy the source rows, in the given order, to new shards `directory`/part-NNNNN.parquet."""
     shards = []
     for i, s in enumerate(tqdm(range(0, len(rows), rows_per_shard), desc=f"write {directory}",
                                unit="shard", leave=False)):
-        t = source.take(rows[s:s + rows_per_shard])
+        t = source.read(rows[s:s + rows_per_shard])
         shards.append(store.write_shard(f"{directory}/part-{i:05d}.parquet", t["clip_id"].to_pylist(),
                                         t["labels"].to_pylist(), t["mel"].combine_chunks().to_numpy_ndarray(),
                                         t["n_frames"].to_numpy()))
@@ -165,14 +137,14 @@ def carve(store: Store, cfg: SplitConfig) -> dict:
         r = rarest_label_count(t_labels, class_counts(t_labels, store.n_classes))
         t_rows = t_rows[np.argsort(r, kind="stable")]
     rows_per_shard = max([s["rows"] for s in info["shards"]] or [1])
-    source = _Rows(store.shard_paths(cfg.source))
+    source = RowGroups.of(store.shard_paths(cfg.source))
     written = {}
     for name, rows, order in [(cfg.target, v_rows, "given"), (cfg.source, t_rows, info["order"])]:
         directory = f"{name}-{fingerprint(ids[rows])[7:15]}"
         written[name] = (_write(store, source, rows, directory, rows_per_shard), ids[rows],
                          labels.take(rows), order)
     entries = store.add_splits(written)
-    _parquet.cache_clear()
+    close_shards()
     new = {s["file"] for shards, *_ in written.values() for s in shards}
     old = [store.root / s["file"] for s in info["shards"] if s["file"] not in new]
     for path in old:

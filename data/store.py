@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, class_counts
 
-__all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter",
-           "open_store", "create_store", "fingerprint", "schema", "write_json"]
+__all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter", "RowGroups",
+           "open_store", "create_store", "fingerprint", "schema", "write_json", "multi_hot", "close_shards"]
 
 FORMAT_VERSION = 1
 ROW_GROUP_ROWS = 16  # small units: the stream mixes many of them into each block
@@ -56,6 +56,68 @@ def fingerprint(clip_ids) -> str:
     """sha256 of the sorted clip ids, newline-joined: the identity of a split's clip set."""
     h = hashlib.sha256("\n".join(sorted(map(str, clip_ids))).encode())
     return "sha256:" + h.hexdigest()[:16]
+
+
+def multi_hot(labels: pa.Array, n_classes: int) -> np.ndarray:
+    """A `labels` column (list<int16> [n]) as multi-hot targets, float32 [n, n_classes]."""
+    lengths = np.diff(labels.offsets.to_numpy())
+    target = np.zeros((len(labels), n_classes), dtype=np.float32)
+    target[np.repeat(np.arange(len(labels)), lengths), labels.flatten().to_numpy()] = 1.0
+    return target
+
+
+@lru_cache(maxsize=64)
+def _parquet(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(path)
+
+
+def close_shards() -> None:
+    """Forget the shard files `RowGroups.read` keeps open (after shards were replaced)."""
+    _parquet.cache_clear()
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """Where the rows of a list of shards (taken in order) live, to read rows by global index.
+    Picklable: built once on a driver, read from in Ray tasks."""
+
+    paths: list[str]
+    shard: np.ndarray   # int32 [G] shard of each row group
+    index: np.ndarray   # int32 [G] row-group index within its shard
+    start: np.ndarray   # int64 [G + 1] first global row of each group
+
+    @classmethod
+    def of(cls, paths) -> "RowGroups":
+        shard, index, sizes = [], [], []
+        for s, path in enumerate(paths):
+            meta = pq.read_metadata(path)
+            shard += [s] * meta.num_row_groups
+            index += range(meta.num_row_groups)
+            sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        start = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=start[1:])
+        return cls([str(p) for p in paths], np.asarray(shard, np.int32), np.asarray(index, np.int32), start)
+
+    def group_of(self, rows: np.ndarray) -> np.ndarray:
+        """Row group of each global row, int64 [n]."""
+        return np.searchsorted(self.start, rows, side="right") - 1
+
+    def read(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Global rows in the given order (repeats allowed), read by whole row groups, each
+        group once. A group that cannot be read is a StoreError naming its shard."""
+        groups = self.group_of(rows)
+        uniq = np.unique(groups)
+        table = pa.concat_tables([self._read_group(int(g), columns) for g in uniq])
+        # position of each requested row in the concatenation of the groups read
+        base = np.concatenate([[0], np.cumsum(np.diff(self.start)[uniq])[:-1]])
+        return table.take(base[np.searchsorted(uniq, groups)] + rows - self.start[groups])
+
+    def _read_group(self, g: int, columns: list[str] | None) -> pa.Table:
+        path, index = self.paths[self.shard[g]], int(self.index[g])
+        try:
+            return _parquet(path).read_row_group(index, columns=columns)
+        except (OSError, pa.ArrowException) as e:  # a shard damaged after validation
+            raise StoreError(f"{path}: row group {index} is unreadable ({type(e).__name__}: {e})") from e
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -221,12 +283,9 @@ class Store:
         mel [b, frames, mels] float16, target [b, n_classes] float32 multi-hot}."""
         for path in self.shard_paths(split):
             for batch in pq.ParquetFile(path).iter_batches(batch_size, columns=["clip_id", "labels", "mel"]):
-                labels = batch.column("labels")
-                lengths = np.diff(labels.offsets.to_numpy())
-                target = np.zeros((len(batch), self.n_classes), dtype=np.float32)
-                target[np.repeat(np.arange(len(batch)), lengths), labels.flatten().to_numpy()] = 1.0
                 yield {"clip_id": batch.column("clip_id").to_numpy(zero_copy_only=False),
-                       "mel": batch.column("mel").to_numpy_ndarray(), "target": target}
+                       "mel": batch.column("mel").to_numpy_ndarray(),
+                       "target": multi_hot(batch.column("labels"), self.n_classes)}
 
     def validate(self, split: str | None = None) -> None:
         """Check shards against the manifest (existence, rows, schema, fingerprint).
@@ -282,11 +341,15 @@ class Store:
                           "class_counts": class_counts(labels, self.n_classes).tolist(),
                           "fingerprint": fingerprint(clip_ids)}
                    for name, (shards, clip_ids, labels, order) in splits.items()}
+        self._record(entries)
+        return entries
+
+    def _record(self, entries: dict[str, dict]) -> None:
+        """Put split entries in the manifest and write it atomically."""
         self.manifest["splits"].update(entries)
         write_json(self.root / MANIFEST, self.manifest)
         for name in entries:
             self._index_cache.pop(name, None)
-        return entries
 
     def add_union(self, name: str, parts: list[str]) -> dict:
         """Record split `name` as the concatenation of splits `parts`, in that order, without
@@ -304,9 +367,7 @@ class Store:
         entry = {"union_of": list(parts), "clips": len(ids), "order": "union",
                  "class_counts": sum(self.class_counts(p) for p in parts).tolist(),
                  "fingerprint": fingerprint(ids)}
-        self.manifest["splits"][name] = entry
-        write_json(self.root / MANIFEST, self.manifest)
-        self._index_cache.pop(name, None)
+        self._record({name: entry})
         return entry
 
     def writer(self, split: str, rows_per_shard: int = 1024, order: str = "given") -> SplitWriter:

@@ -18,14 +18,11 @@ with memory bounded by Ray's backpressure, not by the dataset size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
-from data.store import Store, StoreError, open_store
+from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled_dataset",
            "duplicates_per_batch", "class_mix_distance", "sampler_audit"]
@@ -35,10 +32,7 @@ __all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled
 class StreamPlan:
     """Everything a reader needs to produce the stream; picklable, no Ray objects."""
 
-    shards: list[str]          # shard paths in split order
-    group_shard: np.ndarray    # int32 [G] shard of each row group
-    group_index: np.ndarray    # int32 [G] row-group index within its shard
-    group_start: np.ndarray    # int64 [G + 1] first global row of each group
+    groups: RowGroups          # the split's row groups (G of them), in split order
     factors: np.ndarray        # int64 [N] M_j
     blocks: np.ndarray         # int64 [B, units_per_block, 2] (group, copy), -1 = empty slot
     block_rows: np.ndarray     # int64 [B] rows each block emits
@@ -54,19 +48,6 @@ class StreamPlan:
         if not len(self.block_rows):
             return 0
         return int(self.block_rows.sum() - max(0, self.skip - self.block_start[0]))
-
-
-def _row_groups(shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    shard_of, index, sizes = [], [], []
-    for s, path in enumerate(shards):
-        meta = pq.read_metadata(path)
-        for g in range(meta.num_row_groups):
-            shard_of.append(s)
-            index.append(g)
-            sizes.append(meta.row_group(g).num_rows)
-    start = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=start[1:])
-    return np.asarray(shard_of, np.int32), np.asarray(index, np.int32), start
 
 
 def _unit_rows(factors: np.ndarray, group_start: np.ndarray, g: int, c: int) -> np.ndarray:
@@ -102,8 +83,8 @@ def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int 
     if priors is None:
         priors = class_counts(labels, store.n_classes) / len(labels)
     factors = oversampling_factors(labels, beta, priors, clip_ids=None)
-    shards = store.shard_paths(split)
-    group_shard, group_index, group_start = _row_groups(shards)
+    groups = RowGroups.of(store.shard_paths(split))
+    group_start = groups.start
     blocks, rows, seeds, total, e = [], [], [], 0, epoch
     while True:
         units, sizes = _pass_units(factors, group_start, np.random.default_rng([seed, e]))
@@ -122,31 +103,17 @@ def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int 
     keep = start + rows > skip                          # drop blocks fully consumed
     if examples is not None:                            # and blocks past the budget
         keep &= start < skip + examples
-    return StreamPlan(shards, group_shard, group_index, group_start, factors, blocks[keep],
+    return StreamPlan(groups, factors, blocks[keep],
                       rows[keep], seeds[keep], start[keep], seed, store.n_classes, skip)
 
 
 def block_rows(plan: StreamPlan, b: int) -> np.ndarray:
     """Global rows emitted by block b, in stream order (int64 [plan.block_rows[b]])."""
     units = plan.blocks[b]
-    rows = np.concatenate([_unit_rows(plan.factors, plan.group_start, g, c)
+    rows = np.concatenate([_unit_rows(plan.factors, plan.groups.start, g, c)
                            for g, c in units if g >= 0] or [np.zeros(0, np.int64)])
     rng = np.random.default_rng([plan.seed, *plan.block_seeds[b].tolist(), 7])
     return rows[rng.permutation(len(rows))]
-
-
-@lru_cache(maxsize=64)
-def _parquet(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(path)
-
-
-def _read_group(plan: StreamPlan, g: int) -> pa.Table:
-    """Row group g of the plan; a shard that cannot be read is a StoreError naming it."""
-    path, index = plan.shards[plan.group_shard[g]], int(plan.group_index[g])
-    try:
-        return _parquet(path).read_row_group(index, columns=["clip_id", "labels", "mel"])
-    except (OSError, pa.ArrowException) as e:  # a shard damaged after validation
-        raise StoreError(f"{path}: row group {index} is unreadable ({type(e).__name__}: {e})") from e
 
 
 def read_block(batch: dict, plan: StreamPlan) -> dict:
@@ -157,18 +124,10 @@ def read_block(batch: dict, plan: StreamPlan) -> dict:
                                for b, p in zip(batch["id"], parts)])
     rows = np.concatenate(parts)[position >= plan.skip]
     position = position[position >= plan.skip]
-    groups = np.searchsorted(plan.group_start, rows, side="right") - 1
-    uniq = np.unique(groups)
-    table = pa.concat_tables([_read_group(plan, int(g)) for g in uniq])
-    # position of each requested row in the concatenation of the groups read
-    base = np.concatenate([[0], np.cumsum(np.diff(plan.group_start)[uniq])[:-1]])
-    table = table.take(base[np.searchsorted(uniq, groups)] + rows - plan.group_start[groups])
-    labels = table["labels"].combine_chunks()
-    lengths = np.diff(labels.offsets.to_numpy())
-    target = np.zeros((len(rows), plan.n_classes), dtype=np.float32)
-    target[np.repeat(np.arange(len(rows)), lengths), labels.flatten().to_numpy()] = 1.0
+    table = plan.groups.read(rows, ["clip_id", "labels", "mel"])
     return {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False), "clip_index": rows,
-            "position": position, "mel": table["mel"].combine_chunks().to_numpy_ndarray(), "target": target}
+            "position": position, "mel": table["mel"].combine_chunks().to_numpy_ndarray(),
+            "target": multi_hot(table["labels"].combine_chunks(), plan.n_classes)}
 
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
@@ -248,7 +207,7 @@ def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch
         "epoch_inflation": float(plan.factors.sum() / len(plan.factors)),
         "epoch_length": int(plan.factors.sum()),
         "audited_examples": int(len(order)),
-        "distinct_clips": int(len(np.unique(order))),
+        "distinct_clips": int((plan.factors > 0).sum()),
         "max_repeat": int(plan.factors.max()),
         "duplicates_per_batch": dup,
         "duplicates_per_batch_ideal": ideal,
