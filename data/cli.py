@@ -1,0 +1,67 @@
+"""The command-line convention every entry point follows.
+
+An expected error (a bad file, key or value: `InputError` and the ValueErrors the package
+raises for bad input, a missing file) is one line on stderr, `error: <what>: <why>`, and exit
+status 2. `--debug` shows the traceback instead. Anything else is a bug and keeps its traceback.
+
+    def main(argv=None) -> int:
+        p = parser(prog="python -m data.stats", description=__doc__)
+        ...
+        return run(_main, p, argv)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+__all__ = ["InputError", "parser", "run", "positive_int", "EXPECTED"]
+
+
+class InputError(ValueError):
+    """An input the user can fix; the message names the file, key or value."""
+
+
+# ValueError covers StoreError, LabelFileError, AudioError, ConfigError and InputError;
+# OSError a missing or unreadable file; EOFError a truncated .gz.
+EXPECTED: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError)
+
+
+def parser(prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with the raw description layout and the shared `--debug` flag."""
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return p
+
+
+def run(body: Callable[[argparse.Namespace], int | None], p: argparse.ArgumentParser, argv=None) -> int:
+    """Parse `argv` with `p`, call `body(args)`; expected errors become one line and exit 2."""
+    a = p.parse_args(argv)
+    try:
+        return int(body(a) or 0)
+    except EXPECTED as e:
+        if a.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    if isinstance(e, EOFError):
+        text = f"truncated file ({text})"
+    return " ".join(text.split())
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (names the value when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
