@@ -14,15 +14,24 @@
    (data/features.py), write the shard atomically. A clip that gives no spectrogram is skipped
    with its reason (unreadable, empty, too_short, non_finite, error).
 5. The split is recorded in the manifest (a new store gets the class index's classes);
-   STORE/ingest_report.json lists every skipped clip with its reason.
+   STORE/ingest_report.json lists every skipped clip with its reason. Classes of the index
+   without a clip in the split are named in a one-line warning: they are left out of the
+   split's priors and metrics.
 
-Resume: finished shards are journaled in STORE/ingest_journal_<split>.jsonl; rerunning the same
-command keeps every shard whose chunk is unchanged and whose file is intact ("reused") and
-computes only the rest. The audio files must be readable from every Ray node.
+Inputs are checked before anything is written: a bad label file, a missing --audio-dir, or
+no clip with an audio file (the error names the patterns tried and an example path) stop the
+run with no store created. A run in which no clip gives a spectrogram is an error too (the
+report is written, the split is not recorded). A new store goes only into a new or empty
+directory.
+
+Resume: finished shards are journaled, with the sha256 of their bytes, in
+STORE/ingest_journal_<split>.jsonl; rerunning the same command keeps every shard whose chunk is
+unchanged and whose file still has that hash ("reused") and computes the rest, damaged shards
+included ("shards_redone" in the report names them and why). The audio files must be readable
+from every Ray node.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -37,9 +46,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import class_counts, rarest_label_count
+from data.cli import InputError, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
-from data.store import MANIFEST, Store, StoreError, write_json, create_store, open_store
+from data.store import HASH, MANIFEST, Store, StoreError, file_hashes, write_json, create_store, open_store
 
 __all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "main"]
 
@@ -63,6 +73,16 @@ class IngestConfig:
 
     def __post_init__(self):
         self.order = self.order or ("rarest_label" if self.split == "train" else "given")
+        for key in ("frames", "rows_per_shard"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{key}: must be an integer >= 1, got {value!r}")
+        if not self.split or self.split != Path(self.split).name or self.split in (".", ".."):
+            raise InputError(f"split: {self.split!r} is not a plain name (used as a directory of the store)")
+        if self.order not in ("rarest_label", "given"):
+            raise InputError(f"order: {self.order!r} is not 'rarest_label' or 'given'")
+        if not self.segments:
+            raise InputError("segments: no segment CSV given")
 
 
 class AudioFinder:
@@ -81,7 +101,8 @@ class AudioFinder:
                 raise ValueError(f"audio pattern {p!r}: bad field {e}; "
                                  "use {ytid} {start} {start_g} {ext}") from None
         if not self.root.is_dir():
-            raise FileNotFoundError(f"audio directory {self.root} does not exist")
+            raise FileNotFoundError(f"{self.root}: audio directory does not exist"
+                                    f"{' (a file)' if self.root.exists() else ''}")
         self._dir_of: dict[str, str] = {}
         for dirpath, dirnames, files in os.walk(self.root):
             dirnames.sort()
@@ -137,11 +158,37 @@ def _compute_shard(root: str, name: str, clips: list[tuple[str, str, list[int]]]
     return {**entry, "skipped": skipped}
 
 
-def _reusable(entry: dict | None, key: str, root: Path) -> bool:
-    if entry is None or entry["key"] != key:
-        return False
-    return entry["file"] is None or ((root / entry["file"]).is_file()
-                                     and (root / entry["file"]).stat().st_size == entry["bytes"])
+def _check_reuse(journal: dict[str, dict], chunks: list[dict], root: Path) -> tuple[dict, list]:
+    """The journaled shards that can be kept: same chunk, and a file with the bytes and the
+    sha256 the journal recorded. Returns (reused {name: entry}, redone [{file, why}]): shards
+    of an unchanged chunk whose file is damaged, missing or unverifiable, to be computed again."""
+    reused, redone, to_hash = {}, [], []
+    for c in chunks:
+        entry = journal.get(c["name"])
+        if entry is None or entry.get("key") != c["key"]:
+            continue  # never finished, or another chunk now: computed as new
+        if entry.get("file") is None:  # no clip of the chunk gave a spectrogram
+            reused[c["name"]] = entry
+            continue
+        path = root / entry["file"]
+        why = None
+        if not path.is_file():
+            why = "missing"
+        elif path.stat().st_size != entry["bytes"]:
+            why = f"{path.stat().st_size} bytes, journal says {entry['bytes']}"
+        elif HASH not in entry:
+            why = f"no {HASH} in the journal (written by an older version): not verifiable"
+        if why:
+            redone.append({"file": entry["file"], "why": why})
+        else:
+            to_hash.append((c["name"], entry, path))
+    for (name, entry, path), got in zip(to_hash, file_hashes(p for _, _, p in to_hash)):
+        if got == entry[HASH]:
+            reused[name] = entry
+        else:
+            redone.append({"file": entry["file"], "why": f"content changed ({HASH} {got[:16]}..., "
+                                                         f"journal says {entry[HASH][:16]}...)"})
+    return reused, redone
 
 
 def _open_store(cfg: IngestConfig, class_index) -> Store:
@@ -231,25 +278,25 @@ def _collect(chunks: list[dict], entries: dict) -> tuple[list, list, list, list]
         ids += [clip for clip, _, _ in c["clips"] if clip not in bad]
         labels += [clip_labels for clip, _, clip_labels in c["clips"] if clip not in bad]
         if entry["file"] is not None:
-            shards.append({k: entry[k] for k in ("file", "rows", "bytes")})
+            shards.append({k: entry[k] for k in ("file", "rows", "bytes", HASH) if k in entry})
     return shards, ids, labels, skipped
 
 
 def ingest(cfg: IngestConfig) -> dict:
     """Ingest one split (see the module docstring); returns the split's report."""
     t0 = time.time()
+    # every input is checked before the store is created or touched
     class_index = read_class_index(cfg.class_index)
     segments, issues, label_skipped = read_labels(cfg.segments, class_index)
-    store = _open_store(cfg, class_index)
     finder = AudioFinder(cfg.audio_dir, cfg.patterns, cfg.exts)
     paths = [finder.find(y, s) for y, s in zip(segments.clip_ids, segments.start)]
+    _check_found(cfg, segments, paths, label_skipped)
+    store = _open_store(cfg, class_index)
     missing = [{"clip_id": y, "reason": "missing", "detail": f"no file in {cfg.audio_dir}"}
                for y, p in zip(segments.clip_ids, paths) if p is None]
     chunks = _plan(cfg, segments, paths, len(class_index))
     journal_path = store.root / f"ingest_journal_{cfg.split}.jsonl"
-    journal = _read_journal(journal_path)
-    reused = {c["name"]: journal[c["name"]] for c in chunks
-              if _reusable(journal.get(c["name"]), c["key"], store.root)}
+    reused, redone = _check_reuse(_read_journal(journal_path), chunks, store.root)
     todo = [c for c in chunks if c["name"] not in reused]
     computed, failed = _compute(todo, store.root, journal_path, cfg.split, cfg.frames) if todo else ({}, [])
     entries = {**reused, **computed}
@@ -259,13 +306,16 @@ def ingest(cfg: IngestConfig) -> dict:
               "clips_listed": len(segments) + len(label_skipped), "ingested": len(ids),
               "reused": sum(e["rows"] for e in reused.values()),
               "computed": sum(len(c["clips"]) for c in todo),
-              "shards": len(chunks), "shards_reused": len(reused), "failed_shards": failed,
+              "shards": len(chunks), "shards_reused": len(reused), "shards_redone": redone,
+              "failed_shards": failed,
               "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped": skipped,
               "label_issues": issues}
     if cfg.order == "rarest_label" and ids:  # skipped clips can put a few ties out of order
         r = rarest_label_count(labels, class_counts(labels, len(class_index)))
         report["rows_out_of_order"] = int((np.diff(r) < 0).sum())
-    if not failed:
+    if not failed and ids:
+        empty = np.flatnonzero(class_counts(labels, len(class_index)) == 0)
+        report["empty_classes"] = empty.tolist()
         report["fingerprint"] = store.add_split(cfg.split, shards, ids, labels, cfg.order)["fingerprint"]
         keep = {s["file"] for s in shards}
         for stale in (store.root / cfg.split).glob("part-*.parquet*"):
@@ -275,12 +325,38 @@ def ingest(cfg: IngestConfig) -> dict:
     report["seconds"] = round(time.time() - t0, 2)
     report["clips_per_s"] = round(report["computed"] / max(report["seconds"], 0.01), 2)
     write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
+    if not failed and not ids:
+        reasons = ", ".join(f"{r} {n}" for r, n in report["skipped_by_reason"].items())
+        raise InputError(f"{store.root / REPORT}: no clip of split {cfg.split!r} gave a spectrogram "
+                         f"({reasons}); the split is not recorded")
+    if report.get("empty_classes"):
+        n = len(report["empty_classes"])
+        print(f"warning: {n} of {len(class_index)} classes of {cfg.class_index} have no clip in split "
+              f"{cfg.split!r}: they are left out of its priors and metrics (listed in {store.root / REPORT})",
+              file=sys.stderr)
     return report
+
+
+def _check_found(cfg: IngestConfig, segments: Segments, paths: list, label_skipped: list) -> None:
+    """No clip listed, or no clip with an audio file, is an error naming what was tried."""
+    names = ", ".join(cfg.segments)
+    if not len(segments):
+        raise InputError(f"{names}: no clip with a known label ({len(label_skipped)} rows left out)")
+    if any(p is not None for p in paths):
+        return
+    ytid, start = str(segments.clip_ids[0]), float(segments.start[0])
+    example = Path(cfg.audio_dir) / cfg.patterns[0].format(ytid=ytid, start=f"{start:.3f}",
+                                                           start_g=f"{start:g}", ext=cfg.exts[0])
+    raise InputError(f"{cfg.audio_dir}: no audio file for any of the {len(segments)} clips of {names}; "
+                     f"tried patterns {' '.join(cfg.patterns)} with extensions {' '.join(cfg.exts)} "
+                     f"(e.g. {example}); see --audio-pattern and --ext")
 
 
 def summary(report: dict, shown: int = 20) -> dict:
     """The report without its long lists: counts, and the first `shown` clip ids per skip reason."""
-    out = {k: v for k, v in report.items() if k not in ("skipped", "config")}
+    out = {k: v for k, v in report.items() if k not in ("skipped", "config", "empty_classes")}
+    if "empty_classes" in report:
+        out["empty_classes"] = len(report["empty_classes"])
     out["skipped_examples"] = {r: [s["clip_id"] for s in report["skipped"] if s["reason"] == r][:shown]
                                for r in report["skipped_by_reason"]}
     if report["label_issues"]:
@@ -291,27 +367,30 @@ def summary(report: dict, shown: int = 20) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.ingest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog="python -m data.ingest", description=__doc__)
     p.add_argument("--segments", nargs="+", required=True, metavar="CSV",
                    help="segment CSV(s) of one partition (.csv or .csv.gz)")
     p.add_argument("--class-index", required=True, metavar="CSV", help="class_labels_indices.csv")
     p.add_argument("--audio-dir", required=True, metavar="DIR",
                    help="directory with the audio files (searched recursively)")
-    p.add_argument("--out", required=True, metavar="STORE", help="store directory (created if new)")
+    p.add_argument("--out", required=True, metavar="STORE",
+                   help="store directory (a new store: a new or empty directory)")
     p.add_argument("--split", required=True, metavar="NAME", help="split name, e.g. train, eval_public")
     p.add_argument("--audio-pattern", nargs="+", default=list(PATTERNS), metavar="PATTERN",
                    help="file names to try, in order; fields {ytid}, {start} (as in the CSV, 30.000), "
                         f"{{start_g}} (30), {{ext}} (default: {' '.join(PATTERNS)})")
     p.add_argument("--ext", nargs="+", default=list(EXTS), metavar="EXT",
                    help=f"extensions to try for {{ext}} (default: {' '.join(EXTS)})")
-    p.add_argument("--frames", type=int, default=FRAMES, metavar="N",
+    p.add_argument("--frames", type=positive_int, default=FRAMES, metavar="N",
                    help="frames per clip, 10 ms each (default %(default)s)")
-    p.add_argument("--rows-per-shard", type=int, default=IngestConfig.rows_per_shard, metavar="N",
+    p.add_argument("--rows-per-shard", type=positive_int, default=IngestConfig.rows_per_shard, metavar="N",
                    help="clips per shard (default %(default)s)")
     p.add_argument("--order", choices=["rarest_label", "given"],
                    help="row order (default: rarest_label for the split 'train', else CSV order)")
-    a = p.parse_args(argv)
+    return run(_main, p, argv)
+
+
+def _main(a) -> int:
     report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.out, a.split,
                                  tuple(a.audio_pattern), tuple(a.ext), a.frames, a.rows_per_shard, a.order))
     print(json.dumps(summary(report), indent=1))
@@ -320,6 +399,10 @@ def main(argv=None) -> int:
         print(f"label files: left out {len(issues['unknown_mids'])} unknown MID(s) "
               f"{sorted(issues['unknown_mids'])[:5]} and {len(issues['duplicate_ytids'])} repeated YTID row(s) "
               f"{issues['duplicate_ytids'][:5]}; see ingest_report.json", file=sys.stderr)
+    if report["shards_redone"]:
+        redone = report["shards_redone"]
+        print(f"{len(redone)} damaged or unverifiable shard(s) computed again, e.g. {redone[0]['file']} "
+              f"({redone[0]['why']}); see ingest_report.json", file=sys.stderr)
     if not report["complete"]:
         print(f"{len(report['failed_shards'])} shard(s) failed; the split is not recorded: rerun to retry",
               file=sys.stderr)

@@ -6,11 +6,15 @@ Formats (the public Google release):
                              `YTID, start_seconds, end_seconds, "mid1,mid2,..."`.
 Several segment files read together are one partition (balanced + unbalanced train = the
 paper's "published train"). Unknown MIDs and duplicate YTIDs are errors that name them.
+A file that cannot be read as such (a truncated or corrupt .gz, text that is not UTF-8, a row
+that does not parse) is a LabelFileError naming the file and, where known, the line.
 """
 from __future__ import annotations
 
 import csv
 import gzip
+import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +63,18 @@ class Segments:
 def read_class_index(path: str | Path) -> ClassIndex:
     """Parse `class_labels_indices.csv` (index, mid, display_name); indices must be 0..K-1."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
+    except csv.Error as e:
+        raise LabelFileError(f"{path}: not a CSV file ({e})") from None
     if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
         raise LabelFileError(f"{path}: expected header 'index,mid,display_name', got {rows[:1]}")
     mids, names = [], []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) < 3:
             raise LabelFileError(f"{path}:{line}: expected 3 fields, got {row}")
+        if not row[0].strip().isdigit():
+            raise LabelFileError(f"{path}:{line}: index {row[0]!r} is not a number")
         if int(row[0]) != len(mids):
             raise LabelFileError(f"{path}:{line}: index {row[0]} out of order (expected {len(mids)})")
         mids.append(row[1].strip())
@@ -77,8 +85,41 @@ def read_class_index(path: str | Path) -> ClassIndex:
     return ClassIndex(mids, names)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _read_text(path: Path) -> str:
+    """A label file's text (gunzipped for .gz); a truncated or corrupt .gz or bytes that are
+    not UTF-8 are a LabelFileError naming the file (and the line of the first bad byte)."""
+    with open(path, "rb") as f:  # a missing file: FileNotFoundError, which names it
+        raw = f.read()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise LabelFileError(f"{path}: truncated gzip file (its {len(raw):,} bytes end before the "
+                                 "end-of-stream marker); download or copy it again") from None
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise LabelFileError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        of = " of the uncompressed text" if path.suffix == ".gz" else ""
+        raise LabelFileError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                             f"{e.start:,}{of})") from None
+
+
+def _bad_row(body: str, first_line: int) -> str:
+    """Where a segment CSV body first breaks the `YTID, start, end, "labels"` form: "LINE (row)",
+    or "" if the Python csv module finds nothing wrong."""
+    for k, row in enumerate(csv.reader(io.StringIO(body, newline=""), skipinitialspace=True)):
+        ok = len(row) == 4
+        if ok:
+            try:
+                float(row[1]), float(row[2])
+            except ValueError:
+                ok = False
+        if not ok and row:
+            return f"{first_line + k} ({','.join(row)[:80]!r})"
+    return ""
 
 
 def _duplicates(values: np.ndarray, shown: int = 5) -> list[str]:
@@ -88,8 +129,7 @@ def _duplicates(values: np.ndarray, shown: int = 5) -> list[str]:
 
 def _parse_file(path: Path) -> pa.Table:
     """One segment CSV as a table (ytid, start, end, mids: list<string>); `#` lines skipped."""
-    with _open_text(path) as f:
-        text = f.read()
+    text = _read_text(path)
     pos = 0  # `#` header lines only ever lead the file
     while text.startswith("#", pos):
         pos = text.find("\n", pos) + 1 or len(text)
@@ -101,7 +141,9 @@ def _parse_file(path: Path) -> pa.Table:
     try:
         table = pacsv.read_csv(pa.py_buffer(body), opts, parse, types)
     except pa.ArrowInvalid as e:
-        raise LabelFileError(f"{path}: not 'YTID, start, end, \"labels\"': {e}") from None
+        where = _bad_row(text[pos:], text.count("\n", 0, pos) + 1)
+        raise LabelFileError(f"{path}{':' + where if where else ''}: not 'YTID, start, end, \"labels\"' "
+                             f"({e})") from None
     mids = pc.split_pattern(pc.utf8_trim(table["mids"], characters='" '), ",")
     return table.set_column(3, "mids", mids)
 

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
+from data.cli import parser, run
 
 __all__ = ["PAPER_BETAS", "partition_stats", "format_table", "main"]
 
@@ -65,8 +66,7 @@ def _betas(text: str) -> tuple[float, ...]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.stats", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(prog="python -m data.stats", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--segments", nargs="+", metavar="CSV", help="AudioSet segment CSV(s), .gz ok")
     src.add_argument("--store", metavar="DIR", help="a spectrogram store (see data/store.py)")
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     p.add_argument("--betas", type=_betas, default=PAPER_BETAS,
                    help="oversampling exponents, comma-separated (default: the paper's 7)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    a = p.parse_args(argv)
+    return run(lambda a: _main(p, a), p, argv)
+
+
+def _main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if a.segments:
         if not a.class_index:

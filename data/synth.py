@@ -11,11 +11,14 @@ What makes it AudioSet-like (DESIGN.md section 4):
 Deterministic for a seed.
 
     python -m data.synth --out runs/synth --clips 3000 --classes 24
+
+The store is written only into a new or empty directory: anything already there (the shards of
+a store whose manifest.json was lost, say) is left alone and the call is a StoreError.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import as_multilabels, class_counts, rarest_label_count
+from data.cli import InputError, parser, positive_int, run
 from data.store import Store, create_store
 
 __all__ = ["SynthConfig", "make_synthetic_store", "sample_labels", "render"]
@@ -47,6 +51,14 @@ class SynthConfig:
     min_valid_per_class: int = 5
     min_eval_per_class: int = 5
     label_noise: float = 0.0        # chance a clip's label list loses its last label
+
+    def __post_init__(self):
+        for key in ("clips", "classes", "frames", "mels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"synth.{key}: must be an integer >= 1, got {value!r}")
+        if not 0 <= self.head_classes <= self.classes:
+            raise InputError(f"synth.head_classes: {self.head_classes} is not in [0, classes = {self.classes}]")
 
 
 def _class_weights(k: int, zipf: float) -> np.ndarray:
@@ -125,7 +137,8 @@ def _write_split(store: Store, name: str, labels: list[np.ndarray], cfg: SynthCo
 
 
 def make_synthetic_store(out: str | Path, cfg: SynthConfig = SynthConfig()) -> Store:
-    """Write splits train, valid, eval_public, eval_internal to a new store at `out`."""
+    """Write splits train, valid, eval_public, eval_internal to a new store at `out`, which must
+    be a new or empty directory (else StoreError naming it: nothing there is written over)."""
     rng = np.random.default_rng(cfg.seed)
     k = cfg.classes
     classes = [{"index": i, "mid": f"/synth/{i:03d}", "name": f"class_{i:03d}"} for i in range(k)]
@@ -148,21 +161,24 @@ def make_synthetic_store(out: str | Path, cfg: SynthConfig = SynthConfig()) -> S
     return store
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m data.synth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="new store directory")
+def main(argv=None) -> int:
+    p = parser(prog="python -m data.synth", description=__doc__)
+    p.add_argument("--out", required=True, help="new store directory (new or empty)")
     d = SynthConfig()
-    p.add_argument("--clips", type=int, default=d.clips, help="training clips (default %(default)s)")
-    p.add_argument("--classes", type=int, default=d.classes, help="classes (default %(default)s)")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per clip (default %(default)s)")
-    p.add_argument("--mels", type=int, default=d.mels, help="mel bins (default %(default)s)")
+    p.add_argument("--clips", type=positive_int, default=d.clips, help="training clips (default %(default)s)")
+    p.add_argument("--classes", type=positive_int, default=d.classes, help="classes (default %(default)s)")
+    p.add_argument("--frames", type=positive_int, default=d.frames, help="frames per clip (default %(default)s)")
+    p.add_argument("--mels", type=positive_int, default=d.mels, help="mel bins (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
-    a = p.parse_args(argv)
+    return run(_main, p, argv)
+
+
+def _main(a) -> int:
     store = make_synthetic_store(a.out, SynthConfig(clips=a.clips, classes=a.classes,
                                                     frames=a.frames, mels=a.mels, seed=a.seed))
     print(json.dumps({s: store.split_info(s)["clips"] for s in store.splits}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

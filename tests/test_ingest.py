@@ -154,8 +154,13 @@ def test_rerun_resumes_without_repeating_work(first_run, inputs, capsys):
     index = str(root.parent / "class_index.csv")
     rc = main(["--segments", str(root / "segments.csv"), "--class-index", index, "--audio-dir", str(audio),
                "--out", str(store.root), "--split", "train", "--rows-per-shard", "3"])
-    printed = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
     assert rc == 0 and printed["computed"] == 0 and printed["reused"] == len(KEPT)
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and warning[0].startswith("warning: 523 of 527 classes of ")
+    assert "have no clip in split 'train': they are left out of its priors and metrics" in warning[0]
+    assert printed["empty_classes"] == 523 and printed["shards_redone"] == []
     assert printed["shards_reused"] == printed["shards"] == 4
     assert printed["skipped_examples"]["missing"] == ["missing0000"]
     assert {p: os.stat(p).st_mtime_ns for p in shards} == mtimes
@@ -166,3 +171,43 @@ def test_rerun_resumes_without_repeating_work(first_run, inputs, capsys):
     del mtimes[shards[1]]
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
     assert open_store(store.root).fingerprint("train") == fp
+
+
+def test_rerun_redoes_a_damaged_shard(first_run, inputs, capsys):
+    """64 bytes of one shard's spectrograms overwritten (same size, footer intact): the rerun
+    finds it by its hash, computes that chunk again and reuses the others."""
+    _, store = first_run
+    store = open_store(store.root)
+    shards = store.shard_paths("train")
+    good = open(shards[2], "rb").read()
+    with open(shards[2], "r+b") as f:
+        f.seek(len(good) // 2)
+        f.write(bytes(range(64)))
+    with pytest.raises(Exception, match=r"part-00002\.parquet: content changed"):
+        open_store(store.root).validate()
+    mtimes = {p: os.stat(p).st_mtime_ns for p in shards if p != shards[2]}
+    root, audio = inputs
+    rc = main(["--segments", str(root / "segments.csv"), "--class-index", str(root.parent / "class_index.csv"),
+               "--audio-dir", str(audio), "--out", str(store.root), "--split", "train", "--rows-per-shard", "3"])
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert rc == 0 and printed["computed"] == 3 and printed["shards_reused"] == 3
+    [redone] = printed["shards_redone"]
+    assert redone["file"] == "train/part-00002.parquet" and redone["why"].startswith("content changed")
+    assert "1 damaged or unverifiable shard(s) computed again, e.g. train/part-00002.parquet" in err
+    assert open(shards[2], "rb").read() == good  # computed again, byte for byte
+    assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
+    open_store(store.root).validate()
+
+
+def test_no_clip_with_a_spectrogram_is_an_error(ray_module, inputs, tmp_path):
+    from data.cli import InputError
+    root, audio = inputs
+    segments = tmp_path / "segments.csv"
+    segments.write_text("\n".join(line for line in (root / "segments.csv").read_text().splitlines()
+                                  if line.startswith(("#", "corrupt0000", "emptyfile00"))) + "\n")
+    out = tmp_path / "store"
+    with pytest.raises(InputError, match=r"ingest_report\.json: no clip of split 'train' gave a spectrogram "
+                                         r"\((unreadable 1, empty 1|empty 1, unreadable 1)\); the split is not"):
+        ingest(IngestConfig([str(segments)], str(root.parent / "class_index.csv"), str(audio), str(out), "train"))
+    assert open_store(out).splits == []

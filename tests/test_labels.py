@@ -96,3 +96,33 @@ def test_lenient_read_leaves_out_what_strict_refuses(tmp_path, class_index):
     assert [list(seg.labels[j]) for j in range(2)] == [[0], [137]]
     assert issues.unknown_mids == {"/m/nope": 2} and issues.duplicate_ytids == ["a"]
     assert issues.unlabelled == ["b"]
+
+
+def test_a_row_that_does_not_parse_is_named_by_line(tmp_path, class_index):
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r"', 'b, 0', 'c, 0, 10, "/m/04rlf"'],
+               header=("# a", "# b", "# c"))
+    with pytest.raises(LabelFileError, match=r"x\.csv:5 \('b,0'\): not 'YTID, start, end"):
+        read_segments(f, class_index)
+    f = _write(tmp_path / "y.csv", ['a, 0, 10, "/m/09x0r"', 'b, zero, 10, "/m/09x0r"'])
+    with pytest.raises(LabelFileError, match=r"y\.csv:3 .*conversion error"):
+        read_segments(f, class_index)
+
+
+def test_unreadable_label_files_are_named(audioset, tmp_path, class_index):
+    gz = tmp_path / "cut.csv.gz"
+    gz.write_bytes((audioset / "unbalanced_train_segments.csv.gz").read_bytes()[:50_000])
+    with pytest.raises(LabelFileError, match=rf"{gz}: truncated gzip file"):
+        read_segments(gz, class_index)
+    fake = tmp_path / "plain.csv.gz"
+    fake.write_bytes((audioset / "eval_segments.csv").read_bytes()[:1000])
+    with pytest.raises(LabelFileError, match=rf"{fake}: not a valid gzip file"):
+        read_segments(fake, class_index)
+    latin1 = tmp_path / "latin1.csv.gz"
+    with gzip.open(latin1, "wb") as out:
+        out.write(b'# h\na, 0, 10, "/m/09x0r"\nb\xe9, 0, 10, "/m/09x0r"\n')
+    with pytest.raises(LabelFileError, match=rf"{latin1}:3: not UTF-8 text \(byte 0xe9 at offset 26 of the "
+                                             "uncompressed text\\)"):
+        read_segments(latin1, class_index)
+    (tmp_path / "ci.csv").write_text("index,mid,display_name\n0,/m/a,A\nx,/m/b,B\n")
+    with pytest.raises(LabelFileError, match=r"ci\.csv:3: index 'x' is not a number"):
+        read_class_index(tmp_path / "ci.csv")

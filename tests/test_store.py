@@ -36,11 +36,11 @@ def test_round_trip(tmp_path):
 def test_validation_names_the_bad_shard(tmp_path):
     store, _ = _small_store(tmp_path / "s")
     shard = store.shard_paths("train")[1]
-    table = pq.read_table(shard)
+    table, original = pq.read_table(shard), open(shard, "rb").read()
     pq.write_table(table.slice(0, 3), shard)  # a row lost
     with pytest.raises(StoreError, match=r"part-00001\.parquet: 3 rows, manifest says 4"):
         open_store(tmp_path / "s").validate()
-    pq.write_table(table, shard)  # restored
+    open(shard, "wb").write(original)  # restored
     open_store(tmp_path / "s").validate()
     renamed = table.set_column(0, "clip_id", np.array(["x", "y", "z", "w"]))
     pq.write_table(renamed, shard)
@@ -98,3 +98,114 @@ def test_synthetic_is_deterministic(tmp_path):
     np.testing.assert_array_equal(a.spectrogram("valid", cid), b.spectrogram("valid", cid))
     c = make_synthetic_store(tmp_path / "c", SynthConfig(clips=100, classes=6, frames=8, mels=8, seed=6))
     assert not np.array_equal(a.spectrogram("valid", cid), c.spectrogram("valid", cid))
+
+
+def _mel_store(root, n=40):
+    """A store whose mel column chunks are large enough to damage: 40 clips of 32 x 16, one
+    shard of 3 row groups (16 + 16 + 8 rows)."""
+    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
+                         {"frames": 32, "mels": 16})
+    mel = np.random.default_rng(1).normal(size=(n, 32, 16)).astype(np.float16)
+    w = store.writer("train", rows_per_shard=n)
+    w.write([f"id{i}" for i in range(n)], [np.array([i % 3]) for i in range(n)], mel, np.full(n, 32))
+    w.close()
+    return open_store(root)
+
+
+def _mel_chunk(path, group):
+    """(offset, size) of the mel column chunk of one row group, from the footer."""
+    rg = pq.read_metadata(path).row_group(group)
+    col = next(rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema.startswith("mel"))
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    return start, col.total_compressed_size
+
+
+def test_shard_hashes_are_recorded_from_the_bytes_written(tmp_path):
+    from data.store import HASH, file_hash
+    store = _mel_store(tmp_path / "s")
+    [entry] = store.split_info("train")["shards"]
+    assert entry[HASH] == file_hash(store.root / entry["file"]) and len(entry[HASH]) == 64
+    assert store.validate() == {"shards": 1, "verified": 1, "unverifiable": []}
+
+
+def test_validate_finds_64_bytes_overwritten_in_the_mel_column(tmp_path):
+    store = _mel_store(tmp_path / "s")
+    [shard] = store.shard_paths("train")
+    start, size = _mel_chunk(shard, 1)
+    with open(shard, "r+b") as f:  # inside the values: footer, ids, labels and rows all unchanged
+        f.seek(start + 100)          # (the chunk's dictionary page: any 2 bytes are a float16)
+        f.write(bytes(range(64)))
+    assert len(list(open_store(store.root).iter_batches("train", 16))) == 3  # still decodes
+    with pytest.raises(StoreError, match=r"part-00000\.parquet: content changed since it was written"):
+        open_store(store.root).validate()
+    assert open_store(store.root).validate(checksums=False)["verified"] == 0  # the cheap check misses it
+
+
+def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
+    from data.store import RowGroups, close_shards
+    store = _mel_store(tmp_path / "s")
+    [shard] = store.shard_paths("train")
+    start, size = _mel_chunk(shard, 1)
+    with open(shard, "r+b") as f:  # the page header too: pyarrow cannot decode the chunk
+        f.seek(start)
+        f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    close_shards()
+    s = open_store(store.root)
+    named = rf"{shard}: row group 1 is unreadable \((OSError|ArrowInvalid|ArrowException)"
+    with pytest.raises(StoreError, match=named):
+        list(s.iter_batches("train", 10))
+    batches = s.iter_batches("train", 16)
+    assert next(batches)["clip_id"].tolist() == [f"id{i}" for i in range(16)]  # group 0 is fine
+    with pytest.raises(StoreError, match=named):
+        next(batches)
+    with pytest.raises(StoreError, match=named):
+        RowGroups.of(s.shard_paths("train")).read(np.array([3, 20]))
+    with pytest.raises(StoreError, match=named):
+        s.spectrogram("train", "id20")
+    with pytest.raises(StoreError, match=rf"{shard}: content changed"):
+        s.validate()
+    close_shards()
+
+
+def test_manifest_without_hashes_is_read_and_reported_unverifiable(tmp_path):
+    store, _ = _small_store(tmp_path / "s")
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    for shard in manifest["splits"]["train"]["shards"]:
+        del shard["sha256"]  # as written before content hashes
+    (store.root / "manifest.json").write_text(json.dumps(manifest))
+    s = open_store(store.root)
+    assert s.clip_ids("train").tolist() == [f"id{i}" for i in range(10)]
+    with pytest.warns(UserWarning, match=r"3 shard\(s\) have no sha256 in the manifest .*not verifiable"):
+        out = s.validate()
+    assert out["verified"] == 0 and len(out["unverifiable"]) == 3
+
+
+def test_a_bad_manifest_is_named(tmp_path):
+    store, _ = _small_store(tmp_path / "s")
+    path = store.root / "manifest.json"
+    text = path.read_text()
+    path.write_text(text[:len(text) // 2])  # cut short
+    with pytest.raises(StoreError, match=r"manifest\.json:\d+: not valid JSON"):
+        open_store(store.root)
+    path.write_bytes(b'{"format_version": 1, "x": "\xff"}')
+    with pytest.raises(StoreError, match=r"manifest\.json: not UTF-8"):
+        open_store(store.root)
+    path.write_text('{"format_version": 1}')
+    with pytest.raises(StoreError, match=r"manifest\.json: not a store manifest \(no features, classes, splits\)"):
+        open_store(store.root)
+
+
+def test_synthetic_store_never_writes_over_a_directory_that_holds_anything(tmp_path):
+    cfg = SynthConfig(clips=30, classes=4, frames=8, mels=8, seed=1)
+    store = make_synthetic_store(tmp_path / "a", cfg)
+    shards = {p: open(p, "rb").read() for p in store.shard_paths("train")}
+    (store.root / "manifest.json").unlink()  # a store whose manifest was lost: its shards stay
+    with pytest.raises(StoreError, match=rf"{tmp_path / 'a'}: not empty .* has no manifest\.json"):
+        make_synthetic_store(tmp_path / "a", cfg)
+    assert {p: open(p, "rb").read() for p in shards} == shards
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    (tmp_path / "empty").mkdir()
+    make_synthetic_store(tmp_path / "empty", cfg).validate()  # an empty directory is fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        make_synthetic_store(tmp_path / "file", cfg)

@@ -1,0 +1,162 @@
+"""The command-line convention (data/cli.py) on real bad input: one line on stderr, `error:`,
+the file named, exit status 2, no traceback, and nothing created."""
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from data.ingest import main as ingest_main
+from data.stats import main as stats_main
+from data.synth import main as synth_main
+
+
+def _error(capsys, main, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def labels(audioset, tmp_path):
+    """Copies of parts of the real label files, broken in the ways a download or an edit breaks them."""
+    index = audioset / "class_labels_indices.csv"
+    # the first 64 KiB of the real unbalanced_train_segments.csv.gz: a download cut short
+    truncated = tmp_path / "unbalanced_train_segments.csv.gz"
+    truncated.write_bytes((audioset / "unbalanced_train_segments.csv.gz").read_bytes()[:65536])
+    # the first 12 lines of the real eval_segments.csv, line 7 saved in Latin-1
+    lines = (audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:12]
+    lines[6] = lines[6].replace(b"\"", b"\"caf\xe9,", 1)
+    latin1 = tmp_path / "eval_segments.csv"
+    latin1.write_bytes(b"".join(lines))
+    return index, truncated, latin1
+
+
+def test_truncated_gzip_is_one_line(labels, capsys):
+    index, truncated, _ = labels
+    line = _error(capsys, stats_main, ["--segments", str(truncated), "--class-index", str(index)])
+    assert line.startswith(f"error: {truncated}: truncated gzip file")
+
+
+def test_non_utf8_csv_is_one_line_with_the_line_number(labels, capsys):
+    index, _, latin1 = labels
+    line = _error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(index)])
+    assert line.startswith(f"error: {latin1}:7: not UTF-8 text (byte 0xe9")
+    bad_index = latin1.with_name("class_index.csv")
+    bad_index.write_bytes(index.read_bytes().replace(b"Speech", b"Sp\xe9ech", 1))
+    line = _error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(bad_index)])
+    assert line.startswith(f"error: {bad_index}:2: not UTF-8 text")
+
+
+def test_missing_file_is_one_line(audioset, tmp_path, capsys):
+    line = _error(capsys, stats_main, ["--segments", str(tmp_path / "nope.csv"),
+                                       "--class-index", str(audioset / "class_labels_indices.csv")])
+    assert str(tmp_path / "nope.csv") in line
+
+
+def test_bad_manifest_is_one_line(tmp_path, capsys):
+    from data.synth import SynthConfig, make_synthetic_store
+    store = make_synthetic_store(tmp_path / "s", SynthConfig(clips=30, classes=4, frames=8, mels=8))
+    capsys.readouterr()  # the progress bars
+    manifest = store.root / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])  # cut short, as by a full disk
+    line = _error(capsys, stats_main, ["--store", str(store.root)])
+    assert line.startswith(f"error: {manifest}:") and "not valid JSON" in line
+    with pytest.raises(Exception, match="not valid JSON"):  # --debug: the traceback instead
+        stats_main(["--store", str(store.root), "--debug"])
+
+
+def _ingest_args(audioset, segments, audio, out, *more):
+    return ["--segments", str(segments), "--class-index", str(audioset / "class_labels_indices.csv"),
+            "--audio-dir", str(audio), "--out", str(out), "--split", "train", *more]
+
+
+def test_ingest_bad_label_file_creates_nothing(labels, audioset, tmp_path, capsys):
+    _, truncated, _ = labels
+    (tmp_path / "audio").mkdir()
+    out = tmp_path / "store"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, truncated, tmp_path / "audio", out))
+    assert str(truncated) in line and not out.exists()
+
+
+def test_ingest_missing_audio_dir_creates_nothing(audioset, tmp_path, capsys):
+    segments = tmp_path / "segments.csv"
+    segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
+    out = tmp_path / "store"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "no-audio", out))
+    assert line == f"error: {tmp_path / 'no-audio'}: audio directory does not exist"
+    assert not out.exists()
+
+
+def test_ingest_without_any_audio_file_creates_nothing(audioset, tmp_path, capsys):
+    segments = tmp_path / "segments.csv"
+    segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "unrelated.wav").write_bytes(b"")
+    out = tmp_path / "store"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    assert line.startswith(f"error: {audio}: no audio file for any of the ")
+    assert "tried patterns {ytid}.{ext} Y{ytid}.{ext} {ytid}_{start}.{ext} {ytid}_{start_g}.{ext}" in line
+    assert f"(e.g. {audio / '--4gqARaEJE.wav'})" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--frames", "--rows-per-shard"])
+def test_ingest_zero_sizes_are_refused_before_anything(audioset, tmp_path, capsys, flag):
+    (tmp_path / "audio").mkdir()
+    out = tmp_path / "store"
+    with pytest.raises(SystemExit) as e:  # argparse, as every entry point: usage + one error line
+        ingest_main(_ingest_args(audioset, audioset / "eval_segments.csv", tmp_path / "audio", out, flag, "0"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].endswith(f"error: argument {flag}: must be >= 1, got 0")
+    assert not out.exists()
+
+
+def test_ingest_config_refuses_zero_sizes(tmp_path):
+    from data.cli import InputError
+    from data.ingest import IngestConfig
+    with pytest.raises(InputError, match="rows_per_shard: must be an integer >= 1, got 0"):
+        IngestConfig(["s.csv"], "ci.csv", "audio", str(tmp_path / "store"), "train", rows_per_shard=0)
+    with pytest.raises(InputError, match="frames: must be an integer >= 1, got 0"):
+        IngestConfig(["s.csv"], "ci.csv", "audio", str(tmp_path / "store"), "train", frames=0)
+    with pytest.raises(InputError, match="split: '../x' is not a plain name"):
+        IngestConfig(["s.csv"], "ci.csv", "audio", str(tmp_path / "store"), "../x")
+
+
+def test_ingest_refuses_a_directory_that_holds_data(audioset, tmp_path, capsys):
+    """A store whose manifest was lost: its shards are not written over."""
+    import soundfile as sf
+    import numpy as np
+    segments = tmp_path / "segments.csv"
+    segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "--4gqARaEJE.wav", np.zeros(16000, np.float32), 16000)
+    out = tmp_path / "store"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "part-00000.parquet").write_bytes(b"someone's data")
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    assert line.startswith(f"error: {out}: not empty") and "has no manifest.json" in line
+    assert sorted(p.name for p in out.rglob("*")) == ["part-00000.parquet", "train"]
+    assert (out / "train" / "part-00000.parquet").read_bytes() == b"someone's data"
+
+
+def test_synth_cli(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        synth_main(["--out", str(tmp_path / "s"), "--clips", "0"])
+    assert e.value.code == 2 and "argument --clips: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    out = tmp_path / "s"
+    assert synth_main(["--out", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"] >= 20
+    (out / "manifest.json").unlink()
+    before = sorted(Path(p).name for p in out.rglob("*"))
+    line = _error(capsys, synth_main, ["--out", str(out), "--clips", "20", "--classes", "4"])
+    assert line.startswith(f"error: {out}: not empty")
+    assert sorted(Path(p).name for p in out.rglob("*")) == before
+    line = _error(capsys, synth_main, ["--out", str(tmp_path / "t"), "--classes", "2"])
+    assert "synth.head_classes: 3 is not in [0, classes = 2]" in line and not (tmp_path / "t").exists()
