@@ -9,7 +9,7 @@ Notation follows the paper: N clips, K classes, N_k clips labelled k,
   imbalance ratio  rho = max_k N_k / min_k N_k                            (eq. 2)
   Gini             G = 1 - 2 sum_k sum_{l<=k} p_(l) / (K sum_k p_k)       (eq. 3)
   oversampling     m_j = max_{k in clip j} (1 / p_k)^beta                 (eq. 4)
-                   M_j = round(m_j / min_j m_j) >= 1                      (eq. 5)
+                   M_j = round(m_j / min_j m_j) >= 1, halves up           (eq. 5)
 Classes with no clips have no prior (1/p_k is infinite): they are left out of rho and G with
 a warning that lists them, and ignored when a clip's factor is computed.
 """
@@ -23,7 +23,8 @@ import numpy as np
 
 __all__ = [
     "MultiLabels", "as_multilabels", "class_counts", "priors", "imbalance_ratio", "gini",
-    "rarest_label_count", "oversampling_factors", "oversampled_counts", "oversampled_stats",
+    "rarest_label_count", "oversampling_factors", "round_half_up", "oversampled_counts",
+    "oversampled_stats",
 ]
 
 
@@ -147,8 +148,9 @@ def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
     """M_j: integer repeats of clip j per pass (eq. 4-5), int64 [n_clips], every entry >= 1.
 
     `priors` default to the priors of `labels` themselves (eq. 1). beta = 0 gives all ones
-    (the raw data), beta = 1 full balancing. Rounding is half-up. Computed in log space:
-    M_j = round(exp(beta * (log max_j p_rarest(j) - log p_rarest(j)))).
+    (the raw data), beta = 1 full balancing. m_j / min m = (max_j p_rarest(j) / p_rarest(j))^beta
+    is computed as a ratio of priors (at beta = 1 a ratio of counts), and rounded half-up: an
+    exact tie such as 45/10 = 4.5 gives 5 even where floating point lands a hair below 4.5.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
@@ -159,8 +161,15 @@ def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
     p_rarest = _rarest_per_clip(ml, priors, clip_ids)  # [n_clips], the clip's smallest prior
     if beta == 0 or len(ml) == 0:
         return np.ones(len(ml), dtype=np.int64)
-    log_ratio = np.log(p_rarest.max()) - np.log(p_rarest)  # log(m_j / min m) / beta >= 0
-    return np.floor(np.exp(beta * log_ratio) + 0.5).astype(np.int64)
+    ratio = (p_rarest.max() / p_rarest) ** beta           # m_j / min_j m_j >= 1
+    return round_half_up(ratio)
+
+
+def round_half_up(x: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Nearest integer, int64 [...]; halves go up, and so does anything within `rtol` (relative)
+    below a half, which is where an exact tie computed in floating point can land."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.floor(x + 0.5 + rtol * np.abs(x)).astype(np.int64)
 
 
 def oversampled_counts(labels, factors: np.ndarray, n_classes: int) -> np.ndarray:

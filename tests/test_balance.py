@@ -70,3 +70,43 @@ def test_rarest_label_count_orders_factors():
     for beta in (0.3, 0.5, 1.0):
         m = B.oversampling_factors(labels, beta)[order]
         assert (np.diff(m) <= 0).all()  # non-increasing: M_j >= c is a prefix for every c
+
+
+@pytest.mark.parametrize("rare, common, beta, want", [
+    (10, 45, 1.0, 5), (10, 25, 1.0, 3), (10, 15, 1.0, 2),   # count ratios 4.5, 2.5, 1.5
+    (10, 55, 1.0, 6), (10, 65, 1.0, 7), (10, 95, 1.0, 10),  # 15, 55, 65, 95 / 10 fell to floor in log space
+    (100, 625, 0.5, 3), (4, 225, 0.5, 8),                   # sqrt ratios 2.5 and 7.5
+    (16, 2025, 0.5, 11), (10, 44, 1.0, 4),                  # no ties: 11.25 and 4.4 round to nearest
+])
+def test_exact_ties_round_half_up(rare, common, beta, want):
+    """M_j of the rare-class clips when the ratio m_j / min m is exactly a half (eq. 5)."""
+    # clips of a third class vary N (so the priors), not the ratio; each case has an N at which
+    # the former log-space floor(exp(.) + 0.5) rounded the tie down (45/10: N = 65, 625/100: N = 754)
+    for extra in [e for e in (0, 1, 3, 7, 9, 10, 29) if e <= common]:
+        labels = [[0]] * common + [[1]] * rare + [[2]] * extra
+        m = B.oversampling_factors(labels, beta)
+        assert m[common:common + rare].tolist() == [want] * rare, extra
+        assert (m[:common] == 1).all()
+
+
+def test_round_half_up():
+    x = np.array([0.5, 1.5, 2.5, 4.4999999999, 4.49999, 4.5000001, 1.0, 1.4, 15_009.0])
+    assert B.round_half_up(x).tolist() == [1, 2, 3, 5, 4, 5, 1, 1, 15_009]
+
+
+def test_table_2_unchanged_on_the_published_labels(audioset):
+    """The paper's Table 2 Gini per beta on the 2,063,949 published clips, to the digit measured
+    before the rounding change (log space, floor(x + 0.5)): none of the 2M factors moved."""
+    from data.labels import read_class_index, read_segments
+    seg = read_segments([audioset / "balanced_train_segments.csv",
+                         audioset / "unbalanced_train_segments.csv.gz"],
+                        read_class_index(audioset / "class_labels_indices.csv"))
+    measured = {0.0: (0.8319273206972688, 2_063_949), 0.1: (0.7892307237587031, 2_930_096),
+                0.2: (0.7468452136474559, 4_207_243), 0.3: (0.7050266533655989, 6_601_650),
+                0.5: (0.6294405914159333, 19_039_972), 0.7: (0.560246952658165, 62_760_427),
+                1.0: (0.4653231489316566, 437_491_263)}
+    table2 = {0.0: 0.83, 0.1: 0.79, 0.2: 0.75, 0.3: 0.71, 0.5: 0.63, 0.7: 0.56, 1.0: 0.47}
+    for beta, (g, epoch) in measured.items():
+        s = B.oversampled_stats(seg.labels, beta, 527)
+        assert s["gini"] == pytest.approx(g, rel=1e-12) and s["epoch_length"] == epoch, beta
+        assert round(s["gini"], 2) == table2[beta]
