@@ -19,6 +19,7 @@ masking before mixing would let the partner's energy fill the band.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -64,14 +65,54 @@ def spec_augment(x: torch.Tensor, freqm: int, timem: int,
     return x.masked_fill(~keep, 0.0)
 
 
+def _log_gamma(alpha: float, n: int, like: torch.Tensor,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """Logs of n draws of Gamma(alpha, 1) (alpha > 0), float32 on like's device, from normal
+    and uniform draws of `generator` only (public ops, so a seeded generator repeats them).
+
+    Marsaglia & Tsang (2000, https://doi.org/10.1145/358407.358414) for shape a >= 1:
+    d = a - 1/3, c = 1 / sqrt(9 d), proposal v = (1 + c z)^3 with z ~ N(0, 1), accepted when
+    v > 0 and log u < z^2 / 2 + d - d v + d log v (u ~ U(0, 1]); the draw is d v. Below 1 the
+    same paper's boost: Gamma(alpha) = Gamma(alpha + 1) * u^(1 / alpha). Logs so that tiny
+    alphas do not underflow to 0.
+
+    Proposals come in rounds of 4 per draw (4 x n normals, 4 x n uniforms) and each draw takes
+    its first accepted one, which is sequential rejection sampling; acceptance is >= 95 % per
+    proposal for a >= 1, so one round almost always suffices (one host sync per round)."""
+    a = alpha + 1.0 if alpha < 1 else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    device = like.device
+    out = torch.zeros(n, device=device)
+    pending = torch.ones(n, dtype=torch.bool, device=device)
+    while True:
+        z = torch.randn(4, n, generator=generator, device=device)
+        u = 1.0 - torch.rand(4, n, generator=generator, device=device)      # (0, 1]
+        v = (1.0 + c * z) ** 3
+        log_v = torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * log_v)
+        first = ok.to(torch.uint8).argmax(0, keepdim=True)                  # first accepted round
+        found = ok.any(0)
+        out = torch.where(pending & found, math.log(d) + log_v.gather(0, first)[0], out)
+        pending &= ~found
+        if not pending.any():
+            break
+    if alpha < 1:
+        u = 1.0 - torch.rand(n, generator=generator, device=device)
+        out = out + torch.log(u) / alpha
+    return out
+
+
 def sample_beta(alpha: float, n: int, like: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """n draws of Beta(alpha, alpha) in float32 on like's device, as G1 / (G1 + G2) with
-    G ~ Gamma(alpha, 1). torch._standard_gamma is the sampler behind
-    torch.distributions.Gamma; unlike the distribution it accepts a generator."""
-    conc = torch.full((2, n), float(alpha), device=like.device)
-    g = torch._standard_gamma(conc, generator=generator)
-    return g[0] / (g[0] + g[1])
+    G ~ Gamma(alpha, 1) (see _log_gamma), computed as sigmoid(log G1 - log G2). Every random
+    number comes from `generator`: the same seed gives the same draws."""
+    if not alpha > 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    g1 = _log_gamma(alpha, n, like, generator)
+    g2 = _log_gamma(alpha, n, like, generator)
+    return torch.sigmoid(g1 - g2)
 
 
 def energy_mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,

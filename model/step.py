@@ -11,6 +11,7 @@ the last micro-batch, and `predict` runs the unwrapped module (it may run on one
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -40,10 +41,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+_COMPILED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # modules _compile_once compiled
+
+
 def _compile_once(model: nn.Module) -> None:
-    """torch.compile the module's call in place (nn.Module.compile: state_dict keys unchanged)."""
-    if model._compiled_call_impl is None:
+    """torch.compile the module's call in place, once per module, with the public
+    nn.Module.compile: the module stays the same object, so its state_dict keys stay those of
+    an uncompiled model (a torch.compile(model) wrapper would prefix them with `_orig_mod.`).
+    The modules already compiled are remembered in a weak set (no reference kept)."""
+    if model not in _COMPILED:
         model.compile()
+        _COMPILED.add(model)
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:

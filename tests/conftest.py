@@ -38,8 +38,10 @@ def start_local_ray(num_cpus: int = 2):
     import ray
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False,
              configure_logging=False)
-    address = ray._private.worker._global_node.node_ip_address
-    assert address == "127.0.0.1", f"Ray took {address} as the node address, not the loopback"
+    nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
+    gcs = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+    assert nodes == ["127.0.0.1"] and gcs == "127.0.0.1", \
+        f"Ray took {nodes} as the node address (GCS on {gcs}), not the loopback"
 
 
 @pytest.fixture(scope="session")

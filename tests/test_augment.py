@@ -44,11 +44,35 @@ def test_spec_augment_zero_param_and_determinism():
     assert torch.equal(a, b) and not torch.equal(a, spec_augment(x, 10, 20, gen(seed=4)))
 
 
-def test_beta_draws():
-    lam = sample_beta(10.0, 20000, torch.empty(0), gen())
-    assert lam.dtype == torch.float32 and ((lam > 0) & (lam < 1)).all()
+@pytest.mark.parametrize("alpha", [10.0, 0.5])
+def test_beta_draws_follow_beta_alpha_alpha(alpha):
+    stats = pytest.importorskip("scipy.stats")
+    lam = sample_beta(alpha, 20000, torch.empty(0), gen())
+    assert lam.dtype == torch.float32 and ((lam >= 0) & (lam <= 1)).all()
+    if alpha >= 1:                      # below 1, lam within 6e-8 of 1 rounds to 1.0 in float32
+        assert ((lam > 0) & (lam < 1)).all()
     assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
-    assert lam.var().item() == pytest.approx(1 / (4 * 21), rel=0.05)   # Var Beta(a, a) = 1 / (4 (2a + 1))
+    assert lam.var().item() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.05)  # Var Beta(a, a)
+    draws = lam.double().numpy()
+    assert stats.kstest(draws, "beta", args=(alpha, alpha)).pvalue > 1e-3
+    assert stats.kstest(draws, "beta", args=(1.2 * alpha, 1.2 * alpha)).pvalue < 1e-3  # the test has power
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_beta_draws_reproducible_from_the_generator(device):
+    like = torch.empty(0, device=device)
+    a, b = sample_beta(0.5, 64, like, gen(device, 3)), sample_beta(0.5, 64, like, gen(device, 3))
+    assert a.device.type == device and torch.equal(a, b)
+    assert not torch.equal(a, sample_beta(0.5, 64, like, gen(device, 4)))
+
+
+def test_beta_draws_tiny_alpha_and_bad_alpha():
+    lam = sample_beta(0.01, 1000, torch.empty(0), gen())                # Gammas far below float32's range
+    assert torch.isfinite(lam).all() and ((lam >= 0) & (lam <= 1)).all()
+    assert (lam < 0.01).float().mean() > 0.3 and (lam > 0.99).float().mean() > 0.3  # U-shaped
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError):
+            sample_beta(bad, 4, torch.empty(0), gen())
 
 
 def test_mixup_keeps_label_mass_and_mixes_energy():
