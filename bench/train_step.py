@@ -163,7 +163,7 @@ def main() -> None:
     rows = [row(name, args.batch, t, flops, args.peak_tflops, device) for name, t in secs.items()]
     rows[0]["ratio_vs_bare"] = round(secs["bare_loop"] / secs["train_step"], 3)
     peak_mem = round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None
-    del model, opt, bare, bare_opt, fwd
+    model = opt = bare = bare_opt = fwd = None  # free the GPU for the reference loop
     if device.type == "cuda":
         torch.cuda.empty_cache()
     ref = reference_row(args, device)

@@ -27,10 +27,18 @@ class InputError(ValueError):
 EXPECTED: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (`error: <prog>: ...`, exit 2); --help
+    still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def parser(prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser with the raw description layout and the shared `--debug` flag."""
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=prog, description=description, epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 

@@ -1,6 +1,6 @@
 """Sweep configuration: typed dataclasses, loaded from YAML, overridable on the command line.
 
-    cfg = load_config("configs/demo.yaml", ["sweep.betas=[0, 1]", "train.examples=4000"])
+    cfg = load_config("configs/demo.yaml", ["sweep.betas=[0, 1]", "train.max_examples=4000"])
 
 Every key is checked: an unknown or misspelled key is an error naming it, never a silent
 default. `to_dict(cfg)` is what gets printed and logged with every run.
@@ -8,6 +8,8 @@ default. `to_dict(cfg)` is what gets printed and logged with every run.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from model.augment import AugmentConfig
 from model.step import OptimConfig
 
 __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunConfig", "Config",
-           "load_config", "to_dict", "flatten", "ConfigError"]
+           "load_config", "check", "to_dict", "flatten", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -41,11 +43,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 32                    # global batch (split over Train workers)
-    examples: int = 24_000                  # budget per trial, in examples (not passes)
+    max_examples: int = 24_000              # cap per trial, in examples (not passes); a trial
+                                            # stops earlier once its pick is settled (sweep.patience)
     eval_every_examples: int = 2_000        # validation cadence
     eval_batch_size: int = 128
     seed: int = 0
-    keep_checkpoints: int | None = None     # None keeps every evaluation's checkpoint
+    keep_checkpoints: int | None = None     # None keeps every evaluation's weights; k keeps the k
+                                            # best picks by smoothed d' plus those not yet final
     torch_threads: int | None = None        # CPU threads per Train worker (None: Ray's default)
     optim: OptimConfig = field(default_factory=OptimConfig)      # lr is swept (sweep.lrs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -55,7 +59,9 @@ class TrainConfig:
 class SweepConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 1.0])
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
-    smoothing_window: int = 7               # centred moving average (paper 3.2)
+    smoothing_window: int = 7               # centred moving average (paper 3.2), odd
+    patience: int = 5                       # full-window evaluations after the pick without a
+                                            # better one before a trial stops (its pick is settled)
     asha: bool = False                      # stop hopeless trials early
     asha_grace_evals: int = 4
     max_failures: int = 2                   # per trial: Train worker restarts from checkpoint
@@ -119,25 +125,74 @@ def from_dict(cls, values: dict, path: str = ""):
 
 
 def _coerce(value, hint, name: str):
-    """Numbers as the field declares them (YAML reads `1e-4` as a string), lists and tuples
-    element-wise; a value that does not convert is a ConfigError naming the key."""
+    """`value` as the field declares it (YAML reads `1e-4` as a string; `_` separates digits),
+    lists and tuples element-wise; a value of another type is a ConfigError naming the key."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None:
+    if value is None and (isinstance(hint, types.UnionType) or origin is typing.Union) and type(None) in args:
         return None
     if isinstance(hint, types.UnionType) or origin is typing.Union:
-        numeric = [a for a in args if a in (int, float)]
-        return _coerce(value, numeric[0], name) if numeric and not isinstance(value, bool) else value
-    try:
-        if hint is float and isinstance(value, (str, int)) and not isinstance(value, bool):
-            return float(value)
-        if hint is int and isinstance(value, str):
-            return int(value.replace("_", ""))
-        if origin in (list, tuple) and isinstance(value, (list, tuple)):
-            items = [_coerce(v, args[0], name) for v in value] if args else list(value)
-            return tuple(items) if origin is tuple else items
-    except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+        return _coerce(value, next(a for a in args if a is not type(None)), name)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        items = [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis and len(items) != len(args):
+            raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = hint(value.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not a valid {hint.__name__}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(f"{name}: {value!r} is not a valid {hint.__name__}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: {value!r} is not a finite number")
+        return hint(value)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+# (key, test, what it must be): checked at load, before Ray or MLflow start
+_RULES = [
+    ("sweep.betas", lambda v: len(v) > 0 and all(b >= 0 for b in v), "a non-empty list of numbers >= 0"),
+    ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of numbers > 0"),
+    ("sweep.smoothing_window", lambda v: v >= 1 and v % 2 == 1, "a positive odd integer"),
+    ("sweep.patience", lambda v: v >= 1, "an integer >= 1"),
+    ("sweep.asha_grace_evals", lambda v: v >= 1, "an integer >= 1"),
+    ("sweep.max_failures", lambda v: v >= 0, "an integer >= 0"),
+    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.max_examples", lambda v: v >= 1, "an integer >= 1"),
+    ("train.eval_every_examples", lambda v: v >= 1, "an integer >= 1"),
+    ("train.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.keep_checkpoints", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("train.torch_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("train.optim.lr", lambda v: v > 0, "a number > 0"),
+    ("data.units_per_block", lambda v: v >= 1, "an integer >= 1"),
+    ("resources.num_workers", lambda v: v >= 1, "an integer >= 1"),
+    ("resources.cpus_per_worker", lambda v: v > 0, "a number > 0"),
+    ("resources.max_concurrent_trials", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("run.name", lambda v: re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v) is not None,
+     "a plain name (letters, digits, '.', '_', '-'; not a path)"),
+]
+
+
+def check(cfg: Config) -> Config:
+    """Values that type-check but cannot be used (a negative budget, an even window, a run name
+    that is a path): a ConfigError naming the key and the value."""
+    for key, ok, what in _RULES:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"{key}: must be {what}, got {value!r}")
+    return cfg
 
 
 def to_dict(cfg) -> dict:
@@ -158,25 +213,35 @@ def flatten(values: dict, prefix: str = "") -> dict[str, object]:
 def _apply_override(values: dict, assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {assignment!r} is not KEY=VALUE (e.g. train.examples=4000)")
+        raise ConfigError(f"override {assignment!r} is not KEY=VALUE (e.g. train.max_examples=4000)")
     *parents, leaf = key.strip().split(".")
     node = values
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {assignment!r}: {p} is not a section")
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {assignment!r}: {text!r} is not a YAML value") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Defaults <- YAML file <- `KEY=VALUE` overrides (values parsed as YAML)."""
     values = to_dict(Config())
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror or e}") from None
         _merge(values, loaded, str(path))
     for assignment in overrides:
         _apply_override(values, assignment)
-    return from_dict(Config, values)
+    return check(from_dict(Config, values))
 
 
 def _merge(base: dict, update: dict, source: str, path: str = "") -> None:

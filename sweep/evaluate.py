@@ -1,10 +1,5 @@
-"""Evaluation of trial checkpoints on store splits, and the trial checkpoint format.
-
-A trial checkpoint is a directory:
-  model.pt      the AST state dict (unwrapped from DDP)
-  optimizer.pt  the Adam state
-  state.json    {examples, step, history, beta, lr, model: ASTConfig as a dict}
-so a checkpoint rebuilds its model without the sweep's configuration.
+"""Evaluation of trial checkpoints (sweep/checkpoint.py) and published AST weights on store
+splits, and re-scoring of saved predictions under another class prior.
 
     python -m sweep.evaluate --predictions P.npz --target-prior {train|uniform|<split>|file.csv} [--store DIR]
     python -m sweep.evaluate --checkpoint PATH --store DIR --split NAME [--split ...] [--out DIR|F.npz]
@@ -17,88 +12,49 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.balance import priors_from_counts
 from data.store import Store
-from model.ast import ASTConfig, create_ast
-from model.step import predict, unwrap
+from model.step import predict
+from sweep.checkpoint import load_model, load_state
 from sweep.metrics import classification_metrics
 
-__all__ = ["save_checkpoint", "load_state", "list_checkpoints", "load_model", "load_any_checkpoint", "evaluate_split",
-           "save_predictions", "target_prior", "rescore", "main"]
+__all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "save_predictions",
+           "target_prior", "rescore", "main"]
 
 
-def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_cfg: ASTConfig) -> None:
-    d = Path(directory)
-    torch.save(unwrap(model).state_dict(), d / "model.pt")
-    torch.save(optimizer.state_dict(), d / "optimizer.pt")
-    (d / "state.json").write_text(json.dumps({**state, "model": asdict(model_cfg)}))
+def score_split(model, store: Store, split: str, batch_size: int, device: str | torch.device = "cpu",
+                rank: int = 0, world: int = 1) -> dict:
+    """Scores of `model` on one worker's share of a split (batches rank, rank + world, ...):
+    {scores [n, K], targets [n, K], clip_ids [n]}; world = 1 scores the whole split."""
+    clip_ids: list[np.ndarray] = []
+
+    def batches():
+        for i, b in enumerate(store.iter_batches(split, batch_size)):
+            if i % world == rank:
+                clip_ids.append(b["clip_id"])
+                yield torch.from_numpy(np.array(b["mel"])), torch.from_numpy(b["target"])  # writable copy
+
+    scores, targets = predict(model, batches(), device)
+    ids = np.concatenate(clip_ids).astype(str) if clip_ids else np.zeros(0, dtype=str)
+    return {"scores": scores, "targets": targets, "clip_ids": ids}
 
 
-def load_state(directory: str | Path) -> dict:
-    return json.loads((Path(directory) / "state.json").read_text())
-
-
-def _registered(fs, base: str) -> set[str]:
-    """Names of the checkpoint directories Train registered in its run snapshot (ray-notes 1.5).
-    A worker persists a checkpoint before the controller registers it: one killed in between
-    leaves a directory Train will not restore, from a branch of training that is dropped."""
-    import pyarrow.fs as pafs
-    path = f"{base.rstrip('/')}/checkpoint_manager_snapshot.json"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return set()
-    with fs.open_input_stream(path) as f:
-        snapshot = json.loads(f.read())
-    results = snapshot.get("checkpoint_results", []) + [snapshot.get("latest_checkpoint_result") or {}]
-    return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
-
-
-def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
-    """(path, state) of every checkpoint Train registered under a Train run's storage path (a
-    local directory or a URI such as s3://...), in order of examples seen."""
-    import pyarrow.fs as pafs
-    if "://" in run_path:
-        fs, base = pafs.FileSystem.from_uri(run_path)
-        scheme = run_path.split("://", 1)[0] + "://"
-    else:
-        fs, base, scheme = pafs.LocalFileSystem(), str(Path(run_path).resolve()), ""
-    if fs.get_file_info(base).type == pafs.FileType.NotFound:
-        return []
-    registered = _registered(fs, base)
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.base_name == "state.json" and info.path.rsplit("/", 2)[-2] in registered:
-            with fs.open_input_stream(info.path) as f:
-                found.append((scheme + info.path.rsplit("/", 1)[0], json.loads(f.read())))
-    return sorted(found, key=lambda c: c[1]["examples"])
-
-
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the AST a trial checkpoint holds (no weights file other than model.pt is read)."""
-    cfg = ASTConfig(**{**load_state(directory)["model"], "weights": None})
-    model = create_ast(cfg)
-    model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu"))
-    return model.to(device).eval()
+def with_metrics(parts: list[dict]) -> dict:
+    """Shares of a split (score_split) joined, with their metrics (classification_metrics)."""
+    joined = {k: np.concatenate([p[k] for p in parts if len(p["clip_ids"])]) for k in ("scores", "targets", "clip_ids")}
+    return {**joined, "metrics": classification_metrics(joined["targets"], joined["scores"])}
 
 
 def evaluate_split(model, store: Store, split: str, batch_size: int,
                    device: str | torch.device = "cpu") -> dict:
     """Scores of `model` on a whole split: {scores [N, K], targets [N, K], clip_ids [N],
     metrics (classification_metrics)}."""
-    clip_ids: list[np.ndarray] = []
-
-    def batches():
-        for b in store.iter_batches(split, batch_size):
-            clip_ids.append(b["clip_id"])
-            yield torch.from_numpy(np.array(b["mel"])), torch.from_numpy(b["target"])  # writable copy
-
-    scores, targets = predict(model, batches(), device)
-    return {"scores": scores, "targets": targets, "clip_ids": np.concatenate(clip_ids).astype(str),
-            "metrics": classification_metrics(targets, scores)}
+    return with_metrics([score_split(model, store, split, batch_size, device)])
 
 
 def save_predictions(path: str | Path, result: dict) -> None:
@@ -116,7 +72,7 @@ def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_spli
     order with an `index` column)."""
     k = targets.shape[1]
     if spec == "uniform":
-        return np.full(k, float(np.mean(targets)))
+        return np.full(k, _own_priors(targets).mean())
     if spec.endswith(".csv"):
         import csv
         with open(spec, newline="") as f:
@@ -136,7 +92,7 @@ def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_spli
         if store is None:
             raise ValueError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
         split = train_split if spec == "train" else spec
-        prior = store.class_counts(split) / store.split_info(split)["clips"]
+        prior = priors_from_counts(store.class_counts(split), store.split_info(split)["clips"])
     if prior.shape != (k,):
         raise ValueError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
     bad = ~(np.isfinite(prior) & (prior >= 0) & (prior <= 1))
@@ -144,6 +100,11 @@ def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_spli
         raise ValueError(f"target prior {spec}: class {int(np.flatnonzero(bad)[0])} has prior "
                          f"{prior[bad][0]!r}, not in [0, 1]")
     return prior
+
+
+def _own_priors(targets: np.ndarray) -> np.ndarray:
+    """The class priors of 0/1 targets [clips, classes], float64 [classes]."""
+    return priors_from_counts(np.count_nonzero(targets, axis=0), len(targets))
 
 
 def rescore(predictions: str | Path, spec: str, store: Store | None = None, train_split: str = "train") -> dict:
@@ -161,7 +122,7 @@ def rescore(predictions: str | Path, spec: str, store: Store | None = None, trai
     names = store.classes if store is not None and store.n_classes == targets.shape[1] \
         else [str(i) for i in range(targets.shape[1])]
     nan = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731 (strict JSON: no NaN)
-    own_prior = targets.mean(axis=0)
+    own_prior = _own_priors(targets)
     return {"predictions": str(predictions), "target_prior": spec, "clips": int(targets.shape[0]),
             "classes": int(targets.shape[1]), "mAP_own_prior": own["mAP"], "mAP_target_prior": nan(shifted["mAP"]),
             "dprime": nan(own["dprime"]), "AUC": own["mAUC"],

@@ -2,7 +2,7 @@
 
     python -m sweep.run                                   # the embedded demo, CPU, minutes
     python -m sweep.run --config configs/audioset.yaml    # paper scale, on a `ray up` cluster
-    python -m sweep.run --set sweep.betas=[0,1] --set train.examples=8000
+    python -m sweep.run --set sweep.betas=[0,1] --set train.max_examples=8000
     python -m sweep.run --resume                          # continue an interrupted sweep
 
 Steps: build the synthetic store if the config asks for one and it is missing; open the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -24,18 +25,25 @@ from pathlib import Path
 import yaml
 
 from sweep.config import Config, ConfigError, flatten, load_config, to_dict
+from sweep.tracking import TrackingError
 
 __all__ = ["main", "prepare", "collect_traces", "format_results"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def prepare(cfg: Config) -> Config:
-    """Absolute paths (Ray workers run elsewhere), the store (built if synthetic and missing),
-    and the model geometry taken from the store."""
+def prepare(cfg: Config, build: bool = True) -> Config:
+    """Absolute paths (Ray workers run elsewhere), the store (built if synthetic and missing,
+    unless `build` is false), and the model geometry taken from the store."""
     from data.store import open_store
     data = replace(cfg.data, store=str(Path(cfg.data.store).resolve()))
     run = replace(cfg.run, run_dir=str(Path(cfg.run.run_dir).resolve()))
+    if not build and not (Path(data.store) / "manifest.json").exists():
+        if data.synth is None:  # geometry unknown until the store exists
+            return replace(cfg, data=data, run=run)
+        s = data.synth
+        return replace(cfg, data=data, run=run,
+                       model=replace(cfg.model, n_classes=s.classes, frames=s.frames, mels=s.mels))
     if not (Path(data.store) / "manifest.json").exists():
         if data.synth is None:
             raise ConfigError(f"data.store {data.store} has no manifest.json and data.synth is null: "
@@ -46,19 +54,29 @@ def prepare(cfg: Config) -> Config:
     store = open_store(data.store)
     for split in [data.train_split, data.valid_split, *data.eval_splits]:
         store.split_info(split)  # names the missing split
-    store.validate()
+    if build:
+        store.validate()
+        empty = int((store.class_counts(data.train_split) == 0).sum())
+        if empty:
+            print(f"warning: {empty} of {store.n_classes} classes have no clip in the training split "
+                  f"{data.train_split!r}: they are left out of priors and metrics", file=sys.stderr)
     weights = str(Path(cfg.model.weights).resolve()) if cfg.model.weights and "://" not in cfg.model.weights \
         else cfg.model.weights
     model = replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels, weights=weights)
     return replace(cfg, data=data, run=run, model=model)
 
 
+class SelectionError(RuntimeError):
+    """Selection cannot stand behind an answer (a selected checkpoint is missing); the message
+    names it."""
+
+
 def collect_traces(results, train_runs: str) -> tuple[list, list[dict]]:
     """Each trial's validation trace from its checkpoints (the canonical history: it survives
-    worker restarts and resumed sweeps), and the failed trials. An evaluation whose
-    checkpoint was not kept (train.keep_checkpoints) maps to the nearest kept one."""
-    import numpy as np
-    from sweep.evaluate import list_checkpoints
+    worker restarts and resumed sweeps), and the failed trials. Each evaluation maps to its
+    own checkpoint while that still holds its weights, else to None (pruned): never to a
+    neighbour."""
+    from sweep.checkpoint import has_weights, list_checkpoints
     from sweep.select import TrialTrace
     traces, failed = [], []
     for r in results:
@@ -70,57 +88,95 @@ def collect_traces(results, train_runs: str) -> tuple[list, list[dict]]:
         if not checkpoints:
             continue
         history = checkpoints[-1][1]["history"]
-        kept = np.array([state["examples"] for _, state in checkpoints])
-        nearest = [checkpoints[int(np.abs(kept - e).argmin())][0] for e in history["examples"]]
-        traces.append(TrialTrace(trial_id, beta, lr, np.asarray(history["examples"], np.int64),
-                                 np.asarray(history["val_dprime"], float), nearest))
+        own = {state["examples"]: path for path, state in checkpoints if has_weights(path)}
+        traces.append(TrialTrace(trial_id, beta, lr, history["examples"], history["val_dprime"],
+                                 [own.get(e) for e in history["examples"]]))
     return traces, failed
 
 
-def _fresh_storage(storage: str, name: str) -> None:
-    """A new sweep starts from empty Tune/Train storage (MLflow keeps the old runs)."""
+def check_selected_checkpoints(per_beta: dict) -> None:
+    """Every selected evaluation still has its own checkpoint, or SelectionError naming it."""
+    for beta, sel in sorted(per_beta.items()):
+        if sel.checkpoint is None:
+            raise SelectionError(
+                f"the checkpoint of trial {sel.trial_id} (beta={beta:g}, lr={sel.lr:g}) at "
+                f"{sel.examples_to_peak:,} examples (evaluation {sel.index + 1}), selected on smoothed "
+                "validation d', was not kept; no other checkpoint is substituted")
+
+
+def _remove_earlier_sweep(storage: str, name: str) -> None:
+    """A new sweep starts from empty Tune/Train storage (MLflow keeps the old runs). Removes
+    only this sweep's own experiment directories: <storage>/<name> (a Tune experiment) and
+    <storage>/train_runs/<name> (its Train runs), after checking they are what they say."""
     import shutil
     import pyarrow.fs as pafs
-    for path in (os.path.join(storage, name), os.path.join(storage, "train_runs")):
+    for path, looks_right in ((os.path.join(storage, name), _is_tune_experiment),
+                              (os.path.join(storage, "train_runs", name), _is_train_runs)):
         if "://" in path:
             fs, base = pafs.FileSystem.from_uri(path)
             if fs.get_file_info(base).type != pafs.FileType.NotFound:
                 raise ConfigError(f"{path} holds an earlier sweep: pass --resume to continue it, "
                                   "or choose another run.name")
         elif os.path.exists(path):
+            if not looks_right(Path(path)):
+                raise ConfigError(f"{path} exists and is not an earlier sweep's Ray storage; "
+                                  "refusing to remove it: choose another run.name or storage_path")
             print(f"starting afresh: removing the earlier sweep's Ray storage {path} "
                   "(pass --resume to continue it instead)")
             shutil.rmtree(path)
 
 
+def _is_tune_experiment(path: Path) -> bool:
+    return path.is_dir() and any(p.name.startswith(("experiment_state", "tuner.pkl", "basic-variant-state"))
+                                 for p in path.iterdir())
+
+
+def _is_train_runs(path: Path) -> bool:
+    return path.is_dir() and all(p.name.startswith("train-") for p in path.iterdir())
+
+
 def _evaluate_checkpoint(checkpoint: str, store_dir: str, splits: list[str], batch_size: int) -> dict:
-    """One winner on every evaluation split (a Ray task: on a GPU node when trials use GPUs)."""
+    """One winner on every evaluation split (a Ray task: on a GPU node when trials use GPUs):
+    {"examples": examples seen by the checkpoint evaluated, "splits": {split: evaluation}}."""
     import ray.train
     import torch
     from data.store import open_store
-    from sweep.evaluate import evaluate_split, load_model
+    from sweep.checkpoint import load_model, load_state
+    from sweep.evaluate import evaluate_split
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with ray.train.Checkpoint(checkpoint).as_directory() as d:  # local, or fetched from s3://
-        model = load_model(d, device)
+        model, examples = load_model(d, device), load_state(d)["examples"]
     store = open_store(store_dir)
-    return {s: evaluate_split(model, store, s, batch_size, device) for s in splits}
+    return {"examples": examples, "splits": {s: evaluate_split(model, store, s, batch_size, device) for s in splits}}
 
 
 def evaluate_winners(cfg: Config, per_beta: dict) -> list[dict]:
     """Each beta's selected checkpoint on every evaluation split; predictions saved as npz."""
     import ray
+    from tqdm import tqdm
     from sweep.evaluate import save_predictions
     task = ray.remote(num_cpus=1, num_gpus=1 if cfg.resources.use_gpu else 0)(_evaluate_checkpoint)
     betas = sorted(per_beta)
-    futures = [task.remote(per_beta[b].checkpoint, cfg.data.store, cfg.data.eval_splits,
-                           cfg.train.eval_batch_size) for b in betas]
+    futures = {task.remote(per_beta[b].checkpoint, cfg.data.store, cfg.data.eval_splits,
+                           cfg.train.eval_batch_size): b for b in betas}
+    done = {}
+    with tqdm(total=len(futures), desc="evaluating the selected checkpoints", unit="beta") as bar:
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done[futures[ready[0]]] = ray.get(ready[0])
+            bar.update()
     rows = []
-    for beta, results in zip(betas, ray.get(futures)):
-        sel = per_beta[beta]
+    for beta in betas:
+        sel, result = per_beta[beta], done[beta]
+        if result["examples"] != sel.examples_to_peak:
+            raise SelectionError(f"{sel.checkpoint}: holds {result['examples']:,} examples, selection "
+                                 f"picked {sel.examples_to_peak:,}")
         row = {"beta": beta, "lr": sel.lr, "trial_id": sel.trial_id, "checkpoint": sel.checkpoint,
                "val_dprime": sel.val_dprime, "val_dprime_raw": sel.val_dprime_raw,
-               "examples_to_peak": sel.examples_to_peak, "eval": {}}
-        for split, res in results.items():
+               "examples_to_peak": sel.examples_to_peak, "examples_evaluated": result["examples"],
+               "converged": sel.converged, "evaluations": sel.evaluations, "eval": {}}
+        for split, res in result["splits"].items():
             save_predictions(Path(cfg.run.run_dir) / "predictions" / f"beta={beta:g}" / f"{split}.npz", res)
             m = res["metrics"]
             row["eval"][split] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"]}
@@ -129,104 +185,239 @@ def evaluate_winners(cfg: Config, per_beta: dict) -> list[dict]:
 
 
 def format_results(rows: list[dict], splits: list[str]) -> str:
-    """The paper's Tables 3 (d') and 4 (mAP): per beta, absolute and relative to beta = 0."""
+    """The paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals): per beta, absolute and
+    relative to beta = 0; a beta whose pick is not settled is marked."""
     base = next((r for r in rows if r["beta"] == 0), None)
     out = []
-    for title, key in (("Table 3: d'", "dprime"), ("Table 4: mAP", "mAP")):
-        head = "".join(f"{s:>24}" for s in splits)
+    for title, key, digits in (("Table 3: d'", "dprime", 3), ("Table 4: mAP", "mAP", 4)):
+        head = "".join(f"{s:>26}" for s in splits)
         out += [title + " (absolute, change vs beta = 0)", f"{'beta':>6} {'lr':>9}{head}"]
         for r in rows:
             cells = ""
             for s in splits:
                 v = r["eval"][s][key]
-                rel = f"{v - base['eval'][s][key]:+.3f}" if base else "n/a"
-                cells += f"{v:>15.3f} ({rel})"
-            out.append(f"{r['beta']:>6g} {r['lr']:>9.2g}{cells}")
+                rel = f"{v - base['eval'][s][key]:+.{digits}f}" if base else "n/a"
+                cells += f"{v:>16.{digits}f} ({rel})"
+            out.append(f"{r['beta']:>6g} {r['lr']:>9.2g}{cells}" + ("" if r["converged"] else "  NOT CONVERGED"))
         out.append("")
+    late = [r for r in rows if not r["converged"]]
+    if late:
+        out.append("NOT CONVERGED: " + ", ".join(
+            f"beta={r['beta']:g} (picked at {r['examples_to_peak']:,} examples, evaluation "
+            f"{r['evaluations']} was the last)" for r in late)
+            + ": the cap (train.max_examples) came before the pick was settled; raise it")
     return "\n".join(out)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sweep.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from data.cli import parser
+    p = parser("python -m sweep.run", __doc__)
     p.add_argument("--config", metavar="YAML", default=None,
                    help="sweep configuration (default: configs/demo.yaml, the embedded demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.examples=4000 (repeatable)")
+                   help="override a config value, e.g. --set train.max_examples=4000 (repeatable)")
     p.add_argument("--run-dir", metavar="DIR", help="where results, predictions and MLflow go")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
 
+class Interrupted(Exception):
+    """The sweep was stopped (Ctrl-C or SIGTERM) before every trial finished."""
+
+    def __init__(self, signum: int, missing: list[dict]):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.missing = signum, missing
+
+
+def _missing_trials(cfg: Config, results, train_runs: str) -> list[dict]:
+    """Grid points with no finished trial (no final checkpoint) and no error: what an
+    interruption left undone."""
+    from sweep.checkpoint import list_checkpoints
+    done = set()
+    for r in results:
+        trial_id = (r.metrics or {}).get("trial_id")
+        checkpoints = list_checkpoints(os.path.join(train_runs, f"train-{trial_id}")) if trial_id else []
+        if r.error or (checkpoints and checkpoints[-1][1].get("stopped")):
+            done.add((float(r.config["beta"]), float(r.config["lr"])))
+    return [{"beta": b, "lr": lr} for b in cfg.sweep.betas for lr in cfg.sweep.lrs
+            if (float(b), float(lr)) not in done]
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM both stop the sweep the way Tune stops on Ctrl-C (its handler saves the
+    experiment and `fit` returns); remembers which signal came."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self):
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def _on_term(self, signum, frame):
+        self.received = signum
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's handler, or KeyboardInterrupt outside fit
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_info: dict, signals) -> dict:
+    """Fit the Tune sweep, select, evaluate the winners; the summary written to results.json."""
+    from sweep.select import select_overall, select_per_beta
+    from sweep.tune import build_tuner
+    t0 = time.time()
+    train_runs = os.path.join(storage, "train_runs", cfg.run.name)
+    results = build_tuner(cfg, storage, train_runs, tracking_info, args.resume).fit()
+    missing = _missing_trials(cfg, results, train_runs)
+    if missing:  # Tune returns normally after Ctrl-C: half a grid is not an answer
+        raise Interrupted(signals.received or signal.SIGINT, missing)
+    from sweep import tracking
+    tracking.close_running_children(client, tracking_info["experiment_id"], parent_id)
+    traces, failed = collect_traces(results, train_runs)
+    if not traces:
+        raise RuntimeError(f"every trial failed: {failed}")
+    w = cfg.sweep.smoothing_window
+    per_beta = select_per_beta(traces, w, cfg.sweep.patience)
+    unselectable = [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr, "evaluations": len(t.dprime)}
+                    for t in traces if select_per_beta([t], w, cfg.sweep.patience) == {}]
+    if not per_beta:
+        raise SelectionError(f"no trial has a full {w}-evaluation smoothing window: raise "
+                             "train.max_examples or lower sweep.smoothing_window")
+    check_selected_checkpoints(per_beta)
+    rows = evaluate_winners(cfg, per_beta)
+    best = select_overall(per_beta)
+    return {"selection": asdict(best), "rows": rows, "failed": failed, "unselectable": unselectable,
+            "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
+                        "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
+            "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg),
+            "wall_seconds": round(time.time() - t0, 1)}
+
+
+def _resume_command(argv: list[str]) -> str:
+    args = [a for a in argv if a != "--resume"]
+    return " ".join(["python -m sweep.run", *args, "--resume"])
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = _parser().parse_args(argv)
     overrides = list(a.overrides) + ([f"run.run_dir={a.run_dir}"] if a.run_dir else [])
     try:
         cfg = load_config(a.config or DEFAULT_CONFIG, overrides)
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if a.print_config:
+            print(_printable(prepare(cfg, build=False)))
+            return 0
+        return _run(cfg, a, argv)
+    except (ConfigError, SelectionError, TrackingError, OSError, ValueError) as e:
+        if a.debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    if a.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
-    t0 = time.time()
-    cfg = prepare(cfg)
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    run_dir = Path(cfg.run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
+
+def _printable(cfg: Config) -> str:
+    """The resolved config as YAML, as it will run: the model geometry from the store, and the
+    learning rate marked as swept rather than shown as a value that is not used."""
+    values = to_dict(cfg)
+    values["train"]["optim"]["lr"] = f"swept: sweep.lrs = {cfg.sweep.lrs}"
+    return yaml.safe_dump(json.loads(json.dumps(values, default=list)), sort_keys=False)
+
+
+def _header(cfg: Config, config_path, fingerprint: str, uri: str) -> str:
+    """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
+    m, r, t = cfg.model, cfg.resources, cfg.train
+    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
+    return "\n".join([
+        f"config     {config_path}  (--print-config shows every value)",
+        f"store      {cfg.data.store}  train {fingerprint}",
+        f"model      AST {m.size} ({m.embed_dim or '-'} wide, {m.depth or '-'} deep), {m.frames} frames x "
+        f"{m.mels} mels, {m.n_classes} classes",
+        f"grid       beta {cfg.sweep.betas} x lr {cfg.sweep.lrs} = {grid} trials",
+        f"stopping   settled pick ({cfg.sweep.smoothing_window}-evaluation window, patience "
+        f"{cfg.sweep.patience}), evaluations every {t.eval_every_examples:,} examples, cap {t.max_examples:,}",
+        f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
+        f"mlflow     {uri}",
+    ])
+
+
+def _same_config(recorded: dict | None, now: dict, state_file: Path) -> None:
+    """--resume continues the sweep it names: the config must be the one it started with."""
+    if recorded is None:
+        return
+    was, new = (flatten(json.loads(json.dumps(c))) for c in (recorded, now))  # tuples as lists
+    changed = sorted(k for k in set(was) | set(new) if was.get(k) != new.get(k))
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"--resume: {k} is {new.get(k)!r}, the sweep in {state_file.parent} started with "
+                          f"{was.get(k)!r} ({len(changed)} value(s) differ); resume with the same config")
+
+
+def _run(cfg: Config, a, argv: list[str]) -> int:
+    t0 = time.time()
     from mlflow.tracking import MlflowClient
     from sweep import tracking
-    uri = tracking.tracking_uri(run_dir)
-    tracking.check_reachable(uri)
+    uri = tracking.tracking_uri(Path(cfg.run.run_dir).resolve())
+    tracking.check_reachable(uri)  # before anything is built or trained
+    cfg = prepare(cfg)
+    from data.store import open_store
+    fp = open_store(cfg.data.store).fingerprint(cfg.data.train_split)
+    print(_header(cfg, a.config or DEFAULT_CONFIG, fp, uri))
+    run_dir = Path(cfg.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id(client, cfg.run.mlflow_experiment, run_dir)
     state_file = run_dir / "sweep.json"
     if a.resume and state_file.exists():
-        parent_id = json.loads(state_file.read_text())["parent_run_id"]
+        state = json.loads(state_file.read_text())
+        _same_config(state.get("config"), to_dict(cfg), state_file)
+        parent_id = state["parent_run_id"]
         client.update_run(parent_id, status="RUNNING")
     else:
-        from data.store import open_store
-        fp = open_store(cfg.data.store).fingerprint(cfg.data.train_split)
         parent_id = tracking.start_parent(client, exp_id, cfg.run.name, flatten(to_dict(cfg)),
                                           {"dataset.fingerprint": fp})
-        state_file.write_text(json.dumps({"parent_run_id": parent_id, "experiment_id": exp_id}))
+        state_file.write_text(json.dumps({"parent_run_id": parent_id, "experiment_id": exp_id,
+                                          "config": to_dict(cfg)}))
+    for name in ("results.json", "results.txt", "interrupted.json"):  # the earlier sweep's answer
+        (run_dir / name).unlink(missing_ok=True)
 
+    if cfg.run.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        # a Ray started here is single-machine: its servers listen on 127.0.0.1 only (read
+        # when Ray is first imported; a Ray on another address is the user's to name)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    from sweep.tune import build_tuner
     owns_ray = not ray.is_initialized()  # tests and notebooks may have started Ray already
     if owns_ray:
         ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False)
     storage = cfg.run.storage_path or os.environ.get("SWEEP_STORAGE") or str(run_dir / "ray")
-    if not a.resume:
-        _fresh_storage(storage, cfg.run.name)
     tracking_info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
+    signals = _Signals()
     try:
-        results = build_tuner(cfg, storage, tracking_info, a.resume).fit()
-        tracking.close_running_children(client, exp_id, parent_id)
-        from sweep.select import select_overall, select_per_beta
-        traces, failed = collect_traces(results, os.path.join(storage, "train_runs"))
-        if not traces:
-            raise RuntimeError(f"every trial failed: {failed}")
-        per_beta = select_per_beta(traces, cfg.sweep.smoothing_window)
-        rows = evaluate_winners(cfg, per_beta)
-        best = select_overall(per_beta)
-        summary = {"selection": {**asdict(best)}, "rows": rows, "failed": failed,
-                   "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
-                               "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
-                   "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg),
-                   "wall_seconds": round(time.time() - t0, 1)}
+        with signals:
+            if not a.resume:
+                _remove_earlier_sweep(storage, cfg.run.name)
+            summary = _sweep(cfg, a, client, parent_id, storage, tracking_info, signals)
+        summary["wall_seconds"] = round(time.time() - t0, 1)
         (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-        table = format_results(rows, cfg.data.eval_splits)
+        table = format_results(summary["rows"], cfg.data.eval_splits)
         (run_dir / "results.txt").write_text(table)
         client.log_artifact(parent_id, str(run_dir / "results.json"))
         client.log_artifact(parent_id, str(run_dir / "results.txt"))
         from sweep.report import build_report
         client.log_artifacts(parent_id, str(build_report(run_dir)), "report")
-        tracking.log_metrics(client, parent_id, {"best_beta": best.beta, "best_lr": best.lr,
-                                                 "best_val_dprime": best.val_dprime}, 0)
+        best = summary["selection"]
+        tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
+                                                 "best_val_dprime": best["val_dprime"]}, 0)
+        client.set_tag(parent_id, "converged", str(all(r["converged"] for r in summary["rows"])).lower())
         tracking.finish_run(client, parent_id)
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signals.received or signal.SIGINT
+        missing = e.missing if isinstance(e, Interrupted) else None
+        _interrupted(client, exp_id, parent_id, run_dir, signum, missing, _resume_command(argv))
+        return 128 + signum
     except BaseException as e:
         tracking.finish_run(client, parent_id, e)
         raise
@@ -234,11 +425,32 @@ def main(argv=None) -> int:
         if owns_ray:
             ray.shutdown()
     print(table)
-    print(f"selected: beta={best.beta:g} lr={best.lr:g} (smoothed validation d' {best.val_dprime:.3f} "
-          f"after {best.examples_to_peak:,} examples); {len(failed)} failed trial(s)")
+    late = ", ".join(f"{r['beta']:g}" for r in summary["rows"] if not r["converged"])
+    print(f"selected: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f} "
+          f"after {best['examples_to_peak']:,} examples"
+          + (f"; NOT CONVERGED for beta {late}" if late else "; every pick settled")
+          + f"); {len(summary['failed'])} failed trial(s)")
     print(f"results: {run_dir / 'results.json'}  ({time.time() - t0:.0f} s)")
     print("browse every trial in MLflow:\n  " + tracking.ui_command(uri, exp_id))
     return 0
+
+
+def _interrupted(client, exp_id: str, parent_id: str, run_dir: Path, signum: int,
+                 missing: list[dict] | None, resume: str) -> None:
+    """No answer after an interruption: the parent and running children end KILLED, a partial
+    summary says what is missing, and the resume command is printed."""
+    from mlflow.entities import RunStatus
+    from sweep import tracking
+    tracking.close_running_children(client, exp_id, parent_id)
+    client.set_tag(parent_id, "interrupted", signal.Signals(signum).name)
+    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.KILLED))
+    (run_dir / "interrupted.json").write_text(json.dumps(
+        {"interrupted": signal.Signals(signum).name, "selection": None,
+         "missing": missing if missing is not None else "unknown (stopped outside the trials)",
+         "resume": resume}, indent=1))
+    print(f"interrupted ({signal.Signals(signum).name}): no beta is selected from a partial sweep"
+          + (f"; {len(missing)} trial(s) unfinished" if missing else "")
+          + f".\nresume with:\n  {resume}", file=sys.stderr)
 
 
 if __name__ == "__main__":

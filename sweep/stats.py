@@ -1,13 +1,22 @@
 """Statistics beyond the paper (DESIGN section 5): paired bootstrap intervals for a difference
 between two models on the same evaluation set, AP re-scored under another class prior, and the
 regression of per-class delta-AP on the training prior (the paper's Fig. 3) with a bootstrap
-interval for its slope. Arrays are [clips, classes] unless stated."""
+interval for its slope. Arrays are [clips, classes] unless stated.
+
+The bootstrap is one engine: `bootstrap_counts` draws the clip resamples, `resampled_metrics`
+scores one model on all of them (once, however many pairs it is in), `paired_difference` pairs
+two models; `paired_bootstrap` is the three for one pair."""
 from __future__ import annotations
 
 import numpy as np
 from scipy.stats import linregress
+from tqdm import tqdm
 
+from data.balance import priors_from_counts
 from sweep.metrics import WORK_ELEMENTS, Ranking, check_inputs, classification_metrics, macro_metrics
+
+__all__ = ["METRICS", "weighted_average_precision", "bootstrap_counts", "resampled_metrics", "paired_difference",
+           "paired_bootstrap", "prior_shift_metrics", "prior_slope"]
 
 METRICS = ("mAP", "mAUC", "dprime")
 
@@ -26,11 +35,50 @@ def weighted_average_precision(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> n
     return Ranking(y, s).ap_auc(w)[0]
 
 
+def bootstrap_counts(n_clips: int, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """How often each clip is drawn in each resample with replacement: multinomial counts, int64
+    [n_resamples, n_clips], each row summing to n_clips. The one draw every bootstrap here uses."""
+    return np.random.default_rng(seed).multinomial(n_clips, np.full(n_clips, 1.0 / n_clips), size=n_resamples)
+
+
+def resampled_metrics(targets: np.ndarray, scores: np.ndarray, counts: np.ndarray,
+                      desc: str | None = None) -> dict:
+    """One model's macro metrics (METRICS) on the full set and on each resample of clips (counts
+    [resamples, clips], from `bootstrap_counts`); models scored on the same counts are paired.
+
+    Returns full {metric: float}, ap and auc [classes] (full set) and samples {metric:
+    [resamples]}. A class without positives or negatives in a resample is left out of that
+    resample's means. desc: a tqdm progress bar over resamples with that label (on a terminal)."""
+    r = Ranking(targets, scores)
+    ap, auc = r.ap_auc()
+    full = macro_metrics(ap, auc)
+    n_res, n = counts.shape
+    samples = {m: np.empty(n_res) for m in METRICS}
+    step = max(1, WORK_ELEMENTS // (n * r.block_classes))  # resamples per pass
+    with tqdm(total=n_res, desc=desc, unit="resample", leave=False, disable=True if desc is None else None) as bar:
+        for lo in range(0, n_res, step):
+            m = macro_metrics(*r.ap_auc(counts[lo:lo + step, :, None]))
+            for key in METRICS:
+                samples[key][lo:lo + step] = m[key]
+            bar.update(min(step, n_res - lo))
+    return {"full": {m: float(full[m]) for m in METRICS}, "ap": ap, "auc": auc, "samples": samples}
+
+
+def paired_difference(a: dict, b: dict, metric: str) -> dict:
+    """metric(b) - metric(a) from two models' `resampled_metrics` on the same counts: diff (full
+    set), ci95 (2.5 and 97.5 percentiles of the resampled differences, NaN resamples left out;
+    NaN if all are) and samples [resamples]."""
+    samples = b["samples"][metric] - a["samples"][metric]
+    lo_hi = np.nanpercentile(samples, [2.5, 97.5]) if (~np.isnan(samples)).any() else (np.nan, np.nan)
+    return {"diff": b["full"][metric] - a["full"][metric], "ci95": (float(lo_hi[0]), float(lo_hi[1])),
+            "samples": samples}
+
+
 def paired_bootstrap(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, metric: str,
                      n_resamples: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap of metric(b) - metric(a), metric in METRICS, over evaluation clips.
 
-    Each resample draws clips with replacement (multinomial counts, i.e. integer weights per
+    Each resample draws clips with replacement (`bootstrap_counts`, i.e. integer weights per
     clip) and scores both models on it; a class without positives or negatives in a resample is
     left out of that resample's means. Returns diff (on the full set), ci95 (2.5 and 97.5
     percentiles of the resampled differences) and samples [n_resamples]."""
@@ -38,18 +86,9 @@ def paired_bootstrap(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.nda
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
-    rankings = [Ranking(targets, s) for s in (scores_a, scores_b)]
-    n = np.shape(targets)[0]
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
-    samples = np.empty(n_resamples)
-    step = max(1, WORK_ELEMENTS // (n * rankings[0].block_classes))  # resamples per pass
-    for lo in range(0, n_resamples, step):
-        w = counts[lo:lo + step, :, None]
-        a, b = (macro_metrics(*r.ap_auc(w))[metric] for r in rankings)
-        samples[lo:lo + step] = b - a
-    a, b = (macro_metrics(*r.ap_auc())[metric] for r in rankings)
-    lo_hi = np.nanpercentile(samples, [2.5, 97.5])
-    return {"diff": float(b - a), "ci95": (float(lo_hi[0]), float(lo_hi[1])), "samples": samples}
+    counts = bootstrap_counts(np.shape(targets)[0], n_resamples, seed)
+    a, b = (resampled_metrics(targets, s, counts) for s in (scores_a, scores_b))
+    return paired_difference(a, b, metric)
 
 
 def prior_shift_metrics(targets: np.ndarray, scores: np.ndarray, target_prior: np.ndarray) -> dict:
@@ -63,7 +102,7 @@ def prior_shift_metrics(targets: np.ndarray, scores: np.ndarray, target_prior: n
     pi_target = np.asarray(target_prior, dtype=np.float64)
     if pi_target.shape != y.shape[1:]:
         raise ValueError(f"target_prior {pi_target.shape} must be [classes] = {y.shape[1:]}")
-    pi = y.mean(axis=0)
+    pi = priors_from_counts(y.sum(axis=0), y.shape[0])
     ok = (pi > 0) & (pi < 1) & (pi_target > 0) & (pi_target < 1)
     pi_ok, target_ok = np.where(ok, pi, 0.5), np.where(ok, pi_target, 0.5)
     w_neg = pi_ok * (1 - target_ok) / (target_ok * (1 - pi_ok))

@@ -100,10 +100,13 @@ def log_json(client: MlflowClient, run_id: str, obj, artifact_path: str) -> None
         client.log_artifact(run_id, str(path), str(Path(artifact_path).parent) or None)
 
 
-def finish_run(client: MlflowClient, run_id: str, error: BaseException | None = None) -> None:
+def finish_run(client: MlflowClient, run_id: str, error: BaseException | None = None,
+               killed: bool = False) -> None:
+    """End a run: FAILED with an `error` tag, KILLED (stopped from outside), or FINISHED."""
     if error is not None:
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-    client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+    status = "FAILED" if error is not None else "KILLED" if killed else "FINISHED"
+    client.set_terminated(run_id, status)
 
 
 def close_running_children(client: MlflowClient, exp_id: str, parent_id: str) -> int:

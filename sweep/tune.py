@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import time
 
 import ray
 import ray.train
@@ -23,12 +24,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from data.store import open_store
 from data.stream import oversampled_dataset, sampler_audit
 from sweep.config import Config, flatten, from_dict, to_dict
-from sweep.evaluate import list_checkpoints
+from sweep.checkpoint import list_checkpoints, prune
+from sweep.select import settled
 from sweep.train import summary_metrics, train_func
 
 __all__ = ["trial_driver", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
-METRIC = "val_dprime_ma"
+METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ def _train_dataset_factory(cfg: Config, beta: float, train_run_path: str):
     def build():
         seen = max((state["examples"] for _, state in list_checkpoints(train_run_path)), default=0)
         return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=cfg.train.seed,
-                                   examples=max(cfg.train.examples - seen, 1), skip=seen,
+                                   examples=max(cfg.train.max_examples - seen, 1), skip=seen,
                                    units_per_block=cfg.data.units_per_block)
     return build
 
@@ -63,10 +65,21 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
     return run_id
 
 
-def _report_finished(checkpoint: tuple[str, dict]) -> None:
+def _report_finished(cfg: Config, checkpoint: tuple[str, dict]) -> None:
     """Give Tune the final result of a trial whose training had already finished."""
     path, state = checkpoint
-    tune.report({**summary_metrics(state), "checkpoint_path": path})
+    tune.report({**summary_metrics(state, cfg.sweep.smoothing_window), "checkpoint_path": path})
+
+
+def _outcome(cfg: Config, run_path: str) -> dict[str, str]:
+    """MLflow tags of a trial whose fit returned: why it stopped and whether its pick is settled;
+    empty when it did not finish (stopped from outside, e.g. Ctrl-C)."""
+    checkpoints = list_checkpoints(run_path)
+    if not checkpoints or not checkpoints[-1][1].get("stopped"):
+        return {}
+    state = checkpoints[-1][1]
+    ok = settled(state["history"]["val_dprime"], cfg.sweep.smoothing_window, cfg.sweep.patience)
+    return {"stopped": state["stopped"], "converged": str(ok).lower()}
 
 
 class TrialError(RuntimeError):
@@ -90,40 +103,45 @@ def _worker_errors(error: BaseException) -> BaseException:
     return TrialError("training failed on " + "; ".join(roots) + "\n" + "\n".join(full))
 
 
-def trial_driver(config: dict) -> None:
-    """Tune trainable: config = {cfg, beta, lr, storage_path, tracking}."""
+def trial_driver(config: dict, sweep: dict) -> None:
+    """Tune trainable: config = {beta, lr} (what Tune searches and shows); sweep = {cfg,
+    train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
+    started = time.time()
+    config = {**sweep, **config}
     cfg: Config = from_dict(Config, config["cfg"])
     trial_id = tune.get_context().get_trial_id()
     name = f"train-{trial_id}"  # stable: a restarted trial resumes from its checkpoints
-    train_storage = os.path.join(config["storage_path"], "train_runs")
-    checkpoints = list_checkpoints(os.path.join(train_storage, name))
-    if checkpoints and checkpoints[-1][1]["examples"] >= cfg.train.examples:
-        _report_finished(checkpoints[-1])  # finished before an interruption: not run again
+    train_storage = config["train_runs"]
+    run_path = os.path.join(train_storage, name)
+    checkpoints = list_checkpoints(run_path)
+    if checkpoints and checkpoints[-1][1].get("stopped"):
+        _report_finished(cfg, checkpoints[-1])  # finished before an interruption: not run again
         return
     run_id = _log_trial_start(cfg, config, trial_id)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
-    keep = cfg.train.keep_checkpoints
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"cfg": config["cfg"], "beta": config["beta"], "lr": config["lr"],
-                           "tracking": {**config["tracking"], "run_id": run_id} if run_id else None},
+                           "tracking": {**config["tracking"], "run_id": run_id} if run_id else None,
+                           "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
-        datasets={"train": _train_dataset_factory(cfg, config["beta"],
-                                                  os.path.join(train_storage, name))},
+        datasets={"train": _train_dataset_factory(cfg, config["beta"], run_path)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=name, storage_path=train_storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.sweep.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=keep, checkpoint_score_attribute="val_dprime" if keep else None,
-                checkpoint_score_order="max"),
+            # every checkpoint directory stays registered (resume needs them all); the weights
+            # selection can no longer pick are pruned inside them (sweep/checkpoint.py)
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[TuneReportCallback()]),
     )
     error = None
     try:
         trainer.fit()
+        if cfg.train.keep_checkpoints:  # every checkpoint is registered now: the final pruning
+            prune(run_path, cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
     except BaseException as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
         error = _worker_errors(e)
         if error is e:
@@ -131,9 +149,19 @@ def trial_driver(config: dict) -> None:
         raise error from e
     finally:
         if run_id:
-            from mlflow.tracking import MlflowClient
-            from sweep.tracking import finish_run
-            finish_run(MlflowClient(config["tracking"]["uri"]), run_id, error)
+            _finish_child(cfg, config["tracking"]["uri"], run_id, run_path, error)
+
+
+def _finish_child(cfg: Config, uri: str, run_id: str, run_path: str, error: BaseException | None) -> None:
+    """End the trial's MLflow run: FAILED with its error, FINISHED with the convergence tags when
+    training stopped by its own rule, else KILLED (stopped from outside: --resume continues it)."""
+    from mlflow.tracking import MlflowClient
+    from sweep.tracking import finish_run
+    client = MlflowClient(uri)
+    tags = {} if error is not None else _outcome(cfg, run_path)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    finish_run(client, run_id, error, killed=error is None and not tags)
 
 
 def trial_concurrency(cfg: Config, resources: dict) -> int:
@@ -156,14 +184,17 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     return min(fit, grid)
 
 
-def build_tuner(cfg: Config, storage_path: str, tracking_info: dict | None, resume: bool) -> tune.Tuner:
-    """A new Tuner over the beta x lr grid, or the interrupted one restored (`resume`)."""
+def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
+                resume: bool) -> tune.Tuner:
+    """A new Tuner over the beta x lr grid, or the interrupted one restored (`resume`); each
+    trial's Train run goes under `train_runs`."""
     driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
-    trainable = tune.with_resources(trial_driver, driver_resources)
+    sweep = {"cfg": to_dict(cfg), "train_runs": train_runs, "tracking": tracking_info}
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
     path = os.path.join(storage_path, cfg.run.name)
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    evals = math.ceil(cfg.train.examples / cfg.train.eval_every_examples)
+    evals = math.ceil(cfg.train.max_examples / cfg.train.eval_every_examples)
     scheduler = None
     if cfg.sweep.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -171,9 +202,7 @@ def build_tuner(cfg: Config, storage_path: str, tracking_info: dict | None, resu
                                   grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
     return tune.Tuner(
         trainable,
-        param_space={"cfg": to_dict(cfg), "beta": tune.grid_search(list(cfg.sweep.betas)),
-                     "lr": tune.grid_search(list(cfg.sweep.lrs)), "storage_path": storage_path,
-                     "tracking": tracking_info},
+        param_space={"beta": tune.grid_search(list(cfg.sweep.betas)), "lr": tune.grid_search(list(cfg.sweep.lrs))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
                                     max_concurrent_trials=trial_concurrency(cfg, ray.cluster_resources())),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,

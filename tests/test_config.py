@@ -5,9 +5,9 @@ from sweep.config import Config, ConfigError, flatten, load_config, to_dict
 
 def test_defaults_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("sweep:\n  betas: [0, 0.5]\ntrain:\n  examples: 100\n  optim: {betas: [0.95, 0.999]}\n")
-    cfg = load_config(path, ["train.examples=200", "sweep.lrs=[1e-4, 1e-3]", "data.synth=null"])
-    assert cfg.sweep.betas == [0, 0.5] and cfg.train.examples == 200
+    path.write_text("sweep:\n  betas: [0, 0.5]\ntrain:\n  max_examples: 100\n  optim: {betas: [0.95, 0.999]}\n")
+    cfg = load_config(path, ["train.max_examples=200", "sweep.lrs=[1e-4, 1e-3]", "data.synth=null"])
+    assert cfg.sweep.betas == [0, 0.5] and cfg.train.max_examples == 200
     assert cfg.sweep.lrs == [1e-4, 1e-3] and cfg.data.synth is None
     assert cfg.train.optim.betas == (0.95, 0.999)
     assert cfg.train.eval_every_examples == Config().train.eval_every_examples
@@ -20,7 +20,7 @@ def test_unknown_keys_are_named(tmp_path):
     with pytest.raises(ConfigError, match="sweeep"):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        load_config(None, ["train.examples"])
+        load_config(None, ["train.max_examples"])
 
 
 @pytest.mark.parametrize("name", ["demo", "smoke", "audioset"])
@@ -29,4 +29,32 @@ def test_shipped_configs_load(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert len(cfg.sweep.betas) >= 2
     flat = flatten(to_dict(cfg))
-    assert flat["sweep.smoothing_window"] == 7 and "train.optim.lr" in flat
+    assert flat["sweep.smoothing_window"] % 2 == 1 and "train.optim.lr" in flat
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.betas=[-1]", r"sweep\.betas: must be a non-empty list of numbers >= 0"),
+    ("sweep.betas=[]", r"sweep\.betas: must be a non-empty"),
+    ("sweep.betas=0.5", r"sweep\.betas: expected a list"),
+    ("sweep.betas=[.inf]", r"sweep\.betas\[0\]: inf is not a finite number"),
+    ("sweep.lrs=[0.001, -1]", r"sweep\.lrs: must be a non-empty list of numbers > 0"),
+    ("train.max_examples=-5", r"train\.max_examples: must be an integer >= 1, got -5"),
+    ("train.batch_size=1.5", r"train\.batch_size: 1\.5 is not a valid int"),
+    ("train.eval_every_examples=0", r"train\.eval_every_examples: must be an integer >= 1"),
+    ("train.keep_checkpoints=0", r"train\.keep_checkpoints: must be null or an integer >= 1"),
+    ("resources.use_gpu=maybe", r"resources\.use_gpu: expected true or false, got 'maybe'"),
+    ("train.augment.mixup=1", r"train\.augment\.mixup: expected true or false"),
+    ("sweep.smoothing_window=4", r"sweep\.smoothing_window: must be a positive odd integer, got 4"),
+    ("sweep.patience=0", r"sweep\.patience: must be an integer >= 1"),
+    ("run.name=/some/dir", r"run\.name: must be a plain name"),
+    ("run.name=..", r"run\.name: must be a plain name"),
+    ("data.store=[1]", r"data\.store: expected a string"),
+])
+def test_values_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_underscores_and_exponents_are_numbers():
+    cfg = load_config(None, ["train.max_examples=40_000_000", "sweep.lrs=[1e-4, 5e-5]"])
+    assert cfg.train.max_examples == 40_000_000 and cfg.sweep.lrs == [1e-4, 5e-5]

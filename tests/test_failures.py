@@ -2,8 +2,8 @@
 
 - A Train worker SIGKILLed mid-trial: Train restarts the worker group, the trial resumes from
   its last checkpoint and its MLflow history has no gap and no repeat.
-- A train shard damaged where validation does not look: the trial that reads it fails with an
-  error naming the file, the others finish, and the sweep reports the failure.
+- A train shard damaged inside a column (same size, intact footer): the sweep refuses to start,
+  naming the shard (its content hash no longer matches the manifest), before anything trains.
 (An unreachable MLflow server is tests/test_sweep.py::test_unreachable_mlflow_server_fails_before_training.)
 """
 import json
@@ -22,12 +22,13 @@ from mlflow.tracking import MlflowClient
 from sweep.run import main
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-STEPS = [160, 320, 480, 640]  # the smoke config: 640 examples, evaluated every 160
+STEPS = [160, 320, 480, 640]  # 640 examples, evaluated every 160, never settled before the cap
+FULL_RUN = ["train.max_examples=640", "train.eval_every_examples=160", "sweep.patience=20"]
 
 
 def _args(tmp_path, store, *overrides):
     return ["--config", str(SMOKE), "--run-dir", str(tmp_path / "run"), "--set", f"data.store={store}",
-            *sum((["--set", o] for o in overrides), [])]
+            *sum((["--set", o] for o in [*FULL_RUN, *overrides]), [])]
 
 
 def _smoke_store(tmp_path) -> Path:
@@ -74,12 +75,12 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ray_local, tmp_path, mo
     the stream and the model resume from that checkpoint, and the sweep completes. The kill
     usually lands after the worker persisted its next checkpoint but before the controller
     registered it: that directory is left behind, and neither the resumed stream nor the
-    trace may count it (sweep.evaluate.list_checkpoints reads Train's snapshot)."""
+    trace may count it (sweep.checkpoint.list_checkpoints reads Train's snapshot)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = _smoke_store(tmp_path)
     workers_before = {a.actor_id for a in _actors("RayTrainWorker")}
     controllers_before = {a.actor_id for a in _actors("TrainController")}
-    train_runs = tmp_path / "run" / "ray" / "train_runs"
+    train_runs = tmp_path / "run" / "ray" / "train_runs" / "smoke"
     stop, killed, errors = threading.Event(), {}, []
 
     def watch():
@@ -139,23 +140,14 @@ def test_killed_train_worker_resumes_from_its_checkpoint(ray_local, tmp_path, mo
         values = [m.value for m in client.get_metric_history(c.info.run_id, "val_dprime")]
         assert values == pytest.approx(trace["dprime"], abs=1e-9), (values, trace["dprime"])
     # the killed trial's checkpoints: one per evaluation, none repeated after the restart
-    snap = json.loads((run / "ray" / "train_runs" / killed["run"] / "checkpoint_manager_snapshot.json").read_text())
+    snap = json.loads((train_runs / killed["run"] / "checkpoint_manager_snapshot.json").read_text())
     assert [int(r["metrics"]["examples"]) for r in snap["checkpoint_results"]] == STEPS
-
-
-def _groups_read(store, beta: float, cfg) -> set[int]:
-    """Row groups of the train split a trial at `beta` reads: those of the planned blocks (the
-    plan stops at the budget, and Ray Data reads nothing else)."""
-    from data.stream import plan_stream
-    plan = plan_stream(store, cfg.data.train_split, beta, seed=cfg.train.seed, examples=cfg.train.examples,
-                       units_per_block=cfg.data.units_per_block)
-    return {int(g) for block in plan.blocks for g, _ in block if g >= 0}
 
 
 def _damage_column_chunk(path: str, group: int, column: str) -> None:
     """Overwrite, in place, the bytes of one column chunk of one row group with garbage. The
-    footer stays intact: metadata, schema, row counts and the clip ids (what the store's
-    validation reads) are unchanged, so only a reader of this chunk can see the damage."""
+    footer stays intact: metadata, schema, row counts and the clip ids are unchanged, so only
+    the content hash or a reader of this chunk can see the damage."""
     rg = pq.read_metadata(path).row_group(group)
     col = next(rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema.startswith(column))
     start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
@@ -165,45 +157,23 @@ def _damage_column_chunk(path: str, group: int, column: str) -> None:
         f.write(garbage.tobytes())
 
 
-def test_damaged_shard_fails_only_the_trial_that_reads_it(ray_local, tmp_path, monkeypatch):
-    """The spectrograms of one row group are garbage, in a shard that passes validation: the
-    trial whose stream reads that group (beta = 0 reads every group in 640 examples; beta = 1,
-    whose oversampled pass is longer, reads only some) fails with a StoreError
-    naming the file, its MLflow run is FAILED with it, the other trial finishes, and results.json
-    lists the failure. Which trial reads which group follows from the stream's plan (seeded and
-    cut at the budget), so the setup is deterministic; the test checks it before running."""
-    from data.store import open_store
-    from sweep.config import load_config
+def test_damaged_shard_stops_the_sweep_before_training(tmp_path, monkeypatch, capsys):
+    """The spectrograms of one row group are garbage in a shard of the right size whose footer,
+    ids and labels are intact: the sweep fails at once with one line naming the shard, starts
+    no Ray and no MLflow run, and leaves the store as it was."""
+    from data.store import StoreError, open_store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store_dir = tmp_path / "store"
     shutil.copytree(_smoke_store(tmp_path), store_dir)
-    cfg = load_config(SMOKE)
-    store = open_store(store_dir)
-    read = {beta: _groups_read(store, beta, cfg) for beta in cfg.sweep.betas}
-    only_beta0 = sorted(read[0.0] - read[1.0])
-    assert only_beta0, f"every row group beta=0 reads is read by beta=1 too: {read}"
-    shard = store.shard_paths(cfg.data.train_split)
-    assert len(shard) == 1  # the smoke store's 400 training clips: one shard of 7 row groups
-    shard, group = shard[0], only_beta0[-1]
-    _damage_column_chunk(shard, group, "mel")
-    open_store(store_dir).validate()  # the damage is where validation does not look
+    shard = open_store(store_dir).shard_paths("train")[0]
+    _damage_column_chunk(shard, 1, "mel")
+    damaged = Path(shard).read_bytes()
+    open_store(store_dir).validate(checksums=False)  # footers, ids and labels still match
+    with pytest.raises(StoreError, match="content changed"):
+        open_store(store_dir).validate()
 
-    # no Train restarts: the data error is deterministic (Tune still retries the trial once)
-    assert main(_args(tmp_path, store_dir, "sweep.max_failures=0")) == 0
-
-    run = tmp_path / "run"
-    results = json.loads((run / "results.json").read_text())
-    assert [r["beta"] for r in results["rows"]] == [1.0]
-    assert len(results["failed"]) == 1 and results["failed"][0]["beta"] == 0.0
-    assert shard in results["failed"][0]["error"] and "StoreError" in results["failed"][0]["error"]
-    client, children = _children(run)
-    status = {float(c.data.params["beta"]): c for c in children}
-    assert sorted(status) == [0.0, 1.0]
-    failed, ok = status[0.0], status[1.0]
-    assert failed.info.status == "FAILED"
-    assert shard in failed.data.tags["error"], failed.data.tags["error"]
-    assert f"row group {group} is unreadable" in failed.data.tags["error"]
-    assert ok.info.status == "FINISHED", ok.data.tags.get("error")
-    assert [m.step for m in client.get_metric_history(ok.info.run_id, "val_dprime")] == STEPS
-    parent_id = json.loads((run / "sweep.json").read_text())["parent_run_id"]
-    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert main(_args(tmp_path, store_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and shard in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "run" / "ray").exists() and not (tmp_path / "run" / "mlflow.db").exists()
+    assert Path(shard).read_bytes() == damaged

@@ -9,10 +9,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep.run import main
+from sweep.select import settled
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -44,14 +46,15 @@ def cluster():
 
 def test_sweep_spans_nodes(cluster, tmp_path, monkeypatch):
     """Two Train workers per trial, one CPU each, on 1-CPU nodes: every worker group spans two
-    nodes (DDP over gloo between raylets), the trials finish and the sweep completes."""
+    nodes (DDP over gloo between raylets), validation is scored half on each rank, both ranks
+    stop on rank 0's decision, the trials finish and the sweep completes."""
     from ray.util.state import list_actors, list_nodes
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     run = tmp_path / "run"
-    assert main(["--config", str(SMOKE), "--run-dir", str(run),
-                 "--set", f"data.store={tmp_path.parent / 'smoke-store'}",
-                 "--set", f"run.ray_address={cluster.address}",
+    store = tmp_path.parent / "smoke-store"
+    assert main(["--config", str(SMOKE), "--run-dir", str(run), "--set", f"data.store={store}",
+                 "--set", f"run.ray_address={cluster.address}", "--set", "sweep.patience=1",
                  "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1"]) == 0
 
     nodes = {n.node_id for n in list_nodes(address=cluster.address)}
@@ -73,6 +76,21 @@ def test_sweep_spans_nodes(cluster, tmp_path, monkeypatch):
     exp = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     assert len(children) == 2
+    traces = {t["trial_id"]: t for t in results["traces"]}
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags.get("error")
-        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_dprime")] == [160, 320, 480, 640]
+        trace = traces[c.data.tags["ray_trial_id"]]
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_dprime")] == trace["examples"]
+        # both ranks left the loop together on rank 0's decision (settled, or the cap)
+        assert c.data.tags["stopped"] in ("settled", "cap")
+        assert (c.data.tags["stopped"] == "settled") == settled(np.array(trace["dprime"]), 3, 1)
+
+    # validation sharded over the two ranks gives the metrics one process computes alone
+    from data.store import open_store
+    from sweep.checkpoint import load_model
+    from sweep.evaluate import evaluate_split
+    for row in results["rows"]:
+        alone = evaluate_split(load_model(row["checkpoint"]), open_store(store), "valid", 256)["metrics"]
+        trace = traces[row["trial_id"]]
+        sharded = trace["dprime"][trace["examples"].index(row["examples_to_peak"])]
+        assert alone["dprime"] == pytest.approx(sharded, abs=1e-9)

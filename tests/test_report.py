@@ -4,7 +4,10 @@ depends on beta and the class's training prior (rare classes gain from balancing
 lose: the paper's Fig. 3 pattern), written exactly as sweep.run.evaluate_winners / main do."""
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from sweep.report import FIGURES, build_report, main
 from sweep.run import prepare
 from sweep.select import TrialTrace, select_overall, select_per_beta
 from sweep.stats import paired_bootstrap, prior_shift_metrics
+from sweep.tables import format_results
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 BETAS, LRS = (0.0, 0.5, 1.0), (3e-4, 1e-3)
@@ -53,13 +57,14 @@ def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int 
         y += 0.05 * beta + rng.normal(0, 0.04, n_evals)
         ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
         traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), x, y, ckpts))
-    per_beta = select_per_beta(traces, cfg.sweep.smoothing_window)
+    per_beta = select_per_beta(traces, cfg.sweep.smoothing_window, cfg.sweep.patience)
     rows = []
     for beta in sorted(per_beta):  # as sweep.run.evaluate_winners
         sel = per_beta[beta]
         row = {"beta": beta, "lr": sel.lr, "trial_id": sel.trial_id, "checkpoint": sel.checkpoint,
                "val_dprime": sel.val_dprime, "val_dprime_raw": sel.val_dprime_raw,
-               "examples_to_peak": sel.examples_to_peak, "eval": {}}
+               "examples_to_peak": sel.examples_to_peak, "examples_evaluated": sel.examples_to_peak,
+               "converged": sel.converged, "evaluations": sel.evaluations, "eval": {}}
         for k, split in enumerate(cfg.data.eval_splits):
             targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
             scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta))
@@ -92,6 +97,12 @@ def report(synth_store, tmp_path_factory):
 def _pred(run_dir, beta, split):
     with np.load(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz") as f:
         return {k: f[k] for k in f.files}
+
+
+def _same_cell(a: dict, b: dict) -> bool:
+    """Two table cells {abs, rel, ci95: [lo, hi]} equal to rounding (pytest.approx compares
+    flat values only)."""
+    return set(a) == set(b) and all(a[k] == pytest.approx(b[k]) for k in a)
 
 
 def test_imbalance_tables(report):
@@ -131,7 +142,7 @@ def test_metric_tables_consistent_with_results(report):
                 else:
                     assert hi - lo > 0
         copy, half = table[-1], next(r for r in table if r["beta"] == 0.5)
-        assert copy["beta"] is None and all(copy[s] == pytest.approx(half[s]) for s in splits)
+        assert copy["beta"] is None and all(_same_cell(copy[s], half[s]) for s in splits)
 
 
 def test_ci_is_the_paired_bootstrap(report):
@@ -234,7 +245,7 @@ def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
     t = json.loads((build_report(run_dir, 200, {"ONE": tmp_path / "one.npz"}) / "tables.json").read_text())
     one, full = t["table4"][-1], next(r for r in t["table4"] if r["beta"] == 1.0)
     assert one["name"] == "ONE" and one[report[1]["eval_splits"][0]] is None
-    assert one[s] == pytest.approx(full[s])
+    assert _same_cell(one[s], full[s])
     assert {(r["split"], r["under_prior_of"]) for r in t["prior_shift"] if r["name"] == "ONE"} == \
         {(s, report[1]["eval_splits"][0])}
     bad = dict(p, targets=1 - p["targets"])
@@ -259,3 +270,35 @@ def test_single_beta_sweep(report, tmp_path):
     assert t["figures"] == ["validation_traces.png", "examples_to_peak.png"]
     assert sorted(p.name for p in (run_dir / "report").glob("*.png")) == sorted(t["figures"])  # none stale
     assert all(r[s]["rel"] == 0 for r in t["table4"] for s in results["eval_splits"])
+
+
+def test_format_results_text():
+    """sweep.run's printed Tables 3-4: 3 / 4 decimals, change vs beta = 0 ('n/a' without one),
+    unsettled picks marked and named."""
+    rows = [{"beta": b, "lr": 3e-4, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24,
+             "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}}} for b in (0.0, 1.0)]
+    assert format_results(rows, ["ev"]).splitlines() == [
+        "Table 3: d' (absolute, change vs beta = 0)",
+        "  beta        lr                        ev",
+        "     0    0.0003           1.500 (+0.000)",
+        "     1    0.0003           2.500 (+1.000)  NOT CONVERGED",
+        "",
+        "Table 4: mAP (absolute, change vs beta = 0)",
+        "  beta        lr                        ev",
+        "     0    0.0003          0.2500 (+0.0000)",
+        "     1    0.0003          0.3500 (+0.1000)  NOT CONVERGED",
+        "",
+        "NOT CONVERGED: beta=1 (picked at 12,000 examples, evaluation 24 was the last): the cap "
+        "(train.max_examples) came before the pick was settled; raise it"]
+    assert "(n/a)" in format_results(rows[1:], ["ev"])
+
+
+def test_no_pyplot_or_global_backend():
+    """Importing the report and drawing a figure leave matplotlib's global state alone: no pyplot,
+    the backend as the environment set it."""
+    code = ("import sys, matplotlib, tempfile, pathlib; import sweep.report, sweep.figures as F; "
+            "F.examples_to_peak(pathlib.Path(tempfile.mkdtemp()) / 'x.png', "
+            "[{'beta': 0.0, 'lr': 1e-3, 'examples_to_peak': 100}]); "
+            "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.rcParams['backend'] == 'svg'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
+                   env={**os.environ, "MPLBACKEND": "svg"})

@@ -1,9 +1,9 @@
-"""sweep.select on hand-made traces."""
+"""sweep.select on hand-made traces: full-window smoothing, the pick, settling, what to keep."""
 import numpy as np
 import pytest
 
-from sweep.select import (Selection, TrialTrace, best_checkpoint, moving_average, select_overall,
-                          select_per_beta)
+from sweep.select import (Selection, TrialTrace, checkpoints_to_keep, pick, select_overall,
+                          select_per_beta, select_trial, settled, smoothed)
 
 
 def _trace(trial_id: str, beta: float, lr: float, dprime: list[float]) -> TrialTrace:
@@ -12,43 +12,93 @@ def _trace(trial_id: str, beta: float, lr: float, dprime: list[float]) -> TrialT
                       [f"ckpt/{trial_id}/{i}" for i in range(e)])
 
 
-def test_moving_average_shrinks_at_the_ends():
+def test_smoothed_is_defined_only_on_full_windows():
     v = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    # window 3: the ends keep their own value (a centred window of one point)
-    np.testing.assert_allclose(moving_average(v, 3), [1.0, 7 / 3, 14 / 3, 28 / 3, 16.0])
-    # window 5: index 0 -> v[0], 1 -> v[0:3], 2 -> all, 3 -> v[2:5], 4 -> v[4]
-    np.testing.assert_allclose(moving_average(v, 5), [1.0, 7 / 3, 31 / 5, 28 / 3, 16.0])
-    np.testing.assert_array_equal(moving_average(v, 1), v)
-    assert moving_average(np.array([]), 7).size == 0
+    np.testing.assert_allclose(smoothed(v, 3), [np.nan, 7 / 3, 14 / 3, 28 / 3, np.nan])
+    np.testing.assert_allclose(smoothed(v, 5), [np.nan, np.nan, 31 / 5, np.nan, np.nan])
+    np.testing.assert_array_equal(smoothed(v, 1), v)
+    assert np.isnan(smoothed(v, 7)).all() and smoothed(np.array([]), 7).size == 0
 
 
-def test_moving_average_interior_is_the_plain_mean():
+def test_smoothed_interior_is_the_plain_mean():
     v = np.random.default_rng(0).random(20)
-    np.testing.assert_allclose(moving_average(v, 7)[3:-3], np.convolve(v, np.ones(7) / 7, "valid"))
+    np.testing.assert_allclose(smoothed(v, 7)[3:-3], np.convolve(v, np.ones(7) / 7, "valid"))
 
 
-@pytest.mark.parametrize("window", [0, 4, -1])
-def test_window_must_be_odd(window):
+@pytest.mark.parametrize("window", [0, 4, -1, 2.0])
+def test_window_must_be_a_positive_odd_integer(window):
     with pytest.raises(ValueError, match="odd"):
-        moving_average(np.ones(5), window)
+        smoothed(np.ones(9), window)
+
+
+def test_flat_noisy_traces_do_not_favour_the_edges():
+    """40 evaluations, all equally good: the pick must not pile up at either end. With the
+    old shrinking window 54.8% of picks fell on the first or last 3 evaluations; a uniform
+    pick over the 34 full-window centres never lands there, and one over all 40 would land
+    there 15% of the time. Required: at most half that uniform rate."""
+    rng = np.random.default_rng(0)
+    picks = np.array([pick(rng.normal(1.0, 0.3, 40), 7) for _ in range(4000)])
+    edge = np.mean((picks < 3) | (picks >= 37))
+    assert edge <= 0.5 * 6 / 40
+    centre_share = np.bincount(picks, minlength=40)[3:37] / len(picks)
+    assert centre_share.max() < 3 / 34  # no interior position is strongly preferred either
+
+
+def test_a_nan_evaluation_only_blanks_its_windows():
+    d = 1.0 + np.sin(np.linspace(0, np.pi, 25))   # peak at index 12
+    clean = pick(d, 7)
+    assert clean == 12
+    for where in (1, 5, 20):
+        broken = d.copy()
+        broken[where] = np.nan
+        s = smoothed(broken, 7)
+        blank = np.flatnonzero(np.isnan(s))
+        assert set(blank) == set(range(3)) | set(range(22, 25)) | set(range(max(3, where - 3), min(22, where + 4)))
+        assert pick(broken, 7) == clean  # the pick stays at the peak
+    assert pick(np.full(9, np.nan), 7) is None
 
 
 def test_spike_is_rejected_by_smoothing():
     d = np.array([1.0, 1.1, 2.4, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.8, 1.7, 1.5, 1.4, 1.3, 1.2, 1.1])
     assert int(np.argmax(d)) == 2
-    assert best_checkpoint(d, 7) == 9
-    # the pick averages d[6:13]; the spike's own smoothed value averages d[0:5]
-    assert moving_average(d, 7)[9] == pytest.approx(11.6 / 7)
-    assert moving_average(d, 7)[2] == pytest.approx(7.0 / 5)
+    assert pick(d, 7) == 9 and smoothed(d, 7)[9] == pytest.approx(11.6 / 7)
 
 
-def test_a_rising_trace_picks_its_end_not_its_start():
-    d = np.array([0.17, 0.36, 0.47, 0.57])  # still improving when the budget ran out
-    assert best_checkpoint(d, 7) == 3
+def test_a_rising_trace_is_not_settled():
+    d = np.linspace(0.2, 1.5, 12)
+    assert pick(d, 7) == 8 and not settled(d, 7, patience=1)  # the last full window, still rising
+
+
+def test_settled_after_patience_full_windows_without_a_better_one():
+    d = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 2.6, 2.2, 2.0, 1.8, 1.7, 1.6])
+    # window 3: full windows at 1..9; the best (2.7) centres on 4 -> settled when 4 + p <= 9
+    assert pick(d, 3) == 4
+    assert settled(d, 3, patience=5) and not settled(d, 3, patience=6)
+    assert not settled(d[:6], 3, patience=1)  # index 4 has a full window only once 5 exists
+    assert not settled(d[:3], 7, patience=0)  # no full window at all
 
 
 def test_ties_pick_the_first():
-    assert best_checkpoint(np.array([1.0, 2.0, 2.0, 1.0]), 1) == 1
+    assert pick(np.array([1.0, 2.0, 2.0, 1.0]), 1) == 1
+
+
+def test_checkpoints_to_keep_cover_every_possible_future_pick():
+    """Whatever evaluations come next, the eventual pick is in the set kept now."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        d = rng.normal(size=rng.integers(3, 30))
+        if rng.random() < 0.3:
+            d[rng.integers(len(d))] = np.nan
+        future = np.concatenate([d, rng.normal(size=rng.integers(0, 10))])
+        final = pick(future, 5)
+        keep = checkpoints_to_keep(d, 5, keep=1)
+        assert len(d) - 1 in keep
+        if final is not None and final < len(d):
+            assert final in keep, (d, future, final, keep)
+    assert checkpoints_to_keep(np.arange(10.0), 5, keep=1) == {7, 8, 9}  # rising: the tail only
+    assert checkpoints_to_keep(np.array([0.0, 5.0, 0.0, 0.0, 0.0, 0.0]), 3, keep=2) == {1, 2, 5}
+    with pytest.raises(ValueError):
+        checkpoints_to_keep(np.ones(3), 3, keep=0)
 
 
 def test_select_per_beta_and_overall():
@@ -58,24 +108,26 @@ def test_select_per_beta_and_overall():
         _trace("c", 1.0, 1e-4, [0.9, 1.0, 1.1, 1.2, 1.3, 1.4]),
         _trace("d", 1.0, 1e-3, [1.0, 2.5, 1.0, 1.0, 1.0, 1.0]),  # one spike only
     ]
-    per_beta = select_per_beta(traces, window=3)
+    per_beta = select_per_beta(traces, window=3, patience=2)
     assert set(per_beta) == {0.0, 1.0}
     b0 = per_beta[0.0]
-    # b smoothed (window 3): [1.1, 1.5, 1.7, 1.667, 1.533, 1.4] -> index 2; a peaks at 1.467
+    # b smoothed (window 3): [-, 1.5, 1.7, 1.667, 1.533, -] -> index 2; a peaks at 1.467
     assert (b0.trial_id, b0.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
     assert b0.val_dprime == pytest.approx(1.7) and b0.val_dprime_raw == 1.8
-    assert b0.checkpoint == "ckpt/b/2"
-    # d smoothed: [1.0, 1.5, 1.5, 1.0, 1.0, 1.0] -> index 1, 1.5; c: best 1.4 at its end
+    assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6
+    # d smoothed: [-, 1.5, 1.5, 1.0, 1.0, -] -> index 1; c rises to 1.3 at index 4, unsettled
     b1 = per_beta[1.0]
-    assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5)
+    assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
+    assert not select_trial(traces[2], 3, 2).converged
     best = select_overall(per_beta)
     assert isinstance(best, Selection) and best.trial_id == "b"
 
 
-def test_untrainable_trace_is_skipped_with_a_warning():
-    traces = [_trace("a", 0.5, 1e-4, [np.nan, np.nan]), _trace("b", 0.5, 1e-3, [1.0, 1.1])]
-    with pytest.warns(UserWarning, match="trial a"):
+def test_a_trace_without_a_full_window_cannot_be_selected():
+    traces = [_trace("a", 0.5, 1e-4, [1.0, 1.2, 1.1]), _trace("b", 0.5, 1e-3, [1.0] * 7)]
+    with pytest.warns(UserWarning, match="trial a .* no 7-evaluation window"):
         assert select_per_beta(traces)[0.5].trial_id == "b"
+    assert select_trial(traces[0], 7) is None
     with pytest.raises(ValueError):
         select_overall({})
 

@@ -1,0 +1,180 @@
+"""The report's figures as PNG, drawn with matplotlib's object-oriented API (a `Figure` on an Agg
+canvas: no pyplot, no global backend).
+
+    fig1_2_metrics_vs_beta   mAP and d' vs beta, change from the baseline, 95% CI bars
+    fig3_delta_ap_vs_prior   per-class delta-AP against log10 training prior, with the fitted line
+    validation_traces        raw and smoothed validation d' per trial, selected checkpoints starred
+    examples_to_peak         training examples to each beta's selected checkpoint
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from sweep.select import smoothed
+from sweep.tables import METRIC_TABLES
+
+__all__ = ["FIGURES", "draw_figures", "metrics_vs_beta", "delta_ap_vs_prior", "validation_traces",
+           "examples_to_peak"]
+
+FIGURES = ("fig1_2_metrics_vs_beta.png", "fig3_delta_ap_vs_prior.png", "validation_traces.png",
+           "examples_to_peak.png")
+DPI = 110
+
+
+def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dict] | None, window: int) -> list[str]:
+    """Every figure that applies, written to out_dir; returns their file names. tables: the
+    report's tables (tables.json); rows: results.json rows by beta; traces: results.json traces;
+    window: the selection's smoothing window. Figs. 1-3 need two betas, the traces need traces."""
+    made = []
+    if len(rows) > 1:
+        metrics_vs_beta(out_dir / FIGURES[0], tables, tables["eval_splits"], tables["baseline_beta"])
+        delta_ap_vs_prior(out_dir / FIGURES[1], tables["fig3"], tables["eval_splits"])
+        made += FIGURES[:2]
+    if traces:
+        validation_traces(out_dir / FIGURES[2], traces, rows, window)
+        made.append(FIGURES[2])
+    examples_to_peak(out_dir / FIGURES[3], rows)
+    return made + [FIGURES[3]]
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _si(x: float, _pos=None) -> str:
+    """1.5M, 20k, ...: 3 significant digits with an SI suffix."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base_beta: float) -> None:
+    """Fig. 1 (mAP) and Fig. 2 (d') vs beta: change from the baseline per eval split, i.e. each
+    split's curve offset to 0 at the baseline, with 95% paired bootstrap CI bars."""
+    fig = _figure((12, 4.6))
+    axes = fig.subplots(1, 2)
+    betas = np.array([r["beta"] for r in tables["table4"] if r["beta"] is not None])
+    span = (betas.max() - betas.min()) or 1.0
+    for ax, table, fig_no in zip(axes, ("table4", "table3"), (1, 2)):
+        label = METRIC_TABLES[table][1]
+        rows = [r for r in tables[table] if r["beta"] is not None]
+        for i, s in enumerate(splits):
+            rel = np.array([r[s]["rel"] for r in rows])
+            ci = np.array([r[s]["ci95"] for r in rows])
+            dodge = (i - (len(splits) - 1) / 2) * 0.012 * span  # keep the CI bars apart
+            base_abs = next(r[s]["abs"] for r in rows if r["beta"] == base_beta)
+            ax.errorbar(betas + dodge, rel, yerr=[rel - ci[:, 0], ci[:, 1] - rel], marker="o", ms=5,
+                        capsize=3, lw=1.5, label=f"{s} ({label} at β={base_beta:g}: {base_abs:.3f})")
+        ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        ax.set_xticks(betas)
+        ax.set_xticklabels([f"{b:g}" for b in betas])
+        ax.set(xlabel="β (oversampling exponent; 0 = natural, 1 = fully balanced)",
+               ylabel=f"Δ{label} vs β = {base_beta:g}",
+               title=f"Fig. {fig_no}: {label} vs β (bars: 95% paired bootstrap CI)")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+
+
+def delta_ap_vs_prior(path: Path, fig3: dict, splits: list[str]) -> None:
+    """Fig. 3, one panel per eval split: per-class AP change against log10 training prior, with
+    the least-squares line and its slope's bootstrap CI (tables' fig3)."""
+    x_all = np.array(fig3["log10_prior"], dtype=float)
+    fig = _figure((5.4 * len(splits), 4.4))
+    axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)
+    lo_b, hi_b = fig3["betas"]
+    for j, (ax, s) in enumerate(zip(axes[0], splits)):
+        d = np.array([np.nan if v is None else v for v in fig3[s]["delta_ap"]], dtype=float)
+        ok = np.isfinite(d) & np.isfinite(x_all)
+        x = x_all[ok]
+        ax.scatter(x, d[ok], s=14, alpha=0.7, color="C0", label=f"classes ({ok.sum()})")
+        f = fig3[s]
+        grid = np.linspace(x.min(), x.max(), 50)
+        ax.plot(grid, f["intercept"] + f["slope"] * grid, color="C3", lw=1.8,
+                label=f"slope {f['slope']:+.3f} [{f['slope_ci95'][0]:+.3f}, {f['slope_ci95'][1]:+.3f}]\n"
+                      f"r = {f['r']:.2f}, p = {f['p']:.2g}")
+        ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        ax.set(title=f"{s}", xlabel="log10 training prior (fraction of training clips labelled)")
+        if j == 0:
+            ax.set_ylabel(f"ΔAP per class: AP(β={hi_b:g}) − AP(β={lo_b:g})")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Fig. 3: per-class change in AP (β = {hi_b:g} vs {lo_b:g}) against training prior; "
+                 "slope with 95% bootstrap CI over classes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+
+
+def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: int) -> None:
+    """One panel per beta, one colour per learning rate: raw validation d' (faint) and its centred
+    moving average (solid); a star at each beta's selected checkpoint."""
+    betas = sorted({t["beta"] for t in traces})
+    lrs = sorted({t["lr"] for t in traces})
+    ncol = min(4, len(betas))
+    nrow = math.ceil(len(betas) / ncol)
+    fig = _figure((3.6 * ncol + 0.6, 3.0 * nrow + 0.9))
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+    winners = {r["beta"]: r for r in rows}
+    for ax, b in zip(axes.flat, betas):
+        for t in (t for t in traces if t["beta"] == b):
+            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", winners.get(b), window)
+        ax.set_title(f"β = {b:g}", fontsize=10)
+        ax.grid(alpha=0.25)
+        ax.xaxis.set_major_formatter(FuncFormatter(_si))
+    for ax in axes.flat[len(betas):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat[:len(betas)]):
+        if i + ncol >= len(betas):  # nothing below it: show its x axis
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("training examples seen")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation d'")
+    handles = [Line2D([], [], color=f"C{i % 10}", lw=1.6, label=f"lr = {lr:g}") for i, lr in enumerate(lrs)]
+    handles += [Line2D([], [], color="0.4", alpha=0.35, lw=0.8, label="raw"),
+                Line2D([], [], color="0.4", lw=1.6, label=f"{window}-point centred mean (full windows)"),
+                Line2D([], [], color="0.4", marker="*", ms=11, mec="k", ls="", label="selected checkpoint")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle("Validation d' per trial", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07 if nrow == 1 else 0.04, 1, 1))
+    fig.savefig(path, dpi=DPI)
+
+
+def _trace(ax, t: dict, color: str, winner: dict | None, window: int) -> None:
+    """One trial: raw and smoothed d', and a star if it holds its beta's selected checkpoint."""
+    x, y = np.asarray(t["examples"], dtype=float), np.asarray(t["dprime"], dtype=float)
+    ax.plot(x, y, color=color, alpha=0.35, lw=0.8)
+    smooth = smoothed(y, window)
+    ax.plot(x, smooth, color=color, lw=1.6)
+    if winner and winner.get("trial_id") == t["trial_id"] and winner["examples_to_peak"] in x:
+        i = int(np.flatnonzero(x == winner["examples_to_peak"])[0])
+        ax.plot(x[i], smooth[i], marker="*", ms=13, color=color, mec="k", zorder=5)
+
+
+def examples_to_peak(path: Path, rows: list[dict]) -> None:
+    """Bars: training examples to each beta's selected checkpoint, labelled with its lr."""
+    fig = _figure((1.2 * len(rows) + 3, 3.8))
+    ax = fig.subplots()
+    values = [r["examples_to_peak"] for r in rows]
+    bars = ax.bar([f"{r['beta']:g}" for r in rows], values, color="C0", width=0.6)
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{_si(r['examples_to_peak'])}\nlr {r['lr']:g}", (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.yaxis.set_major_formatter(FuncFormatter(_si))
+    ax.set_ylim(0, max(values) * 1.25 if max(values) > 0 else 1)
+    ax.set(xlabel="β (oversampling exponent)", ylabel="training examples seen",
+           title="Examples to the selected checkpoint (peak smoothed validation d')")
+    ax.grid(axis="y", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)

@@ -1,0 +1,93 @@
+"""report.md: the report's tables (sweep/tables.py, as tables.json holds them) as Markdown."""
+from __future__ import annotations
+
+import math
+
+from sweep.tables import METRIC_TABLES, title
+
+__all__ = ["render"]
+
+
+def render(t: dict) -> str:
+    """The whole report.md from the tables dict (tables.json)."""
+    base = t["baseline_beta"]
+    lines = ["# Balancing sweep report", "",
+             f"Baseline β = {base:g}. Changes (Δ) are paired differences from the baseline on the same "
+             f"evaluation clips; [lo, hi] is the 95% bootstrap interval of that difference "
+             f"({t['n_resamples']} resamples of clips)."]
+    lines += _imbalance(t) + _metrics(t)
+    if t.get("fig3"):
+        lines += _fig3(t["fig3"], t["eval_splits"])
+    lines += _prior_shift(t["prior_shift"]) + _convergence(t["convergence"])
+    if t.get("failed"):
+        lines += ["", "## Failed trials", ""] + [f"- β = {r['beta']:g}, lr = {r['lr']:g}: {r['error']}"
+                                                 for r in t["failed"]]
+    lines += ["", "Per-class AP and AUC of every model, with training priors: "
+              + ", ".join(f"[{f}]({f})" for f in t["per_class"]), ""]
+    lines += [f"![{f}]({f})\n" for f in t["figures"]]
+    return "\n".join(lines)
+
+
+def _f(x, spec: str = ".3f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, spec)
+
+
+def _model(r: dict) -> str:
+    return r["name"] if r["beta"] is None else f"β = {r['beta']:g}"
+
+
+def _imbalance(t: dict) -> list[str]:
+    lines = ["", "## Table 1: imbalance per partition", "",
+             "| partition | role | clips | classes | imbalance ratio | Gini |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['partition']} | {r['role']} | {r['clips']:,} | {r['classes_present']} | "
+              f"{r['imbalance_ratio']:.1f} | {r['gini']:.3f} |" for r in t["table1"]]
+    lines += ["", "## Table 2: the oversampled training set per β", "",
+              "| β | imbalance ratio | Gini | epoch length (clips) | max repeat |", "|---|---|---|---|---|"]
+    lines += [f"| {r['beta']:g} | {r['imbalance_ratio']:.1f} | {r['gini']:.3f} | {r['epoch_length']:,} | "
+              f"{r['max_repeat']:,} |" for r in t["table2"]]
+    return lines
+
+
+def _metrics(t: dict) -> list[str]:
+    """Tables 3 and 4: 'abs (Δ [lo, hi])' per eval split, '-' where a model has no predictions."""
+    splits, lines = t["eval_splits"], []
+    for table, (_, _, d) in METRIC_TABLES.items():
+        lines += ["", f"## {title(table)} per β: absolute, Δ vs β = {t['baseline_beta']:g} [95% CI]", "",
+                  "| model | lr | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
+        for r in t[table]:
+            cells = [f"{_f(c['abs'], f'.{d}f')} ({_f(c['rel'], f'+.{d}f')} [{_f(c['ci95'][0], f'+.{d}f')}, "
+                     f"{_f(c['ci95'][1], f'+.{d}f')}])" if c else "-" for c in (r.get(s) for s in splits)]
+            lines.append(f"| {_model(r)} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fig3(f3: dict, splits: list[str]) -> list[str]:
+    lines = ["", f"## Fig. 3: per-class ΔAP (β = {f3['betas'][1]:g} vs {f3['betas'][0]:g}) "
+                 "regressed on log10 training prior", ""]
+    for s in splits:
+        f = f3[s]
+        lines.append(f"- {s}: slope {f['slope']:+.4f} per decade of prior (95% CI {f['slope_ci95'][0]:+.4f} "
+                     f"to {f['slope_ci95'][1]:+.4f}), intercept {f['intercept']:+.4f}, r = {f['r']:.3f}, "
+                     f"p = {f['p']:.3g}, {f['n_classes']} classes")
+    return lines
+
+
+def _prior_shift(rows: list[dict]) -> list[str]:
+    lines = ["", "## Prior shift: mAP re-scored under another eval split's class prior (d' unchanged)", "",
+             "| model | scored on | under the prior of | mAP | mAP (own prior) | min effective sample size |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {_model(r)} | {r['split']} | {r['under_prior_of']} | {_f(r['mAP'])} | "
+                    f"{_f(r['mAP_own_prior'])} | {_f(r['ess_min'], '.1f')} |" for r in rows]
+
+
+def _convergence(rows: list[dict]) -> list[str]:
+    lines = ["", "## Convergence: the selected checkpoint per β", "",
+             "A pick is converged (settled) when later evaluations with full smoothing windows came "
+             "after it without a better one; NOT CONVERGED means the cap on examples came first.", "",
+             "| β | lr | examples to peak | validation d' (smoothed) | validation d' (raw) | converged |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['examples_to_peak']:,} | {_f(r['val_dprime'])} | "
+                    f"{_f(r['val_dprime_raw'])} | {'yes' if r.get('converged') else '**NOT CONVERGED**'} |"
+                    for r in rows]
