@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
-    "MultiLabels", "as_multilabels", "class_counts", "priors", "imbalance_ratio", "gini",
-    "rarest_label_count", "oversampling_factors", "round_half_up", "oversampled_counts",
-    "oversampled_stats",
+    "MultiLabels", "as_multilabels", "class_counts", "priors", "priors_from_counts", "imbalance_ratio",
+    "gini", "rarest_label_count", "rarest_label_order", "oversampling_factors", "round_half_up",
+    "oversampled_counts", "oversampled_stats",
 ]
 
 
@@ -83,10 +83,16 @@ def class_counts(labels, n_classes: int, weights: np.ndarray | None = None) -> n
     return counts
 
 
+def priors_from_counts(counts: np.ndarray, n_clips: int) -> np.ndarray:
+    """p_k = N_k / N (eq. 1) from class counts N_k [n_classes] of N clips, float64 [n_classes]
+    (all zero when N = 0). Every prior in the project is computed here."""
+    return np.asarray(counts, dtype=np.float64) / max(int(n_clips), 1)
+
+
 def priors(labels, n_classes: int) -> np.ndarray:
-    """p_k = N_k / N (eq. 1), float64 [n_classes]."""
-    n = len(as_multilabels(labels))
-    return class_counts(labels, n_classes) / max(n, 1)
+    """p_k = N_k / N (eq. 1) of `labels`, float64 [n_classes]."""
+    ml = as_multilabels(labels)
+    return priors_from_counts(class_counts(ml, n_classes), len(ml))
 
 
 def _nonzero(counts: np.ndarray) -> np.ndarray:
@@ -143,6 +149,13 @@ def rarest_label_count(labels, counts: np.ndarray, clip_ids=None) -> np.ndarray:
     return _rarest_per_clip(as_multilabels(labels), counts, clip_ids).astype(np.int64)
 
 
+def rarest_label_order(labels, n_classes: int) -> np.ndarray:
+    """The rows of `labels` sorted by ascending r_j (their own class counts), ties in the
+    given order: the row order of a store's training split (see data/store.py), int64 [n_clips]."""
+    ml = as_multilabels(labels)
+    return np.argsort(rarest_label_count(ml, class_counts(ml, n_classes)), kind="stable").astype(np.int64)
+
+
 def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
                          clip_ids=None) -> np.ndarray:
     """M_j: integer repeats of clip j per pass (eq. 4-5), int64 [n_clips], every entry >= 1.
@@ -157,7 +170,7 @@ def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
     ml = as_multilabels(labels)
     if priors is None:
         n_classes = int(ml.indices.max()) + 1 if len(ml.indices) else 0
-        priors = class_counts(ml, n_classes) / max(len(ml), 1)
+        priors = priors_from_counts(class_counts(ml, n_classes), len(ml))
     p_rarest = _rarest_per_clip(ml, priors, clip_ids)  # [n_clips], the clip's smallest prior
     if beta == 0 or len(ml) == 0:
         return np.ones(len(ml), dtype=np.int64)
@@ -183,11 +196,10 @@ def oversampled_stats(labels, beta: float, n_classes: int, priors: np.ndarray | 
     Returns {beta, imbalance_ratio, gini, epoch_length (sum M_j), max_repeat (max M_j)}.
     """
     ml = as_multilabels(labels)
-    if priors is None:
-        priors = class_counts(ml, n_classes) / max(len(ml), 1)
-    m = oversampling_factors(ml, beta, priors)
+    m = oversampling_factors(ml, beta, priors)  # priors None: the labels' own
     counts = oversampled_counts(ml, m, n_classes)
-    counts = np.where(np.asarray(priors) > 0, counts, 0)  # classes without a prior stay excluded
+    if priors is not None:  # classes without a prior stay excluded (own priors: they have no clips)
+        counts = np.where(np.asarray(priors) > 0, counts, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned about by the caller's table 1 row
         return {"beta": float(beta), "imbalance_ratio": imbalance_ratio(counts),

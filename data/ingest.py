@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.balance import class_counts, rarest_label_count
+from data.balance import class_counts, rarest_label_count, rarest_label_order
 from data.cli import InputError, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
@@ -254,8 +254,7 @@ def _plan(cfg: IngestConfig, segments: Segments, paths: list, n_classes: int) ->
     """The clips with files, ordered, cut into chunks {name, key, clips [(clip id, path, labels)]}."""
     rows = np.array([j for j, p in enumerate(paths) if p is not None], dtype=np.int64)
     if cfg.order == "rarest_label" and len(rows):
-        found = segments.labels.take(rows)
-        rows = rows[np.argsort(rarest_label_count(found, class_counts(found, n_classes)), kind="stable")]
+        rows = rows[rarest_label_order(segments.labels.take(rows), n_classes)]
     chunks = []
     for i, start in enumerate(range(0, len(rows), cfg.rows_per_shard)):
         part = rows[start:start + cfg.rows_per_shard]

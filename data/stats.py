@@ -12,33 +12,41 @@ import argparse
 import json
 import sys
 import time
-import warnings
 
 import numpy as np
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
 from data.cli import parser, run
 
-__all__ = ["PAPER_BETAS", "partition_stats", "format_table", "main"]
+__all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "format_table", "main"]
 
 PAPER_BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
+def imbalance_row(counts: np.ndarray, clips: int) -> dict:
+    """Table 1 row of a partition of `clips` clips with class counts N_k [classes]: clips,
+    classes_present, imbalance_ratio and gini over the classes with clips."""
+    counts = np.asarray(counts)
+    present = counts[counts > 0]
+    return {"clips": int(clips), "classes_present": int(present.size),
+            "imbalance_ratio": imbalance_ratio(present), "gini": gini(present)}
+
+
+def oversampled_rows(labels, n_classes: int, betas=PAPER_BETAS) -> list[dict]:
+    """Table 2: the oversampled set of `labels` (own priors) per beta, `oversampled_stats` rows."""
+    ml = as_multilabels(labels)
+    return [oversampled_stats(ml, b, n_classes) for b in betas]
+
+
 def partition_stats(labels, n_classes: int, betas=PAPER_BETAS) -> dict:
-    """Table 1 row (clips, ratio, Gini) and Table 2 rows (one per beta) for one partition."""
+    """Table 1 row (clips, ratio, Gini) and Table 2 rows (one per beta) for one partition;
+    classes with no clips are listed in empty_classes, not warned about."""
     ml = as_multilabels(labels)
     counts = class_counts(ml, n_classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # empty classes are reported in the result instead
-        return {
-            "clips": len(ml),
-            "classes": n_classes,
+    return {**imbalance_row(counts, len(ml)), "classes": n_classes,
             "labels_per_clip": float(ml.lengths.mean()) if len(ml) else 0.0,
-            "imbalance_ratio": imbalance_ratio(counts),
-            "gini": gini(counts),
             "empty_classes": np.flatnonzero(counts == 0).tolist(),
-            "oversampled": [oversampled_stats(ml, b, n_classes) for b in betas],
-        }
+            "oversampled": oversampled_rows(ml, n_classes, betas)}
 
 
 def format_table(name: str, s: dict) -> str:

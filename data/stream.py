@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
+from data.balance import MultiLabels, oversampled_counts, oversampling_factors
 from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled_dataset",
@@ -80,8 +80,6 @@ def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int 
     another split. `skip` starts the stream at that position (rows before it are not emitted).
     """
     labels = store.labels(split)
-    if priors is None:
-        priors = class_counts(labels, store.n_classes) / len(labels)
     factors = oversampling_factors(labels, beta, priors, clip_ids=None)
     groups = RowGroups.of(store.shard_paths(split))
     group_start = groups.start

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data.balance import as_multilabels, class_counts, rarest_label_count
+from data.balance import rarest_label_order
 from data.cli import InputError, parser, positive_int, run
 from data.store import Store, create_store
 
@@ -121,12 +121,8 @@ def render(rng: np.random.Generator, labels: list[np.ndarray], cfg: SynthConfig,
 
 def _write_split(store: Store, name: str, labels: list[np.ndarray], cfg: SynthConfig,
                  rng: np.random.Generator, rarest_first: bool, batch: int = 256) -> dict:
-    ml = as_multilabels(labels)
     clip_ids = np.array([f"{name}-{i:07d}" for i in range(len(labels))])
-    order = np.arange(len(labels))
-    if rarest_first:  # ascending rarest-label count: see data/store.py
-        r = rarest_label_count(ml, class_counts(ml, cfg.classes))
-        order = np.argsort(r, kind="stable")
+    order = rarest_label_order(labels, cfg.classes) if rarest_first else np.arange(len(labels))
     writer = store.writer(name, order="rarest_label" if rarest_first else "given")
     patterns = _class_patterns(cfg)
     for s in tqdm(range(0, len(order), batch), desc=f"synth {name}", unit="batch", leave=False):

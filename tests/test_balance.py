@@ -10,6 +10,8 @@ def test_counts_priors_ratio_gini_by_hand():
     counts = B.class_counts(LABELS, 4)
     assert counts.tolist() == [3, 2, 1, 0]
     assert B.priors(LABELS, 4).tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert B.priors_from_counts(counts, 4).tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert B.priors_from_counts(np.zeros(3, np.int64), 0).tolist() == [0.0, 0.0, 0.0]  # no clips: no NaN
     with pytest.warns(UserWarning, match=r"1 class\(es\) with no clips excluded: 3"):
         assert B.imbalance_ratio(counts) == 3.0
     with pytest.warns(UserWarning):
@@ -70,6 +72,12 @@ def test_rarest_label_count_orders_factors():
     for beta in (0.3, 0.5, 1.0):
         m = B.oversampling_factors(labels, beta)[order]
         assert (np.diff(m) <= 0).all()  # non-increasing: M_j >= c is a prefix for every c
+    assert np.array_equal(B.rarest_label_order(labels, 20), order) and B.rarest_label_order(labels, 20).dtype == np.int64
+
+
+def test_rarest_label_order_is_stable_by_hand():
+    # rarest-label counts 4 2 2 1 4 (classes 0, 1, 2 have 4, 2, 1 clips): ties keep their order
+    assert B.rarest_label_order([[0], [0, 1], [1], [0, 2], [0]], 3).tolist() == [3, 1, 2, 0, 4]
 
 
 @pytest.mark.parametrize("rare, common, beta, want", [

@@ -7,7 +7,8 @@ from scipy.stats import linregress
 from sklearn.metrics import average_precision_score
 
 from sweep.metrics import classification_metrics
-from sweep.stats import paired_bootstrap, prior_shift_metrics, prior_slope, weighted_average_precision
+from sweep.stats import (bootstrap_counts, paired_bootstrap, paired_difference, prior_shift_metrics, prior_slope,
+                         resampled_metrics, weighted_average_precision)
 
 
 def _two_models(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,6 +55,23 @@ def test_bootstrap_diff_and_samples(metric):
                   - classification_metrics(y[rows], a[rows])[metric])
         assert out["samples"][r] == pytest.approx(direct, abs=1e-12)
     assert np.array_equal(paired_bootstrap(y, a, b, metric, 200, seed=3)["samples"], out["samples"])
+
+
+def test_one_pass_per_model_is_the_paired_bootstrap():
+    """Each model scored once on shared resamples (what the report does) gives paired_bootstrap
+    exactly, for every metric; the counts are the documented multinomial draw."""
+    y, a, b = _two_models(200, 5, seed=7)
+    counts = bootstrap_counts(200, 150, seed=2)
+    assert counts.shape == (150, 200) and (counts.sum(axis=1) == 200).all()
+    assert np.array_equal(counts, np.random.default_rng(2).multinomial(200, np.full(200, 1 / 200), size=150))
+    ra, rb = resampled_metrics(y, a, counts), resampled_metrics(y, b, counts, desc="test")
+    assert ra["full"]["mAP"] == pytest.approx(classification_metrics(y, a)["mAP"], abs=1e-12)
+    np.testing.assert_allclose(ra["ap"], classification_metrics(y, a)["ap"], rtol=0, atol=1e-12)
+    for metric in ("mAP", "mAUC", "dprime"):
+        want = paired_bootstrap(y, a, b, metric, n_resamples=150, seed=2)
+        got = paired_difference(ra, rb, metric)
+        assert got["diff"] == want["diff"] and got["ci95"] == want["ci95"]
+        assert np.array_equal(got["samples"], want["samples"])
 
 
 def test_bootstrap_interval_shrinks_with_more_clips():
