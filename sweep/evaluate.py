@@ -11,7 +11,6 @@ writing the metrics (as results.json rows hold them) and predictions (as the swe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +159,8 @@ def _default_device() -> str:
 
 
 def main(argv=None) -> int:
-    import argparse
-    from data.store import open_store
-    p = argparse.ArgumentParser(prog="python -m sweep.evaluate", description=(
+    from data.cli import parser, run
+    p = parser("python -m sweep.evaluate", description=(
         "Evaluate a checkpoint on store splits, or re-score saved predictions under another class "
         "prior (AP changes with the prior, AUC and d' do not). Prints JSON."), epilog=(
         "examples:\n"
@@ -170,8 +168,7 @@ def main(argv=None) -> int:
         "--target-prior eval_internal --store runs/demo/store\n"
         "  python -m sweep.evaluate --checkpoint audioset_10_10_0.4593.pth --store DIR "
         "--split eval_public --split eval_internal --out runs/ast_preds\n"
-        "  python -m sweep.report --run-dir runs/demo --extra AST=runs/ast_preds"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  python -m sweep.report --run-dir runs/demo --extra AST=runs/ast_preds"))
     p.add_argument("--predictions", metavar="NPZ", help="predictions saved by a sweep (scores, targets, clip_ids)")
     p.add_argument("--target-prior", metavar="PRIOR", help="train | uniform | <split> | file.csv")
     p.add_argument("--train-split", default="train", help="the split `--target-prior train` means (default train)")
@@ -184,39 +181,40 @@ def main(argv=None) -> int:
                    "split, a .npz file")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    a = p.parse_args(argv)
-    try:
-        store = open_store(a.store) if a.store else None
-        if a.checkpoint:
-            if store is None or not a.split:
-                p.error("--checkpoint needs --store and --split")
-            if a.out and a.out.endswith(".npz") and len(a.split) > 1:
-                p.error("--out FILE.npz holds one split; give a directory for several")
-            for s in a.split:
-                store.split_info(s)  # names a missing split before the model loads
-            device = a.device or _default_device()
-            model, kind = load_any_checkpoint(a.checkpoint, store, device)
-            out = {"checkpoint": a.checkpoint, "kind": kind, "store": str(store.root), "eval": {}, "predictions": {}}
-            for s in a.split:
-                result = evaluate_split(model, store, s, a.batch_size, device)
-                m = result["metrics"]
-                out["eval"][s] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"],
-                                  "clips": len(result["clip_ids"]), "excluded": m["excluded"]}
-                if a.out:
-                    path = Path(a.out) if a.out.endswith(".npz") else Path(a.out) / f"{s}.npz"
-                    save_predictions(path, result)
-                    out["predictions"][s] = str(path)
-            if a.out and not a.out.endswith(".npz"):
-                (Path(a.out) / "metrics.json").write_text(json.dumps(out, indent=1))
-            print(json.dumps(out, indent=1))
-            return 0
-        if not a.predictions or not a.target_prior:
-            p.error("give --checkpoint (with --store, --split) or --predictions with --target-prior")
-        print(json.dumps(rescore(a.predictions, a.target_prior, store, a.train_split), indent=1))
+    return run(lambda a: _main(p, a), p, argv)
+
+
+def _main(p, a) -> int:
+    """The command's body: `p` is its parser (for usage errors), `a` the parsed arguments."""
+    from data.store import open_store
+    store = open_store(a.store) if a.store else None
+    if a.checkpoint:
+        if store is None or not a.split:
+            p.error("--checkpoint needs --store and --split")
+        if a.out and a.out.endswith(".npz") and len(a.split) > 1:
+            p.error("--out FILE.npz holds one split; give a directory for several")
+        for s in a.split:
+            store.split_info(s)  # names a missing split before the model loads
+        device = a.device or _default_device()
+        model, kind = load_any_checkpoint(a.checkpoint, store, device)
+        out = {"checkpoint": a.checkpoint, "kind": kind, "store": str(store.root), "eval": {}, "predictions": {}}
+        for s in a.split:
+            result = evaluate_split(model, store, s, a.batch_size, device)
+            m = result["metrics"]
+            out["eval"][s] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"],
+                              "clips": len(result["clip_ids"]), "excluded": m["excluded"]}
+            if a.out:
+                path = Path(a.out) if a.out.endswith(".npz") else Path(a.out) / f"{s}.npz"
+                save_predictions(path, result)
+                out["predictions"][s] = str(path)
+        if a.out and not a.out.endswith(".npz"):
+            (Path(a.out) / "metrics.json").write_text(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1))
         return 0
-    except (OSError, ValueError) as e:  # a missing file, a bad prior or split (StoreError is a ValueError)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not a.predictions or not a.target_prior:
+        p.error("give --checkpoint (with --store, --split) or --predictions with --target-prior")
+    print(json.dumps(rescore(a.predictions, a.target_prior, store, a.train_split), indent=1))
+    return 0
 
 
 if __name__ == "__main__":

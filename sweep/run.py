@@ -27,7 +27,7 @@ import yaml
 from sweep.config import Config, ConfigError, flatten, load_config, to_dict
 from sweep.tracking import TrackingError
 
-__all__ = ["main", "prepare", "collect_traces", "format_results"]
+__all__ = ["main", "prepare", "collect_traces", "check_selected_checkpoints", "SelectionError"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -184,31 +184,6 @@ def evaluate_winners(cfg: Config, per_beta: dict) -> list[dict]:
     return rows
 
 
-def format_results(rows: list[dict], splits: list[str]) -> str:
-    """The paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals): per beta, absolute and
-    relative to beta = 0; a beta whose pick is not settled is marked."""
-    base = next((r for r in rows if r["beta"] == 0), None)
-    out = []
-    for title, key, digits in (("Table 3: d'", "dprime", 3), ("Table 4: mAP", "mAP", 4)):
-        head = "".join(f"{s:>26}" for s in splits)
-        out += [title + " (absolute, change vs beta = 0)", f"{'beta':>6} {'lr':>9}{head}"]
-        for r in rows:
-            cells = ""
-            for s in splits:
-                v = r["eval"][s][key]
-                rel = f"{v - base['eval'][s][key]:+.{digits}f}" if base else "n/a"
-                cells += f"{v:>16.{digits}f} ({rel})"
-            out.append(f"{r['beta']:>6g} {r['lr']:>9.2g}{cells}" + ("" if r["converged"] else "  NOT CONVERGED"))
-        out.append("")
-    late = [r for r in rows if not r["converged"]]
-    if late:
-        out.append("NOT CONVERGED: " + ", ".join(
-            f"beta={r['beta']:g} (picked at {r['examples_to_peak']:,} examples, evaluation "
-            f"{r['evaluations']} was the last)" for r in late)
-            + ": the cap (train.max_examples) came before the pick was settled; raise it")
-    return "\n".join(out)
-
-
 def _parser() -> argparse.ArgumentParser:
     from data.cli import parser
     p = parser("python -m sweep.run", __doc__)
@@ -344,6 +319,21 @@ def _header(cfg: Config, config_path, fingerprint: str, uri: str) -> str:
     ])
 
 
+def _retire_earlier_answer(run_dir: Path, state_file: Path) -> None:
+    """A fresh sweep in a run directory that holds an earlier sweep's answer: move its files to
+    previous/<its MLflow parent run id>/ (never delete them), so no file at the top of the run
+    directory names a selection this sweep did not make."""
+    old = [run_dir / n for n in ("results.json", "results.txt", "interrupted.json") if (run_dir / n).exists()]
+    if not old:
+        return
+    was = json.loads(state_file.read_text()).get("parent_run_id") if state_file.exists() else None
+    previous = run_dir / "previous" / (was or time.strftime("%Y%m%d-%H%M%S"))
+    previous.mkdir(parents=True, exist_ok=True)
+    for path in old:
+        path.rename(previous / path.name)
+    print(f"the earlier sweep's results moved to {previous}")
+
+
 def _same_config(recorded: dict | None, now: dict, state_file: Path) -> None:
     """--resume continues the sweep it names: the config must be the one it started with."""
     if recorded is None:
@@ -377,12 +367,12 @@ def _run(cfg: Config, a, argv: list[str]) -> int:
         parent_id = state["parent_run_id"]
         client.update_run(parent_id, status="RUNNING")
     else:
+        _retire_earlier_answer(run_dir, state_file)
         parent_id = tracking.start_parent(client, exp_id, cfg.run.name, flatten(to_dict(cfg)),
                                           {"dataset.fingerprint": fp})
         state_file.write_text(json.dumps({"parent_run_id": parent_id, "experiment_id": exp_id,
                                           "config": to_dict(cfg)}))
-    for name in ("results.json", "results.txt", "interrupted.json"):  # the earlier sweep's answer
-        (run_dir / name).unlink(missing_ok=True)
+    (run_dir / "interrupted.json").unlink(missing_ok=True)  # this sweep's own, from before --resume
 
     if cfg.run.ray_address is None and not os.environ.get("RAY_ADDRESS"):
         # a Ray started here is single-machine: its servers listen on 127.0.0.1 only (read
@@ -402,6 +392,7 @@ def _run(cfg: Config, a, argv: list[str]) -> int:
             summary = _sweep(cfg, a, client, parent_id, storage, tracking_info, signals)
         summary["wall_seconds"] = round(time.time() - t0, 1)
         (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+        from sweep.tables import format_results
         table = format_results(summary["rows"], cfg.data.eval_splits)
         (run_dir / "results.txt").write_text(table)
         client.log_artifact(parent_id, str(run_dir / "results.json"))

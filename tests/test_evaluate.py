@@ -12,7 +12,8 @@ from sklearn.metrics import average_precision_score
 from model.ast import ASTConfig, create_ast, normalise
 from model.augment import AugmentConfig
 from model.step import OptimConfig, make_optimizer, train_step
-from sweep.evaluate import main, save_checkpoint, save_predictions
+from sweep.checkpoint import save_checkpoint
+from sweep.evaluate import main, save_predictions
 from sweep.metrics import classification_metrics
 from sweep.report import main as report_main
 from test_ast import published, reference_forward
