@@ -381,7 +381,8 @@ def main(argv=None) -> int:
     p.add_argument("--ext", nargs="+", default=list(EXTS), metavar="EXT",
                    help=f"extensions to try for {{ext}} (default: {' '.join(EXTS)})")
     p.add_argument("--frames", type=positive_int, default=FRAMES, metavar="N",
-                   help="frames per clip, 10 ms each (default %(default)s)")
+                   help="frames per clip, 10 ms each: the first N x 10 ms of each clip are kept, "
+                        "shorter clips zero-padded (default %(default)s = 10.24 s, AST's input)")
     p.add_argument("--rows-per-shard", type=positive_int, default=IngestConfig.rows_per_shard, metavar="N",
                    help="clips per shard (default %(default)s)")
     p.add_argument("--order", choices=["rarest_label", "given"],
