@@ -1,46 +1,225 @@
 """The oversampling stream: clip j exactly M_j times per pass (eq. 4-5), well mixed, on Ray Data.
 
-How a pass is planned (all on the driver, in numpy, from the labels alone):
+How a pass is planned (on the driver, in numpy, from the labels alone):
 - M_j comes from data/balance.py for the split's labels, beta and the training priors.
 - A *unit* is (row group g, copy c): the rows of g with M_j >= c. Clip j is in exactly M_j
   units, so any order of all units is an exact pass. The training split is stored in
   ascending rarest-label order, so M_j is non-increasing along the split and a unit is a
   prefix of its row group: reads are contiguous and few are wasted, for every beta.
-- Units are put in a random order (seeded by seed and pass), cut into *blocks* of
-  `units_per_block`, and each block's rows are shuffled together. Copies of a clip are in
-  different units, so they land in the same batch about as often as in a uniform random
-  permutation of the oversampled multiset (measured by `sampler_audit`).
+- The U units of a pass are numbered group by group; pass e puts them in the order of a keyed
+  pseudo-random permutation of [0, U) (`unit_order`, keyed by seed and e), cut into *blocks*
+  of `units_per_block` consecutive positions, and each block's rows are shuffled together.
+  Copies of a clip are in different units, so they land in the same batch about as often as
+  in a uniform random permutation of the oversampled multiset (measured by `sampler_audit`).
+- The permutation is computed position by position, so block k of pass e is rebuilt from
+  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group: a few bytes
+  a clip) alone. A plan is that index plus the rows of each block (for stream positions);
+  the readers get the index once, by reference in the object store, and each reads a span
+  of consecutive blocks described by three numbers. No order of the whole pass is ever
+  materialised: planning costs one pass over the units up to the budget, in chunks.
 - A run is counted in examples, not passes: `examples` concatenates passes epoch, epoch+1, ...
-  until that many rows, and `skip` starts the stream at that position (resume).
-Ray Data then reads each block's row groups in parallel tasks (`read_block`), streaming,
+  until that many rows, and `skip` starts the stream at that position (resume; whole passes
+  before it are skipped without being planned).
+Ray Data then reads the spans in parallel tasks (`read_blocks`), streaming, in stream order,
 with memory bounded by Ray's backpressure, not by the dataset size.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, oversampled_counts, oversampling_factors
-from data.store import RowGroups, Store, multi_hot, open_store
+from data.store import RowGroups, Store, StoreError, multi_hot, open_store
 
-__all__ = ["StreamPlan", "plan_stream", "block_rows", "read_block", "oversampled_dataset",
-           "duplicates_per_batch", "class_mix_distance", "sampler_audit"]
+__all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
+           "read_block", "read_blocks", "oversampled_dataset", "duplicates_per_batch",
+           "class_mix_distance", "sampler_audit"]
+
+_PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bounds driver memory)
+_MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
+_MIN_SPAN_BYTES = 64 << 20  # output a span is given at least (when there are blocks enough)
+_ROUNDS = 4             # rounds of the unit permutation
+
+
+def _read_shard(path: str) -> tuple[pa.ChunkedArray, list[int]]:
+    """A shard's `labels` column and its row-group sizes, from one open of the file."""
+    try:
+        f = pq.ParquetFile(path)
+        meta = f.metadata
+        return (f.read(columns=["labels"], use_threads=False)["labels"],
+                [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    except (OSError, pa.ArrowException) as e:
+        raise StoreError(f"{path}: unreadable shard ({type(e).__name__}: {e})") from e
+
+
+@lru_cache(maxsize=2)  # about 50 MB each for AudioSet's 2.06M clips
+def _split_labels(key: tuple) -> tuple[MultiLabels, RowGroups]:
+    paths = [p for p, _, _ in key]
+    with ThreadPoolExecutor(8) as pool:  # many small files: more threads than cores still help
+        parts = list(pool.map(_read_shard, paths))
+    shard, index, sizes = [], [], []
+    for s, (_, groups) in enumerate(parts):
+        shard += [s] * len(groups)
+        index += range(len(groups))
+        sizes += groups
+    start = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=start[1:])
+    groups = RowGroups(list(paths), np.asarray(shard, np.int32), np.asarray(index, np.int32), start)
+    if not parts:
+        return MultiLabels(np.zeros(1, np.int64), np.zeros(0, np.int64)), groups
+    col = pa.chunked_array([c for part, _ in parts for c in part.chunks], parts[0][0].type).combine_chunks()
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    return MultiLabels(offsets - offsets[0], col.flatten().to_numpy().astype(np.int64)), groups
+
+
+def split_labels(store: Store, split: str) -> tuple[MultiLabels, RowGroups]:
+    """The split's labels (as `Store.labels`) and row groups (as `RowGroups.of`), read in one
+    threaded pass over the shards that opens each file once and skips the clip ids; the last
+    two splits read are kept (keyed by each shard's path, size and modification time)."""
+    key = []
+    for p in store.shard_paths(split):
+        st = os.stat(p)
+        key.append((p, st.st_size, st.st_mtime_ns))
+    return _split_labels(tuple(key))
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    """What every reader of a split's stream needs, the same for every pass, seed and budget:
+    where the rows live, M_j, and the first unit of each row group (group g has
+    max_{j in g} M_j units, numbered group by group). About 7 MB for AudioSet's 2.06M clips."""
+
+    groups: RowGroups          # the split's row groups (G of them), in split order
+    factors: np.ndarray        # [N] M_j, in the smallest unsigned dtype that holds them
+    unit_start: np.ndarray     # int64 [G + 1] first unit of each group; unit_start[-1] = U
+
+    @classmethod
+    def build(cls, groups: RowGroups, factors: np.ndarray) -> "SplitIndex":
+        factors = np.asarray(factors)
+        n = np.diff(groups.start)
+        g_max = np.zeros(len(n), np.int64)
+        if len(factors):
+            g_max[n > 0] = np.maximum.reduceat(factors, groups.start[:-1][n > 0])
+        unit_start = np.zeros(len(n) + 1, dtype=np.int64)
+        np.cumsum(g_max, out=unit_start[1:])
+        dtype = np.min_scalar_type(int(factors.max()) if len(factors) else 0)
+        return cls(groups, factors.astype(dtype), unit_start)
+
+    @property
+    def units(self) -> int:
+        """U: units in a pass."""
+        return int(self.unit_start[-1])
+
+    @property
+    def rows_per_pass(self) -> int:
+        """sum_j M_j."""
+        return int(self.factors.sum(dtype=np.int64))
+
+    def unit_rows(self, units: np.ndarray) -> np.ndarray:
+        """Global rows of the given units, unit after unit: unit (g, c) is the rows of group g
+        with M_j >= c (int64)."""
+        units = np.asarray(units, dtype=np.int64)
+        g = np.searchsorted(self.unit_start, units, side="right") - 1
+        copy = units - self.unit_start[g] + 1
+        first, n = self.groups.start[g], self.groups.start[g + 1] - self.groups.start[g]
+        rows = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(first - (np.cumsum(n) - n), n)
+        return rows[self.factors[rows] >= np.repeat(copy, n)]
+
+    def unit_of(self, units: np.ndarray) -> np.ndarray:
+        """(group, copy) of each unit, int64 [n, 2]."""
+        units = np.asarray(units, dtype=np.int64)
+        g = np.searchsorted(self.unit_start, units, side="right") - 1
+        return np.stack([g, units - self.unit_start[g] + 1], axis=1)
+
+    def unit_sizes(self) -> np.ndarray:
+        """Rows in each unit, [U] (the smallest unsigned dtype that holds a row group's rows).
+
+        With a group's factors sorted ascending, a_1 <= ... <= a_n (a_0 = 0), its copies
+        c in (a_{t-1}, a_t] hold the n - t + 1 rows with M_j >= c: one run per row."""
+        n = np.diff(self.groups.start)
+        if not len(self.factors):
+            return np.zeros(0, np.uint8)
+        g_of_row = np.repeat(np.arange(len(n), dtype=np.int64), n)
+        scale = int(self.factors.max()) + 1
+        a = np.sort(g_of_row * scale + self.factors) - g_of_row * scale  # ascending within groups
+        first = self.groups.start[:-1][n > 0]
+        prev = np.empty_like(a)
+        prev[1:] = a[:-1]
+        prev[first] = 0
+        t = np.arange(len(a)) - np.repeat(self.groups.start[:-1], n)  # 0-based rank in the group
+        size = (n[g_of_row] - t).astype(np.min_scalar_type(int(n.max())))
+        return np.repeat(size, a - prev)
+
+
+def unit_order(positions: np.ndarray, units: int, seed: int, pass_: int) -> np.ndarray:
+    """The units at `positions` (< `units`) of pass `pass_`'s order: a keyed pseudo-random
+    permutation of [0, units), evaluated position by position (int64).
+
+    On b-bit integers (2^b the smallest power of two >= units), `_ROUNDS` rounds of: xor a key,
+    multiply by an odd key mod 2^b, xor the value shifted right by about b/2 (each step a
+    bijection, so the rounds are one); values that land >= units are sent through the rounds
+    again (cycle walking), which keeps the map a bijection of [0, units). Keys come from
+    (seed, pass_)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    bits = max(1, int(units - 1).bit_length())
+    dt = np.uint32 if bits <= 32 else np.uint64
+    keys = np.random.default_rng([seed, pass_, 0x5EED]).integers(0, 1 << bits, size=(_ROUNDS, 2),
+                                                                 dtype=np.uint64).astype(dt)
+    keys[:, 1] |= dt(1)
+    mask, shift = dt((1 << bits) - 1), dt((bits + 1) // 2)
+
+    def rounds(x):
+        for k, a in keys:
+            x ^= k
+            x *= a
+            x &= mask
+            x ^= x >> shift
+        return x
+
+    x = rounds(positions.astype(dt))
+    out = np.flatnonzero(x >= units)
+    while len(out):
+        x[out] = y = rounds(x[out])
+        out = out[y >= units]
+    return x.astype(np.int64)
 
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """Everything a reader needs to produce the stream; picklable, no Ray objects."""
+    """The stream of a run: the split's index and, per block, its rows and stream position.
 
-    groups: RowGroups          # the split's row groups (G of them), in split order
-    factors: np.ndarray        # int64 [N] M_j
-    blocks: np.ndarray         # int64 [B, units_per_block, 2] (group, copy), -1 = empty slot
+    Block b of the plan is block `first_block + b` of the run, counted from block 0 of pass
+    `epoch` (`blocks_per_pass` blocks a pass). Picklable, no Ray objects; the readers get only
+    `index` (by reference) and a few numbers per span of blocks."""
+
+    index: SplitIndex
     block_rows: np.ndarray     # int64 [B] rows each block emits
-    block_seeds: np.ndarray    # int64 [B, 2] (pass, position): the block's shuffle seed
     block_start: np.ndarray    # int64 [B] stream position of each block's first row
+    first_block: int
     seed: int
+    epoch: int
+    units_per_block: int
     n_classes: int
     skip: int = 0              # rows at stream positions < skip are not emitted
+
+    @property
+    def groups(self) -> RowGroups:
+        return self.index.groups
+
+    @property
+    def factors(self) -> np.ndarray:
+        """M_j, int64 [N]."""
+        return self.index.factors.astype(np.int64)
+
+    @property
+    def blocks_per_pass(self) -> int:
+        return -(-self.index.units // self.units_per_block)
 
     @property
     def examples(self) -> int:
@@ -49,26 +228,42 @@ class StreamPlan:
             return 0
         return int(self.block_rows.sum() - max(0, self.skip - self.block_start[0]))
 
+    @property
+    def block_seeds(self) -> np.ndarray:
+        """int64 [B, 2] (pass, position in the pass) of each block: what seeds its order."""
+        q = self.first_block + np.arange(len(self.block_rows))
+        return np.stack([self.epoch + q // self.blocks_per_pass, q % self.blocks_per_pass], axis=1)
 
-def _unit_rows(factors: np.ndarray, group_start: np.ndarray, g: int, c: int) -> np.ndarray:
-    """Global rows of unit (g, c): the rows of group g repeated at least c times."""
-    a, b = group_start[g], group_start[g + 1]
-    return a + np.flatnonzero(factors[a:b] >= c)
+    def units(self, b: int) -> np.ndarray:
+        """Unit numbers of block b, in block order."""
+        return _block_units(self.index, self.seed, self.epoch, self.units_per_block, self.first_block + b)
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """int64 [B, units_per_block, 2] (group, copy) of each block's units, -1 = empty slot.
+        Materialised on request (the plan itself does not hold it)."""
+        out = np.full((len(self.block_rows), self.units_per_block, 2), -1, dtype=np.int64)
+        for b in range(len(self.block_rows)):
+            u = self.units(b)
+            out[b, :len(u)] = self.index.unit_of(u)
+        return out
 
 
-def _pass_units(factors: np.ndarray, group_start: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """All (group, copy) units of one pass in random order, and each unit's row count."""
-    g_max = np.maximum.reduceat(factors, group_start[:-1])           # copies per group [G]
-    groups = np.repeat(np.arange(len(g_max)), g_max)
-    copies = np.arange(len(groups)) - np.repeat(np.cumsum(g_max) - g_max, g_max) + 1
-    # rows per unit: #{j in g: M_j >= c}, from each group's factors sorted descending
-    sizes = np.empty(len(groups), dtype=np.int64)
-    for g in range(len(g_max)):
-        m = -np.sort(-factors[group_start[g]:group_start[g + 1]])
-        lo, hi = np.searchsorted(groups, [g, g + 1])
-        sizes[lo:hi] = np.searchsorted(-m, -copies[lo:hi], side="right")
-    order = rng.permutation(len(groups))
-    return np.stack([groups[order], copies[order]], axis=1), sizes[order]
+def _block_units(index: SplitIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:
+    """Units of block q of the run (counted from pass `epoch`'s block 0)."""
+    per_pass = -(-index.units // units_per_block)
+    p, k = divmod(q, per_pass)
+    positions = np.arange(k * units_per_block, min((k + 1) * units_per_block, index.units))
+    return unit_order(positions, index.units, seed, epoch + p)
+
+
+def _block_order(index: SplitIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:
+    """Global rows emitted by block q of the run, in stream order."""
+    per_pass = -(-index.units // units_per_block)
+    p, k = divmod(q, per_pass)
+    rows = index.unit_rows(_block_units(index, seed, epoch, units_per_block, q))
+    rng = np.random.default_rng([seed, epoch + p, k, 7])
+    return rows[rng.permutation(len(rows))]
 
 
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
@@ -78,75 +273,154 @@ def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int 
 
     `priors` default to the split's own (eq. 1); pass the training priors when streaming
     another split. `skip` starts the stream at that position (rows before it are not emitted).
+    Cost: reading the labels, then the units of the planned passes up to skip + examples.
     """
-    labels = store.labels(split)
-    factors = oversampling_factors(labels, beta, priors, clip_ids=None)
-    groups = RowGroups.of(store.shard_paths(split))
-    group_start = groups.start
-    blocks, rows, seeds, total, e = [], [], [], 0, epoch
+    labels, groups = split_labels(store, split)  # priors None: oversampling_factors takes the split's own
+    index = SplitIndex.build(groups, oversampling_factors(labels, beta, priors, clip_ids=None))
+    rows, start, first_block = _plan_blocks(index, seed, epoch, examples, skip, units_per_block)
+    return StreamPlan(index, rows, start, first_block, seed, epoch, units_per_block, store.n_classes, skip)
+
+
+def _plan_blocks(index: SplitIndex, seed: int, epoch: int, examples: int | None, skip: int,
+                 units_per_block: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows and stream positions of the run's blocks that emit rows at positions in
+    [skip, skip + examples), and the run number of the first of them. Passes that end before
+    `skip` are skipped whole (a pass is sum M_j rows whatever its order); the others are
+    evaluated `_PLAN_CHUNK` unit positions at a time, up to the budget."""
+    pass_rows, n_units = index.rows_per_pass, index.units
+    none = np.zeros(0, np.int64)
+    if pass_rows == 0:
+        return none, none, 0
+    per_pass = -(-n_units // units_per_block)
+    stop = None if examples is None else skip + examples
+    p = 0 if examples is None else skip // pass_rows
+    sizes = index.unit_sizes()
+    step = max(1, _PLAN_CHUNK // units_per_block)                     # blocks a chunk
+    rows, starts, first = [], [], None
     while True:
-        units, sizes = _pass_units(factors, group_start, np.random.default_rng([seed, e]))
-        pad = -len(units) % units_per_block
-        units = np.concatenate([units, np.full((pad, 2), -1)]).reshape(-1, units_per_block, 2)
-        sizes = np.concatenate([sizes, np.zeros(pad, np.int64)]).reshape(-1, units_per_block).sum(1)
-        blocks.append(units)
-        rows.append(sizes)
-        seeds.append(np.stack([np.full(len(sizes), e), np.arange(len(sizes))], axis=1))
-        total += int(sizes.sum())
-        e += 1
-        if examples is None or total >= skip + examples:
+        position = p * pass_rows                                      # of the next block
+        for k0 in range(0, per_pass, step):
+            k1 = min(per_pass, k0 + step)
+            units = unit_order(np.arange(k0 * units_per_block, min(k1 * units_per_block, n_units)),
+                               n_units, seed, epoch + p)
+            r = np.add.reduceat(sizes[units], np.arange(0, len(units), units_per_block), dtype=np.int64)
+            s = position + np.cumsum(r) - r
+            position = int(s[-1] + r[-1])
+            keep = s + r > skip
+            if stop is not None:
+                keep &= s < stop
+            if keep.any():
+                if first is None:
+                    first = p * per_pass + k0 + int(np.argmax(keep))
+                rows.append(r[keep])
+                starts.append(s[keep])
+            if stop is not None and position >= stop:
+                break
+        if stop is None or position >= stop:
             break
-    blocks, rows, seeds = np.concatenate(blocks), np.concatenate(rows), np.concatenate(seeds)
-    start = np.cumsum(rows) - rows
-    keep = start + rows > skip                          # drop blocks fully consumed
-    if examples is not None:                            # and blocks past the budget
-        keep &= start < skip + examples
-    return StreamPlan(groups, factors, blocks[keep],
-                      rows[keep], seeds[keep], start[keep], seed, store.n_classes, skip)
+        p += 1
+    if first is None:
+        return none, none, 0
+    return np.concatenate(rows), np.concatenate(starts), first
 
 
 def block_rows(plan: StreamPlan, b: int) -> np.ndarray:
-    """Global rows emitted by block b, in stream order (int64 [plan.block_rows[b]])."""
-    units = plan.blocks[b]
-    rows = np.concatenate([_unit_rows(plan.factors, plan.groups.start, g, c)
-                           for g, c in units if g >= 0] or [np.zeros(0, np.int64)])
-    rng = np.random.default_rng([plan.seed, *plan.block_seeds[b].tolist(), 7])
-    return rows[rng.permutation(len(rows))]
+    """Global rows emitted by block b of the plan, in stream order (int64 [plan.block_rows[b]])."""
+    return _block_order(plan.index, plan.seed, plan.epoch, plan.units_per_block, plan.first_block + b)
 
 
-def read_block(batch: dict, plan: StreamPlan) -> dict:
-    """Ray Data UDF: block ids [b] -> rows {clip_id, clip_index, position (in the stream),
-    mel [n, T, F] float16, target [n, K] float32 multi-hot}, in stream order."""
-    parts = [block_rows(plan, int(b)) for b in batch["id"]]
-    position = np.concatenate([plan.block_start[int(b)] + np.arange(len(p))
-                               for b, p in zip(batch["id"], parts)])
-    rows = np.concatenate(parts)[position >= plan.skip]
-    position = position[position >= plan.skip]
-    table = plan.groups.read(rows, ["clip_id", "labels", "mel"])
+@dataclass(frozen=True)
+class _Spec:
+    """What a reader needs besides the index: a few numbers."""
+
+    seed: int
+    epoch: int
+    units_per_block: int
+    n_classes: int
+    skip: int
+
+
+def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict | None, int]:
+    """Block q of the run, whose first row is at stream position `start`, as rows {clip_id,
+    clip_index, position (in the stream), mel [n, T, F] float16, target [n, K] float32
+    multi-hot} in stream order (rows before `spec.skip` left out; None if none is left), and
+    the position after the block."""
+    rows = _block_order(index, spec.seed, spec.epoch, spec.units_per_block, q)
+    position = start + np.arange(len(rows), dtype=np.int64)
+    end = start + len(rows)
+    keep = position >= spec.skip
+    rows, position = rows[keep], position[keep]
+    if not len(rows):
+        return None, end
+    table = index.groups.read(rows, ["clip_id", "labels", "mel"])
     return {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False), "clip_index": rows,
             "position": position, "mel": table["mel"].combine_chunks().to_numpy_ndarray(),
-            "target": multi_hot(table["labels"].combine_chunks(), plan.n_classes)}
+            "target": multi_hot(table["labels"].combine_chunks(), spec.n_classes)}, end
+
+
+def read_blocks(batch: dict, index, spec: _Spec):
+    """Ray Data UDF (a generator): spans {first (block of the run), blocks, start (stream
+    position)} -> the rows of their blocks, one output batch a block. `index` is the split's
+    `SplitIndex` or an ObjectRef to it (fetched once a span, zero-copy from the object store)."""
+    if not isinstance(index, SplitIndex):
+        import ray
+        index = ray.get(index)
+    for first, n, start in zip(batch["first"], batch["blocks"], batch["start"]):
+        start = int(start)
+        for q in range(int(first), int(first) + int(n)):
+            out, start = read_block(index, spec, q, start)
+            if out is not None:
+                yield out
+
+
+def _spans(plan: StreamPlan, row_bytes: int = 0, max_spans: int = _MAX_READ_TASKS,
+           min_span_bytes: int = _MIN_SPAN_BYTES) -> list[dict]:
+    """The plan's blocks cut into runs of consecutive blocks, one Ray task each:
+    [{first (block of the run), blocks, start (stream position)}]. A span is about
+    `min_span_bytes` of output or more (rows of `row_bytes`), so that a task's overhead stays
+    small next to its reads, and there are at most about `max_spans`; the first spans are 1,
+    2, 4, ... blocks, so the first rows come after one block's reads (a task's output reaches
+    the consumer when the task ends)."""
+    n = len(plan.block_rows)
+    if not n:
+        return []
+    block_bytes = max(1.0, float(plan.block_rows.mean()) * row_bytes)
+    per = max(1, -(-n // max_spans), int(min_span_bytes // block_bytes))
+    spans, b, size = [], 0, 1
+    while b < n:
+        size = min(size, per, n - b)
+        spans.append({"first": plan.first_block + b, "blocks": size, "start": int(plan.block_start[b])})
+        b += size
+        size *= 2
+    return spans
 
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
                         examples: int | None = None, skip: int = 0, units_per_block: int = 64,
                         priors: np.ndarray | None = None):
     """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split`
-    oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`."""
+    oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`.
+
+    The split's `SplitIndex` is put in the object store once and the readers get its
+    reference; the UDF and each input row are a few numbers at any scale."""
     import ray
     from ray.data import DataContext
 
-    plan = plan_stream(open_store(store_path), split, beta, seed=seed, epoch=epoch,
+    store = open_store(store_path)
+    plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
                        examples=examples, skip=skip, units_per_block=units_per_block, priors=priors)
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the planned order is the order delivered
     ctx.enable_progress_bars = False
-    block_ids = np.flatnonzero(plan.block_rows > 0)
-    # from_items builds its one block here; from_numpy would run a 1-CPU task, which never
+    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
+    row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
+    spans = _spans(plan, row_bytes)
+    # from_items builds its blocks here; from_numpy would run a 1-CPU task, which never
     # starts when no node has a whole CPU free (Train workers hold the rest; the reads take 0.5)
-    ds = ray.data.from_items([{"id": int(b)} for b in block_ids], override_num_blocks=1)
-    ds = ds.map_batches(read_block, batch_size=1, fn_kwargs={"plan": plan},
-                        batch_format="numpy", num_cpus=0.5)
+    ds = ray.data.from_items(spans or [{"first": 0, "blocks": 0, "start": 0}],
+                             override_num_blocks=max(1, len(spans)))
+    ds = ds.map_batches(read_blocks, batch_size=1, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"index": ray.put(plan.index), "spec": spec})
     if examples is not None:
         ds = ds.limit(examples)
     return ds
@@ -189,24 +463,27 @@ def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch
     the class-mix distance (`class_mix_distance`). At most `max_examples` of the pass are
     audited (a pass at beta = 1 on AudioSet is 437M examples).
     """
-    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors)
-    blocks = np.searchsorted(np.cumsum(plan.block_rows), max_examples) + 1
-    order = np.concatenate([block_rows(plan, b) for b in range(min(blocks, len(plan.blocks)))])[:max_examples]
-    labels: MultiLabels = store.labels(split)
+    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors,
+                       examples=max_examples)  # planned up to what is audited
+    in_pass = int((plan.block_seeds[:, 0] == 0).sum())  # the audit stays within the first pass
+    order = np.concatenate([block_rows(plan, b) for b in range(in_pass)] or [np.zeros(0, np.int64)])
+    order = order[:max_examples]
+    labels, _ = split_labels(store, split)
     rng = np.random.default_rng(seed)
     ideal_orders = [rng.permutation(order) for _ in range(5)]
     dup = duplicates_per_batch(order, batch_size)
     ideal = float(np.mean([duplicates_per_batch(o, batch_size) for o in ideal_orders]))
     mix = class_mix_distance(order, labels, store.n_classes, batch_size)
     mix_ideal = float(np.mean([class_mix_distance(o, labels, store.n_classes, batch_size) for o in ideal_orders]))
+    factors = plan.factors
     return {
         "beta": float(beta),
-        "exposure": oversampled_counts(labels, plan.factors, store.n_classes).tolist(),
-        "epoch_inflation": float(plan.factors.sum() / len(plan.factors)),
-        "epoch_length": int(plan.factors.sum()),
+        "exposure": oversampled_counts(labels, factors, store.n_classes).tolist(),
+        "epoch_inflation": float(factors.sum() / len(factors)),
+        "epoch_length": int(factors.sum()),
         "audited_examples": int(len(order)),
-        "distinct_clips": int((plan.factors > 0).sum()),
-        "max_repeat": int(plan.factors.max()),
+        "distinct_clips": int((factors > 0).sum()),
+        "max_repeat": int(factors.max()),
         "duplicates_per_batch": dup,
         "duplicates_per_batch_ideal": ideal,
         "duplicates_ratio": dup / ideal if ideal > 0 else (1.0 if dup == 0 else float("inf")),

@@ -1,12 +1,14 @@
-"""The oversampling stream: exact counts, determinism, mixing, budgets, Ray Train sharding."""
+"""The oversampling stream: exact counts, determinism, mixing, budgets, compact plans shipped by
+reference, many consumers, Ray Train sharding."""
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from data.balance import oversampled_counts, oversampling_factors
-from data.stream import (block_rows, duplicates_per_batch, oversampled_dataset, plan_stream,
-                         sampler_audit)
+from data.stream import (SplitIndex, block_rows, duplicates_per_batch, oversampled_dataset, plan_stream,
+                         read_blocks, sampler_audit, split_labels, unit_order)
 
 
 def _order(plan):
@@ -41,6 +43,64 @@ def test_budget_spans_passes_and_skip_resumes(synth_store):
     resumed = plan_stream(synth_store, "train", 1.0, seed=2, examples=1000, skip=one + 123)
     assert resumed.block_start[0] <= one + 123 < resumed.block_start[0] + resumed.block_rows[0]
     assert resumed.examples >= 1000
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
+def test_unit_order_is_a_permutation_that_changes_with_the_pass(n):
+    a = unit_order(np.arange(n), n, seed=3, pass_=0)
+    np.testing.assert_array_equal(np.sort(a), np.arange(n))
+    np.testing.assert_array_equal(unit_order(np.arange(n)[::-1], n, 3, 0), a[::-1])  # position by position
+    if n >= 64:
+        assert (unit_order(np.arange(n), n, 3, 1) != a).mean() > 0.9
+        assert (unit_order(np.arange(n), n, 4, 0) != a).mean() > 0.9
+
+
+def test_split_labels_match_the_store(synth_store):
+    from data.store import RowGroups
+    labels, groups = split_labels(synth_store, "train")
+    ref, ref_groups = synth_store.labels("train"), RowGroups.of(synth_store.shard_paths("train"))
+    np.testing.assert_array_equal(labels.offsets, ref.offsets)
+    np.testing.assert_array_equal(labels.indices, ref.indices)
+    assert groups.paths == ref_groups.paths
+    for field in ("shard", "index", "start"):
+        np.testing.assert_array_equal(getattr(groups, field), getattr(ref_groups, field))
+
+
+def test_unit_sizes_match_the_units(synth_store):
+    labels, groups = split_labels(synth_store, "train")
+    index = SplitIndex.build(groups, oversampling_factors(labels, 1.0))
+    sizes = index.unit_sizes()
+    assert len(sizes) == index.units and sizes.sum() == index.rows_per_pass
+    np.testing.assert_array_equal(sizes, [len(index.unit_rows([u])) for u in range(index.units)])
+
+
+def test_skip_past_whole_passes_gives_the_same_stream(synth_store):
+    one = plan_stream(synth_store, "train", 0.5, seed=5).examples
+    full = _order(plan_stream(synth_store, "train", 0.5, seed=5, examples=4 * one))
+    skip = 2 * one + 123
+    resumed = plan_stream(synth_store, "train", 0.5, seed=5, examples=500, skip=skip)
+    assert set(resumed.block_seeds[:, 0]) == {2}  # passes 0 and 1 are not planned at all
+    got = _order(resumed)[skip - resumed.block_start[0]:][:500]
+    np.testing.assert_array_equal(got, full[skip:skip + 500])
+
+
+def test_readers_rebuild_the_plan_from_spans(synth_store):
+    """What the readers get (the index, a few numbers per span) gives the planned rows and
+    positions, rows before `skip` left out."""
+    from data.stream import _Spec, _spans
+    plan = plan_stream(synth_store, "train", 1.0, seed=6, examples=30_000, skip=777)
+    spans = _spans(plan, max_spans=7)
+    sizes = [s["blocks"] for s in spans]
+    assert sizes[:3] == [1, 2, 4] and sum(sizes) == len(plan.block_rows)  # the first rows come soon
+    assert len(spans) <= 7 + int(np.log2(max(sizes))) + 1
+    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
+    batch = {k: np.array([s[k] for s in spans]) for k in ("first", "blocks", "start")}
+    out = list(read_blocks(batch, plan.index, spec))
+    position = np.concatenate([o["position"] for o in out])
+    np.testing.assert_array_equal(position, np.arange(777, 777 + len(position)))
+    assert len(position) == plan.examples >= 30_000
+    expected = _order(plan)[777 - plan.block_start[0]:]
+    np.testing.assert_array_equal(np.concatenate([o["clip_index"] for o in out]), expected)
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0])
@@ -114,3 +174,58 @@ def test_two_train_workers_see_disjoint_parts_of_the_pass(ray_local, synth_store
     total = int(oversampling_factors(synth_store.labels("train"), 0.5).sum())
     assert r0 and r1 and not (r0 & r1)
     assert len(r0) == len(r1) and total - 1 <= len(r0 | r1) <= total  # equal split drops < 2 rows
+
+
+def _udf_sizes(monkeypatch) -> list:
+    """Sizes of the map UDFs Ray Data puts in the object store (what its "UDF is too large"
+    warning measures), recorded as the executor starts each map operator."""
+    from ray.data._internal.execution.operators.map_operator import MapOperator
+    sizes, warn = [], MapOperator._warn_large_udf
+
+    def record(self, udf):
+        import ray
+        sizes.append(ray.experimental.get_local_object_locations([udf])[udf]["object_size"])
+        return warn(self, udf)
+    monkeypatch.setattr(MapOperator, "_warn_large_udf", record)
+    return sizes
+
+
+def test_udf_stays_small_whatever_the_budget(ray_local, synth_store, monkeypatch):
+    """The plan travels by reference: the UDF is the same few KB for 1 pass or 30."""
+    sizes = _udf_sizes(monkeypatch)
+    one = plan_stream(synth_store, "train", 0.5, seed=0).examples
+    for examples in (one, 30 * one):
+        ds = oversampled_dataset(synth_store.root, "train", 0.5, seed=0, examples=examples)
+        next(iter(ds.iter_batches(batch_size=10, batch_format="numpy")))
+    assert len(sizes) == 2 and max(sizes) < 64 * 1024 and abs(sizes[1] - sizes[0]) < 1024, sizes
+
+
+@pytest.mark.parametrize("beta,equal", [(0.5, True), (0.25, False)])
+def test_many_consumers_union_is_exact(ray_local, synth_store, beta, equal):
+    """A pass split among 2 consumers (`streaming_split`, as Ray Train does): together they get
+    clip j exactly M_j times and every stream position once. (equal=True drops the remainder
+    of the pass's length mod 2, so it is checked on a pass of even length.)"""
+    factors = oversampling_factors(synth_store.labels("train"), beta)
+    assert not equal or factors.sum() % 2 == 0
+    ds = oversampled_dataset(synth_store.root, "train", beta, seed=8)
+    got = [{"clip_index": [], "position": []} for _ in range(2)]
+
+    def consume(it, out):
+        for b in it.iter_batches(batch_size=64, batch_format="numpy"):
+            out["clip_index"].append(b["clip_index"])
+            out["position"].append(b["position"])
+    threads = [threading.Thread(target=consume, args=(it, out))
+               for it, out in zip(ds.streaming_split(2, equal=equal), got)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads)
+    parts = [{k: np.concatenate(v) for k, v in g.items()} for g in got]
+    assert all(len(p["clip_index"]) for p in parts)
+    if equal:
+        assert len(parts[0]["clip_index"]) == len(parts[1]["clip_index"])
+    union = np.concatenate([p["clip_index"] for p in parts])
+    np.testing.assert_array_equal(np.bincount(union, minlength=len(factors)), factors)
+    np.testing.assert_array_equal(np.sort(np.concatenate([p["position"] for p in parts])),
+                                  np.arange(factors.sum()))

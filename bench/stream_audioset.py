@@ -1,0 +1,270 @@
+"""Benchmark the oversampling stream's plan and throughput at AudioSet scale (issue 14).
+
+    python bench/stream_audioset.py                       # store cached under /tmp
+    python bench/stream_audioset.py --dir runs --rows 500000 --consumers 1 2
+
+Builds once (cached under --dir) a labels-only store (mel [1, 1]) of the 2,063,949 published
+AudioSet training clips (balanced + unbalanced segment CSVs, read in place from --audioset) in
+rarest-label order, written as data/ingest.py writes a training split (512 rows a shard). Then
+prints JSON:
+- plan: time and memory (tracemalloc peak, and peak-RSS increase in a fresh process) of
+  `plan_stream` at beta = 1 for one full pass and for a --budget-example run, with the labels
+  read from the shards and again with them cached in the process, and the pickled sizes of
+  the plan and of the part of it the readers get (the index, put in the object store once);
+- stream: time to first batch and rows/s of `oversampled_dataset` at beta 0, 0.5 and 1, for
+  --rows rows each (Ray's workers started beforehand; the labels are read once per process, so
+  the first beta's `dataset_built_s` includes reading them and the others' do not);
+- consumers: 1, 2 and 4 consumers (Ray actors) of `ds.streaming_split(n, equal=True)`: total
+  rows/s and rows per consumer (min / max);
+- budget_dataset: the dataset of a --budget-example run at beta = 1 (what a trial streams
+  from): plan time, time to its first batch, and the bytes of the map UDF Ray Data ships;
+- udf_size_warning: whether Ray Data printed "The UDF of operator ... is too large" anywhere
+  (the driver's log handler and every log file of the Ray session).
+BENCH_STREAM_MODULE=old_stream (a module on sys.path) measures another data/stream.py version.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.balance import class_counts, rarest_label_count  # noqa: E402
+from data.labels import read_class_index, read_segments  # noqa: E402
+from data.store import MANIFEST, create_store, open_store  # noqa: E402
+
+AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "audioset"
+SEGMENTS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv.gz")
+UDF_WARNING = "is too large"
+
+
+def build_store(root: Path, audioset: Path, rows_per_shard: int = 512):
+    """The labels-only training store (cached: reused when its manifest exists)."""
+    if (root / MANIFEST).exists():
+        return open_store(root)
+    t0 = time.perf_counter()
+    index = read_class_index(audioset / "class_labels_indices.csv")
+    segments, _ = read_segments([audioset / s for s in SEGMENTS], index, strict=False)
+    labels = segments.labels
+    order = np.argsort(rarest_label_count(labels, class_counts(labels, len(index))), kind="stable")
+    classes = [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(index.mids, index.names))]
+    tmp = root.with_name(root.name + ".building")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    store = create_store(tmp, classes, {"frames": 1, "mels": 1, "labels_only": True})
+    shards, mel = [], np.zeros((rows_per_shard, 1, 1), np.float16)
+    for i, start in enumerate(range(0, len(order), rows_per_shard)):
+        part = order[start:start + rows_per_shard]
+        shards.append(store.write_shard(f"train/part-{i:05d}.parquet", segments.clip_ids[part],
+                                        [labels[j] for j in part], mel[:len(part)], np.ones(len(part))))
+    store.add_split("train", shards, segments.clip_ids[order], labels.take(order), "rarest_label")
+    tmp.rename(root)
+    print(f"built {root}: {len(order)} clips, {len(shards)} shards in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return open_store(root)
+
+
+def _shipped_bytes(plan) -> dict:
+    """Bytes of what travels to the readers: the pickled plan (inside the UDF) and, if the
+    plan keeps its bulk in the object store, that object."""
+    out = {"plan_pickled_bytes": len(pickle.dumps(plan, protocol=5))}
+    index = getattr(plan, "index", None)  # what goes to the object store, once
+    if index is not None:
+        out["index_pickled_bytes"] = len(pickle.dumps(index, protocol=5))
+    return out
+
+
+def _stream_module():
+    """data.stream, or the module named by BENCH_STREAM_MODULE (to measure another version,
+    e.g. a copy of an older data/stream.py on sys.path, with the same functions)."""
+    import importlib
+    return importlib.import_module(os.environ.get("BENCH_STREAM_MODULE", "data.stream"))
+
+
+def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int) -> dict:
+    """Plan time and memory in this (fresh) process."""
+    plan_stream = _stream_module().plan_stream
+    store = open_store(store_dir)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    plan = plan_stream(store, "train", beta, seed=seed, examples=examples)
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    plan_stream(store, "train", beta, seed=seed, examples=examples)  # labels cached: the plan alone
+    return {"beta": beta, "examples": examples, "planned_examples": int(plan.examples),
+            "blocks": int(len(plan.block_rows)), "seconds": seconds,
+            "seconds_labels_cached": time.perf_counter() - t0,
+            "tracemalloc_peak_MB": peak / 1e6, "peak_rss_increase_MB": (rss1 - rss0) / 1e3,
+            **_shipped_bytes(plan)}
+
+
+def plan_in_fresh_process(store_dir: Path, beta: float, examples: int | None, seed: int) -> dict:
+    cmd = [sys.executable, __file__, "--plan-only", "--store", str(store_dir), "--beta", str(beta),
+           "--seed", str(seed)] + ([] if examples is None else ["--examples", str(examples)])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def _same(batch):
+    return batch
+
+
+class _Catch(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = []
+
+    def emit(self, record):
+        if UDF_WARNING in record.getMessage():
+            self.seen.append(record.getMessage())
+
+
+def stream_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int) -> dict:
+    oversampled_dataset = _stream_module().oversampled_dataset
+    t0 = time.perf_counter()
+    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows)
+    built = time.perf_counter() - t0
+    n, first = 0, None
+    for b in ds.iter_batches(batch_size=batch, batch_format="numpy"):
+        n += len(b["clip_index"])
+        if first is None:
+            first = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return {"rows": n, "dataset_built_s": built, "first_batch_s": first, "seconds": total,
+            "rows_per_s": n / total, "rows_per_s_after_first": (n - batch) / max(total - first, 1e-9)}
+
+
+def consumers_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int, n: int) -> dict:
+    import ray
+    oversampled_dataset = _stream_module().oversampled_dataset
+
+    @ray.remote(num_cpus=0)
+    class Consumer:
+        def run(self, it, batch):
+            t0, rows, first = time.perf_counter(), 0, None
+            for b in it.iter_batches(batch_size=batch, batch_format="numpy"):
+                rows += len(b["clip_index"])
+                first = first or time.perf_counter() - t0
+            return rows, first, time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows)
+    its = ds.streaming_split(n, equal=True)
+    actors = [Consumer.remote() for _ in range(n)]
+    got = ray.get([a.run.remote(it, batch) for a, it in zip(actors, its)])
+    wall = time.perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    per = [g[0] for g in got]
+    return {"consumers": n, "rows": sum(per), "seconds": wall, "rows_per_s": sum(per) / wall,
+            "rows_per_consumer": per, "balance_min_over_max": min(per) / max(max(per), 1),
+            "first_batch_s": [g[1] for g in got]}
+
+
+def udf_at_budget(store_dir: Path, beta: float, examples: int, batch: int, seed: int) -> dict:
+    """The dataset of a whole run's budget (what a trial's worker group streams from): plan
+    time, time to its first batch, and the size of the map UDF that Ray Data puts in the
+    object store (what its "UDF ... is too large" warning measures, at 100 MiB)."""
+    sizes = []
+    try:
+        import ray
+        from ray.data._internal.execution.operators.map_operator import MapOperator
+        warn = MapOperator._warn_large_udf
+
+        def record(self, udf):
+            sizes.append(ray.experimental.get_local_object_locations([udf])[udf]["object_size"])
+            return warn(self, udf)
+        MapOperator._warn_large_udf = record
+    except (ImportError, AttributeError):  # another Ray: sizes stay unknown
+        warn = None
+    t0 = time.perf_counter()
+    ds = _stream_module().oversampled_dataset(store_dir, "train", beta, seed=seed, examples=examples)
+    built = time.perf_counter() - t0
+    next(iter(ds.iter_batches(batch_size=batch, batch_format="numpy")))
+    first = time.perf_counter() - t0
+    if warn is not None:
+        MapOperator._warn_large_udf = warn
+    return {"beta": beta, "examples": examples, "dataset_built_s": built, "first_batch_s": first,
+            "udf_bytes": sizes}
+
+
+def session_log_warnings() -> int:
+    """Lines with the UDF-size warning in every log file of the running Ray session."""
+    import ray
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    hits = 0
+    for path in logs.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".out", ".err", ".txt"):
+            try:
+                hits += path.read_text(errors="ignore").count(UDF_WARNING)
+            except OSError:
+                pass
+    return hits
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default="/tmp", help="where the store is built and cached")
+    p.add_argument("--audioset", default=str(AUDIOSET), help="the AudioSet label files")
+    p.add_argument("--rows", type=int, default=2_000_000, help="rows streamed per measurement")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    p.add_argument("--consumers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--budget", type=int, default=100_000_000, help="the planned run's examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", default=["plan", "stream", "consumers", "budget"],
+                   choices=["plan", "stream", "consumers", "budget"], help="what to measure")
+    p.add_argument("--plan-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--store", help=argparse.SUPPRESS)
+    p.add_argument("--beta", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--examples", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.plan_only:
+        print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed)))
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    store = build_store(Path(a.dir) / "audioset-train-labels-store", Path(a.audioset))
+    out = {"store": str(store.root), "clips": int(store.split_info("train")["clips"]),
+           "shards": len(store.shard_paths("train")), "cpus": os.cpu_count(),
+           "load_average": os.getloadavg()}
+    if "plan" in a.parts:
+        out["plan"] = {"beta1_one_pass": plan_in_fresh_process(store.root, 1.0, None, a.seed),
+                       f"beta1_{a.budget}_examples": plan_in_fresh_process(store.root, 1.0, a.budget, a.seed)}
+    import ray
+    import ray.data  # configures Ray Data's loggers: the handler goes on after
+    catch = _Catch()
+    logging.getLogger("ray.data").addHandler(catch)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.range(8, override_num_blocks=4).map_batches(_same, num_cpus=0.5).take_all()  # start workers
+    if "stream" in a.parts:
+        out["stream"] = {str(b): stream_rate(store.root, b, a.rows, a.batch, a.seed) for b in a.betas}
+    if "consumers" in a.parts:
+        out["consumers"] = {str(n): consumers_rate(store.root, 1.0, a.rows, a.batch, a.seed, n)
+                            for n in a.consumers}
+    if "budget" in a.parts:
+        out["budget_dataset"] = udf_at_budget(store.root, 1.0, a.budget, a.batch, a.seed)
+    time.sleep(2)  # let the actors' logs reach their files
+    out["udf_size_warning"] = {"driver": bool(catch.seen), "session_log_lines": session_log_warnings()}
+    out["load_average_end"] = os.getloadavg()
+    ray.shutdown()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
