@@ -10,6 +10,7 @@ writing the metrics (as results.json rows hold them) and predictions (as the swe
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -28,9 +29,11 @@ __all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split
 
 def score_split(model, store: Store, split: str, batch_size: int, device: str | torch.device = "cpu",
                 rank: int = 0, world: int = 1) -> dict:
-    """Scores of `model` on one worker's share of a split (batches rank, rank + world, ...):
-    {scores [n, K], targets [n, K], clip_ids [n]}; world = 1 scores the whole split."""
+    """Scores of `model` on one worker's share of a split (batches rank, rank + world, ...,
+    batches small enough that every rank gets one): {scores [n, K], targets [n, K],
+    clip_ids [n]}; world = 1 scores the whole split."""
     clip_ids: list[np.ndarray] = []
+    batch_size = max(1, min(batch_size, -(-store.split_info(split)["clips"] // world)))
 
     def batches():
         for i, b in enumerate(store.iter_batches(split, batch_size)):
@@ -38,9 +41,13 @@ def score_split(model, store: Store, split: str, batch_size: int, device: str | 
                 clip_ids.append(b["clip_id"])
                 yield torch.from_numpy(np.array(b["mel"])), torch.from_numpy(b["target"])  # writable copy
 
-    scores, targets = predict(model, batches(), device)
-    ids = np.concatenate(clip_ids).astype(str) if clip_ids else np.zeros(0, dtype=str)
-    return {"scores": scores, "targets": targets, "clip_ids": ids}
+    share = batches()
+    first = next(share, None)
+    if first is None:  # more ranks than clips
+        empty = np.zeros((0, store.n_classes), dtype=np.float32)
+        return {"scores": empty, "targets": empty, "clip_ids": np.zeros(0, dtype=str)}
+    scores, targets = predict(model, itertools.chain([first], share), device)
+    return {"scores": scores, "targets": targets, "clip_ids": np.concatenate(clip_ids).astype(str)}
 
 
 def with_metrics(parts: list[dict]) -> dict:

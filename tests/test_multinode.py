@@ -93,4 +93,4 @@ def test_sweep_spans_nodes(cluster, tmp_path, monkeypatch):
         alone = evaluate_split(load_model(row["checkpoint"]), open_store(store), "valid", 256)["metrics"]
         trace = traces[row["trial_id"]]
         sharded = trace["dprime"][trace["examples"].index(row["examples_to_peak"])]
-        assert alone["dprime"] == pytest.approx(sharded, abs=1e-9)
+        assert alone["dprime"] == pytest.approx(sharded, abs=1e-6)  # batch sizes differ: float noise only
