@@ -201,18 +201,23 @@ def _parse_extra(items: list[str]) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from data.cli import parser, positive_int, run
+    p = parser("python -m sweep.report", __doc__)
     p.add_argument("--run-dir", required=True, help="a finished sweep's run directory")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                    help="an extra model's predictions (a dir of <split>.npz, or one .npz), e.g. "
                         "AST=runs/ast_preds; repeatable")
-    a = p.parse_args(argv)
+    return run(lambda a: _main(p, a), p, argv)
+
+
+def _main(p, a) -> int:
     try:
         extras = _parse_extra(a.extra)
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
+    if not (Path(a.run_dir) / "results.json").is_file():
+        raise FileNotFoundError(f"{a.run_dir}: no results.json (not a finished sweep's run directory)")
     out = build_report(a.run_dir, a.resamples, extras)
     print(f"report written to {out}/report.md")
     return 0

@@ -257,6 +257,7 @@ def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
         build_report(run_dir, 10, {"E": tmp_path / "empty"})
     with pytest.raises(SystemExit):
         main(["--run-dir", str(run_dir), "--extra", "no-equals-sign"])
+    assert main(["--run-dir", str(tmp_path / "empty")]) == 2  # one line: no results.json
 
 
 def test_single_beta_sweep(report, tmp_path):
