@@ -18,12 +18,19 @@ Shards and the manifest are written to a temporary name and renamed: a reader ne
 half-written file. A shard's sha256 is computed from the bytes as they are written;
 `Store.validate` re-reads every shard and compares. A read that pyarrow cannot decode is a
 StoreError naming the file and the row group.
+
+Bulk paths stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read
+needs with one `read_row_groups` call per shard and takes the rows with one `take`;
+`Store.write_table` writes a table of the store's schema as a shard (through a 1 MiB buffer, so
+the hashing file sees few large writes); `Store.row_groups` comes from the same threaded pass
+over the shards that reads the clip ids and labels.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +54,7 @@ MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("format_version", "features", "classes", "splits")
 HASH = "sha256"          # the shard entry's key for the content hash (hex digest of the file's bytes)
 _HASH_CHUNK = 1 << 22    # files are hashed in 4 MiB reads
+_WRITE_BUFFER = 1 << 20  # shard bytes reach the hashing file in 1 MiB writes
 
 
 class StoreError(ValueError):
@@ -63,9 +71,19 @@ def schema(frames: int, mels: int) -> pa.Schema:
 
 
 def fingerprint(clip_ids) -> str:
-    """sha256 of the sorted clip ids, newline-joined: the identity of a split's clip set."""
-    h = hashlib.sha256("\n".join(sorted(map(str, clip_ids))).encode())
-    return "sha256:" + h.hexdigest()[:16]
+    """sha256 of the sorted clip ids, newline-joined: the identity of a split's clip set.
+    A numpy str array is sorted by numpy (code-point order, as Python sorts str: same digest)."""
+    if isinstance(clip_ids, np.ndarray) and clip_ids.dtype.kind == "U":
+        ordered = np.sort(clip_ids, kind="stable").tolist()
+    else:
+        ordered = sorted(map(str, clip_ids))
+    return "sha256:" + hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:16]
+
+
+def _io_threads(tasks: int) -> int:
+    """Threads for `tasks` independent shard reads or writes (pyarrow and hashlib release the
+    GIL): one a core, at most 8."""
+    return max(1, min(tasks, os.cpu_count() or 1, 8))
 
 
 def multi_hot(labels: pa.Array, n_classes: int) -> np.ndarray:
@@ -88,9 +106,9 @@ def file_hash(path: str | Path) -> str:
 def file_hashes(paths) -> list[str]:
     """`file_hash` of each path, a few files at a time (hashlib releases the GIL)."""
     paths = list(paths)
-    if len(paths) < 2:
+    if _io_threads(len(paths)) < 2:
         return [file_hash(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
+    with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
         return list(pool.map(file_hash, paths))
 
 
@@ -152,13 +170,18 @@ def _open_parquet(path) -> pq.ParquetFile:
 
 
 @lru_cache(maxsize=64)
-def _parquet(path: str) -> pq.ParquetFile:
+def _parquet_of_thread(path: str, thread: int) -> pq.ParquetFile:
     return _open_parquet(path)
+
+
+def _parquet(path: str) -> pq.ParquetFile:
+    """The open shard, one ParquetFile per thread (never read by two threads at once)."""
+    return _parquet_of_thread(path, threading.get_ident())
 
 
 def close_shards() -> None:
     """Forget the shard files `RowGroups.read` keeps open (after shards were replaced)."""
-    _parquet.cache_clear()
+    _parquet_of_thread.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -173,37 +196,59 @@ class RowGroups:
 
     @classmethod
     def of(cls, paths) -> "RowGroups":
-        shard, index, sizes = [], [], []
-        for s, path in enumerate(paths):
-            meta = _open_parquet(path).metadata
-            shard += [s] * meta.num_row_groups
-            index += range(meta.num_row_groups)
-            sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-        start = np.zeros(len(sizes) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=start[1:])
-        return cls([str(p) for p in paths], np.asarray(shard, np.int32), np.asarray(index, np.int32), start)
+        return cls.from_sizes(paths, [_group_sizes(_open_parquet(p)) for p in paths])
+
+    @classmethod
+    def from_sizes(cls, paths, sizes: list[list[int]]) -> "RowGroups":
+        """From each shard's row-group sizes (rows), shards in order."""
+        shard = np.repeat(np.arange(len(sizes), dtype=np.int32), [len(s) for s in sizes])
+        index = np.concatenate([np.arange(len(s), dtype=np.int32) for s in sizes] or [np.zeros(0, np.int32)])
+        start = np.zeros(len(shard) + 1, dtype=np.int64)
+        np.cumsum([n for s in sizes for n in s], out=start[1:])
+        return cls([str(p) for p in paths], shard, index, start)
 
     def group_of(self, rows: np.ndarray) -> np.ndarray:
         """Row group of each global row, int64 [n]."""
         return np.searchsorted(self.start, rows, side="right") - 1
 
-    def read(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+    def read(self, rows: np.ndarray, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
         """Global rows in the given order (repeats allowed), read by whole row groups, each
-        group once. A group that cannot be read is a StoreError naming its shard."""
+        group once: one `read_row_groups` call per shard for all the groups needed there, one
+        `take`. A group that cannot be read is a StoreError naming its shard and its index.
+        `use_threads`: pyarrow's, within each call (off where the caller runs reads in threads)."""
+        rows = np.asarray(rows, dtype=np.int64)
         groups = self.group_of(rows)
         uniq = np.unique(groups)
-        table = pa.concat_tables([self._read_group(int(g), columns) for g in uniq])
+        if not len(uniq):
+            return self._read_groups(0, [], columns, use_threads)
+        shards = self.shard[uniq]
+        cuts = np.flatnonzero(shards[1:] != shards[:-1]) + 1   # runs of groups of one shard
+        table = pa.concat_tables([
+            self._read_groups(int(shards[a]), self.index[uniq[a:b]].tolist(), columns, use_threads)
+            for a, b in zip([0, *cuts], [*cuts, len(uniq)])])
         # position of each requested row in the concatenation of the groups read
-        base = np.concatenate([[0], np.cumsum(np.diff(self.start)[uniq])[:-1]])
+        base = np.concatenate([[0], np.cumsum(np.diff(self.start)[uniq])[:-1]]).astype(np.int64)
         return table.take(base[np.searchsorted(uniq, groups)] + rows - self.start[groups])
 
-    def _read_group(self, g: int, columns: list[str] | None) -> pa.Table:
-        path, index = self.paths[self.shard[g]], int(self.index[g])
+    def _read_groups(self, s: int, indices: list[int], columns: list[str] | None,
+                     use_threads: bool = True) -> pa.Table:
+        path = self.paths[s]
         pf = _parquet(path)
         try:
-            return pf.read_row_group(index, columns=columns)
+            return pf.read_row_groups(indices, columns=columns, use_threads=use_threads)
         except (OSError, pa.ArrowException) as e:  # a shard damaged after validation
-            raise StoreError(f"{path}: row group {index} is unreadable ({type(e).__name__}: {e})") from e
+            for index in indices:                  # name the group that fails
+                try:
+                    pf.read_row_group(index, columns=columns, use_threads=False)
+                except (OSError, pa.ArrowException) as e1:
+                    raise StoreError(f"{path}: row group {index} is unreadable "
+                                     f"({type(e1).__name__}: {e1})") from e1
+            raise StoreError(f"{path}: row groups {indices} are unreadable ({type(e).__name__}: {e})") from e
+
+
+def _group_sizes(pf: pq.ParquetFile) -> list[int]:
+    meta = pf.metadata
+    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -347,17 +392,35 @@ class Store:
         return np.asarray(self.split_info(split)["class_counts"], dtype=np.int64)
 
     # --- what the shards hold ---------------------------------------------------------
-    def _index_table(self, split: str) -> pa.Table:
-        return pa.concat_tables([_read_table(p, ["clip_id", "labels"]) for p in self.shard_paths(split)])
+    def _index_table(self, split: str) -> tuple[pa.Table, RowGroups]:
+        """The split's clip ids and labels, and its row groups: each shard opened once, a few
+        shards at a time."""
+        paths = self.shard_paths(split)
+        if _io_threads(len(paths)) < 2:
+            parts = [_read_index(p) for p in paths]
+        else:
+            with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
+                parts = list(pool.map(_read_index, paths))
+        table = (pa.concat_tables([t for t, _ in parts]) if parts
+                 else schema(self.frames, self.mels).empty_table().select(["clip_id", "labels"]))
+        return table, RowGroups.from_sizes(paths, [sizes for _, sizes in parts])
 
     @cached_property
     def _index_cache(self) -> dict:
         return {}
 
-    def _index(self, split: str) -> pa.Table:
+    def _index_entry(self, split: str) -> tuple[pa.Table, RowGroups]:
         if split not in self._index_cache:
             self._index_cache[split] = self._index_table(split)
         return self._index_cache[split]
+
+    def _index(self, split: str) -> pa.Table:
+        return self._index_entry(split)[0]
+
+    def row_groups(self, split: str) -> RowGroups:
+        """Where the split's rows live (as `RowGroups.of` its shard paths), from the pass that
+        reads the clip ids and labels (kept with them)."""
+        return self._index_entry(split)[1]
 
     def clip_ids(self, split: str) -> np.ndarray:
         """Clip ids in row order, str [n_clips]."""
@@ -464,18 +527,35 @@ class Store:
     def write_shard(self, name: str, clip_ids, labels, mel: np.ndarray, n_frames) -> dict:
         """Write one shard atomically; returns its manifest entry {file, rows, bytes, sha256}
         (sha256 of the bytes as written)."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table({
             "clip_id": pa.array(list(clip_ids), pa.string()),
-            "labels": pa.array([np.asarray(l, np.int16) for l in labels], pa.list_(pa.int16())),
+            "labels": _labels_array(labels),
             "mel": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(mel, np.float16)),
             "n_frames": pa.array(np.asarray(n_frames, np.int32)),
         }, schema=schema(self.frames, self.mels))
+        return self.write_table(name, table)
+
+    def write_table(self, name: str, table: pa.Table) -> dict:
+        """Write a table of the store's schema (say rows `RowGroups.read` took from other
+        shards) as one shard, atomically; returns its manifest entry as `write_shard` does,
+        whose files it writes byte for byte. A table of another schema is a StoreError."""
+        path = self.root / name
+        expected = schema(self.frames, self.mels)
+        if not table.schema.remove_metadata().equals(expected):
+            def line(sch):
+                return ", ".join(f"{f.name}: {f.type}" for f in sch)
+            raise StoreError(f"{path}: table schema ({line(table.schema)}) != the store's ({line(expected)})")
+        # exactly the store's schema (a table read back names the list items "element", not
+        # "item", which would change the Arrow schema stored in the file): a zero-copy cast
+        table = table.replace_schema_metadata(None).cast(expected)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             out = _HashingFile(f)
-            pq.write_table(table, out, row_group_size=ROW_GROUP_ROWS, compression="none")
+            sink = pa.BufferedOutputStream(pa.PythonFile(out, mode="w"), _WRITE_BUFFER)
+            pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="none")
+            if not sink.closed:
+                sink.close()
         os.replace(tmp, path)
         return {"file": name, "rows": len(table), "bytes": path.stat().st_size, HASH: out.hash.hexdigest()}
 
@@ -483,12 +563,14 @@ class Store:
         """Record a written split in the manifest (atomically); returns its entry."""
         return self.add_splits({split: (shards, clip_ids, labels, order)})[split]
 
-    def add_splits(self, splits: dict[str, tuple]) -> dict[str, dict]:
+    def add_splits(self, splits: dict[str, tuple], fingerprints: dict[str, str] | None = None) -> dict[str, dict]:
         """Record several written splits {name: (shards, clip_ids, labels, order)} in one atomic
-        manifest write (a split moving clips to another is never seen half done); returns entries."""
+        manifest write (a split moving clips to another is never seen half done); returns entries.
+        `fingerprints`: {name: `fingerprint(clip_ids)`} where the caller computed it already."""
+        fingerprints = fingerprints or {}
         entries = {name: {"shards": shards, "clips": len(clip_ids), "order": order,
                           "class_counts": class_counts(labels, self.n_classes).tolist(),
-                          "fingerprint": fingerprint(clip_ids)}
+                          "fingerprint": fingerprints.get(name) or fingerprint(clip_ids)}
                    for name, (shards, clip_ids, labels, order) in splits.items()}
         self._record(entries)
         return entries
@@ -523,13 +605,34 @@ class Store:
         return SplitWriter(self, split, rows_per_shard, order)
 
 
-def _read_table(path, columns: list[str]) -> pa.Table:
+def _read_table(path, columns: list[str], use_threads: bool = True) -> pa.Table:
     """Columns of a whole shard; a shard pyarrow cannot decode is a StoreError naming the row group."""
-    pf = _open_parquet(path)
+    return _read_columns(_open_parquet(path), path, columns, use_threads)
+
+
+def _read_columns(pf: pq.ParquetFile, path, columns: list[str], use_threads: bool = True) -> pa.Table:
     try:
-        return pf.read(columns=columns)
+        return pf.read(columns=columns, use_threads=use_threads)
     except (OSError, pa.ArrowException) as e:
         raise _unreadable(path, pf, e, columns) from e
+
+
+def _read_index(path) -> tuple[pa.Table, list[int]]:
+    """A shard's clip ids and labels, and its row-group sizes, from one open of the file
+    (pyarrow's threads off: the shards are read a few at a time)."""
+    pf = _open_parquet(path)
+    return _read_columns(pf, path, ["clip_id", "labels"], use_threads=False), _group_sizes(pf)
+
+
+def _labels_array(labels) -> pa.Array:
+    """Per-clip label indices as list<int16>: a MultiLabels without a loop over clips."""
+    if isinstance(labels, MultiLabels):
+        offsets = np.asarray(labels.offsets, np.int64) - labels.offsets[0]
+        values = labels.indices[labels.offsets[0]:labels.offsets[-1]]
+        if offsets[-1] < 2**31:
+            return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                            pa.array(np.asarray(values, np.int16)), pa.list_(pa.int16()))
+    return pa.array([np.asarray(l, np.int16) for l in labels], pa.list_(pa.int16()))
 
 
 def open_store(path: str | Path) -> Store:

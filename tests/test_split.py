@@ -207,7 +207,7 @@ def test_cli_errors_are_one_line(store, tmp_path, capsys):
         capsys, ["--store", str(store.root), "--to", "valid", "--method", "stratified", "--fraction", "1.5"])
     assert "give either --to" in _error(capsys, ["--store", str(store.root)])
     assert open_store(store.root).splits == ["train", "eval_a", "eval_b"]   # nothing written
-    with pytest.raises(SystemExit) as e:                                    # argparse: usage + error
+    with pytest.raises(SystemExit) as e:                                    # usage error: one line
         main(["--store", str(store.root), "--to", "valid", "--min-per-class", "0"])
     assert e.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
 
@@ -231,3 +231,61 @@ def test_union_reads_as_the_concatenation(store, capsys):
         s.add_union("train", ["eval_a"])
     assert "part of one" in _error(capsys, ["--store", str(store.root), "--from", "eval_a", "--to", "v2"])
     assert "give either --to" in _error(capsys, ["--store", str(store.root), "--union", "x"])
+
+
+def test_carve_order_is_the_stable_sort_by_new_counts(store):
+    """The new training split is exactly the remaining rows, in their old order, stably sorted
+    by rarest-label count against the new class counts (not merely non-decreasing)."""
+    from data.split import carve
+    ids, labels = store.clip_ids("train"), store.labels("train")
+    out = carve(store, SplitConfig(target="valid"))
+    s = open_store(store.root)
+    held = set(s.clip_ids("valid"))
+    keep = np.flatnonzero([c not in held for c in ids])
+    kept = labels.take(keep)
+    r = rarest_label_count(kept, class_counts(kept, s.n_classes))
+    assert s.clip_ids("train").tolist() == ids[keep[np.argsort(r, kind="stable")]].tolist()
+    assert out["fingerprint"] == {"valid": fingerprint(s.clip_ids("valid")),
+                                  "train": fingerprint(s.clip_ids("train"))}
+    s.validate()
+
+
+def test_shards_copied_by_threads_are_the_shards_copied_in_order(store, monkeypatch):
+    """`_write` with several threads, several shards a task, writes the same shards (names,
+    rows, sha256) as one thread a shard at a time; a row group that cannot be read stops it
+    with the error naming file and group."""
+    from data import split as split_mod
+    from data.store import close_shards
+    source = store.row_groups("train")
+    rows = np.random.default_rng(0).permutation(900)[:700]
+    one = split_mod._write(store, source, rows, "one", 64, threads=1)
+    three = split_mod._write(store, source, rows, "three", 64, threads=3, per_task=4)
+    assert len(one) == 11 and [s["rows"] for s in one] == [s["rows"] for s in three]
+    assert [s["file"].split("/")[1] for s in one] == [s["file"].split("/")[1] for s in three]
+    assert [s["sha256"] for s in one] == [s["sha256"] for s in three]
+    import pyarrow.parquet as pq
+    copied = np.concatenate([pq.read_table(store.root / s["file"], columns=["clip_id"])["clip_id"].to_numpy(
+        zero_copy_only=False) for s in three])
+    assert copied.tolist() == store.clip_ids("train")[rows].tolist()
+    real = split_mod.RowGroups.read
+
+    def failing(self, wanted, *args, **kwargs):
+        if 450 in wanted:
+            raise StoreError(f"{self.paths[3]}: row group 2 is unreadable (OSError: damaged)")
+        return real(self, wanted, *args, **kwargs)
+
+    monkeypatch.setattr(split_mod.RowGroups, "read", failing)
+    bad = np.arange(900)
+    for threads in (1, 3):
+        with pytest.raises(StoreError, match=r"part-00003\.parquet: row group 2 is unreadable"):
+            split_mod._write(store, source, bad, f"bad{threads}", 64, threads=threads)
+        written = sorted(p.name for p in (store.root / f"bad{threads}").glob("*.parquet"))
+        assert "part-00007.parquet" not in written and len(written) <= 7 + 2 * threads
+    close_shards()
+    assert split_mod._shards_per_task([{"bytes": 33_000}] * 3) == 16          # labels only
+    assert split_mod._shards_per_task([{"bytes": 128 << 20}, {"bytes": 5}]) == 1   # 512 x 1024 x 128
+    assert split_mod._shards_per_task([{"bytes": 16 << 20}]) == 4 and split_mod._shards_per_task([]) == 16
+    monkeypatch.setattr(split_mod.os, "cpu_count", lambda: 2)
+    assert split_mod._copy_threads(252, 16 * 33_000) == 4                        # 2 a core
+    assert split_mod._copy_threads(4032, 128 << 20) == 2 and split_mod._copy_threads(1, 0) == 1
+    assert split_mod._copy_threads(10, 1 << 30) == 1                              # memory first

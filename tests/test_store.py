@@ -209,3 +209,82 @@ def test_synthetic_store_never_writes_over_a_directory_that_holds_anything(tmp_p
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="not a directory"):
         make_synthetic_store(tmp_path / "file", cfg)
+
+
+def _shards_store(root, n=150, rows_per_shard=40):
+    """150 clips of 4 x 2 in 4 shards of 40 rows (row groups 16 + 16 + 8), two labels each."""
+    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(5)],
+                         {"frames": 4, "mels": 2})
+    rng = np.random.default_rng(3)
+    mel = rng.normal(size=(n, 4, 2)).astype(np.float16)
+    w = store.writer("train", rows_per_shard=rows_per_shard)
+    w.write([f"id{i}" for i in range(n)], [np.array([i % 5, 4]) for i in range(n)], mel, np.arange(n) % 4 + 1)
+    w.close()
+    return open_store(root), mel
+
+
+def test_row_groups_read_one_call_per_shard(tmp_path, monkeypatch):
+    """Rows in any order, repeats included, across shards: one `read_row_groups` call per shard
+    touched, the rows as a row-by-row read gives them."""
+    from data.store import RowGroups, close_shards
+    store, mel = _shards_store(tmp_path / "s")
+    groups = RowGroups.of(store.shard_paths("train"))
+    assert groups.start.tolist() == [0, 16, 32, 40, 56, 72, 80, 96, 112, 120, 136, 150]
+    indexed = store.row_groups("train")          # from the pass that reads ids and labels
+    assert indexed.paths == groups.paths and all(np.array_equal(getattr(indexed, k), getattr(groups, k))
+                                                 for k in ("shard", "index", "start"))
+    calls = []
+    real = pq.ParquetFile.read_row_groups
+
+    def counted(self, row_groups, *args, **kwargs):
+        calls.append(list(row_groups))
+        return real(self, row_groups, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", counted)
+    rows = np.array([149, 3, 45, 3, 0, 39, 40, 17, 121, 120, 46, 149])
+    for use_threads in (True, False):
+        calls.clear()
+        close_shards()
+        table = groups.read(rows, use_threads=use_threads)
+        assert table["clip_id"].to_pylist() == [f"id{i}" for i in rows]
+        assert table["n_frames"].to_pylist() == (rows % 4 + 1).tolist()
+        np.testing.assert_array_equal(table["mel"].combine_chunks().to_numpy_ndarray(), mel[rows])
+        assert [list(x) for x in table["labels"].to_pylist()] == [[i % 5, 4] for i in rows]
+        assert calls == [[0, 1, 2], [0], [0, 1]]   # shards 0, 1 and 3: the groups needed, in order
+    assert groups.read(np.zeros(0, np.int64)).num_rows == 0
+    close_shards()
+
+
+def test_write_table_writes_the_bytes_write_shard_writes(tmp_path):
+    """A shard copied through `RowGroups.read` + `write_table` is byte for byte the shard
+    `write_shard` writes from the same rows (so the same sha256), in 16-row row groups; labels
+    given as MultiLabels write the same bytes as a list of arrays."""
+    from data.balance import as_multilabels
+    from data.store import HASH, ROW_GROUP_ROWS, RowGroups, file_hash, schema
+    store, mel = _shards_store(tmp_path / "s")
+    rows = np.array([5, 70, 71, 72, 149, 0, 33, 34, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111])
+    table = RowGroups.of(store.shard_paths("train")).read(rows)
+    copied = store.write_table("x/a.parquet", table)
+    labels = [np.array([i % 5, 4]) for i in rows]
+    by_hand = store.write_shard("x/b.parquet", [f"id{i}" for i in rows], labels, mel[rows], rows % 4 + 1)
+    multi = store.write_shard("x/c.parquet", [f"id{i}" for i in rows], as_multilabels(labels), mel[rows],
+                              rows % 4 + 1)
+    assert copied[HASH] == by_hand[HASH] == multi[HASH] == file_hash(store.root / "x/a.parquet")
+    assert copied["rows"] == 20 and copied["bytes"] == by_hand["bytes"]
+    meta = pq.read_metadata(store.root / "x/a.parquet")
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, 4]
+    assert not list((store.root / "x").glob("*.tmp"))
+    with pytest.raises(StoreError, match=r"x/d\.parquet: table schema .* != the store's"):
+        store.write_table("x/d.parquet", table.drop_columns(["n_frames"]))
+    other = schema(8, 2)
+    assert not other.equals(schema(4, 2))
+    with pytest.raises(StoreError, match="table schema"):
+        store.write_table("x/d.parquet", other.empty_table())
+    assert not (store.root / "x/d.parquet").exists()
+
+
+def test_fingerprint_of_a_numpy_array_is_the_fingerprint_of_its_strings():
+    from data.store import fingerprint
+    ids = np.array(["b", "a", "Zz", "é", "a1", "ä", "", "B", "😀", "ab"])
+    assert fingerprint(ids) == fingerprint(ids.tolist()) == fingerprint(list(reversed(ids.tolist())))
+    assert fingerprint(ids[:3]) != fingerprint(ids)
