@@ -41,40 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")   # no progress bars in the output (the CLI run too)
 
 import data.split as split_mod  # noqa: E402
+from bench.audioset_labels import AUDIOSET, labels_only_store  # noqa: E402
 from data.balance import class_counts, rarest_label_count  # noqa: E402
-from data.labels import read_class_index, read_segments  # noqa: E402
-from data.store import MANIFEST, ROW_GROUP_ROWS, close_shards, create_store, open_store  # noqa: E402
+from data.store import ROW_GROUP_ROWS, close_shards, open_store  # noqa: E402
 
-AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "audioset"
-SEGMENTS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv.gz")
 
 
 def build(root: Path, audioset: Path, rows_per_shard: int) -> None:
-    """The labels-only training store at `root` (kept: reused when its manifest exists)."""
-    if (root / MANIFEST).exists():
-        return
-    t0 = time.perf_counter()
-    index = read_class_index(audioset / "class_labels_indices.csv")
-    segments = read_segments([audioset / name for name in SEGMENTS], index)
-    labels = segments.labels
-    order = np.argsort(rarest_label_count(labels, class_counts(labels, len(index))), kind="stable")
-    building = root.with_name(root.name + f".building-{os.getpid()}")
-    store = create_store(building, [{"index": i, "mid": m, "name": n}
-                                    for i, (m, n) in enumerate(zip(index.mids, index.names))],
-                         {"frames": 1, "mels": 1, "labels_only": True})
-    shards, mel = [], np.zeros((rows_per_shard, 1, 1), np.float16)
-    for i, start in enumerate(range(0, len(order), rows_per_shard)):
-        rows = order[start:start + rows_per_shard]
-        shards.append(store.write_shard(f"train/part-{i:05d}.parquet", segments.clip_ids[rows],
-                                        [labels[j] for j in rows], mel[:len(rows)], np.ones(len(rows))))
-    store.add_split("train", shards, segments.clip_ids[order], labels.take(order), "rarest_label")
-    if (root / MANIFEST).exists():          # another run built it meanwhile
-        shutil.rmtree(building)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-        building.rename(root)
-    print(f"built {root}: {len(order):,} clips, {len(shards)} shards in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
+    """The labels-only training store at `root` (bench/audioset_labels.py; reused when built)."""
+    labels_only_store(root, audioset, rows_per_shard)
 
 
 def fresh_copy(source: Path, dest: Path) -> Path:

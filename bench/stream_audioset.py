@@ -36,44 +36,18 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.balance import class_counts, rarest_label_count  # noqa: E402
-from data.labels import read_class_index, read_segments  # noqa: E402
-from data.store import MANIFEST, create_store, open_store  # noqa: E402
+from bench.audioset_labels import AUDIOSET, labels_only_store  # noqa: E402
+from data.store import open_store  # noqa: E402
 
-AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "audioset"
-SEGMENTS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv.gz")
 UDF_WARNING = "is too large"
 
 
 def build_store(root: Path, audioset: Path, rows_per_shard: int = 512):
-    """The labels-only training store (cached: reused when its manifest exists)."""
-    if (root / MANIFEST).exists():
-        return open_store(root)
-    t0 = time.perf_counter()
-    index = read_class_index(audioset / "class_labels_indices.csv")
-    segments, _ = read_segments([audioset / s for s in SEGMENTS], index, strict=False)
-    labels = segments.labels
-    order = np.argsort(rarest_label_count(labels, class_counts(labels, len(index))), kind="stable")
-    classes = [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(index.mids, index.names))]
-    tmp = root.with_name(root.name + ".building")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    store = create_store(tmp, classes, {"frames": 1, "mels": 1, "labels_only": True})
-    shards, mel = [], np.zeros((rows_per_shard, 1, 1), np.float16)
-    for i, start in enumerate(range(0, len(order), rows_per_shard)):
-        part = order[start:start + rows_per_shard]
-        shards.append(store.write_shard(f"train/part-{i:05d}.parquet", segments.clip_ids[part],
-                                        [labels[j] for j in part], mel[:len(part)], np.ones(len(part))))
-    store.add_split("train", shards, segments.clip_ids[order], labels.take(order), "rarest_label")
-    tmp.rename(root)
-    print(f"built {root}: {len(order)} clips, {len(shards)} shards in "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return open_store(root)
+    """The labels-only training store (bench/audioset_labels.py; reused when built)."""
+    return labels_only_store(root, audioset, rows_per_shard)
 
 
 def _shipped_bytes(plan) -> dict:

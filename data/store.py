@@ -493,7 +493,7 @@ class Store:
                 try:
                     meta = pq.read_metadata(path)
                     got = pq.read_schema(path)
-                except Exception as e:  # a truncated or foreign file
+                except (OSError, pa.ArrowException) as e:  # a truncated or foreign file
                     raise StoreError(f"{path}: unreadable Parquet shard ({e})") from None
                 if meta.num_rows != shard["rows"]:
                     raise StoreError(f"{path}: {meta.num_rows} rows, manifest says {shard['rows']}")
