@@ -242,7 +242,7 @@ class _Signals:
 
 def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_info: dict, signals) -> dict:
     """Fit the Tune sweep, select, evaluate the winners; the summary written to results.json."""
-    from sweep.select import select_overall, select_per_beta
+    from sweep.select import select_overall, select_per_beta, select_trial
     from sweep.tune import build_tuner
     t0 = time.time()
     train_runs = os.path.join(storage, "train_runs", cfg.run.name)
@@ -258,7 +258,7 @@ def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_inf
     w = cfg.sweep.smoothing_window
     per_beta = select_per_beta(traces, w, cfg.sweep.patience)
     unselectable = [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr, "evaluations": len(t.dprime)}
-                    for t in traces if select_per_beta([t], w, cfg.sweep.patience) == {}]
+                    for t in traces if select_trial(t, w) is None]
     if not per_beta:
         raise SelectionError(f"no trial has a full {w}-evaluation smoothing window: raise "
                              "train.max_examples or lower sweep.smoothing_window")
