@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audioset_labels import AUDIOSET, labels_only_store  # noqa: E402
+from data.cli import add_list  # noqa: E402
 from data.store import open_store  # noqa: E402
 
 UDF_WARNING = "is too large"
@@ -198,12 +199,12 @@ def main() -> None:
     p.add_argument("--audioset", default=str(AUDIOSET), help="the AudioSet label files")
     p.add_argument("--rows", type=int, default=2_000_000, help="rows streamed per measurement")
     p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
-    p.add_argument("--consumers", type=int, nargs="+", default=[1, 2, 4])
+    add_list(p, "--betas", type=float, default=[0.0, 0.5, 1.0])
+    add_list(p, "--consumers", type=int, default=[1, 2, 4])
     p.add_argument("--budget", type=int, default=100_000_000, help="the planned run's examples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parts", nargs="+", default=["plan", "stream", "consumers", "budget"],
-                   choices=["plan", "stream", "consumers", "budget"], help="what to measure")
+    add_list(p, "--parts", default=["plan", "stream", "consumers", "budget"],
+             choices=["plan", "stream", "consumers", "budget"], help="what to measure")
     p.add_argument("--plan-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, default=1.0, help=argparse.SUPPRESS)

@@ -8,6 +8,11 @@ status 2. `--debug` shows the traceback instead. Anything else is a bug and keep
         p = parser(prog="python -m data.stats", description=__doc__)
         ...
         return run(_main, p, argv)
+
+Flags follow one convention too: a store is `--store DIR` (`add_store`); a flag taking several
+values takes them either way, `--x a b` or `--x a --x b` (`add_list`); a command that prints a
+result prints a short readable summary, and with `--json` exactly one JSON document on stdout
+(progress bars and warnings go to stderr).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import argparse
 import sys
 from typing import Callable
 
-__all__ = ["InputError", "parser", "run", "positive_int", "EXPECTED"]
+__all__ = ["InputError", "parser", "run", "positive_int", "add_list", "add_store", "EXPECTED"]
 
 
 class InputError(ValueError):
@@ -73,3 +78,38 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+class _Extend(argparse.Action):
+    """argparse's "extend", except that the first use replaces the default instead of adding to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest)
+        kept = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, kept + list(values))
+
+
+def add_list(p, flag: str, **kw) -> argparse.Action:
+    """A flag taking one or more values, given as `FLAG a b` or `FLAG a FLAG b` (the same list);
+    without the flag the value is `default` (keyword, default None)."""
+    return p.add_argument(flag, action=_Extend, nargs="+", **kw)
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: stores the value and warns on stderr."""
+
+    def __init__(self, *args, use: str, **kw):
+        super().__init__(*args, **kw)
+        self.use = use
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated, use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_store(p, help: str) -> None:
+    """The required `--store DIR`, and `--out DIR` as its hidden, deprecated alias (kept for one
+    release: it warns on stderr)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--store", metavar="DIR", help=help)
+    g.add_argument("--out", dest="store", metavar="DIR", action=_Deprecated, use="--store", help=argparse.SUPPRESS)

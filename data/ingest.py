@@ -1,7 +1,7 @@
 """Ingest AudioSet-format audio into the spectrogram store, in parallel on Ray.
 
     python -m data.ingest --segments balanced_train_segments.csv unbalanced_train_segments.csv.gz \\
-        --class-index class_labels_indices.csv --audio-dir audio/ --out store/ --split train
+        --class-index class_labels_indices.csv --audio-dir audio/ --store store/ --split train
 
 1. Labels: the segment CSVs as one partition. An unknown MID is dropped from its clip (a clip
    left without labels is skipped: "unknown_mid"), a repeated YTID keeps its first row; both named.
@@ -29,6 +29,8 @@ STORE/ingest_journal_<split>.jsonl; rerunning the same command keeps every shard
 unchanged and whose file still has that hash ("reused") and computes the rest, damaged shards
 included ("shards_redone" in the report names them and why). The audio files must be readable
 from every Ray node.
+
+Prints a short summary (`--json`: the report without its long lists, as one JSON document).
 """
 from __future__ import annotations
 
@@ -46,12 +48,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import class_counts, rarest_label_count, rarest_label_order
-from data.cli import InputError, parser, positive_int, run
+from data.cli import InputError, add_list, add_store, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
 from data.store import HASH, MANIFEST, Store, StoreError, file_hashes, write_json, create_store, open_store
 
-__all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "main"]
+__all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "format_summary", "main"]
 
 PATTERNS = ("{ytid}.{ext}", "Y{ytid}.{ext}", "{ytid}_{start}.{ext}", "{ytid}_{start_g}.{ext}")
 EXTS = ("wav", "flac", "ogg")
@@ -63,7 +65,7 @@ class IngestConfig:
     segments: list[str]
     class_index: str
     audio_dir: str
-    out: str
+    store: str
     split: str
     patterns: tuple[str, ...] = PATTERNS
     exts: tuple[str, ...] = EXTS
@@ -88,7 +90,7 @@ class IngestConfig:
 class AudioFinder:
     """Finds a clip's audio file under `root`: the first of `patterns` x `exts` that exists.
 
-    Pattern fields: {ytid}, {start} as in the CSV ("30.000"), {start_g} shortest ("30"), {ext}.
+    Pattern fields: {ytid}, {start} with three decimals ("30.000"), {start_g} shortest ("30"), {ext}.
     A pattern without "/" matches a file of that name anywhere under `root`.
     """
 
@@ -193,7 +195,7 @@ def _check_reuse(journal: dict[str, dict], chunks: list[dict], root: Path) -> tu
 
 def _open_store(cfg: IngestConfig, class_index) -> Store:
     """Open (or create) the store and check it can take this split."""
-    root = Path(cfg.out)
+    root = Path(cfg.store)
     if not (root / MANIFEST).exists():
         classes = [{"index": i, "mid": m, "name": n}
                    for i, (m, n) in enumerate(zip(class_index.mids, class_index.names))]
@@ -365,35 +367,48 @@ def summary(report: dict, shown: int = 20) -> dict:
     return out
 
 
+def format_summary(report: dict, root: str) -> str:
+    """A few readable lines: clips ingested, shards, what was skipped and why."""
+    lines = [f"{root} [{report['split']}]: {report['ingested']:,} of {report['clips_listed']:,} clips ingested, "
+             f"{report['shards']} shard(s) ({report['shards_reused']} reused), {report['seconds']} s"]
+    if report["skipped_by_reason"]:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in report["skipped_by_reason"].items())
+        lines.append(f"skipped: {reasons} (each clip and why in {Path(root) / REPORT})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = parser(prog="python -m data.ingest", description=__doc__)
-    p.add_argument("--segments", nargs="+", required=True, metavar="CSV",
-                   help="segment CSV(s) of one partition (.csv or .csv.gz)")
-    p.add_argument("--class-index", required=True, metavar="CSV", help="class_labels_indices.csv")
+    add_list(p, "--segments", required=True, metavar="CSV",
+             help="segment CSV(s) of one partition (.csv or .csv.gz)")
+    p.add_argument("--class-index", required=True, metavar="CSV",
+                   help="class index CSV (index,mid,display_name): AudioSet's, or one of just your classes")
     p.add_argument("--audio-dir", required=True, metavar="DIR",
                    help="directory with the audio files (searched recursively)")
-    p.add_argument("--out", required=True, metavar="STORE",
-                   help="store directory (a new store: a new or empty directory)")
+    add_store(p, "store directory (a new store: a new or empty directory)")
     p.add_argument("--split", required=True, metavar="NAME", help="split name, e.g. train, eval_public")
-    p.add_argument("--audio-pattern", nargs="+", default=list(PATTERNS), metavar="PATTERN",
-                   help="file names to try, in order; fields {ytid}, {start} (as in the CSV, 30.000), "
-                        f"{{start_g}} (30), {{ext}} (default: {' '.join(PATTERNS)})")
-    p.add_argument("--ext", nargs="+", default=list(EXTS), metavar="EXT",
-                   help=f"extensions to try for {{ext}} (default: {' '.join(EXTS)})")
+    add_list(p, "--audio-pattern", default=PATTERNS, metavar="PATTERN",
+             help="file names to try, in order; fields {ytid}, {start} (three decimals, 30.000), "
+                  f"{{start_g}} (30), {{ext}} (default: {' '.join(PATTERNS)})")
+    add_list(p, "--ext", default=EXTS, metavar="EXT",
+             help=f"extensions to try for {{ext}} (default: {' '.join(EXTS)})")
     p.add_argument("--frames", type=positive_int, default=FRAMES, metavar="N",
-                   help="frames per clip, 10 ms each: the first N x 10 ms of each clip are kept, "
-                        "shorter clips zero-padded (default %(default)s = 10.24 s, AST's input)")
+                   help="keep the first N frames x 10 ms of each clip (default %(default)s = 10.24 s, AST's "
+                        "input): a longer clip is cut, a shorter one zero-padded at the end of its log-mel "
+                        "(a 10 s clip gives 998 frames); clips under 0.1 s are skipped (too_short). Every "
+                        "split of a store has the same N")
     p.add_argument("--rows-per-shard", type=positive_int, default=IngestConfig.rows_per_shard, metavar="N",
                    help="clips per shard (default %(default)s)")
     p.add_argument("--order", choices=["rarest_label", "given"],
                    help="row order (default: rarest_label for the split 'train', else CSV order)")
+    p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
     return run(_main, p, argv)
 
 
 def _main(a) -> int:
-    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.out, a.split,
+    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.store, a.split,
                                  tuple(a.audio_pattern), tuple(a.ext), a.frames, a.rows_per_shard, a.order))
-    print(json.dumps(summary(report), indent=1))
+    print(json.dumps(summary(report), indent=1) if a.json else format_summary(report, a.store))
     if report["label_issues"]:
         issues = report["label_issues"]
         print(f"label files: left out {len(issues['unknown_mids'])} unknown MID(s) "

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from data.balance import (MultiLabels, as_multilabels, class_counts, gini, imbalance_ratio,
                           rarest_label_count)
-from data.cli import InputError, parser, positive_int, run
+from data.cli import InputError, add_list, parser, positive_int, run
 from data.store import RowGroups, Store, StoreError, close_shards, fingerprint, open_store
 
 __all__ = ["SplitConfig", "METHODS", "per_class_split", "valid_targets", "stratified_split",
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=d.seed, metavar="N",
                    help="seed of the random draws (default %(default)s)")
     p.add_argument("--union", metavar="NAME", help="define split NAME as the union of --of splits")
-    p.add_argument("--of", nargs="+", metavar="SPLIT", help="the union's parts, in row order")
+    add_list(p, "--of", metavar="SPLIT", help="the union's parts, in row order (--of a b, or --of a --of b)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return run(_main, p, argv)
 

@@ -2,7 +2,7 @@
 
     python -m data.stats --segments balanced_train_segments.csv unbalanced_train_segments.csv.gz \\
         --class-index class_labels_indices.csv
-    python -m data.stats --store runs/synth --split train --json
+    python -m data.stats --store runs/synth --split train --betas 0 0.5 1 --json
 
 Several segment files are read as one partition (balanced + unbalanced = "published train").
 """
@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
-from data.cli import parser, run
+from data.cli import add_list, parser, run
 
 __all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "format_table", "main"]
 
@@ -63,25 +63,26 @@ def format_table(name: str, s: dict) -> str:
     return "\n".join(lines)
 
 
-def _betas(text: str) -> tuple[float, ...]:
+def _beta(text: str) -> float:
+    """argparse type: one oversampling exponent, a finite number >= 0."""
     try:
-        betas = tuple(float(b) for b in text.split(","))
+        beta = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--betas takes numbers separated by commas, got {text!r}")
-    if any(b < 0 for b in betas):
-        raise argparse.ArgumentTypeError("--betas must be >= 0")
-    return betas
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (betas are separated by spaces: 0 0.5 1)") from None
+    if not np.isfinite(beta) or beta < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return beta
 
 
 def main(argv=None) -> int:
     p = parser(prog="python -m data.stats", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--segments", nargs="+", metavar="CSV", help="AudioSet segment CSV(s), .gz ok")
+    add_list(src, "--segments", metavar="CSV", help="AudioSet segment CSV(s), .gz ok")
     src.add_argument("--store", metavar="DIR", help="a spectrogram store (see data/store.py)")
     p.add_argument("--class-index", metavar="CSV", help="class_labels_indices.csv (with --segments)")
     p.add_argument("--split", default="train", help="split of --store (default: train)")
-    p.add_argument("--betas", type=_betas, default=PAPER_BETAS,
-                   help="oversampling exponents, comma-separated (default: the paper's 7)")
+    add_list(p, "--betas", type=_beta, default=PAPER_BETAS, metavar="BETA",
+             help="oversampling exponents, e.g. --betas 0 0.5 1 (default: the paper's 7)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return run(lambda a: _main(p, a), p, argv)
 

@@ -10,10 +10,11 @@ What makes it AudioSet-like (DESIGN.md section 4):
   added in the energy domain to a noise floor, so a small transformer learns it on CPU.
 Deterministic for a seed.
 
-    python -m data.synth --out runs/synth --clips 3000 --classes 24
+    python -m data.synth --store runs/synth --clips 3000 --classes 24
 
 The store is written only into a new or empty directory: anything already there (the shards of
-a store whose manifest.json was lost, say) is left alone and the call is a StoreError.
+a store whose manifest.json was lost, say) is left alone and the call is a StoreError. Prints the
+store's splits and clip counts (`--json`: {store, splits: {name: clips}}).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import rarest_label_order
-from data.cli import InputError, parser, positive_int, run
+from data.cli import InputError, add_store, parser, positive_int, run
 from data.store import Store, create_store
 
 __all__ = ["SynthConfig", "make_synthetic_store", "sample_labels", "render"]
@@ -159,20 +160,24 @@ def make_synthetic_store(out: str | Path, cfg: SynthConfig = SynthConfig()) -> S
 
 def main(argv=None) -> int:
     p = parser(prog="python -m data.synth", description=__doc__)
-    p.add_argument("--out", required=True, help="new store directory (new or empty)")
+    add_store(p, "new store directory (new or empty)")
     d = SynthConfig()
     p.add_argument("--clips", type=positive_int, default=d.clips, help="training clips (default %(default)s)")
     p.add_argument("--classes", type=positive_int, default=d.classes, help="classes (default %(default)s)")
     p.add_argument("--frames", type=positive_int, default=d.frames, help="frames per clip (default %(default)s)")
     p.add_argument("--mels", type=positive_int, default=d.mels, help="mel bins (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the store path and clips per split as JSON")
     return run(_main, p, argv)
 
 
 def _main(a) -> int:
-    store = make_synthetic_store(a.out, SynthConfig(clips=a.clips, classes=a.classes,
-                                                    frames=a.frames, mels=a.mels, seed=a.seed))
-    print(json.dumps({s: store.split_info(s)["clips"] for s in store.splits}))
+    store = make_synthetic_store(a.store, SynthConfig(clips=a.clips, classes=a.classes,
+                                                      frames=a.frames, mels=a.mels, seed=a.seed))
+    splits = {s: store.split_info(s)["clips"] for s in store.splits}
+    print(json.dumps({"store": str(store.root), "splits": splits}) if a.json else
+          f"{store.root}: synthetic store, {store.n_classes} classes; "
+          + ", ".join(f"{s} {n:,} clips" for s, n in splits.items()))
     return 0
 
 

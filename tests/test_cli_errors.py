@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from data.cli import add_list, parser
 from data.ingest import main as ingest_main
-from data.stats import main as stats_main
+from data.stats import PAPER_BETAS, main as stats_main
 from data.synth import main as synth_main
 
 
@@ -70,7 +71,7 @@ def test_bad_manifest_is_one_line(tmp_path, capsys):
 
 def _ingest_args(audioset, segments, audio, out, *more):
     return ["--segments", str(segments), "--class-index", str(audioset / "class_labels_indices.csv"),
-            "--audio-dir", str(audio), "--out", str(out), "--split", "train", *more]
+            "--audio-dir", str(audio), "--store", str(out), "--split", "train", *more]
 
 
 def test_ingest_bad_label_file_creates_nothing(labels, audioset, tmp_path, capsys):
@@ -146,16 +147,76 @@ def test_ingest_refuses_a_directory_that_holds_data(audioset, tmp_path, capsys):
 
 def test_synth_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        synth_main(["--out", str(tmp_path / "s"), "--clips", "0"])
+        synth_main(["--store", str(tmp_path / "s"), "--clips", "0"])
     assert e.value.code == 2 and "argument --clips: must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
     out = tmp_path / "s"
-    assert synth_main(["--out", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8"]) == 0
-    assert json.loads(capsys.readouterr().out)["train"] >= 20
+    assert synth_main(["--store", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8",
+                       "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["store"] == str(out) and printed["splits"]["train"] >= 20
+    assert set(printed["splits"]) == {"train", "valid", "eval_public", "eval_internal"}
     (out / "manifest.json").unlink()
     before = sorted(Path(p).name for p in out.rglob("*"))
-    line = _error(capsys, synth_main, ["--out", str(out), "--clips", "20", "--classes", "4"])
+    line = _error(capsys, synth_main, ["--store", str(out), "--clips", "20", "--classes", "4"])
     assert line.startswith(f"error: {out}: not empty")
     assert sorted(Path(p).name for p in out.rglob("*")) == before
-    line = _error(capsys, synth_main, ["--out", str(tmp_path / "t"), "--classes", "2"])
+    line = _error(capsys, synth_main, ["--store", str(tmp_path / "t"), "--classes", "2"])
     assert "synth.head_classes: 3 is not in [0, classes = 2]" in line and not (tmp_path / "t").exists()
+
+
+def test_synth_out_is_a_deprecated_alias_of_store(tmp_path, capsys):
+    """--out still writes the store, with one warning line; the default output is readable."""
+    out = tmp_path / "s"
+    assert synth_main(["--out", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8"]) == 0
+    printed, err = capsys.readouterr()
+    assert err.startswith("warning: --out is deprecated, use --store\n") and err.count("warning") == 1
+    assert (out / "manifest.json").is_file()
+    assert printed.startswith(f"{out}: synthetic store, 4 classes; train ") and "eval_internal" in printed
+    with pytest.raises(SystemExit) as e:
+        synth_main(["--clips", "20"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("--store is required")
+    with pytest.raises(SystemExit):
+        synth_main(["--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert "not allowed with argument --store" in capsys.readouterr().err
+
+
+def test_list_flags_take_either_style():
+    p = parser("x", None)
+    add_list(p, "--x", default=("d",))
+    add_list(p, "--n", type=int)
+    assert p.parse_args(["--x", "a", "b"]).x == p.parse_args(["--x", "a", "--x", "b"]).x == ["a", "b"]
+    assert p.parse_args(["--x", "a"]).x == ["a"]  # the default is replaced, not extended
+    assert p.parse_args([]).x == ("d",) and p.parse_args([]).n is None
+    assert p.parse_args(["--n", "1", "--n", "2", "3"]).n == [1, 2, 3]
+
+
+def test_stats_lists_either_style(synth_store, audioset, tmp_path, capsys):
+    def stats(*argv):
+        assert stats_main([*argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    store = str(synth_store.root)
+    spaced = stats("--store", store, "--betas", "0", "0.5", "1")
+    assert [r["beta"] for r in spaced["oversampled"]] == [0.0, 0.5, 1.0]
+    assert stats("--store", store, "--betas", "0", "--betas", "0.5", "1")["oversampled"] == spaced["oversampled"]
+    assert [r["beta"] for r in stats("--store", store)["oversampled"]] == list(PAPER_BETAS)
+    rows = (audioset / "eval_segments.csv").read_text().splitlines()
+    (tmp_path / "a.csv").write_text("\n".join(rows[:40]) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(rows[:3] + rows[40:80]) + "\n")
+    index = str(audioset / "class_labels_indices.csv")
+    both = stats("--segments", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--class-index", index)
+    assert both["clips"] == 40 - 3 + 40
+    assert stats("--segments", str(tmp_path / "a.csv"), "--segments", str(tmp_path / "b.csv"),
+                 "--class-index", index)["oversampled"] == both["oversampled"]
+
+
+@pytest.mark.parametrize("betas, why", [(["0,1"], "'0,1' is not a number (betas are separated by spaces"),
+                                        (["0", "-1"], "must be finite and >= 0, got -1"),
+                                        (["nan"], "must be finite and >= 0, got nan")])
+def test_stats_bad_betas_is_one_line(synth_store, capsys, betas, why):
+    with pytest.raises(SystemExit) as e:
+        stats_main(["--store", str(synth_store.root), "--betas", *betas])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: python -m data.stats: argument --betas: ") and why in err[0]

@@ -153,7 +153,7 @@ def test_rerun_resumes_without_repeating_work(first_run, inputs, capsys):
     root, audio = inputs
     index = str(root.parent / "class_index.csv")
     rc = main(["--segments", str(root / "segments.csv"), "--class-index", index, "--audio-dir", str(audio),
-               "--out", str(store.root), "--split", "train", "--rows-per-shard", "3"])
+               "--store", str(store.root), "--split", "train", "--rows-per-shard", "3", "--json"])
     out, err = capsys.readouterr()
     printed = json.loads(out)
     assert rc == 0 and printed["computed"] == 0 and printed["reused"] == len(KEPT)
@@ -188,9 +188,11 @@ def test_rerun_redoes_a_damaged_shard(first_run, inputs, capsys):
     mtimes = {p: os.stat(p).st_mtime_ns for p in shards if p != shards[2]}
     root, audio = inputs
     rc = main(["--segments", str(root / "segments.csv"), "--class-index", str(root.parent / "class_index.csv"),
-               "--audio-dir", str(audio), "--out", str(store.root), "--split", "train", "--rows-per-shard", "3"])
+               "--audio-dir", str(audio), "--out", str(store.root), "--split", "train", "--rows-per-shard", "3",
+               "--json"])  # --out: the deprecated spelling of --store still works
     out, err = capsys.readouterr()
     printed = json.loads(out)
+    assert err.startswith("warning: --out is deprecated, use --store\n")
     assert rc == 0 and printed["computed"] == 3 and printed["shards_reused"] == 3
     [redone] = printed["shards_redone"]
     assert redone["file"] == "train/part-00002.parquet" and redone["why"].startswith("content changed")
@@ -198,6 +200,27 @@ def test_rerun_redoes_a_damaged_shard(first_run, inputs, capsys):
     assert open(shards[2], "rb").read() == good  # computed again, byte for byte
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
     open_store(store.root).validate()
+
+
+def test_pattern_and_ext_lists_replace_the_defaults(first_run, inputs, capsys):
+    """--audio-pattern P --audio-pattern Q and --ext wav: only those names are tried (the defaults
+    are replaced, not extended); the summary printed is readable."""
+    _, store = first_run
+    root, audio = inputs
+    rc = main(["--segments", str(root / "segments.csv"), "--class-index", str(root.parent / "class_index.csv"),
+               "--audio-dir", str(audio), "--store", str(store.root), "--split", "wav_only",
+               "--audio-pattern", "{ytid}.{ext}", "--audio-pattern", "{ytid}_{start}.{ext}", "--ext", "wav"])
+    out = capsys.readouterr().out.splitlines()
+    wav = ["aaaaaaaaaaa", "ccccccccccc", "fffffffffff", "ggggggggggg", "hhhhhhhhhhh", "mixedmid000"]
+    assert rc == 0 and sorted(open_store(store.root).clip_ids("wav_only")) == wav
+    report = json.loads((store.root / "ingest_report.json").read_text())["wav_only"]
+    assert report["config"]["patterns"] == ["{ytid}.{ext}", "{ytid}_{start}.{ext}"]
+    assert report["config"]["exts"] == ["wav"]
+    missing = sorted(s["clip_id"] for s in report["skipped"] if s["reason"] == "missing")
+    assert missing == ["bbbbbbbbbbb", "ddddddddddd", "eeeeeeeeeee", "emptyfile00", "missing0000"]
+    assert out[0].startswith(f"{store.root} [wav_only]: 6 of {report['clips_listed']} clips ingested, 1 shard(s) (0 reused), ")
+    reasons = ", ".join(f"{r} {n}" for r, n in report["skipped_by_reason"].items())
+    assert out[1] == f"skipped: {reasons} (each clip and why in {store.root / 'ingest_report.json'})"
 
 
 def test_no_clip_with_a_spectrogram_is_an_error(ray_module, inputs, tmp_path):

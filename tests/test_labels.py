@@ -79,7 +79,7 @@ def test_bad_class_index(tmp_path):
 def test_stats_cli_json(audioset, capsys):
     import json
     stats_main(["--segments", str(audioset / "eval_segments.csv"), "--class-index",
-                str(audioset / "class_labels_indices.csv"), "--betas", "0,1", "--json"])
+                str(audioset / "class_labels_indices.csv"), "--betas", "0", "1", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["clips"] == 20_371 and out["empty_classes"] == []
     assert set(out) >= {"clips", "classes", "labels_per_clip", "imbalance_ratio", "gini",

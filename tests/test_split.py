@@ -233,6 +233,20 @@ def test_union_reads_as_the_concatenation(store, capsys):
     assert "give either --to" in _error(capsys, ["--store", str(store.root), "--union", "x"])
 
 
+def test_union_parts_either_style(store, capsys):
+    """--of b --of a is --of b a: the same parts in the same order (readable output by default)."""
+    assert main(["--store", str(store.root), "--union", "spaced", "--of", "eval_b", "eval_a", "--json"]) == 0
+    spaced = json.loads(capsys.readouterr().out)["spaced"]
+    assert main(["--store", str(store.root), "--union", "repeated", "--of", "eval_b", "--of", "eval_a"]) == 0
+    s = open_store(store.root)
+    repeated = s.split_info("repeated")
+    assert capsys.readouterr().out.strip() == (f"repeated: union of eval_b + eval_a, {repeated['clips']:,} clips, "
+                                               f"{repeated['fingerprint']}")
+    assert repeated["union_of"] == spaced["union_of"] == ["eval_b", "eval_a"]
+    assert repeated["fingerprint"] == spaced["fingerprint"] == fingerprint(
+        np.concatenate([s.clip_ids("eval_b"), s.clip_ids("eval_a")]))
+
+
 def test_carve_order_is_the_stable_sort_by_new_counts(store):
     """The new training split is exactly the remaining rows, in their old order, stably sorted
     by rarest-label count against the new class counts (not merely non-decreasing)."""
