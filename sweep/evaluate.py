@@ -1,12 +1,13 @@
 """Evaluation of trial checkpoints (sweep/checkpoint.py) and published AST weights on store
 splits, and re-scoring of saved predictions under another class prior.
 
-    python -m sweep.evaluate --predictions P.npz --target-prior {train|uniform|<split>|file.csv} [--store DIR]
-    python -m sweep.evaluate --checkpoint PATH --store DIR --split NAME [--split ...] [--out DIR|F.npz]
+    python -m sweep.evaluate --predictions P.npz --target-prior {train|uniform|<split>|file.csv} [--store DIR] [--json]
+    python -m sweep.evaluate --checkpoint PATH --store DIR --split NAME [NAME ...] [--out DIR|F.npz] [--json]
 
 The first re-scores saved predictions under another class prior (AP moves, d' does not); the
 second evaluates a trial checkpoint directory or a published AST AudioSet .pth on store splits,
 writing the metrics (as results.json rows hold them) and predictions (as the sweep saves them).
+Both print a short summary (`--json`: the result as one JSON document).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data.balance import priors_from_counts
 from data.store import Store
@@ -24,29 +26,34 @@ from sweep.checkpoint import load_model, load_state
 from sweep.metrics import classification_metrics
 
 __all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "save_predictions",
-           "target_prior", "rescore", "main"]
+           "target_prior", "rescore", "format_eval", "format_rescore", "main"]
 
 
 def score_split(model, store: Store, split: str, batch_size: int, device: str | torch.device = "cpu",
-                rank: int = 0, world: int = 1) -> dict:
+                rank: int = 0, world: int = 1, desc: str | None = None) -> dict:
     """Scores of `model` on one worker's share of a split (batches rank, rank + world, ...,
     batches small enough that every rank gets one): {scores [n, K], targets [n, K],
-    clip_ids [n]}; world = 1 scores the whole split."""
+    clip_ids [n]}; world = 1 scores the whole split. desc: a tqdm progress bar over the share's
+    batches with that label (on stderr, when it is a terminal)."""
     clip_ids: list[np.ndarray] = []
-    batch_size = max(1, min(batch_size, -(-store.split_info(split)["clips"] // world)))
+    clips = store.split_info(split)["clips"]
+    batch_size = max(1, min(batch_size, -(-clips // world)))
 
-    def batches():
+    def batches(bar):
         for i, b in enumerate(store.iter_batches(split, batch_size)):
             if i % world == rank:
                 clip_ids.append(b["clip_id"])
                 yield torch.from_numpy(np.array(b["mel"])), torch.from_numpy(b["target"])  # writable copy
+                bar.update()
 
-    share = batches()
-    first = next(share, None)
-    if first is None:  # more ranks than clips
-        empty = np.zeros((0, store.n_classes), dtype=np.float32)
-        return {"scores": empty, "targets": empty, "clip_ids": np.zeros(0, dtype=str)}
-    scores, targets = predict(model, itertools.chain([first], share), device)
+    with tqdm(total=len(range(rank, -(-clips // batch_size), world)), desc=desc, unit="batch", leave=False,
+              disable=True if desc is None else None) as bar:
+        share = batches(bar)
+        first = next(share, None)
+        if first is None:  # more ranks than clips
+            empty = np.zeros((0, store.n_classes), dtype=np.float32)
+            return {"scores": empty, "targets": empty, "clip_ids": np.zeros(0, dtype=str)}
+        scores, targets = predict(model, itertools.chain([first], share), device)
     return {"scores": scores, "targets": targets, "clip_ids": np.concatenate(clip_ids).astype(str)}
 
 
@@ -59,8 +66,8 @@ def with_metrics(parts: list[dict]) -> dict:
 def evaluate_split(model, store: Store, split: str, batch_size: int,
                    device: str | torch.device = "cpu") -> dict:
     """Scores of `model` on a whole split: {scores [N, K], targets [N, K], clip_ids [N],
-    metrics (classification_metrics)}."""
-    return with_metrics([score_split(model, store, split, batch_size, device)])
+    metrics (classification_metrics)}, with a progress bar on a terminal."""
+    return with_metrics([score_split(model, store, split, batch_size, device, desc=f"score {split}")])
 
 
 def save_predictions(path: str | Path, result: dict) -> None:
@@ -165,29 +172,56 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def format_eval(out: dict) -> str:
+    """The checkpoint evaluation, readable: metrics per split, where the predictions went."""
+    lines = [f"{out['checkpoint']} ({out['kind']}) on {out['store']}:"]
+    for s, m in out["eval"].items():
+        excluded = f", {len(m['excluded'])} class(es) without positives left out" if m["excluded"] else ""
+        lines.append(f"  {s}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  d' {m['dprime']:.3f}  "
+                     f"({m['clips']:,} clips{excluded})")
+    if out["predictions"]:
+        lines.append(f"predictions: {', '.join(out['predictions'].values())}")
+    return "\n".join(lines)
+
+
+def format_rescore(r: dict) -> str:
+    """The re-scored predictions (rescore), readable."""
+    shifted = "n/a" if r["mAP_target_prior"] is None else f"{r['mAP_target_prior']:.4f}"
+    dprime = "n/a" if r["dprime"] is None else f"{r['dprime']:.3f}"
+    lines = [f"{r['predictions']} ({r['clips']:,} clips, {r['classes']} classes) under the prior {r['target_prior']}:",
+             f"  mAP {r['mAP_own_prior']:.4f} under its own prior, {shifted} under the target prior; "
+             f"d' {dprime} and AUC {r['AUC']:.4f} do not depend on it"]
+    if r["ess_min"] is not None:
+        lines.append(f"  smallest effective sample size of a class: {r['ess_min']:.1f}")
+    if r["excluded"]:
+        lines.append(f"  without a shifted AP (prior 0 or 1): {', '.join(r['excluded'])}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    from data.cli import parser, run
+    from data.cli import add_list, parser, run
     p = parser("python -m sweep.evaluate", description=(
         "Evaluate a checkpoint on store splits, or re-score saved predictions under another class "
-        "prior (AP changes with the prior, AUC and d' do not). Prints JSON."), epilog=(
+        "prior (AP changes with the prior, AUC and d' do not). Prints a summary; --json prints "
+        "JSON."), epilog=(
         "examples:\n"
         "  python -m sweep.evaluate --predictions runs/demo/predictions/beta=0/eval_public.npz "
         "--target-prior eval_internal --store runs/demo/store\n"
         "  python -m sweep.evaluate --checkpoint audioset_10_10_0.4593.pth --store DIR "
-        "--split eval_public --split eval_internal --out runs/ast_preds\n"
+        "--split eval_public eval_internal --out runs/ast_preds\n"
         "  python -m sweep.report --run-dir runs/demo --extra AST=runs/ast_preds"))
     p.add_argument("--predictions", metavar="NPZ", help="predictions saved by a sweep (scores, targets, clip_ids)")
     p.add_argument("--target-prior", metavar="PRIOR", help="train | uniform | <split> | file.csv")
     p.add_argument("--train-split", default="train", help="the split `--target-prior train` means (default train)")
     p.add_argument("--checkpoint", metavar="PATH", help="a trial checkpoint dir or a published AST .pth")
     p.add_argument("--store", metavar="DIR", help="the spectrogram store")
-    p.add_argument("--split", metavar="NAME", action="append", default=[],
-                   help="split to evaluate --checkpoint on (repeatable)")
+    add_list(p, "--split", metavar="NAME", help="split(s) to evaluate --checkpoint on (--split a b, or --split a --split b)")
     p.add_argument("--out", metavar="PATH", help="where to save the checkpoint's predictions: a directory "
                    "(<split>.npz per split and metrics.json; what sweep.report --extra reads) or, for one "
                    "split, a .npz file")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     return run(lambda a: _main(p, a), p, argv)
 
 
@@ -216,11 +250,12 @@ def _main(p, a) -> int:
                 out["predictions"][s] = str(path)
         if a.out and not a.out.endswith(".npz"):
             (Path(a.out) / "metrics.json").write_text(json.dumps(out, indent=1))
-        print(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1) if a.json else format_eval(out))
         return 0
     if not a.predictions or not a.target_prior:
         p.error("give --checkpoint (with --store, --split) or --predictions with --target-prior")
-    print(json.dumps(rescore(a.predictions, a.target_prior, store, a.train_split), indent=1))
+    result = rescore(a.predictions, a.target_prior, store, a.train_split)
+    print(json.dumps(result, indent=1) if a.json else format_rescore(result))
     return 0
 
 

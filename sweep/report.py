@@ -20,7 +20,10 @@ writes <run_dir>/report/:
                examples_to_peak
 --extra NAME=PATH adds a model evaluated outside the sweep (python -m sweep.evaluate --checkpoint
 ... --out DIR) as an extra row of tables 3/4 and the prior-shift table: PATH is a directory
-holding <split>.npz per eval split, or one .npz (matched to the eval split with its clip ids).
+holding <split>.npz per eval split, or one .npz (matched to the eval split with its clip ids);
+several: --extra A=PATH B=PATH, or --extra A=PATH --extra B=PATH.
+Prints the files written (`--json`: {report_dir, report, tables, figures, per_class} as one JSON
+document); the bootstrap shows a progress bar per model and split on a terminal.
 """
 from __future__ import annotations
 
@@ -201,13 +204,13 @@ def _parse_extra(items: list[str]) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    from data.cli import parser, positive_int, run
+    from data.cli import add_list, parser, positive_int, run
     p = parser("python -m sweep.report", __doc__)
     p.add_argument("--run-dir", required=True, help="a finished sweep's run directory")
     p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
-                   help="an extra model's predictions (a dir of <split>.npz, or one .npz), e.g. "
-                        "AST=runs/ast_preds; repeatable")
+    add_list(p, "--extra", default=(), metavar="NAME=PATH",
+             help="extra models' predictions (each a dir of <split>.npz, or one .npz), e.g. AST=runs/ast_preds")
+    p.add_argument("--json", action="store_true", help="print the paths written as JSON")
     return run(lambda a: _main(p, a), p, argv)
 
 
@@ -219,7 +222,13 @@ def _main(p, a) -> int:
     if not (Path(a.run_dir) / "results.json").is_file():
         raise FileNotFoundError(f"{a.run_dir}: no results.json (not a finished sweep's run directory)")
     out = build_report(a.run_dir, a.resamples, extras)
-    print(f"report written to {out}/report.md")
+    tables = json.loads((out / "tables.json").read_text())
+    written = {"report_dir": str(out), "report": str(out / "report.md"), "tables": str(out / "tables.json"),
+               "figures": [str(out / f) for f in tables["figures"]],
+               "per_class": [str(out / f) for f in tables["per_class"]]}
+    print(json.dumps(written, indent=1) if a.json else
+          f"report written to {written['report']}\n  tables.json, {len(written['figures'])} figure(s), "
+          f"{len(written['per_class'])} per-class CSV(s) beside it")
     return 0
 
 

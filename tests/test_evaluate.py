@@ -26,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv) -> tuple[int, dict | str]:
-    rc = main([str(a) for a in argv])
+    """The command with --json: (exit status, the printed JSON or, on an error, stderr)."""
+    rc = main([str(a) for a in argv] + ["--json"])
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if rc == 0 else err)
 
@@ -87,6 +88,12 @@ def test_rescore_every_prior_form(synth_store, predictions, tmp_path, capsys):
     # uniform and csv need no store
     rc, out = _run(capsys, "--predictions", path, "--target-prior", "uniform")
     assert rc == 0 and out["per_class"][0]["class"] == "0"
+    # without --json: a readable summary of the same numbers
+    assert main(["--predictions", str(path), "--target-prior", "uniform"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"{path} ({len(y):,} clips, {y.shape[1]} classes) under the prior uniform:"
+    assert text[1] == (f"  mAP {own['mAP']:.4f} under its own prior, {out['mAP_target_prior']:.4f} under the "
+                       f"target prior; d' {own['dprime']:.3f} and AUC {own['mAUC']:.4f} do not depend on it")
 
 
 def test_rescore_errors(synth_store, predictions, tmp_path, capsys):
@@ -147,6 +154,15 @@ def test_trial_checkpoint(synth_store, tmp_path, capsys):
         m = classification_metrics(pred["targets"], pred["scores"])
         assert out["eval"][split]["mAP"] == pytest.approx(m["mAP"]) and out["eval"][split]["AUC"] == pytest.approx(m["mAUC"])
         assert out["eval"][split]["dprime"] == pytest.approx(m["dprime"]) and out["eval"][split]["clips"] == len(ids)
+
+    # --split a b is --split a --split b; without --json the metrics print one line per split
+    assert main(["--checkpoint", str(ckpt), "--store", str(synth_store.root), "--split", "eval_public", SPLIT,
+                 "--batch-size", "50", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"{ckpt} (trial) on {synth_store.root}:" and len(text) == 3
+    for line, split in zip(text[1:], ("eval_public", SPLIT)):
+        m = out["eval"][split]
+        assert line == f"  {split}: mAP {m['mAP']:.4f}  AUC {m['AUC']:.4f}  d' {m['dprime']:.3f}  ({m['clips']:,} clips)"
 
     # one split to one .npz file; a checkpoint that does not fit the store is an error
     rc, out = _run(capsys, "--checkpoint", ckpt, "--store", synth_store.root, "--split", SPLIT,

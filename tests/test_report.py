@@ -260,6 +260,26 @@ def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
     assert main(["--run-dir", str(tmp_path / "empty")]) == 2  # one line: no results.json
 
 
+def test_extra_either_style_and_json(report, tmp_path, capsys):
+    """--extra A=x B=y is --extra A=x --extra B=y; --json lists the files written."""
+    run_dir = shutil.copytree(report[0], tmp_path / "run")
+    copy = str(run_dir.parent / "copy")
+    shutil.copytree(run_dir / "predictions" / "beta=1", copy)
+    base = ["--run-dir", str(run_dir), "--resamples", "20"]
+    assert main([*base, "--extra", f"A={copy}", f"B={copy}", "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    out = run_dir / "report"
+    assert written["report"] == str(out / "report.md") and written["tables"] == str(out / "tables.json")
+    spaced = json.loads((out / "tables.json").read_text())
+    assert written["figures"] == [str(out / f) for f in spaced["figures"]] and written["figures"]
+    assert written["per_class"] == [str(out / f"per_class_{s}.csv") for s in spaced["eval_splits"]]
+    assert all(Path(f).is_file() for f in [written["report"], *written["figures"], *written["per_class"]])
+    assert [r["name"] for r in spaced["table4"]][-2:] == ["A", "B"]
+    assert main([*base, "--extra", f"A={copy}", "--extra", f"B={copy}"]) == 0
+    assert capsys.readouterr().out.startswith(f"report written to {out / 'report.md'}\n")
+    assert json.loads((out / "tables.json").read_text())["table4"] == spaced["table4"]
+
+
 def test_single_beta_sweep(report, tmp_path):
     """A sweep with one beta left: the tables, no comparison figures."""
     run_dir = shutil.copytree(report[0], tmp_path / "run")
