@@ -15,7 +15,9 @@ Weights: `checkpoint_filter_fn` maps a published AST AudioSet checkpoint (keys `
 `module.mlp_head.*`) or a timm ImageNet DeiT file (3-channel stem, square grid, 1000-class
 heads) to this model's keys and shapes, following AST's recipe: RGB stem summed to one
 channel, position grid centre-cut where it shrinks and bilinearly interpolated where it
-grows (time first, then frequency), cls/dist position vectors kept. Nothing is downloaded.
+grows (time first, then frequency), cls/dist position vectors kept. `create_ast` loads a
+file with timm's `load_checkpoint(model, path, filter_fn=checkpoint_filter_fn)` (.pth/.pt,
+tensors only, or .safetensors). Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed
-from timm.models import adapt_input_conv, clean_state_dict
+from timm.models import adapt_input_conv, clean_state_dict, load_checkpoint, load_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
 __all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "checkpoint_filter_fn",
@@ -212,15 +214,21 @@ def _dims(cfg: ASTConfig) -> tuple[int, int, int]:
     return cfg.embed_dim or embed, cfg.depth or depth, cfg.num_heads or heads
 
 
-def _read_state_dict(path: str | Path) -> dict:
-    """A local .pth/.pt (tensors only) or .safetensors file -> flat state dict."""
+def _weights_file(path: str | Path) -> str:
+    """A local .pth/.pt or .safetensors file, checked before timm reads it (timm's own error
+    for a missing file has no message, and it hands .npz/.npy to a JAX ViT loader)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix.lower() in (".npz", ".npy"):
+        raise ValueError(f"{path}: NumPy weights are not supported (a .pth/.pt or .safetensors file)")
+    return str(path)
+
+
+def _read_state_dict(path: str | Path) -> dict:
+    """A local .pth/.pt (tensors only) or .safetensors file -> flat state dict
+    (timm's `load_state_dict`: 'state_dict'/'model' containers unwrapped, `module.` dropped)."""
+    return load_state_dict(_weights_file(path), use_ema=False, weights_only=True)
 
 
 def _load(model: AST, state_dict: dict, source_grid: tuple[int, int] | None = None) -> AST:
@@ -233,7 +241,10 @@ def create_ast(cfg: ASTConfig) -> AST:
     An AST checkpoint must share the model's strides and mel count; frames may differ."""
     embed, depth, heads = _dims(cfg)
     model = AST(cfg.frames, cfg.mels, cfg.fstride, cfg.tstride, cfg.n_classes, embed, depth, heads)
-    return _load(model, _read_state_dict(cfg.weights)) if cfg.weights else model
+    if cfg.weights:  # timm reads the file and calls checkpoint_filter_fn(state_dict, model)
+        load_checkpoint(model, _weights_file(cfg.weights), use_ema=False, strict=True,
+                        filter_fn=checkpoint_filter_fn, weights_only=True)
+    return model
 
 
 def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: int | None = None,
@@ -246,7 +257,7 @@ def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: 
     to 1024 (the published input); another count adapts the time axis of the position grid.
     `mels` is the file's (and the model's) mel count. `n_classes` other than the file's
     re-initialises the classifier Linear."""
-    sd = clean_state_dict(_read_state_dict(path))
+    sd = _read_state_dict(path)
     if "v.pos_embed" not in sd:
         raise ValueError(f"{path}: not an AST checkpoint (no module.v.pos_embed key)")
     pos, stem = sd["v.pos_embed"], sd["v.patch_embed.proj.weight"]

@@ -221,3 +221,16 @@ def test_normalisation():
     assert mean == pytest.approx(allv.mean(), abs=1e-9) and std == pytest.approx(allv.std(), abs=1e-9)
     with pytest.raises(ValueError):
         normalisation_stats([])
+
+
+def test_missing_or_numpy_weights_are_named(tmp_path):
+    cfg = ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS, n_classes=K,
+                    weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):
+        create_ast(cfg)
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):
+        load_ast_checkpoint(tmp_path / "nope.pth")
+    np.savez(tmp_path / "jax.npz", x=np.zeros(1))
+    cfg.weights = str(tmp_path / "jax.npz")
+    with pytest.raises(ValueError, match="NumPy weights are not supported"):
+        create_ast(cfg)
