@@ -22,8 +22,9 @@ StoreError naming the file and the row group.
 Bulk paths stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read
 needs with one `read_row_groups` call per shard and takes the rows with one `take`;
 `Store.write_table` writes a table of the store's schema as a shard (through a 1 MiB buffer, so
-the hashing file sees few large writes); `Store.row_groups` comes from the same threaded pass
-over the shards that reads the clip ids and labels.
+the hashing file sees few large writes); `Store.labels`, `Store.clip_ids` and `Store.row_groups`
+come from threaded passes over the shards that read only the columns asked for (the labels
+alone: ~1 ms a shard), each once per Store object.
 """
 from __future__ import annotations
 
@@ -105,11 +106,7 @@ def file_hash(path: str | Path) -> str:
 
 def file_hashes(paths) -> list[str]:
     """`file_hash` of each path, a few files at a time (hashlib releases the GIL)."""
-    paths = list(paths)
-    if _io_threads(len(paths)) < 2:
-        return [file_hash(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
-        return list(pool.map(file_hash, paths))
+    return _map_shards(file_hash, list(paths))
 
 
 class _HashingFile:
@@ -392,43 +389,45 @@ class Store:
         return np.asarray(self.split_info(split)["class_counts"], dtype=np.int64)
 
     # --- what the shards hold ---------------------------------------------------------
-    def _index_table(self, split: str) -> tuple[pa.Table, RowGroups]:
-        """The split's clip ids and labels, and its row groups: each shard opened once, a few
-        shards at a time."""
-        paths = self.shard_paths(split)
-        if _io_threads(len(paths)) < 2:
-            parts = [_read_index(p) for p in paths]
-        else:
-            with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
-                parts = list(pool.map(_read_index, paths))
-        table = (pa.concat_tables([t for t, _ in parts]) if parts
-                 else schema(self.frames, self.mels).empty_table().select(["clip_id", "labels"]))
-        return table, RowGroups.from_sizes(paths, [sizes for _, sizes in parts])
-
     @cached_property
     def _index_cache(self) -> dict:
+        """{split: {"groups": RowGroups, column: Arrow array of the split in row order}}."""
         return {}
 
-    def _index_entry(self, split: str) -> tuple[pa.Table, RowGroups]:
-        if split not in self._index_cache:
-            self._index_cache[split] = self._index_table(split)
-        return self._index_cache[split]
-
-    def _index(self, split: str) -> pa.Table:
-        return self._index_entry(split)[0]
+    def _columns(self, split: str, columns: list[str]) -> dict:
+        """The split's `columns` and its row groups, read once per Store object: one pass over
+        the shards (each opened once, one read of only those columns, a few shards at a time,
+        no per-row Python) for the columns not read yet; with none missing and no row groups
+        known yet, the `labels` pass (the cheapest column) is made for them."""
+        entry = self._index_cache.setdefault(split, {})
+        missing = [c for c in columns if c not in entry] or ([] if "groups" in entry else ["labels"])
+        if missing:
+            paths = self.shard_paths(split)
+            parts = _map_shards(lambda p: _read_shard(p, missing), paths)
+            empty = schema(self.frames, self.mels).empty_table()
+            for c in missing:
+                chunks = [ch for t, _ in parts for ch in t[c].chunks]
+                col = pa.chunked_array(chunks, chunks[0].type) if chunks else empty[c]
+                entry[c] = col.combine_chunks() if c == "labels" else col  # labels: one compact list<int16>
+            entry.setdefault("groups", RowGroups.from_sizes(paths, [sizes for _, sizes in parts]))
+        return entry
 
     def row_groups(self, split: str) -> RowGroups:
-        """Where the split's rows live (as `RowGroups.of` its shard paths), from the pass that
-        reads the clip ids and labels (kept with them)."""
-        return self._index_entry(split)[1]
+        """Where the split's rows live (as `RowGroups.of` its shard paths), from the first pass
+        that read one of its columns (the `labels` pass if none did)."""
+        return self._columns(split, [])["groups"]
 
     def clip_ids(self, split: str) -> np.ndarray:
-        """Clip ids in row order, str [n_clips]."""
-        return self._index(split)["clip_id"].to_numpy().astype(str)
+        """Clip ids in row order, str [n_clips] (read with the labels when they are not read yet:
+        one pass for both)."""
+        with_labels = "labels" not in self._index_cache.get(split, {})
+        ids = self._columns(split, ["clip_id", "labels"] if with_labels else ["clip_id"])["clip_id"]
+        return ids.to_numpy().astype(str)
 
     def labels(self, split: str) -> MultiLabels:
-        """Per-clip label indices in row order (a sequence of int64 arrays)."""
-        col = self._index(split)["labels"].combine_chunks()
+        """Per-clip label indices in row order (a sequence of int64 arrays). Only the `labels`
+        column is read (kept per Store object as one list<int16> array, about 9 bytes a clip)."""
+        col = self._columns(split, ["labels"])["labels"]
         offsets = col.offsets.to_numpy().astype(np.int64)
         return MultiLabels(offsets - offsets[0], col.flatten().to_numpy().astype(np.int64))
 
@@ -617,11 +616,19 @@ def _read_columns(pf: pq.ParquetFile, path, columns: list[str], use_threads: boo
         raise _unreadable(path, pf, e, columns) from e
 
 
-def _read_index(path) -> tuple[pa.Table, list[int]]:
-    """A shard's clip ids and labels, and its row-group sizes, from one open of the file
-    (pyarrow's threads off: the shards are read a few at a time)."""
+def _read_shard(path, columns: list[str]) -> tuple[pa.Table, list[int]]:
+    """`columns` of a whole shard and its row-group sizes, from one open of the file (pyarrow's
+    threads off: the shards are read a few at a time)."""
     pf = _open_parquet(path)
-    return _read_columns(pf, path, ["clip_id", "labels"], use_threads=False), _group_sizes(pf)
+    return _read_columns(pf, path, columns, use_threads=False), _group_sizes(pf)
+
+
+def _map_shards(fn, paths: list[str]) -> list:
+    """fn(path) for each shard, a few at a time (pyarrow releases the GIL while it reads)."""
+    if _io_threads(len(paths)) < 2:
+        return [fn(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
+        return list(pool.map(fn, paths))
 
 
 def _labels_array(labels) -> pa.Array:

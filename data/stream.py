@@ -26,16 +26,12 @@ with memory bounded by Ray's backpressure, not by the dataset size.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, oversampled_counts, oversampling_factors
-from data.store import RowGroups, Store, StoreError, multi_hot, open_store
+from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
            "read_block", "read_blocks", "oversampled_dataset", "duplicates_per_batch",
@@ -45,48 +41,25 @@ _PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bound
 _MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
 _MIN_SPAN_BYTES = 64 << 20  # output a span is given at least (when there are blocks enough)
 _ROUNDS = 4             # rounds of the unit permutation
-
-
-def _read_shard(path: str) -> tuple[pa.ChunkedArray, list[int]]:
-    """A shard's `labels` column and its row-group sizes, from one open of the file."""
-    try:
-        f = pq.ParquetFile(path)
-        meta = f.metadata
-        return (f.read(columns=["labels"], use_threads=False)["labels"],
-                [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-    except (OSError, pa.ArrowException) as e:
-        raise StoreError(f"{path}: unreadable shard ({type(e).__name__}: {e})") from e
-
-
-@lru_cache(maxsize=2)  # about 50 MB each for AudioSet's 2.06M clips
-def _split_labels(key: tuple) -> tuple[MultiLabels, RowGroups]:
-    paths = [p for p, _, _ in key]
-    with ThreadPoolExecutor(8) as pool:  # many small files: more threads than cores still help
-        parts = list(pool.map(_read_shard, paths))
-    shard, index, sizes = [], [], []
-    for s, (_, groups) in enumerate(parts):
-        shard += [s] * len(groups)
-        index += range(len(groups))
-        sizes += groups
-    start = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=start[1:])
-    groups = RowGroups(list(paths), np.asarray(shard, np.int32), np.asarray(index, np.int32), start)
-    if not parts:
-        return MultiLabels(np.zeros(1, np.int64), np.zeros(0, np.int64)), groups
-    col = pa.chunked_array([c for part, _ in parts for c in part.chunks], parts[0][0].type).combine_chunks()
-    offsets = col.offsets.to_numpy().astype(np.int64)
-    return MultiLabels(offsets - offsets[0], col.flatten().to_numpy().astype(np.int64)), groups
+_LABELS_KEPT = 2        # splits whose labels `split_labels` keeps (about 60 MB each for AudioSet's 2.06M clips)
+_labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
 
 
 def split_labels(store: Store, split: str) -> tuple[MultiLabels, RowGroups]:
-    """The split's labels (as `Store.labels`) and row groups (as `RowGroups.of`), read in one
-    threaded pass over the shards that opens each file once and skips the clip ids; the last
-    two splits read are kept (keyed by each shard's path, size and modification time)."""
-    key = []
-    for p in store.shard_paths(split):
-        st = os.stat(p)
-        key.append((p, st.st_size, st.st_mtime_ns))
-    return _split_labels(tuple(key))
+    """The split's labels (`Store.labels`: the labels column alone, one read a shard) and row
+    groups (`Store.row_groups`, from the same pass). The last `_LABELS_KEPT` splits read are
+    kept in the process, keyed by each shard's path, inode, size and modification time, so a
+    dataset rebuilt from the store's path (Train's worker-group restarts) does not read again."""
+    try:
+        key = tuple((p, st.st_ino, st.st_size, st.st_mtime_ns)
+                    for p in store.shard_paths(split) for st in [os.stat(p)])
+    except OSError:  # a missing shard: the store says which
+        return store.labels(split), store.row_groups(split)
+    got = _labels_kept.pop(key, None) or (store.labels(split), store.row_groups(split))
+    _labels_kept[key] = got  # the most recent last
+    while len(_labels_kept) > _LABELS_KEPT:
+        del _labels_kept[next(iter(_labels_kept))]
+    return got
 
 
 @dataclass(frozen=True)

@@ -288,3 +288,33 @@ def test_fingerprint_of_a_numpy_array_is_the_fingerprint_of_its_strings():
     ids = np.array(["b", "a", "Zz", "é", "a1", "ä", "", "B", "😀", "ab"])
     assert fingerprint(ids) == fingerprint(ids.tolist()) == fingerprint(list(reversed(ids.tolist())))
     assert fingerprint(ids[:3]) != fingerprint(ids)
+
+
+def test_labels_are_read_alone_once_per_store(tmp_path, monkeypatch):
+    """`labels` reads only the labels column (one read a shard, kept by the Store object, which
+    also gives `row_groups`); `clip_ids` then reads only the clip ids, and first reads both."""
+    from data.store import RowGroups
+    _shards_store(tmp_path / "s")
+    reads = []
+    real = pq.ParquetFile.read
+
+    def counted(self, columns=None, **kwargs):
+        reads.append(tuple(columns))
+        return real(self, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", counted)
+    store = open_store(tmp_path / "s")
+    shards = len(store.shard_paths("train"))
+    labels, groups = store.labels("train"), store.row_groups("train")
+    assert [list(labels[j]) for j in (0, 6, 149)] == [[0, 4], [1, 4], [4, 4]]
+    assert labels.offsets.dtype == labels.indices.dtype == np.int64
+    expected = RowGroups.of(store.shard_paths("train"))
+    assert all(np.array_equal(getattr(groups, k), getattr(expected, k)) for k in ("shard", "index", "start"))
+    store.labels("train")
+    assert reads == [("labels",)] * shards
+    assert store.clip_ids("train").tolist() == [f"id{i}" for i in range(150)]
+    assert reads[shards:] == [("clip_id",)] * shards
+    reads.clear()
+    other = open_store(tmp_path / "s")
+    other.clip_ids("train"), other.labels("train"), other.row_groups("train")
+    assert reads == [("clip_id", "labels")] * shards
