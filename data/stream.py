@@ -34,8 +34,8 @@ from data.balance import MultiLabels, oversampled_counts, oversampling_factors
 from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
-           "read_block", "read_blocks", "oversampled_dataset", "duplicates_per_batch",
-           "class_mix_distance", "sampler_audit"]
+           "read_block", "read_blocks", "oversampled_dataset", "stream_execution_options",
+           "duplicates_per_batch", "class_mix_distance", "sampler_audit"]
 
 _PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bounds driver memory)
 _MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
@@ -375,16 +375,17 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`.
 
     The split's `SplitIndex` is put in the object store once and the readers get its
-    reference; the UDF and each input row are a few numbers at any scale."""
+    reference; the UDF and each input row are a few numbers at any scale.
+
+    The order is kept by the dataset's own execution options (the process-wide DataContext is
+    left alone). Ray Train replaces a dataset's execution options with its `DataConfig`'s:
+    give it `stream_execution_options()` for this dataset, or the stream reaches the workers
+    in the order its reads finish."""
     import ray
-    from ray.data import DataContext
 
     store = open_store(store_path)
     plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
                        examples=examples, skip=skip, units_per_block=units_per_block, priors=priors)
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the planned order is the order delivered
-    ctx.enable_progress_bars = False
     spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
     row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
     spans = _spans(plan, row_bytes)
@@ -392,11 +393,26 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     # starts when no node has a whole CPU free (Train workers hold the rest; the reads take 0.5)
     ds = ray.data.from_items(spans or [{"first": 0, "blocks": 0, "start": 0}],
                              override_num_blocks=max(1, len(spans)))
+    # the dataset's own DataContext (a copy of the current one, taken by from_items and shared
+    # by the datasets derived from it), never the process-wide one
+    ds.context.execution_options.preserve_order = True  # the planned order is the order delivered
+    ds.context.enable_progress_bars = False
     ds = ds.map_batches(read_blocks, batch_size=1, batch_format="numpy", num_cpus=0.5,
                         fn_kwargs={"index": ray.put(plan.index), "spec": spec})
     if examples is not None:
         ds = ds.limit(examples)
     return ds
+
+
+def stream_execution_options():
+    """Ray Data execution options that keep the stream's order, for Ray Train, which replaces a
+    dataset's own with its `DataConfig`'s: `ray.train.DataConfig(datasets_to_split=["train"],
+    execution_options={"train": stream_execution_options()})`. Train's defaults
+    (`DataConfig.default_ingest_options()`, from the current DataContext) with `preserve_order`."""
+    from ray.train import DataConfig
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def duplicates_per_batch(clip_index: np.ndarray, batch_size: int) -> float:

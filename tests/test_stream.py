@@ -1,6 +1,7 @@
 """The oversampling stream: exact counts, determinism, mixing, budgets, compact plans shipped by
 reference, many consumers, Ray Train sharding."""
 import json
+import logging
 import threading
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from data.balance import oversampled_counts, oversampling_factors
 from data.stream import (SplitIndex, block_rows, duplicates_per_batch, oversampled_dataset, plan_stream,
-                         read_blocks, sampler_audit, split_labels, unit_order)
+                         read_blocks, sampler_audit, split_labels, stream_execution_options, unit_order)
 
 
 def _order(plan):
@@ -130,7 +131,11 @@ def test_duplicates_statistic_by_hand():
     assert duplicates_per_batch(np.arange(10), 5) == 0.0
 
 
-def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store):
+def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store, monkeypatch):
+    from ray.data import DataContext
+    # the order comes from the dataset's own context, whatever the process-wide one says
+    monkeypatch.setattr(DataContext.get_current().execution_options, "preserve_order", False)
+
     def pass_ids(epoch):
         ds = oversampled_dataset(synth_store.root, "train", 1.0, seed=4, epoch=epoch)
         out = {"clip_index": [], "position": [], "clip_id": []}
@@ -150,6 +155,42 @@ def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store):
     assert (a["clip_id"] == ids[a["clip_index"]]).all()
 
 
+def test_the_process_wide_data_context_is_left_alone(ray_local, synth_store):
+    from ray.data import DataContext
+    ctx = DataContext.get_current()
+    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ds = oversampled_dataset(synth_store.root, "train", 0.5, seed=0, examples=100)
+    assert DataContext.get_current() is ctx
+    assert (ctx.execution_options.preserve_order, ctx.enable_progress_bars) == before
+    assert ds.context is not ctx
+    assert ds.context.execution_options.preserve_order and not ds.context.enable_progress_bars
+    options = stream_execution_options()  # what Ray Train is given for this dataset
+    assert options.preserve_order and ctx.execution_options.preserve_order == before[0]
+
+
+def test_train_ingest_keeps_the_stream_order(ray_local, synth_store, monkeypatch):
+    """Ray Train replaces a dataset's execution options with its DataConfig's
+    (`DataConfig.configure`, which Train's dataset manager calls; by default options taken from
+    the process-wide context): given `stream_execution_options`, a worker gets the stream in its
+    planned order."""
+    import ray.train
+    from ray.data import DataContext
+    monkeypatch.setattr(DataContext.get_current().execution_options, "preserve_order", False)
+
+    def shard(config):
+        ds = oversampled_dataset(synth_store.root, "train", 1.0, seed=4, examples=5000)
+        [iterators] = config.configure({"train": ds}, world_size=1, worker_handles=None, worker_node_ids=None)
+        return iterators["train"]
+    default = shard(ray.train.DataConfig(datasets_to_split=["train"]))
+    assert not default.get_context().execution_options.preserve_order  # the dataset's own is gone
+    del default
+    it = shard(ray.train.DataConfig(datasets_to_split=["train"],
+                                    execution_options={"train": stream_execution_options()}))
+    assert it.get_context().execution_options.preserve_order
+    position = np.concatenate([b["position"] for b in it.iter_batches(batch_size=100, batch_format="numpy")])
+    np.testing.assert_array_equal(position, np.arange(5000))
+
+
 def test_two_train_workers_see_disjoint_parts_of_the_pass(ray_local, synth_store, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -167,7 +208,8 @@ def test_two_train_workers_see_disjoint_parts_of_the_pass(ray_local, synth_store
         loop, train_loop_config={"out": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         datasets={"train": lambda: oversampled_dataset(synth_store.root, "train", 0.5, seed=0)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"train": stream_execution_options()}),
         run_config=ray.train.RunConfig(name="disjoint", storage_path=str(tmp_path / "ray")))
     trainer.fit()
     r0, r1 = (set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1))
@@ -176,28 +218,53 @@ def test_two_train_workers_see_disjoint_parts_of_the_pass(ray_local, synth_store
     assert len(r0) == len(r1) and total - 1 <= len(r0 | r1) <= total  # equal split drops < 2 rows
 
 
-def _udf_sizes(monkeypatch) -> list:
-    """Sizes of the map UDFs Ray Data puts in the object store (what its "UDF is too large"
-    warning measures), recorded as the executor starts each map operator."""
-    from ray.data._internal.execution.operators.map_operator import MapOperator
-    sizes, warn = [], MapOperator._warn_large_udf
+class _Records(logging.Handler):
+    def __init__(self, text: str):
+        super().__init__(logging.WARNING)
+        self.text, self.seen = text, []
 
-    def record(self, udf):
-        import ray
-        sizes.append(ray.experimental.get_local_object_locations([udf])[udf]["object_size"])
-        return warn(self, udf)
-    monkeypatch.setattr(MapOperator, "_warn_large_udf", record)
+    def emit(self, record):
+        if self.text in record.getMessage():
+            self.seen.append(record.getMessage())
+
+
+def _shipped_sizes(monkeypatch) -> list:
+    """Bytes of what each `Dataset.map_batches` call ships to its tasks (the function and its
+    fn_args / fn_kwargs, pickled by ray.cloudpickle as Ray pickles a UDF), recorded at the public
+    API as the dataset is built."""
+    import ray.cloudpickle
+    from ray.data import Dataset
+    sizes, real = [], Dataset.map_batches
+
+    def recording(self, fn, *args, **kwargs):
+        sizes.append(len(ray.cloudpickle.dumps((fn, kwargs.get("fn_args"), kwargs.get("fn_kwargs")))))
+        return real(self, fn, *args, **kwargs)
+    monkeypatch.setattr(Dataset, "map_batches", recording)
     return sizes
 
 
 def test_udf_stays_small_whatever_the_budget(ray_local, synth_store, monkeypatch):
-    """The plan travels by reference: the UDF is the same few KB for 1 pass or 30."""
-    sizes = _udf_sizes(monkeypatch)
-    one = plan_stream(synth_store, "train", 0.5, seed=0).examples
-    for examples in (one, 30 * one):
-        ds = oversampled_dataset(synth_store.root, "train", 0.5, seed=0, examples=examples)
-        next(iter(ds.iter_batches(batch_size=10, batch_format="numpy")))
-    assert len(sizes) == 2 and max(sizes) < 64 * 1024 and abs(sizes[1] - sizes[0]) < 1024, sizes
+    """The index travels by reference: the map UDF is the same few hundred bytes for 1 pass or
+    30, smaller than the index itself (so it would fail with the index, or the plan, passed by
+    value), and Ray Data never warns that a UDF "is too large"."""
+    import ray.cloudpickle
+    from data.stream import _Spec
+    sizes = _shipped_sizes(monkeypatch)
+    warned = _Records("is too large")
+    logging.getLogger("ray.data").addHandler(warned)
+    try:
+        plan = plan_stream(synth_store, "train", 0.5, seed=0)
+        for examples in (plan.examples, 30 * plan.examples):
+            ds = oversampled_dataset(synth_store.root, "train", 0.5, seed=0, examples=examples)
+            next(iter(ds.iter_batches(batch_size=10, batch_format="numpy")))
+    finally:
+        logging.getLogger("ray.data").removeHandler(warned)
+    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
+    by_value = len(ray.cloudpickle.dumps((read_blocks, None, {"index": plan.index, "spec": spec})))
+    bound = 2048
+    assert by_value > bound  # the bound tells the two apart on this store
+    assert len(sizes) == 2 and max(sizes) < bound and sizes[0] == sizes[1], (sizes, by_value)
+    assert not warned.seen
 
 
 @pytest.mark.parametrize("beta,equal", [(0.5, True), (0.25, False)])
