@@ -7,10 +7,11 @@ Builds once (cached under --dir) a labels-only store (mel [1, 1]) of the 2,063,9
 AudioSet training clips (balanced + unbalanced segment CSVs, read in place from --audioset) in
 rarest-label order, written as data/ingest.py writes a training split (512 rows a shard). Then
 prints JSON:
-- plan: time and memory (tracemalloc peak, and peak-RSS increase in a fresh process) of
-  `plan_stream` at beta = 1 for one full pass and for a --budget-example run, with the labels
-  read from the shards and again with them cached in the process, and the pickled sizes of
-  the plan and of the part of it the readers get (the index, put in the object store once);
+- plan: time and peak-RSS increase of `plan_stream` in a fresh process (and its tracemalloc
+  peak in another: tracing slows the plan) at beta = 1 for one full pass and for a
+  --budget-example run, with the labels read from the shards and again with them cached in
+  the process, and the pickled sizes of the plan and of the part of it the readers get (the
+  index, put in the object store once); `--parts plan` alone starts no Ray;
 - stream: time to first batch and rows/s of `oversampled_dataset` at beta 0, 0.5 and 1, for
   --rows rows each (Ray's workers started beforehand; the labels are read once per process, so
   the first beta's `dataset_built_s` includes reading them and the others' do not);
@@ -68,32 +69,39 @@ def _stream_module():
     return importlib.import_module(os.environ.get("BENCH_STREAM_MODULE", "data.stream"))
 
 
-def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int) -> dict:
-    """Plan time and memory in this (fresh) process."""
+def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int,
+                 trace: bool = False) -> dict:
+    """Plan time and peak-RSS increase in this (fresh) process, then the time again with the
+    labels cached; with `trace`, only the tracemalloc peak of the plan (tracing slows Python
+    allocations: it is never on while the plan is timed)."""
     plan_stream = _stream_module().plan_stream
     store = open_store(store_dir)
+    if trace:
+        tracemalloc.start()
+        plan_stream(store, "train", beta, seed=seed, examples=examples)
+        return {"tracemalloc_peak_MB": tracemalloc.get_traced_memory()[1] / 1e6}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
     t0 = time.perf_counter()
     plan = plan_stream(store, "train", beta, seed=seed, examples=examples)
     seconds = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     plan_stream(store, "train", beta, seed=seed, examples=examples)  # labels cached: the plan alone
     return {"beta": beta, "examples": examples, "planned_examples": int(plan.examples),
             "blocks": int(len(plan.block_rows)), "seconds": seconds,
             "seconds_labels_cached": time.perf_counter() - t0,
-            "tracemalloc_peak_MB": peak / 1e6, "peak_rss_increase_MB": (rss1 - rss0) / 1e3,
-            **_shipped_bytes(plan)}
+            "peak_rss_increase_MB": (rss1 - rss0) / 1e3, **_shipped_bytes(plan)}
 
 
 def plan_in_fresh_process(store_dir: Path, beta: float, examples: int | None, seed: int) -> dict:
+    """`measure_plan` in a fresh process, and its tracemalloc peak in another."""
     cmd = [sys.executable, __file__, "--plan-only", "--store", str(store_dir), "--beta", str(beta),
            "--seed", str(seed)] + ([] if examples is None else ["--examples", str(examples)])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+    out = {}
+    for extra in ([], ["--trace"]):
+        run = subprocess.run(cmd + extra, check=True, capture_output=True, text=True)
+        out.update(json.loads(run.stdout))
+    return out
 
 
 def _same(batch):
@@ -209,9 +217,10 @@ def main() -> None:
     p.add_argument("--store", help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--examples", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.plan_only:
-        print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed)))
+        print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed, a.trace)))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     store = build_store(Path(a.dir) / "audioset-train-labels-store", Path(a.audioset))
@@ -221,6 +230,10 @@ def main() -> None:
     if "plan" in a.parts:
         out["plan"] = {"beta1_one_pass": plan_in_fresh_process(store.root, 1.0, None, a.seed),
                        f"beta1_{a.budget}_examples": plan_in_fresh_process(store.root, 1.0, a.budget, a.seed)}
+    if set(a.parts) == {"plan"}:  # no Ray needed
+        out["load_average_end"] = os.getloadavg()
+        print(json.dumps(out, indent=1))
+        return
     import ray
     import ray.data  # configures Ray Data's loggers: the handler goes on after
     catch = _Catch()
