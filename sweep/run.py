@@ -253,6 +253,7 @@ def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_inf
     from sweep import tracking
     tracking.close_running_children(client, tracking_info["experiment_id"], parent_id)
     traces, failed = collect_traces(results, train_runs)
+    tracking.fail_children(client, tracking_info["experiment_id"], parent_id, failed)
     if not traces:
         raise RuntimeError(f"every trial failed: {failed}")
     w = cfg.sweep.smoothing_window

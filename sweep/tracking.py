@@ -118,6 +118,16 @@ def close_running_children(client: MlflowClient, exp_id: str, parent_id: str) ->
     return len(runs)
 
 
+def fail_children(client: MlflowClient, exp_id: str, parent_id: str, failed: list[dict]) -> None:
+    """Mark the child runs of trials Tune gave up on (`failed`: trial_id, error) as FAILED."""
+    for f in failed:
+        for r in client.search_runs([exp_id], f"tags.ray_trial_id = '{f['trial_id']}' and "
+                                              f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            if r.info.status != "FAILED":
+                client.set_tag(r.info.run_id, "error", f["error"][:5000])
+                client.set_terminated(r.info.run_id, "FAILED")
+
+
 def ui_command(uri: str, exp_id: str) -> str:
     """How to browse the runs (the runs table is not MLflow 3's landing page)."""
     url = f"#/experiments/{exp_id}/runs"

@@ -152,12 +152,23 @@ def trial_driver(config: dict, sweep: dict) -> None:
             _finish_child(cfg, config["tracking"]["uri"], run_id, run_path, error)
 
 
+def _stopped_from_outside(error: BaseException) -> bool:
+    """The trial's actors were taken away (Ctrl-C on the sweep, which ends the trial drivers and
+    their Train controllers in no set order; a lost node) rather than its training failing."""
+    from ray.exceptions import RayActorError
+    return isinstance(error, (RayActorError, SystemExit, KeyboardInterrupt))
+
+
 def _finish_child(cfg: Config, uri: str, run_id: str, run_path: str, error: BaseException | None) -> None:
-    """End the trial's MLflow run: FAILED with its error, FINISHED with the convergence tags when
-    training stopped by its own rule, else KILLED (stopped from outside: --resume continues it)."""
+    """End the trial's MLflow run: FAILED with its training error, FINISHED with the convergence
+    tags when training stopped by its own rule, else KILLED (stopped from outside, tagged with
+    how: --resume continues it; a trial Tune gives up on is marked FAILED by the sweep)."""
     from mlflow.tracking import MlflowClient
     from sweep.tracking import finish_run
     client = MlflowClient(uri)
+    if error is not None and _stopped_from_outside(error):
+        client.set_tag(run_id, "stopped_by", f"{type(error).__name__}: {error}"[:5000])
+        error = None
     tags = {} if error is not None else _outcome(cfg, run_path)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)

@@ -6,17 +6,16 @@ test that asks for `ray_local` starts it again (tests/conftest.py). The sweep co
 would to a `ray up` cluster: `--set run.ray_address=<head>`.
 """
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_checks import actors, check_selection_is_exact, children, smoke_args
 
+from sweep.checkpoint import MODEL, list_checkpoints
 from sweep.run import main
-from sweep.select import settled
-
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+from sweep.select import checkpoints_to_keep, settled, smoothed
 
 
 @pytest.fixture(scope="module")
@@ -44,53 +43,69 @@ def cluster():
         c.shutdown()
 
 
-def test_sweep_spans_nodes(cluster, tmp_path, monkeypatch):
-    """Two Train workers per trial, one CPU each, on 1-CPU nodes: every worker group spans two
-    nodes (DDP over gloo between raylets), validation is scored half on each rank, both ranks
-    stop on rank 0's decision, the trials finish and the sweep completes."""
-    from ray.util.state import list_actors, list_nodes
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
+    """One trial of two Train workers, one CPU each, on 1-CPU nodes, logging to a real `mlflow
+    server`: the worker group spans two nodes (DDP over gloo between raylets), validation is
+    scored half on each rank, both ranks stop on rank 0's decision as soon as the pick settles
+    (patience 1), the weights are pruned as the trial goes (keep_checkpoints=1), and the sweep's
+    answer, predictions, tables and MLflow runs are complete and agree."""
+    from ray.util.state import list_nodes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     run = tmp_path / "run"
-    store = tmp_path.parent / "smoke-store"
-    assert main(["--config", str(SMOKE), "--run-dir", str(run), "--set", f"data.store={store}",
-                 "--set", f"run.ray_address={cluster.address}", "--set", "sweep.patience=1",
-                 "--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1"]) == 0
+    assert main(smoke_args(tmp_path, f"run.ray_address={cluster.address}", "sweep.betas=[1.0]",
+                           "sweep.patience=1", "train.keep_checkpoints=1",
+                           "resources.num_workers=2", "resources.cpus_per_worker=1")) == 0
 
     nodes = {n.node_id for n in list_nodes(address=cluster.address)}
     assert len(nodes) == 3
-    workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")],
-                          detail=True, limit=1000)
-    groups = defaultdict(list)  # one placement group per worker group (a trial's Train run)
-    for w in workers:
-        groups[w.placement_group_id].append(w.node_id)
-    assert len(groups) == 2, dict(groups)  # one worker group per trial, no restarts
-    for group_nodes in groups.values():
-        assert len(group_nodes) == 2 and len(set(group_nodes)) == 2, group_nodes  # two nodes each
-    assert {n for g in groups.values() for n in g} <= nodes
+    workers = actors(cluster.address, "RayTrainWorker", detail=True)
+    assert len(workers) == 2, [(w.pid, w.state) for w in workers]  # one worker group, no restart
+    assert len({w.node_id for w in workers}) == 2 and {w.node_id for w in workers} <= nodes
 
     results = json.loads((run / "results.json").read_text())
-    assert [r["beta"] for r in results["rows"]] == [0.0, 1.0] and not results["failed"]
-    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
-    parent_id = json.loads((run / "sweep.json").read_text())["parent_run_id"]
-    exp = client.get_run(parent_id).info.experiment_id
-    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert len(children) == 2
-    traces = {t["trial_id"]: t for t in results["traces"]}
-    for c in children:
-        assert c.info.status == "FINISHED", c.data.tags.get("error")
-        trace = traces[c.data.tags["ray_trial_id"]]
-        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_dprime")] == trace["examples"]
-        # both ranks left the loop together on rank 0's decision (settled, or the cap)
-        assert c.data.tags["stopped"] in ("settled", "cap")
-        assert (c.data.tags["stopped"] == "settled") == settled(np.array(trace["dprime"]), 3, 1)
+    assert [r["beta"] for r in results["rows"]] == [1.0] and not results["failed"]
+    assert results["selection"]["beta"] == 1.0 and not (run / "mlflow.db").exists()
+    check_selection_is_exact(results, 3, 1, cap_evals=15)
+    (row,), (trace,) = results["rows"], results["traces"]
+    for split in ("eval_public", "eval_internal"):
+        m = row["eval"][split]
+        assert 0 < m["mAP"] <= 1 and 0 < m["AUC"] <= 1 and np.isfinite(m["dprime"])
+        pred = np.load(run / "predictions" / "beta=1" / f"{split}.npz")
+        assert pred["scores"].shape == pred["targets"].shape == (len(pred["clip_ids"]), 8)
+    table = (run / "results.txt").read_text()
+    assert "Table 4: mAP" in table and f"{row['eval']['eval_public']['mAP']:.4f}" in table
+    # pruned as the trial went: weights only where selection could still pick, one optimizer
+    checkpoints = list_checkpoints(str(Path(row["checkpoint"]).parent))
+    d = np.array(trace["dprime"])
+    assert checkpoints[-1][1]["history"]["val_dprime"] == trace["dprime"]
+    kept = [j for j, (path, _) in enumerate(checkpoints) if (Path(path) / MODEL).is_file()]
+    assert kept == sorted(checkpoints_to_keep(d, 3, 1))
+    assert [(Path(p) / "optimizer.pt").is_file() for p, _ in checkpoints].count(True) == 1
+
+    client = MlflowClient(mlflow_server)
+    parent_id, (child,) = children(client, run)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.betas"] == "[1.0]"
+    assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.json", "results.txt", "report"}
+    assert child.info.status == "FINISHED", child.data.tags.get("error")
+    assert child.data.params["lr"] == "0.001" and child.data.tags["dataset.fingerprint"].startswith("sha256:")
+    assert child.data.tags["ray_trial_id"] == trace["trial_id"]
+    # both ranks left the loop together on rank 0's decision: settled, or the cap
+    assert (child.data.tags["stopped"] == "settled") == (child.data.tags["converged"] == "true") == settled(d, 3, 1)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_dprime")] == trace["examples"]
+    # "smoothed" in MLflow is the centred full-window value selection uses, at its centre
+    smooth = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_dprime_smoothed")}
+    want = {e: v for e, v in zip(trace["examples"], smoothed(d, 3)) if np.isfinite(v)}
+    assert smooth.keys() == want.keys() and all(smooth[e] == pytest.approx(want[e]) for e in want)
+    assert "audit.epoch_inflation" in child.data.metrics
+    assert any(a.path == "audit" for a in client.list_artifacts(child.info.run_id))
 
     # validation sharded over the two ranks gives the metrics one process computes alone
     from data.store import open_store
     from sweep.checkpoint import load_model
     from sweep.evaluate import evaluate_split
-    for row in results["rows"]:
-        alone = evaluate_split(load_model(row["checkpoint"]), open_store(store), "valid", 256)["metrics"]
-        trace = traces[row["trial_id"]]
-        sharded = trace["dprime"][trace["examples"].index(row["examples_to_peak"])]
-        assert alone["dprime"] == pytest.approx(sharded, abs=1e-6)  # batch sizes differ: float noise only
+    alone = evaluate_split(load_model(row["checkpoint"]), open_store(tmp_path.parent / "smoke-store"),
+                           "valid", 256)["metrics"]
+    sharded = trace["dprime"][trace["examples"].index(row["examples_to_peak"])]
+    assert alone["dprime"] == pytest.approx(sharded, abs=1e-6)  # batch sizes differ: float noise only

@@ -1,142 +1,165 @@
-"""The sweep end to end on a local Ray with the smoke config: MLflow (a real server and sqlite),
-the stopping rule, exact checkpoints, an honest Ctrl-C and --resume, and bad configurations."""
+"""The sweep end to end on a local Ray with the smoke config: an honest Ctrl-C, --resume, a
+Train worker killed mid-trial, exact checkpoints and selection, both trials at once; and the
+errors that stop a sweep before it starts (bad config, unreachable MLflow, a store that is
+somebody's data). The sweep on a multi-node cluster, logging to a real `mlflow server`, with
+the stopping rule and checkpoint pruning: tests/test_multinode.py."""
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_checks import SMOKE, actors, check_selection_is_exact, children, registered_examples, smoke_args
 
-from sweep.checkpoint import MODEL, list_checkpoints, load_state
 from sweep.run import main
-from sweep.select import checkpoints_to_keep, pick, settled, smoothed
 from sweep.tracking import TrackingError
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+EVERY, CAP_EVALS = 64, 10
+STEPS = [EVERY * k for k in range(1, CAP_EVALS + 1)]
+# every trial runs to the cap (patience 20 never settles in 10 evaluations): a fixed number of
+# evaluations to interrupt, resume and kill in; the tightest pruning (keep_checkpoints=1)
+CAPPED = [f"train.max_examples={STEPS[-1]}", f"train.eval_every_examples={EVERY}", "sweep.patience=20",
+          "train.keep_checkpoints=1"]
 
 
-def _args(tmp_path, *overrides):
-    return ["--config", str(SMOKE), "--run-dir", str(tmp_path / "run"),
-            "--set", f"data.store={tmp_path.parent / 'smoke-store'}", *sum((["--set", o] for o in overrides), [])]
-
-
-def _children(client, parent_id):
-    exp = client.get_run(parent_id).info.experiment_id
-    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def _mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1 (a free port); returns (process, uri) once healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            return server, uri
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                _stop(server)
-                raise AssertionError("mlflow server did not start")
-            time.sleep(1)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM the server's process group; SIGKILL what is still there after 30 s."""
-    os.killpg(server.pid, signal.SIGTERM)
+def _interrupt_once_both_trials_train(args: list[str], train_runs: Path) -> str:
+    """Run `python -m sweep.run` as a user would (a process of its own, attached to the session's
+    Ray as on a cluster head); Ctrl-C once both trials have registered a checkpoint and neither
+    has finished (they train at once). Returns the driver's stderr."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "sweep.run", *args], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-
-
-def _check_selection_is_exact(results: dict, window: int, patience: int, cap_evals: int) -> None:
-    """Every beta's evaluated checkpoint is the selected evaluation's own, the pick is the one
-    sweep.select makes on the trace, and each trial stopped exactly when its pick settled (or
-    at the cap)."""
-    traces = {t["trial_id"]: t for t in results["traces"]}
-    for row in results["rows"]:
-        trace = traces[row["trial_id"]]
-        d = np.array(trace["dprime"])
-        i = pick(d, window)
-        assert row["examples_to_peak"] == trace["examples"][i] == row["examples_evaluated"]
-        assert load_state(row["checkpoint"])["examples"] == row["examples_to_peak"]
-        assert (Path(row["checkpoint"]) / MODEL).is_file()
-        assert row["val_dprime"] == pytest.approx(smoothed(d, window)[i])
-        assert row["converged"] == settled(d, window, patience)
-        assert not any(settled(d[:k], window, patience) for k in range(1, len(d)))  # stopped at once
-        assert row["converged"] or len(d) == cap_evals
-
-
-def test_smoke_sweep_on_an_mlflow_server_with_concurrent_trials(ray_4_cpus, tmp_path, monkeypatch):
-    """Both smoke trials at once (4 logical CPUs), logging to a real MLflow server, with the
-    tightest checkpoint pruning (keep_checkpoints=1) and patience 1, so trials stop as soon as
-    their pick settles."""
-    server, uri = _mlflow_server(tmp_path)
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        assert main(_args(tmp_path, "train.keep_checkpoints=1", "sweep.patience=1")) == 0
-        run = tmp_path / "run"
-        results = json.loads((run / "results.json").read_text())
-        assert [r["beta"] for r in results["rows"]] == [0.0, 1.0] and not results["failed"]
-        assert results["selection"]["beta"] in (0.0, 1.0) and not (run / "mlflow.db").exists()
-        _check_selection_is_exact(results, 3, 1, cap_evals=15)
-        for row in results["rows"]:
-            for split in ("eval_public", "eval_internal"):
-                m = row["eval"][split]
-                assert 0 < m["mAP"] <= 1 and 0 < m["AUC"] <= 1 and np.isfinite(m["dprime"])
-                pred = np.load(run / "predictions" / f"beta={row['beta']:g}" / f"{split}.npz")
-                assert pred["scores"].shape == pred["targets"].shape == (len(pred["clip_ids"]), 8)
-            # pruned as the trial went: weights only where selection could still pick
-            checkpoints = list_checkpoints(str(Path(row["checkpoint"]).parent))
-            d = checkpoints[-1][1]["history"]["val_dprime"]
-            kept = [j for j, (path, _) in enumerate(checkpoints) if (Path(path) / MODEL).is_file()]
-            assert kept == sorted(checkpoints_to_keep(d, 3, 1))
-            assert [(Path(p) / "optimizer.pt").is_file() for p, _ in checkpoints].count(True) == 1
-        table = (run / "results.txt").read_text()
-        assert "Table 4: mAP" in table and f"{results['rows'][0]['eval']['eval_public']['mAP']:.4f}" in table
-
-        client = MlflowClient(uri)
-        parent_id = json.loads((run / "sweep.json").read_text())["parent_run_id"]
-        parent = client.get_run(parent_id)
-        assert parent.info.status == "FINISHED" and parent.data.params["sweep.betas"] == "[0.0, 1.0]"
-        assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.json", "results.txt", "report"}
-        children = _children(client, parent_id)
-        assert sorted(float(c.data.params["beta"]) for c in children) == [0.0, 1.0]
-        traces = {t["trial_id"]: t for t in results["traces"]}
-        for c in children:
-            assert c.info.status == "FINISHED", c.data.tags.get("error")
-            assert c.data.params["lr"] == "0.001" and c.data.tags["dataset.fingerprint"].startswith("sha256:")
-            trace = traces[c.data.tags["ray_trial_id"]]
-            d = np.array(trace["dprime"])
-            assert c.data.tags["converged"] == str(settled(d, 3, 1)).lower()
-            history = client.get_metric_history(c.info.run_id, "val_dprime")
-            assert [m.step for m in history] == trace["examples"]  # no gap, no repeat
-            # "smoothed" in MLflow is the centred full-window value selection uses, at its centre
-            smooth = {m.step: m.value for m in client.get_metric_history(c.info.run_id, "val_dprime_smoothed")}
-            want = {e: v for e, v in zip(trace["examples"], smoothed(d, 3)) if np.isfinite(v)}
-            assert smooth.keys() == want.keys() and all(smooth[e] == pytest.approx(want[e]) for e in want)
-            assert "audit.epoch_inflation" in c.data.metrics
-            assert any(a.path == "audit" for a in client.list_artifacts(c.info.run_id))
-        starts, ends = [c.info.start_time for c in children], [c.info.end_time for c in children]
-        assert max(starts) < min(ends), "the two trials did not overlap"
+        deadline = time.time() + 300
+        while True:
+            progress = registered_examples(train_runs)
+            if len(progress) == 2 and all(progress.values()):
+                assert all(ex[-1] < STEPS[-1] for ex in progress.values()), \
+                    f"a trial finished before the other had a checkpoint: not concurrent ({progress})"
+                break
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.time() < deadline, f"not both trials in progress in time: {progress}"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=180)
     finally:
-        _stop(server)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    assert driver.returncode == 130, err[-3000:]
+    return err
+
+
+class _WorkerKiller(threading.Thread):
+    """SIGKILLs one resumed Train worker once a resumed trial has registered a new checkpoint and
+    both are still short of the cap. The live workers' pids are learnt early (the state API is
+    slow on 2 busy cores); the checkpoint snapshots on disk are polled fast."""
+
+    def __init__(self, address: str, train_runs: Path):
+        super().__init__(daemon=True)
+        self.address, self.train_runs = address, train_runs
+        self.workers_before = {a.actor_id for a in actors(address, "RayTrainWorker")}
+        self.controllers_before = {a.actor_id for a in actors(address, "TrainController")}
+        self.before = {run: ex[-1] for run, ex in registered_examples(train_runs).items()}
+        self.stop, self.killed, self.errors = threading.Event(), {}, []
+
+    def run(self):
+        alive, last_poll = {}, 0.0
+        try:
+            while not self.stop.is_set() and not self.killed:
+                if time.time() - last_poll > 0.5:
+                    alive = {a.actor_id: a.pid for a in actors(self.address, "RayTrainWorker", timeout=10)
+                             if a.state == "ALIVE" and a.pid and a.actor_id not in self.workers_before}
+                    last_poll = time.time()
+                latest = {run: ex[-1] for run, ex in registered_examples(self.train_runs).items() if ex}
+                running = [run for run, ex in latest.items() if ex < STEPS[-1]]
+                advanced = any(latest[run] > self.before.get(run, 0) for run in running)
+                if alive and len(alive) == len(running) == 2 and advanced:
+                    actor_id = min(alive)
+                    os.kill(alive[actor_id], signal.SIGKILL)
+                    self.killed.update(actor_id=actor_id, pid=alive[actor_id], progress=latest)
+                time.sleep(0.05)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(e)
+
+
+def test_interrupt_resume_and_a_killed_worker(ray_4_cpus, tmp_path, monkeypatch):
+    """The sweep's failure paths on one smoke grid, both trials at once (4 logical CPUs):
+
+    1. Ctrl-C while both trials train: exit 130, no selection anywhere (no results.json;
+       interrupted.json lists both trials as missing; the MLflow parent is KILLED, no child is
+       left RUNNING), the resume command printed.
+    2. `--resume` continues both trials from their checkpoints; a Train worker SIGKILLed
+       mid-trial is restarted by Train inside the same trial (its FailureConfig, not a Tune
+       retry) from its last registered checkpoint. The kill usually lands after the worker
+       persisted its next checkpoint but before the controller registered it: that directory
+       is left behind, and neither the resumed stream nor the trace may count it.
+    3. The answer: every trial has exactly one evaluation per 64 examples up to the cap, in its
+       checkpoints and in MLflow (no gap, no repeat, the redone values equal: the stream and
+       augmentation resume exactly); the picks are NOT CONVERGED (patience 20) and say so;
+       each beta is evaluated on exactly its selected checkpoint."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    address = ray_4_cpus.get_runtime_context().gcs_address
+    run = tmp_path / "run"
+    train_runs = run / "ray" / "train_runs" / "smoke"
+    args = smoke_args(tmp_path, *CAPPED, f"run.ray_address={address}")
+
+    err = _interrupt_once_both_trials_train(args, train_runs)
+    assert not (run / "results.json").exists() and not (run / "results.txt").exists()
+    partial = json.loads((run / "interrupted.json").read_text())
+    assert partial["selection"] is None and partial["interrupted"] == "SIGINT"
+    assert sorted(m["beta"] for m in partial["missing"]) == [0.0, 1.0]
+    assert "--resume" in partial["resume"] and "--resume" in err and "no beta is selected" in err
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    parent_id, trials = children(client, run)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and "best_beta" not in parent.data.metrics
+    assert len(trials) == 2 and all(c.info.status == "KILLED" for c in trials)
+
+    killer = _WorkerKiller(address, train_runs)
+    killer.start()
+    try:
+        assert main([*args, "--resume"]) == 0
+    finally:
+        killer.stop.set()
+        killer.join(timeout=30)
+    assert not killer.errors, killer.errors
+    assert killer.killed, "no Train worker was killed: no resumed trial registered a checkpoint before its last"
+    # the restart happened inside Train: a new worker for the killed trial, the same controller
+    workers = {a.actor_id: a for a in actors(address, "RayTrainWorker", detail=True)
+               if a.actor_id not in killer.workers_before}
+    controllers = [a for a in actors(address, "TrainController") if a.actor_id not in killer.controllers_before]
+    assert len(controllers) == 2, "a Tune-level retry: Train did not restart the worker group itself"
+    assert len(workers) == 3, [(a.pid, a.state) for a in workers.values()]  # 2 trials + 1 restart
+    assert workers[killer.killed["actor_id"]].state == "DEAD"
+
+    results = json.loads((run / "results.json").read_text())
+    assert [r["beta"] for r in results["rows"]] == [0.0, 1.0] and not results["failed"]
+    assert not (run / "interrupted.json").exists()
+    assert all(t["examples"] == STEPS for t in results["traces"])
+    check_selection_is_exact(results, 3, 20, cap_evals=CAP_EVALS)
+    assert not any(r["converged"] for r in results["rows"]) and "NOT CONVERGED" in (run / "results.txt").read_text()
+    # one registered checkpoint per evaluation, none repeated after the restart or the resume
+    assert all(ex == STEPS for ex in registered_examples(train_runs).values())
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    _, trials = children(client, run)
+    traces = {t["trial_id"]: t for t in results["traces"]}
+    for c in trials:
+        assert c.info.status == "FINISHED", c.data.tags.get("error")
+        assert (c.data.tags["stopped"], c.data.tags["converged"]) == ("cap", "false")
+        history = client.get_metric_history(c.info.run_id, "val_dprime")
+        trace = traces[c.data.tags["ray_trial_id"]]
+        assert [m.step for m in history] == STEPS  # resumed and restarted: no gap, no repeat
+        # a redone step is the same step (step_seed, exact stream resume): the value MLflow got
+        # before the kill or the Ctrl-C is the one in the checkpoint that selection reads
+        assert [m.value for m in history] == pytest.approx(trace["dprime"], abs=1e-9)
 
 
 def test_trial_concurrency_follows_the_cluster(caplog):
@@ -165,12 +188,12 @@ def test_unreachable_mlflow_server_fails_before_training(tmp_path, monkeypatch, 
         port = s.getsockname()[1]  # nothing listens here once closed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     t0 = time.time()
-    assert main(_args(tmp_path)) == 2
+    assert main(smoke_args(tmp_path)) == 2
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port} is unreachable" in err and err.startswith("error: ") and err.count("\n") == 1
     assert time.time() - t0 < 30 and not (tmp_path / "run" / "ray").exists()
     with pytest.raises(TrackingError):
-        main([*_args(tmp_path), "--debug"])
+        main([*smoke_args(tmp_path), "--debug"])
 
 
 @pytest.mark.parametrize("override, named", [
@@ -180,7 +203,7 @@ def test_unreachable_mlflow_server_fails_before_training(tmp_path, monkeypatch, 
     ("sweep.smoothing_window=4", "sweep.smoothing_window"), ("sweep.lrs=[0]", "sweep.lrs"),
 ])
 def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, capsys, override, named):
-    assert main([*_args(tmp_path, override)]) == 2
+    assert main([*smoke_args(tmp_path, override)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {named}") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
@@ -207,57 +230,6 @@ def test_a_store_without_manifest_is_never_rebuilt(tmp_path, capsys):
     assert shard.read_bytes() == b"PAR1 precious PAR1"
 
 
-def test_sigint_reports_no_winner_and_resume_completes(ray_local, tmp_path, monkeypatch):
-    """Ctrl-C once a trial has a checkpoint: exit 130, no selection anywhere (no results.json,
-    interrupted.json lists what is missing, the MLflow parent is KILLED), the resume command is
-    printed. `--resume` then finishes every beta, each evaluated on exactly its selected
-    checkpoint after 15 evaluations with keep_checkpoints=1.
-
-    The driver attaches to the session's Ray (as `python -m sweep.run` on a cluster head does)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = tmp_path / "run"
-    args = _args(tmp_path, "train.keep_checkpoints=1", "sweep.patience=20",
-                 f"run.ray_address={ray_local.get_runtime_context().gcs_address}")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "sweep.run", *args], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while not list((run / "ray" / "train_runs").glob("smoke/*/checkpoint_manager_snapshot.json")):
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            assert time.time() < deadline, "no checkpoint in time"
-            time.sleep(0.5)
-        driver.send_signal(signal.SIGINT)
-        _, err = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=30)
-    assert driver.returncode == 130, err[-3000:]
-    assert not (run / "results.json").exists() and not (run / "results.txt").exists()
-    partial = json.loads((run / "interrupted.json").read_text())
-    assert partial["selection"] is None and partial["missing"] and partial["interrupted"] == "SIGINT"
-    assert "--resume" in partial["resume"] and "--resume" in err and "no beta is selected" in err
-    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
-    parent_id = json.loads((run / "sweep.json").read_text())["parent_run_id"]
-    parent = client.get_run(parent_id)
-    assert parent.info.status == "KILLED" and "best_beta" not in parent.data.metrics
-    assert all(c.info.status != "RUNNING" for c in _children(client, parent_id))
-
-    assert main([*args, "--resume"]) == 0
-    results = json.loads((run / "results.json").read_text())
-    assert [r["beta"] for r in results["rows"]] == [0.0, 1.0] and not results["failed"]
-    assert not (run / "interrupted.json").exists()
-    assert all(len(t["examples"]) == 15 for t in results["traces"])
-    _check_selection_is_exact(results, 3, 20, cap_evals=15)
-    assert client.get_run(parent_id).info.status == "FINISHED"
-    children = _children(client, parent_id)
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    for c in children:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_dprime")]
-        assert steps == [64 * k for k in range(1, 16)], steps  # resumed: no gap, no repeat
-
-
 def test_resume_refuses_another_config(tmp_path):
     """--resume continues the sweep it names: a changed value is an error naming the key."""
     from sweep.config import ConfigError, load_config, to_dict
@@ -266,3 +238,28 @@ def test_resume_refuses_another_config(tmp_path):
     _same_config(was, to_dict(load_config(SMOKE)), tmp_path / "sweep.json")
     with pytest.raises(ConfigError, match=r"--resume: sweep\.patience is 9, the sweep .* started with 3"):
         _same_config(was, to_dict(load_config(SMOKE, ["sweep.patience=9"])), tmp_path / "sweep.json")
+
+
+def test_trials_stopped_from_outside_are_killed_and_given_up_ones_failed(tmp_path):
+    """A trial whose actors were taken away (Ctrl-C, a lost node) ends KILLED, tagged with how,
+    not FAILED; a trial Tune gave up on is FAILED with its error, whatever its driver wrote."""
+    from ray.exceptions import ActorDiedError
+    from sweep import tracking
+    from sweep.config import load_config
+    from sweep.tune import _finish_child
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t")
+    parent = tracking.start_parent(client, exp, "t", {}, {})
+    runs = [tracking.child_run(client, exp, parent, f"trial_{i}", f"trial {i}", {}, {}) for i in range(3)]
+    cfg = load_config(SMOKE)
+    _finish_child(cfg, uri, runs[0], str(tmp_path / "none"), ActorDiedError())
+    _finish_child(cfg, uri, runs[1], str(tmp_path / "none"), RuntimeError("loss is NaN"))
+    _finish_child(cfg, uri, runs[2], str(tmp_path / "none"), None)
+    status = [client.get_run(r).info.status for r in runs]
+    assert status == ["KILLED", "FAILED", "KILLED"]
+    assert "ActorDiedError" in client.get_run(runs[0]).data.tags["stopped_by"]
+    assert client.get_run(runs[1]).data.tags["error"] == "RuntimeError: loss is NaN"
+    tracking.fail_children(client, exp, parent, [{"trial_id": "trial_0", "error": "TrialError: gave up"}])
+    assert client.get_run(runs[0]).info.status == "FAILED"
+    assert client.get_run(runs[0]).data.tags["error"] == "TrialError: gave up"

@@ -1,0 +1,62 @@
+"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_multinode.py) share: the
+smoke config's arguments, the MLflow children of a sweep, Ray actors by class, the checkpoints
+Train has registered, and the check that selection evaluated exactly what it picked."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweep.checkpoint import MODEL, load_state
+from sweep.select import pick, settled, smoothed
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+def smoke_args(tmp_path: Path, *overrides: str) -> list[str]:
+    """`sweep.run` arguments for the smoke config in tmp_path/run, on the session's smoke store."""
+    return ["--config", str(SMOKE), "--run-dir", str(tmp_path / "run"),
+            "--set", f"data.store={tmp_path.parent / 'smoke-store'}", *sum((["--set", o] for o in overrides), [])]
+
+
+def children(client, run_dir: Path) -> tuple[str, list]:
+    """The sweep's MLflow parent run id and its child runs (one per trial)."""
+    parent_id = json.loads((run_dir / "sweep.json").read_text())["parent_run_id"]
+    exp = client.get_run(parent_id).info.experiment_id
+    return parent_id, client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def actors(address: str, class_name: str, **kw) -> list:
+    """Actors of the Ray at `address` (named: another Ray may run on the machine)."""
+    from ray.util.state import list_actors
+    return list_actors(address=address, filters=[("class_name", "=", class_name)], limit=10_000, **kw)
+
+
+def registered_examples(train_runs: Path) -> dict[str, list[int]]:
+    """Per Train run, the examples at each checkpoint Train's controller has registered."""
+    out = {}
+    for snap in train_runs.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(snap.read_text())["checkpoint_results"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        out[snap.parent.name] = [int(r["metrics"]["examples"]) for r in results]
+    return out
+
+
+def check_selection_is_exact(results: dict, window: int, patience: int, cap_evals: int) -> None:
+    """Every beta's evaluated checkpoint is the selected evaluation's own, the pick is the one
+    sweep.select makes on the trace, and each trial stopped exactly when its pick settled (or
+    at the cap)."""
+    traces = {t["trial_id"]: t for t in results["traces"]}
+    for row in results["rows"]:
+        trace = traces[row["trial_id"]]
+        d = np.array(trace["dprime"])
+        i = pick(d, window)
+        assert row["examples_to_peak"] == trace["examples"][i] == row["examples_evaluated"]
+        assert load_state(row["checkpoint"])["examples"] == row["examples_to_peak"]
+        assert (Path(row["checkpoint"]) / MODEL).is_file()
+        assert row["val_dprime"] == pytest.approx(smoothed(d, window)[i])
+        assert row["converged"] == settled(d, window, patience)
+        assert not any(settled(d[:k], window, patience) for k in range(1, len(d)))  # stopped at once
+        assert row["converged"] or len(d) == cap_evals
