@@ -309,7 +309,8 @@ def carve(store: Store, cfg: SplitConfig) -> dict:
     if "union_of" in info or unions:
         raise StoreError(f"{store.root}: split {cfg.source!r} is a union or part of one ({unions}): "
                          "carve from a split that holds data and define unions afterwards")
-    labels, ids = store.labels(cfg.source), store.clip_ids(cfg.source)
+    ids = store.clip_ids(cfg.source)  # first: one pass over the shards reads the labels too
+    labels = store.labels(cfg.source)
     valid = select_valid(labels, store.n_classes, cfg)
     v_rows, t_rows = np.flatnonzero(valid), np.flatnonzero(~valid)
     if info["order"] == "rarest_label":

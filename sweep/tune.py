@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from data.store import open_store
-from data.stream import oversampled_dataset, sampler_audit
+from data.stream import oversampled_dataset, sampler_audit, stream_execution_options
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.checkpoint import list_checkpoints, prune
 from sweep.select import settled
@@ -128,7 +128,9 @@ def trial_driver(config: dict, sweep: dict) -> None:
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
         datasets={"train": _train_dataset_factory(cfg, config["beta"], run_path)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # Train replaces a dataset's execution options with these: the planned order kept
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options={"train": stream_execution_options()}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=train_storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.sweep.max_failures),
