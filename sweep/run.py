@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -185,15 +186,17 @@ def evaluate_winners(cfg: Config, per_beta: dict) -> list[dict]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from data.cli import parser
+    from data.cli import add_list, parser
     p = parser("python -m sweep.run", __doc__)
     p.add_argument("--config", metavar="YAML", default=None,
                    help="sweep configuration (default: configs/demo.yaml, the embedded demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.max_examples=4000 (repeatable)")
+    add_list(p, "--set", dest="overrides", default=[], metavar="KEY=VALUE",
+             help="override config values, e.g. --set train.max_examples=4000 sweep.betas=[0,1]")
     p.add_argument("--run-dir", metavar="DIR", help="where results, predictions and MLflow go")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="Tune's own tables and every Ray worker's log lines instead of the progress table")
     return p
 
 
@@ -246,7 +249,7 @@ def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_inf
     from sweep.tune import build_tuner
     t0 = time.time()
     train_runs = os.path.join(storage, "train_runs", cfg.run.name)
-    results = build_tuner(cfg, storage, train_runs, tracking_info, args.resume).fit()
+    results = build_tuner(cfg, storage, train_runs, tracking_info, args.resume, args.verbose).fit()
     missing = _missing_trials(cfg, results, train_runs)
     if missing:  # Tune returns normally after Ctrl-C: half a grid is not an answer
         raise Interrupted(signals.received or signal.SIGINT, missing)
@@ -303,7 +306,7 @@ def _printable(cfg: Config) -> str:
     return yaml.safe_dump(json.loads(json.dumps(values, default=list)), sort_keys=False)
 
 
-def _header(cfg: Config, config_path, fingerprint: str, uri: str) -> str:
+def _header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
     m, r, t = cfg.model, cfg.resources, cfg.train
     grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
@@ -316,7 +319,7 @@ def _header(cfg: Config, config_path, fingerprint: str, uri: str) -> str:
         f"stopping   settled pick ({cfg.sweep.smoothing_window}-evaluation window, patience "
         f"{cfg.sweep.patience}), evaluations every {t.eval_every_examples:,} examples, cap {t.max_examples:,}",
         f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
-        f"mlflow     {uri}",
+        f"mlflow     {uri}  experiment {experiment!r}",
     ])
 
 
@@ -347,64 +350,102 @@ def _same_config(recorded: dict | None, now: dict, state_file: Path) -> None:
                           f"{was.get(k)!r} ({len(changed)} value(s) differ); resume with the same config")
 
 
-def _run(cfg: Config, a, argv: list[str]) -> int:
-    t0 = time.time()
-    from mlflow.tracking import MlflowClient
+def _open_parent(client, cfg: Config, exp_id: str, fingerprint: str, resume: bool) -> str:
+    """The sweep's MLflow parent run: the interrupted one again (`resume`, same config only),
+    or a new one, with an earlier sweep's answer in the run directory moved aside first."""
     from sweep import tracking
-    uri = tracking.tracking_uri(Path(cfg.run.run_dir).resolve())
-    tracking.check_reachable(uri)  # before anything is built or trained
-    cfg = prepare(cfg)
-    from data.store import open_store
-    fp = open_store(cfg.data.store).fingerprint(cfg.data.train_split)
-    print(_header(cfg, a.config or DEFAULT_CONFIG, fp, uri))
     run_dir = Path(cfg.run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    exp_id = tracking.experiment_id(client, cfg.run.mlflow_experiment, run_dir)
     state_file = run_dir / "sweep.json"
-    if a.resume and state_file.exists():
+    if resume and state_file.exists():
         state = json.loads(state_file.read_text())
         _same_config(state.get("config"), to_dict(cfg), state_file)
+        client.update_run(state["parent_run_id"], status="RUNNING")
         parent_id = state["parent_run_id"]
-        client.update_run(parent_id, status="RUNNING")
     else:
         _retire_earlier_answer(run_dir, state_file)
         parent_id = tracking.start_parent(client, exp_id, cfg.run.name, flatten(to_dict(cfg)),
-                                          {"dataset.fingerprint": fp})
+                                          {"dataset.fingerprint": fingerprint})
         state_file.write_text(json.dumps({"parent_run_id": parent_id, "experiment_id": exp_id,
                                           "config": to_dict(cfg)}))
     (run_dir / "interrupted.json").unlink(missing_ok=True)  # this sweep's own, from before --resume
+    return parent_id
 
+
+def _start_ray(cfg: Config, verbose: bool) -> bool:
+    """Start (or join, `run.ray_address`) Ray unless this process already has it; True if this
+    call did (and so shuts it down). Worker logs stay in Ray's log directory unless `verbose`."""
     if cfg.run.ray_address is None and not os.environ.get("RAY_ADDRESS"):
         # a Ray started here is single-machine: its servers listen on 127.0.0.1 only (read
         # when Ray is first imported; a Ray on another address is the user's to name)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    owns_ray = not ray.is_initialized()  # tests and notebooks may have started Ray already
-    if owns_ray:
-        ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False)
+    if ray.is_initialized():  # tests and notebooks may have started Ray already
+        return False
+    ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False, log_to_driver=verbose)
+    return True
+
+
+def _publish(client, cfg: Config, parent_id: str, summary: dict) -> str:
+    """Write results.json, results.txt and the report; log them and the selection to the MLflow
+    parent and finish it. Returns the Tables 3-4 text."""
+    from sweep import tracking
+    from sweep.report import build_report
+    from sweep.tables import format_results
+    run_dir = Path(cfg.run.run_dir)
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    table = format_results(summary["rows"], cfg.data.eval_splits)
+    (run_dir / "results.txt").write_text(table)
+    client.log_artifact(parent_id, str(run_dir / "results.json"))
+    client.log_artifact(parent_id, str(run_dir / "results.txt"))
+    client.log_artifacts(parent_id, str(build_report(run_dir)), "report")
+    best = summary["selection"]
+    tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
+                                             "best_val_dprime": best["val_dprime"]}, 0)
+    client.set_tag(parent_id, "converged", str(all(r["converged"] for r in summary["rows"])).lower())
+    tracking.finish_run(client, parent_id)
+    return table
+
+
+def _answer(summary: dict) -> str:
+    """The selection in one line, with the betas whose pick did not settle named."""
+    best = summary["selection"]
+    late = ", ".join(f"{r['beta']:g}" for r in summary["rows"] if not r["converged"])
+    return (f"selected: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f} "
+            f"after {best['examples_to_peak']:,} examples"
+            + (f"; NOT CONVERGED for beta {late}" if late else "; every pick settled")
+            + f"); {len(summary['failed'])} failed trial(s)")
+
+
+def _run(cfg: Config, a, argv: list[str]) -> int:
+    """The sweep, from the MLflow check to the printed answer (see the module docstring)."""
+    t0 = time.time()
+    from mlflow.tracking import MlflowClient
+    from data.store import open_store
+    from sweep import tracking
+    uri = tracking.tracking_uri(Path(cfg.run.run_dir).resolve())
+    tracking.check_reachable(uri)  # before anything is built or trained
+    if not a.verbose:  # MLflow's routine INFO lines (database set-up) stay off the console
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    cfg = prepare(cfg)
+    fp = open_store(cfg.data.store).fingerprint(cfg.data.train_split)
+    experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
+    print(_header(cfg, a.config or DEFAULT_CONFIG, fp, uri, experiment))
+    run_dir = Path(cfg.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    exp_id = tracking.experiment_id(client, experiment, run_dir)
+    parent_id = _open_parent(client, cfg, exp_id, fp, a.resume)
+    owns_ray = _start_ray(cfg, a.verbose)
     storage = cfg.run.storage_path or os.environ.get("SWEEP_STORAGE") or str(run_dir / "ray")
-    tracking_info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
     signals = _Signals()
     try:
         with signals:
             if not a.resume:
                 _remove_earlier_sweep(storage, cfg.run.name)
-            summary = _sweep(cfg, a, client, parent_id, storage, tracking_info, signals)
+            summary = _sweep(cfg, a, client, parent_id, storage,
+                             {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}, signals)
         summary["wall_seconds"] = round(time.time() - t0, 1)
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-        from sweep.tables import format_results
-        table = format_results(summary["rows"], cfg.data.eval_splits)
-        (run_dir / "results.txt").write_text(table)
-        client.log_artifact(parent_id, str(run_dir / "results.json"))
-        client.log_artifact(parent_id, str(run_dir / "results.txt"))
-        from sweep.report import build_report
-        client.log_artifacts(parent_id, str(build_report(run_dir)), "report")
-        best = summary["selection"]
-        tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
-                                                 "best_val_dprime": best["val_dprime"]}, 0)
-        client.set_tag(parent_id, "converged", str(all(r["converged"] for r in summary["rows"])).lower())
-        tracking.finish_run(client, parent_id)
+        table = _publish(client, cfg, parent_id, summary)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signals.received or signal.SIGINT
         missing = e.missing if isinstance(e, Interrupted) else None
@@ -415,13 +456,9 @@ def _run(cfg: Config, a, argv: list[str]) -> int:
         raise
     finally:
         if owns_ray:
+            import ray
             ray.shutdown()
-    print(table)
-    late = ", ".join(f"{r['beta']:g}" for r in summary["rows"] if not r["converged"])
-    print(f"selected: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f} "
-          f"after {best['examples_to_peak']:,} examples"
-          + (f"; NOT CONVERGED for beta {late}" if late else "; every pick settled")
-          + f"); {len(summary['failed'])} failed trial(s)")
+    print(f"{table}\n{_answer(summary)}")
     print(f"results: {run_dir / 'results.json'}  ({time.time() - t0:.0f} s)")
     print("browse every trial in MLflow:\n  " + tracking.ui_command(uri, exp_id))
     return 0

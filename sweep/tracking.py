@@ -2,7 +2,8 @@
 
 The tracking URI is MLFLOW_TRACKING_URI when set (a server), otherwise a sqlite file under the
 run directory with artifacts beside it (absolute paths: MLflow resolves relative ones against
-whichever process's working directory). Metrics are logged against examples seen (the step).
+whichever process's working directory). The experiment is MLFLOW_EXPERIMENT_NAME when set,
+otherwise `run.mlflow_experiment`. Metrics are logged against examples seen (the step).
 Only the sweep driver, the trial drivers and Train rank 0 call this module.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-__all__ = ["TrackingError", "tracking_uri", "check_reachable", "experiment_id", "start_parent",
+__all__ = ["TrackingError", "tracking_uri", "check_reachable", "experiment_name", "experiment_id", "start_parent",
            "child_run", "log_metrics", "log_json", "finish_run", "close_running_children",
-           "ui_command"]
+           "fail_children", "ui_command"]
 
 MAX_PARAM_CHARS = 6000
 
@@ -31,6 +32,11 @@ def tracking_uri(run_dir: str | Path) -> str:
     """MLFLOW_TRACKING_URI, else `sqlite:////<abs run_dir>/mlflow.db`."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     return env if env else f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def experiment_name(configured: str) -> str:
+    """MLFLOW_EXPERIMENT_NAME, else the configured name (`run.mlflow_experiment`)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or configured
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:

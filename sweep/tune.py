@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from data.store import open_store
 from data.stream import oversampled_dataset, sampler_audit, stream_execution_options
 from sweep.config import Config, flatten, from_dict, to_dict
+from sweep.console import SweepProgress
 from sweep.checkpoint import list_checkpoints, prune
 from sweep.select import settled
 from sweep.train import summary_metrics, train_func
@@ -198,9 +199,10 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
 
 
 def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
-                resume: bool) -> tune.Tuner:
+                resume: bool, verbose: bool = False) -> tune.Tuner:
     """A new Tuner over the beta x lr grid, or the interrupted one restored (`resume`); each
-    trial's Train run goes under `train_runs`."""
+    trial's Train run goes under `train_runs`. The console shows sweep/console.py's progress
+    table, or Tune's own output when `verbose`."""
     driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
     sweep = {"cfg": to_dict(cfg), "train_runs": train_runs, "tracking": tracking_info}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
@@ -213,11 +215,13 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
         from ray.tune.schedulers import ASHAScheduler
         scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
                                   grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
+    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    grid = [(float(b), float(lr)) for b in cfg.sweep.betas for lr in cfg.sweep.lrs]
+    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(grid, cfg.train.max_examples, concurrency)]}
     return tune.Tuner(
         trainable,
         param_space={"beta": tune.grid_search(list(cfg.sweep.betas)), "lr": tune.grid_search(list(cfg.sweep.lrs))},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                    max_concurrent_trials=trial_concurrency(cfg, ray.cluster_resources())),
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+                                  failure_config=tune.FailureConfig(max_failures=1), **console),
     )

@@ -51,6 +51,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     answer, predictions, tables and MLflow runs are complete and agree."""
     from ray.util.state import list_nodes
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "balance-multinode")  # wins over run.mlflow_experiment
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     run = tmp_path / "run"
     assert main(smoke_args(tmp_path, f"run.ray_address={cluster.address}", "sweep.betas=[1.0]",
@@ -87,6 +88,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     parent_id, (child,) = children(client, run)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.betas"] == "[1.0]"
+    assert client.get_experiment(parent.info.experiment_id).name == "balance-multinode"
     assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.json", "results.txt", "report"}
     assert child.info.status == "FINISHED", child.data.tags.get("error")
     assert child.data.params["lr"] == "0.001" and child.data.tags["dataset.fingerprint"].startswith("sha256:")

@@ -1,0 +1,50 @@
+"""The sweep's console: the 80-column progress table and its ETA bound, from Tune's trials."""
+from types import SimpleNamespace
+
+import pytest
+
+from sweep.console import SweepProgress, eta_seconds
+
+
+def _trial(trial_id, beta, status, **result):
+    return SimpleNamespace(trial_id=trial_id, config={"beta": beta, "lr": 0.002}, status=status,
+                           last_result=result or None)
+
+
+def test_eta_is_the_time_to_the_cap_at_the_rate_seen():
+    # two started trials with 40k and 10k examples to go, one pending (start-up + the cap)
+    assert eta_seconds([40_000, 10_000, 60_000], 500.0, 1, 30.0, 1) == pytest.approx(110_000 / 500 + 30)
+    assert eta_seconds([40_000, 10_000, 60_000], 500.0, 1, 30.0, 2) == pytest.approx((220 + 30) / 2)
+    assert eta_seconds([1000], None, 0, 30.0, 1) is None
+
+
+def test_progress_table_fits_80_columns_and_marks_the_best_pick(capsys):
+    grid = [(0.0, 0.002), (0.5, 0.002), (1.0, 0.002), (2.0, 0.002)]
+    progress = SweepProgress(grid, max_examples=60_000, concurrency=1, every_s=0)
+    t0 = _trial("a", 0.0, "TERMINATED", examples=46_000, val_dprime=3.38, val_dprime_smoothed=3.40,
+                val_dprime_pick=3.48, examples_to_pick=38_000, stopped="settled", time_total_s=140.0)
+    t1 = _trial("b", 0.5, "RUNNING", examples=12_000, val_dprime=2.1, val_dprime_smoothed=float("nan"),
+                val_dprime_pick=float("nan"), examples_to_pick=0, time_total_s=50.0)
+    t2 = _trial("c", 1.0, "PENDING")  # beta 2: not created by Tune yet
+    progress.on_trial_result(0, [t0, t1, t2], t1, {"examples": 2_000, "time_total_s": 30.0})
+    progress.on_step_end(0, [t0, t1, t2])
+    out = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in out) <= 80
+    assert out[0].startswith("0:00:0") and "1/4 trials done" in out[0]
+    # 48k examples + two pending trials' 60k at (12k - 2k) / (50 s - 30 s) = 500 examples/s, plus
+    # their start-up (the mean of those seen: 30 s)
+    assert f"ETA <= {-(-(168_000 / 500 + 2 * 30) // 60):.0f} min" in out[0]
+    rows = {line.split()[0]: line for line in out[2:]}
+    assert rows["0"].rstrip().endswith("3.480 (38,000)* settled") and "46,000" in rows["0"]
+    assert rows["0.5"].split()[-1] == "running" and " - " in rows["0.5"]
+    assert rows["1"].split()[-1] == rows["2"].split()[-1] == "pending"
+
+
+def test_a_trial_stopped_at_the_cap_is_not_converged(capsys):
+    capped = _trial("a", 0.0, "TERMINATED", examples=60_000, val_dprime=4.7, val_dprime_smoothed=4.6,
+                    val_dprime_pick=4.65, examples_to_pick=57_000, stopped="cap", time_total_s=200.0)
+    failed = _trial("b", 1.0, "ERROR")
+    SweepProgress([(0.0, 0.002), (1.0, 0.002)], 60_000, 1).on_trial_complete(0, [capped, failed], capped)
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].endswith("4.650 (57,000)* NOT CONVERGED") and out[3].endswith("failed")
+    assert "2/2 trials done" in out[0] and "ETA after the first evaluation" in out[0]
