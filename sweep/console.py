@@ -73,10 +73,10 @@ class SweepProgress(Callback):
             self.startup[trial.trial_id] = result.get("time_total_s", 0.0)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, {trial.trial_id: "TERMINATED"})  # Tune sets the status after the callbacks
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, {trial.trial_id: "ERROR"})
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self.last_print >= self.every_s:
@@ -91,16 +91,16 @@ class SweepProgress(Callback):
                 rates.append((r["examples"] - first[1]) / (r["time_total_s"] - first[0]))
         return sum(rates) / len(rates) if rates else None
 
-    def _print(self, trials) -> None:
+    def _print(self, trials, ended: dict[str, str] | None = None) -> None:
         self.last_print = time.time()
         rows, remaining, pending = [], [], 0
         by_point = {(float(t.config["beta"]), float(t.config["lr"])): t for t in trials}
         for point in sorted(set(self.grid) | by_point.keys()):
             t = by_point.get(point, SimpleNamespace(config={"beta": point[0], "lr": point[1]},
                                                     status="PENDING", last_result=None))
-            r = t.last_result or {}
+            r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
             status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused",
-                      "ERROR": "failed"}.get(t.status)
+                      "ERROR": "failed"}.get(state)
             if status is None:  # TERMINATED: stopped by its own rule, or by a scheduler
                 status = {"settled": "settled", "cap": "NOT CONVERGED"}.get(r.get("stopped"), "stopped")
             row = {"beta": float(t.config["beta"]), "lr": float(t.config["lr"]), "status": status}
@@ -108,10 +108,10 @@ class SweepProgress(Callback):
                 row.update(examples=int(r["examples"]), dprime=r.get("val_dprime"), smoothed=r.get("val_dprime_smoothed"),
                            pick=r.get("val_dprime_pick"), pick_examples=int(r.get("examples_to_pick") or 0))
             rows.append(row)
-            if t.status == "PENDING":
+            if state == "PENDING":
                 pending += 1
                 remaining.append(self.max_examples)
-            elif t.status == "RUNNING":
+            elif state == "RUNNING":
                 remaining.append(max(0, self.max_examples - int(r.get("examples", 0))))
         startup = sum(self.startup.values()) / len(self.startup) if self.startup else 30.0
         eta = eta_seconds(remaining, self._rate(trials), pending, startup, self.concurrency)

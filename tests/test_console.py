@@ -41,7 +41,8 @@ def test_progress_table_fits_80_columns_and_marks_the_best_pick(capsys):
 
 
 def test_a_trial_stopped_at_the_cap_is_not_converged(capsys):
-    capped = _trial("a", 0.0, "TERMINATED", examples=60_000, val_dprime=4.7, val_dprime_smoothed=4.6,
+    """Reported as its trial completes (Tune still says RUNNING then)."""
+    capped = _trial("a", 0.0, "RUNNING", examples=60_000, val_dprime=4.7, val_dprime_smoothed=4.6,
                     val_dprime_pick=4.65, examples_to_pick=57_000, stopped="cap", time_total_s=200.0)
     failed = _trial("b", 1.0, "ERROR")
     SweepProgress([(0.0, 0.002), (1.0, 0.002)], 60_000, 1).on_trial_complete(0, [capped, failed], capped)
