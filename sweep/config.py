@@ -51,6 +51,9 @@ class TrainConfig:
     keep_checkpoints: int | None = None     # None keeps every evaluation's weights; k keeps the k
                                             # best picks by smoothed d' plus those not yet final
     torch_threads: int | None = None        # CPU threads per Train worker (None: Ray's default)
+    report_poll_s: float = 0.25             # how often Train's controller collects reports: a
+                                            # worker's next report waits for it (Train's default 2 s
+                                            # throttles evaluations closer than that)
     optim: OptimConfig = field(default_factory=OptimConfig)      # lr is swept (sweep.lrs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -173,6 +176,7 @@ _RULES = [
     ("train.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.keep_checkpoints", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train.torch_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("train.report_poll_s", lambda v: v > 0, "a number of seconds > 0"),
     ("train.optim.lr", lambda v: v > 0, "a number > 0"),
     ("data.units_per_block", lambda v: v >= 1, "an integer >= 1"),
     ("resources.num_workers", lambda v: v >= 1, "an integer >= 1"),

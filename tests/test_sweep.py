@@ -24,9 +24,11 @@ from sweep.tracking import TrackingError
 EVERY, CAP_EVALS = 64, 10
 STEPS = [EVERY * k for k in range(1, CAP_EVALS + 1)]
 # every trial runs to the cap (patience 20 never settles in 10 evaluations): a fixed number of
-# evaluations to interrupt, resume and kill in; the tightest pruning (keep_checkpoints=1)
+# evaluations to interrupt, resume and kill in; the tightest pruning (keep_checkpoints=1);
 CAPPED = [f"train.max_examples={STEPS[-1]}", f"train.eval_every_examples={EVERY}", "sweep.patience=20",
-          "train.keep_checkpoints=1"]
+          "train.keep_checkpoints=1",
+          # Train's own report cadence (one evaluation per 2 s): seconds to interrupt and kill in
+          "train.report_poll_s=2"]
 
 
 def _interrupt_once_both_trials_train(args: list[str], train_runs: Path) -> str:
@@ -201,6 +203,7 @@ def test_unreachable_mlflow_server_fails_before_training(tmp_path, monkeypatch, 
     ("train.max_examples=-5", "train.max_examples"), ("train.batch_size=1.5", "train.batch_size"),
     ("resources.use_gpu=maybe", "resources.use_gpu"), ("run.name=/some/dir", "run.name"),
     ("sweep.smoothing_window=4", "sweep.smoothing_window"), ("sweep.lrs=[0]", "sweep.lrs"),
+    ("train.report_poll_s=0", "train.report_poll_s"),
 ])
 def test_a_bad_config_is_one_line_before_anything_starts(tmp_path, capsys, override, named):
     assert main([*smoke_args(tmp_path, override)]) == 2
