@@ -65,12 +65,10 @@ class SweepProgress(Callback):
         self.started = time.time()
         self.last_print = 0.0
         self.first: dict[str, tuple[float, float]] = {}  # trial id -> (time_total_s, examples) at its first result
-        self.startup: dict[str, float] = {}              # trial id -> seconds to its first result
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.first:
             self.first[trial.trial_id] = (result.get("time_total_s", 0.0), result.get("examples", 0))
-            self.startup[trial.trial_id] = result.get("time_total_s", 0.0)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trials, {trial.trial_id: "TERMINATED"})  # Tune sets the status after the callbacks
@@ -113,6 +111,7 @@ class SweepProgress(Callback):
                 remaining.append(self.max_examples)
             elif state == "RUNNING":
                 remaining.append(max(0, self.max_examples - int(r.get("examples", 0))))
-        startup = sum(self.startup.values()) / len(self.startup) if self.startup else 30.0
+        # a trial's start-up: the seconds to its first result
+        startup = sum(t for t, _ in self.first.values()) / len(self.first) if self.first else 30.0
         eta = eta_seconds(remaining, self._rate(trials), pending, startup, self.concurrency)
         print(format_progress(rows, time.time() - self.started, eta), flush=True)

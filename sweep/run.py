@@ -331,7 +331,8 @@ def _retire_earlier_answer(run_dir: Path, state_file: Path) -> None:
     if not old:
         return
     was = json.loads(state_file.read_text()).get("parent_run_id") if state_file.exists() else None
-    previous = run_dir / "previous" / (was or time.strftime("%Y%m%d-%H%M%S"))
+    name = was if isinstance(was, str) and was.isalnum() else time.strftime("%Y%m%d-%H%M%S")  # one path part
+    previous = run_dir / "previous" / name
     previous.mkdir(parents=True, exist_ok=True)
     for path in old:
         path.rename(previous / path.name)

@@ -76,11 +76,15 @@ def start_parent(client: MlflowClient, exp_id: str, name: str, params: dict, tag
     return run.info.run_id
 
 
+def _children_of_trial(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str) -> list:
+    return client.search_runs([exp_id], f"tags.ray_trial_id = '{trial_id}' and "
+                                        f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
 def child_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str, name: str,
               params: dict, tags: dict) -> str:
     """The trial's child run: found again by its trial id after a restart, else created."""
-    found = client.search_runs([exp_id], f"tags.ray_trial_id = '{trial_id}' and "
-                                         f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    found = _children_of_trial(client, exp_id, parent_id, trial_id)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -127,8 +131,7 @@ def close_running_children(client: MlflowClient, exp_id: str, parent_id: str) ->
 def fail_children(client: MlflowClient, exp_id: str, parent_id: str, failed: list[dict]) -> None:
     """Mark the child runs of trials Tune gave up on (`failed`: trial_id, error) as FAILED."""
     for f in failed:
-        for r in client.search_runs([exp_id], f"tags.ray_trial_id = '{f['trial_id']}' and "
-                                              f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        for r in _children_of_trial(client, exp_id, parent_id, f["trial_id"]):
             if r.info.status != "FAILED":
                 client.set_tag(r.info.run_id, "error", f["error"][:5000])
                 client.set_terminated(r.info.run_id, "FAILED")

@@ -267,3 +267,19 @@ def test_trials_stopped_from_outside_are_killed_and_given_up_ones_failed(tmp_pat
     tracking.fail_children(client, exp, parent, [{"trial_id": "trial_0", "error": "TrialError: gave up"}])
     assert client.get_run(runs[0]).info.status == "FAILED"
     assert client.get_run(runs[0]).data.tags["error"] == "TrialError: gave up"
+
+
+@pytest.mark.parametrize("parent_id, named", [("0a1b2c", True), ("../../escape", False)])
+def test_an_earlier_answer_is_moved_aside_never_deleted(tmp_path, parent_id, named):
+    """A fresh sweep in a run directory with an earlier answer moves it to previous/<parent run
+    id>/ - one path part: an id that is not one is replaced by a timestamp."""
+    from sweep.run import _retire_earlier_answer
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"selection": "old"}')
+    (run / "sweep.json").write_text(json.dumps({"parent_run_id": parent_id}))
+    _retire_earlier_answer(run, run / "sweep.json")
+    moved = list((run / "previous").glob("*/results.json"))
+    assert len(moved) == 1 and moved[0].read_text() == '{"selection": "old"}'
+    assert (moved[0].parent.name == parent_id) == named and moved[0].parent.parent == run / "previous"
+    assert not (run / "results.json").exists() and not (tmp_path / "escape").exists()
