@@ -13,6 +13,7 @@ them (ray-notes 1.8).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -55,6 +56,21 @@ def _filesystem(run_path: str):
     return pafs.LocalFileSystem(), str(Path(run_path).resolve()), ""
 
 
+def _read_snapshot(fs, path: str, attempts: int = 50) -> dict:
+    """Train's controller rewrites its snapshot in place after every report, so a reader (rank 0
+    pruning right after its report) can catch it empty or half written: read again until it
+    parses, for up to `attempts` x 0.1 s."""
+    for attempt in range(attempts):
+        with fs.open_input_stream(path) as f:
+            text = f.read()
+        try:
+            return json.loads(text)
+        except ValueError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 def _registered(fs, base: str) -> set[str]:
     """Names of the checkpoint directories Train registered in its run snapshot (ray-notes 1.5).
     A worker persists a checkpoint before the controller registers it: one killed in between
@@ -63,8 +79,7 @@ def _registered(fs, base: str) -> set[str]:
     path = f"{base.rstrip('/')}/checkpoint_manager_snapshot.json"
     if fs.get_file_info(path).type != pafs.FileType.File:
         return set()
-    with fs.open_input_stream(path) as f:
-        snapshot = json.loads(f.read())
+    snapshot = _read_snapshot(fs, path)
     results = snapshot.get("checkpoint_results", []) + [snapshot.get("latest_checkpoint_result") or {}]
     return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
 

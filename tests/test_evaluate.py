@@ -212,3 +212,25 @@ def test_published_ast_checkpoint(synth_store, tmp_path, capsys):
     torch.save(published(d=64, depth=1, grid=grid, k=5), wrong)
     rc, err = _run(capsys, "--checkpoint", wrong, "--store", synth_store.root, "--split", SPLIT)
     assert rc == 2 and "5 classes" in err
+
+
+def test_checkpoints_listed_while_train_rewrites_its_snapshot(tmp_path):
+    """Train's controller rewrites checkpoint_manager_snapshot.json in place after each report;
+    rank 0 lists the checkpoints (to prune) right after its own report and may find the file
+    empty. The listing waits for the whole file instead of failing the trial."""
+    import threading
+    import time
+    from sweep.checkpoint import STATE, list_checkpoints
+    for name, examples in (("checkpoint_a", 64), ("checkpoint_b", 128), ("unregistered", 192)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / STATE).write_text(json.dumps({"examples": examples}))
+    snapshot = tmp_path / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("")  # caught mid-rewrite
+    whole = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
+             "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_b"}}
+    writer = threading.Timer(0.3, lambda: snapshot.write_text(json.dumps(whole)))
+    writer.start()
+    t0 = time.time()
+    found = list_checkpoints(str(tmp_path))
+    writer.join()
+    assert [state["examples"] for _, state in found] == [64, 128] and time.time() - t0 >= 0.25
