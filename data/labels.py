@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +162,22 @@ class LabelIssues:
         return bool(self.unknown_mids or self.duplicate_ytids or self.unlabelled)
 
 
+def _repeated_labels(clip_of_label: np.ndarray, indices: np.ndarray, known: np.ndarray, n_classes: int) -> np.ndarray:
+    """Bool [labels]: a known label that its clip already listed (every occurrence after the first)."""
+    key = np.where(known, clip_of_label * n_classes + np.where(known, indices, 0).astype(np.int64), -1)
+    order = np.argsort(key, kind="stable")
+    again = np.zeros(len(key), dtype=bool)
+    again[order[1:]] = (key[order[1:]] == key[order[:-1]]) & (key[order[1:]] >= 0)
+    return again
+
+
 def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     """Parse one or more segment CSVs (optionally .gz) into one partition.
 
     strict: unknown MIDs and duplicate YTIDs raise LabelFileError naming them (counts, first
     few). Not strict (ingest): unknown MIDs are dropped, a repeated YTID keeps its first row,
-    clips left without labels are dropped, and `(Segments, LabelIssues)` is returned.
+    clips left without labels are dropped, and `(Segments, LabelIssues)` is returned. Either
+    way a label listed twice for one clip counts once, with a warning naming the clips.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     names = ", ".join(str(p) for p in paths)
@@ -188,6 +199,12 @@ def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     offsets = mids.offsets.to_numpy().astype(np.int64)
     offsets -= offsets[0]
     clip_of_label = np.repeat(np.arange(len(ytid)), np.diff(offsets))
+    repeated = _repeated_labels(clip_of_label, indices, known, len(class_index))
+    if repeated.any():  # a class listed twice for one clip counts once
+        known &= ~repeated
+        clips = np.unique(clip_of_label[repeated])
+        warnings.warn(f"{names}: {len(clips)} clip(s) list a label more than once, counted once "
+                      f"(e.g. {', '.join(ytid[clips[:5]])})", stacklevel=2)
     kept_labels = np.bincount(clip_of_label[known], minlength=len(ytid))
     is_first = np.zeros(len(ytid), dtype=bool)
     is_first[first] = True

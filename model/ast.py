@@ -35,7 +35,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models import adapt_input_conv, clean_state_dict, load_checkpoint, load_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
-__all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "checkpoint_filter_fn",
+__all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "is_audioset_checkpoint", "checkpoint_filter_fn",
            "normalise", "normalisation_stats", "NORM_MEAN", "NORM_STD"]
 
 _logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ASTConfig:
     tstride: int = 10               # patch stride along time (columns)
     n_classes: int = 527
     weights: str | None = None      # local path: published AST checkpoint or timm ImageNet DeiT .pth/.safetensors
+    allow_audioset_weights: bool = False  # start an AudioSet sweep from an AST AudioSet checkpoint anyway
 
 
 def normalise(x: torch.Tensor, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:
@@ -113,7 +114,11 @@ class AST(VisionTransformerDistilled):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, 2).unsqueeze(1)                       # [B, 1, mels, frames]
         x = self.forward_features(x)                              # [B, 2 + patches, D]
-        return self.mlp_head(self.forward_head(x, pre_logits=True))  # mean(cls, dist) -> [B, K]
+        x = self.forward_head(x, pre_logits=True)                 # mean(cls, dist) [B, D]
+        # the classifier in fp32 even under autocast: bf16 logits (8 bits of mantissa) tie
+        # many scores, which moves AP and AUC
+        with torch.autocast(x.device.type, enabled=False):
+            return self.mlp_head(x.float())                       # [B, K] float32
 
 
 def _fit_axis(grid: torch.Tensor, size: int, axis: int) -> torch.Tensor:
@@ -229,6 +234,14 @@ def _read_state_dict(path: str | Path) -> dict:
     """A local .pth/.pt (tensors only) or .safetensors file -> flat state dict
     (timm's `load_state_dict`: 'state_dict'/'model' containers unwrapped, `module.` dropped)."""
     return load_state_dict(_weights_file(path), use_ema=False, weights_only=True)
+
+
+def is_audioset_checkpoint(path: str | Path) -> bool:
+    """Whether a weights file is a published-layout AST checkpoint with AudioSet's 527-class
+    classifier: a model trained on AudioSet (balanced, by the AST recipe)."""
+    sd = _read_state_dict(path)
+    head = sd.get("mlp_head.1.weight")
+    return "v.pos_embed" in sd and head is not None and head.shape[0] == 527
 
 
 def _load(model: AST, state_dict: dict, source_grid: tuple[int, int] | None = None) -> AST:

@@ -10,8 +10,9 @@ augmentation on every run.
   value 0 in the raw log-mel domain (so masks are applied before normalisation).
 - MixUp (Zhang et al., 2018, https://arxiv.org/abs/1710.09412) in the energy domain as in
   Moore et al. (2023): log(lam * exp(x) + (1 - lam) * exp(x')), lam ~ Beta(alpha, alpha)
-  per example, every example mixed, the partner x' from a random permutation of the
-  batch; labels mixed with the same lam.
+  per example, every example mixed with another one of the batch (`partners`: a random
+  derangement, so no example is its own partner and each is a partner once); labels mixed
+  with the same lam.
 
 Order in `augment`: MixUp, then SpecAugment. AST mixes waveforms before computing the
 spectrogram and masks that spectrogram, so a masked band is empty in the training input;
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AugmentConfig", "spec_augment", "energy_mixup", "augment"]
+__all__ = ["AugmentConfig", "spec_augment", "partners", "energy_mixup", "augment"]
 
 
 @dataclass
@@ -115,19 +116,30 @@ def sample_beta(alpha: float, n: int, like: torch.Tensor,
     return torch.sigmoid(g1 - g2)
 
 
+def partners(batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MixUp partners [batch]: a random permutation with no fixed point (batch >= 2), each example
+    the partner of exactly one other. The examples in a random order, each partnered with the
+    next (the last with the first): one cycle through the batch. A plain random permutation
+    leaves about one example a batch mixed with itself."""
+    order = torch.randperm(batch, generator=generator, device=device)
+    out = torch.empty_like(order)
+    out[order] = order.roll(-1)
+    return out
+
+
 def energy_mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,
                  generator: torch.Generator | None = None,
                  lam: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Energy-domain MixUp. x raw log-mel [batch, frames, mels] (natural log of energy),
     y targets [batch, classes] -> (log(lam exp(x) + (1 - lam) exp(x[perm])),
-    lam y + (1 - lam) y[perm]), lam [batch] ~ Beta(alpha, alpha) unless given.
+    lam y + (1 - lam) y[perm]), lam [batch] ~ Beta(alpha, alpha) unless given, perm = `partners`.
     Computed as logaddexp(x + log lam, x[perm] + log(1 - lam)) in float32 (no overflow,
     lam = 1 returns x exactly), cast back to x's dtype."""
     batch = x.shape[0]
     if lam is None:
         lam = sample_beta(alpha, batch, x, generator)
     lam = lam.to(device=x.device, dtype=torch.float32)
-    perm = torch.randperm(batch, generator=generator, device=x.device)
+    perm = partners(batch, x.device, generator)
     xf = x.float()
     mixed = torch.logaddexp(xf + lam.log()[:, None, None], xf[perm] + torch.log1p(-lam)[:, None, None])
     targets = lam[:, None] * y.float() + (1 - lam[:, None]) * y.float()[perm]

@@ -21,6 +21,7 @@ from data.synth import SynthConfig
 from model.ast import ASTConfig
 from model.augment import AugmentConfig
 from model.step import OptimConfig
+from sweep.select import StoppingRule
 
 __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunConfig", "Config",
            "load_config", "check", "to_dict", "flatten", "ConfigError"]
@@ -64,10 +65,20 @@ class SweepConfig:
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
     smoothing_window: int = 7               # centred moving average (paper 3.2), odd
     patience: int = 5                       # full-window evaluations after the pick without a
-                                            # better one before a trial stops (its pick is settled)
+                                            # better one before its pick is settled ...
+    settle_ratio: float = 2.0               # ... and at least this many times the pick's examples
+                                            # seen: patience that scales with the trial's own speed
+    train_to_cap: bool = False              # true: every trial trains to train.max_examples (the
+                                            # paper's procedure; the reference the rule is checked
+                                            # against); convergence is still judged by the rule
     asha: bool = False                      # stop hopeless trials early
     asha_grace_evals: int = 4
     max_failures: int = 2                   # per trial: Train worker restarts from checkpoint
+
+    @property
+    def rule(self) -> StoppingRule:
+        """When a pick is settled (sweep/select.py)."""
+        return StoppingRule(self.smoothing_window, self.patience, self.settle_ratio)
 
 
 @dataclass
@@ -168,6 +179,7 @@ _RULES = [
     ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of numbers > 0"),
     ("sweep.smoothing_window", lambda v: v >= 1 and v % 2 == 1, "a positive odd integer"),
     ("sweep.patience", lambda v: v >= 1, "an integer >= 1"),
+    ("sweep.settle_ratio", lambda v: v >= 1, "a number >= 1"),
     ("sweep.asha_grace_evals", lambda v: v >= 1, "an integer >= 1"),
     ("sweep.max_failures", lambda v: v >= 0, "an integer >= 0"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),

@@ -99,8 +99,9 @@ class SweepProgress(Callback):
             r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
             status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused",
                       "ERROR": "failed"}.get(state)
-            if status is None:  # TERMINATED: stopped by its own rule, or by a scheduler
-                status = {"settled": "settled", "cap": "NOT CONVERGED"}.get(r.get("stopped"), "stopped")
+            if status is None:  # TERMINATED: stopped by its own rule, at the cap, or by a scheduler
+                status = {"settled": "settled", "cap": "settled" if r.get("converged") else "NOT CONVERGED"
+                          }.get(r.get("stopped"), "stopped")
             row = {"beta": float(t.config["beta"]), "lr": float(t.config["lr"]), "status": status}
             if "examples" in r:
                 row.update(examples=int(r["examples"]), dprime=r.get("val_dprime"), smoothed=r.get("val_dprime_smoothed"),

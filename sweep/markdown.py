@@ -11,7 +11,7 @@ __all__ = ["render"]
 def render(t: dict) -> str:
     """The whole report.md from the tables dict (tables.json)."""
     base = t["baseline_beta"]
-    lines = ["# Balancing sweep report", "",
+    lines = ["# Balancing sweep report", ""] + _selection(t["selection"]) + ["",
              f"Baseline β = {base:g}. Changes (Δ) are paired differences from the baseline on the same "
              f"evaluation clips; [lo, hi] is the 95% bootstrap interval of that difference "
              f"({t['n_resamples']} resamples of clips)."]
@@ -26,6 +26,18 @@ def render(t: dict) -> str:
               + ", ".join(f"[{f}]({f})" for f in t["per_class"]), ""]
     lines += [f"![{f}]({f})\n" for f in t["figures"]]
     return "\n".join(lines)
+
+
+def _selection(sel: dict) -> list[str]:
+    """The answer first: the selected β, and whether the comparison is final or provisional."""
+    line = (f"**Selected: β = {sel['beta']:g}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f} "
+            f"at its pick after {sel['examples_to_peak']:,} examples.")
+    if not sel["not_converged"]:
+        return [line + " Every β's pick settled: the comparison is final."]
+    late = ", ".join(f"β = {r['beta']:g} (raise `train.max_examples` to at least {r['cap_to_settle']:,})"
+                     for r in sel["not_converged"])
+    return [line, "", f"**Provisional**: NOT CONVERGED for {late}. A β still improving at the cap may "
+            "overtake the selection; the comparison across β is not final until every pick settles."]
 
 
 def _f(x, spec: str = ".3f") -> str:
@@ -86,8 +98,11 @@ def _convergence(rows: list[dict]) -> list[str]:
     lines = ["", "## Convergence: the selected checkpoint per β", "",
              "A pick is converged (settled) when later evaluations with full smoothing windows came "
              "after it without a better one; NOT CONVERGED means the cap on examples came first.", "",
-             "| β | lr | examples to peak | validation d' (smoothed) | validation d' (raw) | converged |",
-             "|---|---|---|---|---|---|"]
-    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['examples_to_peak']:,} | {_f(r['val_dprime'])} | "
-                    f"{_f(r['val_dprime_raw'])} | {'yes' if r.get('converged') else '**NOT CONVERGED**'} |"
-                    for r in rows]
+             "The mAP pick is where the smoothed validation mAP peaks (the paper's convergence figures, "
+             "33M vs 104M examples, are for mAP); selection stays on d'.", "",
+             "| β | lr | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
+             "validation d' (raw) | converged |",
+             "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['examples_to_peak']:,} | {_f(r.get('examples_to_map_peak'), ',')} | "
+                    f"{_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
+                    f"{'yes' if r.get('converged') else '**NOT CONVERGED**'} |" for r in rows]

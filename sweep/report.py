@@ -174,6 +174,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
                                 n_resamples, SEED) if len(rows) > 1 else None
     order = {m["name"]: i for i, m in enumerate(models)}
     tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept
+    tables["selection"] = results["selection"]
     tables["convergence"] = convergence_rows(rows)
     tables["failed"] = results.get("failed", [])
     tables["extras"] = {k: str(v) for k, v in extras.items()}

@@ -26,9 +26,11 @@ from pathlib import Path
 import yaml
 
 from sweep.config import Config, ConfigError, flatten, load_config, to_dict
+from sweep.select import cap_to_settle, latest_settled_pick
 from sweep.tracking import TrackingError
 
-__all__ = ["main", "prepare", "collect_traces", "check_selected_checkpoints", "SelectionError"]
+__all__ = ["main", "prepare", "collect_traces", "check_selected_checkpoints", "results_row", "selection_summary",
+           "stopping_statement", "SelectionError"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -63,8 +65,25 @@ def prepare(cfg: Config, build: bool = True) -> Config:
                   f"{data.train_split!r}: they are left out of priors and metrics", file=sys.stderr)
     weights = str(Path(cfg.model.weights).resolve()) if cfg.model.weights and "://" not in cfg.model.weights \
         else cfg.model.weights
+    if build and weights and not cfg.model.allow_audioset_weights:
+        _refuse_audioset_checkpoint(weights, store)
     model = replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels, weights=weights)
     return replace(cfg, data=data, run=run, model=model)
+
+
+def _refuse_audioset_checkpoint(weights: str, store) -> None:
+    """An AST checkpoint trained on AudioSet, as the start of a sweep on AudioSet's classes, has
+    seen the validation clips and was trained balanced: a ConfigError, unless the user confirms
+    (model.allow_audioset_weights). Fine-tuning it on other classes is the usual transfer."""
+    import re
+    from model.ast import is_audioset_checkpoint
+    audioset_mids = sum(bool(re.fullmatch(r"/[mgt]/\w+", m)) for m in store.mids)
+    if audioset_mids >= store.n_classes / 2 and is_audioset_checkpoint(weights):
+        raise ConfigError(
+            f"model.weights {weights} is an AST checkpoint trained on AudioSet (527-class head), and the store's "
+            f"classes are AudioSet's ({audioset_mids} of {store.n_classes} AudioSet MIDs): that model has seen "
+            "the validation clips and was trained balanced, which biases the comparison of betas; start from "
+            "ImageNet DeiT weights, or set model.allow_audioset_weights=true to use it anyway")
 
 
 class SelectionError(RuntimeError):
@@ -91,7 +110,7 @@ def collect_traces(results, train_runs: str) -> tuple[list, list[dict]]:
         history = checkpoints[-1][1]["history"]
         own = {state["examples"]: path for path, state in checkpoints if has_weights(path)}
         traces.append(TrialTrace(trial_id, beta, lr, history["examples"], history["val_dprime"],
-                                 [own.get(e) for e in history["examples"]]))
+                                 history["val_mAP"], [own.get(e) for e in history["examples"]]))
     return traces, failed
 
 
@@ -173,16 +192,18 @@ def evaluate_winners(cfg: Config, per_beta: dict) -> list[dict]:
         if result["examples"] != sel.examples_to_peak:
             raise SelectionError(f"{sel.checkpoint}: holds {result['examples']:,} examples, selection "
                                  f"picked {sel.examples_to_peak:,}")
-        row = {"beta": beta, "lr": sel.lr, "trial_id": sel.trial_id, "checkpoint": sel.checkpoint,
-               "val_dprime": sel.val_dprime, "val_dprime_raw": sel.val_dprime_raw,
-               "examples_to_peak": sel.examples_to_peak, "examples_evaluated": result["examples"],
-               "converged": sel.converged, "evaluations": sel.evaluations, "eval": {}}
         for split, res in result["splits"].items():
             save_predictions(Path(cfg.run.run_dir) / "predictions" / f"beta={beta:g}" / f"{split}.npz", res)
-            m = res["metrics"]
-            row["eval"][split] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"]}
-        rows.append(row)
+        rows.append(results_row(sel, result["examples"], {s: r["metrics"] for s, r in result["splits"].items()}))
     return rows
+
+
+def results_row(sel, examples_evaluated: int, metrics: dict[str, dict]) -> dict:
+    """One beta's row of results.json: its selection (sweep.select.Selection), the examples its
+    evaluated checkpoint had seen, and per eval split mAP, AUC and d' (`metrics`: split ->
+    sweep.metrics.classification_metrics)."""
+    return {**asdict(sel), "examples_evaluated": examples_evaluated,
+            "eval": {s: {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"]} for s, m in metrics.items()}}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -259,17 +280,17 @@ def _sweep(cfg: Config, args, client, parent_id: str, storage: str, tracking_inf
     tracking.fail_children(client, tracking_info["experiment_id"], parent_id, failed)
     if not traces:
         raise RuntimeError(f"every trial failed: {failed}")
-    w = cfg.sweep.smoothing_window
-    per_beta = select_per_beta(traces, w, cfg.sweep.patience)
+    rule = cfg.sweep.rule
+    per_beta = select_per_beta(traces, rule)
     unselectable = [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr, "evaluations": len(t.dprime)}
-                    for t in traces if select_trial(t, w) is None]
+                    for t in traces if select_trial(t, rule) is None]
     if not per_beta:
-        raise SelectionError(f"no trial has a full {w}-evaluation smoothing window: raise "
+        raise SelectionError(f"no trial has a full {rule.window}-evaluation smoothing window: raise "
                              "train.max_examples or lower sweep.smoothing_window")
     check_selected_checkpoints(per_beta)
     rows = evaluate_winners(cfg, per_beta)
     best = select_overall(per_beta)
-    return {"selection": asdict(best), "rows": rows, "failed": failed, "unselectable": unselectable,
+    return {"selection": selection_summary(best, per_beta, cfg), "rows": rows, "failed": failed, "unselectable": unselectable,
             "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
                         "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
             "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg),
@@ -289,6 +310,10 @@ def main(argv=None) -> int:
         cfg = load_config(a.config or DEFAULT_CONFIG, overrides)
         if a.print_config:
             print(_printable(prepare(cfg, build=False)))
+            line, warning = stopping_statement(cfg)
+            print(f"# stopping: {line}")
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
             return 0
         return _run(cfg, a, argv)
     except (ConfigError, SelectionError, TrackingError, OSError, ValueError) as e:
@@ -306,9 +331,35 @@ def _printable(cfg: Config) -> str:
     return yaml.safe_dump(json.loads(json.dumps(values, default=list)), sort_keys=False)
 
 
+def stopping_statement(cfg: Config) -> tuple[str, str | None]:
+    """How trials stop, in one line, and a warning when the cap leaves few picks that can
+    settle (None otherwise): the latest evaluation whose pick can still settle before
+    `train.max_examples` (sweep/select.py `latest_settled_pick`)."""
+    rule, t = cfg.sweep.rule, cfg.train
+    settles = (f"a pick settles after {rule.patience} full-window evaluations without a better one "
+               f"and {rule.ratio:g}x its examples ({rule.window}-evaluation window)")
+    latest = latest_settled_pick(t.max_examples, t.eval_every_examples, rule)
+    cadence = f"evaluations every {t.eval_every_examples:,} examples, cap {t.max_examples:,}"
+    if cfg.sweep.train_to_cap:
+        line = f"every trial trains to the cap (sweep.train_to_cap); {settles}; {cadence}"
+    else:
+        line = f"{settles}; {cadence}"
+    if latest == 0:
+        return line + "; no pick can settle", (
+            f"no pick can settle within train.max_examples={t.max_examples:,} at one evaluation every "
+            f"{t.eval_every_examples:,}: every trial will be NOT CONVERGED; raise the cap or evaluate more often")
+    line += f": picks after {latest:,} examples ({latest / t.max_examples:.0%} of the cap) cannot settle"
+    evals = latest // t.eval_every_examples
+    if evals < 2 * rule.window or latest < 0.4 * t.max_examples:
+        return line, (f"only picks in the first {evals} evaluations ({latest:,} examples) can settle within "
+                      f"train.max_examples={t.max_examples:,}: a trial still improving there will be NOT "
+                      "CONVERGED; raise the cap or evaluate more often (train.eval_every_examples)")
+    return line, None
+
+
 def _header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
-    m, r, t = cfg.model, cfg.resources, cfg.train
+    m, r = cfg.model, cfg.resources
     grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
     return "\n".join([
         f"config     {config_path}  (--print-config shows every value)",
@@ -316,8 +367,7 @@ def _header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: st
         f"model      AST {m.size} ({m.embed_dim or '-'} wide, {m.depth or '-'} deep), {m.frames} frames x "
         f"{m.mels} mels, {m.n_classes} classes",
         f"grid       beta {cfg.sweep.betas} x lr {cfg.sweep.lrs} = {grid} trials",
-        f"stopping   settled pick ({cfg.sweep.smoothing_window}-evaluation window, patience "
-        f"{cfg.sweep.patience}), evaluations every {t.eval_every_examples:,} examples, cap {t.max_examples:,}",
+        f"stopping   {stopping_statement(cfg)[0]}",
         f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
         f"mlflow     {uri}  experiment {experiment!r}",
     ])
@@ -402,19 +452,39 @@ def _publish(client, cfg: Config, parent_id: str, summary: dict) -> str:
     best = summary["selection"]
     tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
                                              "best_val_dprime": best["val_dprime"]}, 0)
-    client.set_tag(parent_id, "converged", str(all(r["converged"] for r in summary["rows"])).lower())
+    client.set_tag(parent_id, "converged", str(best["all_converged"]).lower())
+    client.set_tag(parent_id, "selection", best["status"])
+    if best["not_converged"]:
+        client.set_tag(parent_id, "not_converged_betas", ", ".join(f"{r['beta']:g}" for r in best["not_converged"]))
     tracking.finish_run(client, parent_id)
     return table
 
 
 def _answer(summary: dict) -> str:
-    """The selection in one line, with the betas whose pick did not settle named."""
-    best = summary["selection"]
-    late = ", ".join(f"{r['beta']:g}" for r in summary["rows"] if not r["converged"])
-    return (f"selected: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f} "
-            f"after {best['examples_to_peak']:,} examples"
-            + (f"; NOT CONVERGED for beta {late}" if late else "; every pick settled")
-            + f"); {len(summary['failed'])} failed trial(s)")
+    """The selection in one line: final when every beta's pick settled, else provisional, with
+    the betas that need a higher cap named."""
+    best, late = summary["selection"], summary["selection"]["not_converged"]
+    head = "selected" if not late else "provisional selection"
+    line = (f"{head}: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f} "
+            f"after {best['examples_to_peak']:,} examples")
+    if late:
+        line += "; NOT CONVERGED for " + ", ".join(f"beta {r['beta']:g} (needs train.max_examples >= "
+                                                   f"{r['cap_to_settle']:,})" for r in late)
+        line += ": the comparison across betas is provisional"
+    else:
+        line += "; every pick settled"
+    return line + f"); {len(summary['failed'])} failed trial(s)"
+
+
+def selection_summary(best, per_beta: dict, cfg: Config) -> dict:
+    """results.json's `selection`: the best pick, and whether the comparison is final (every
+    beta's pick settled) or provisional (`not_converged`: the betas whose pick did not, with the
+    cap each would need at least)."""
+    late = [{"beta": b, "examples_to_peak": s.examples_to_peak,
+             "cap_to_settle": cap_to_settle(s.examples_to_peak, cfg.train.eval_every_examples, cfg.sweep.rule)}
+            for b, s in sorted(per_beta.items()) if not s.converged]
+    return {**asdict(best), "all_converged": not late, "status": "provisional" if late else "final",
+            "not_converged": late}
 
 
 def _run(cfg: Config, a, argv: list[str]) -> int:
@@ -431,6 +501,9 @@ def _run(cfg: Config, a, argv: list[str]) -> int:
     fp = open_store(cfg.data.store).fingerprint(cfg.data.train_split)
     experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
     print(_header(cfg, a.config or DEFAULT_CONFIG, fp, uri, experiment))
+    warning = stopping_statement(cfg)[1]
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)

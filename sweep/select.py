@@ -4,8 +4,14 @@ A trial's validation d' trace [evals] is smoothed with a centred moving average 
 evaluations. Only evaluations with a *full* window inside the trace have a smoothed value: a
 window shrunk at the ends is a noisier estimate and would win a max too often. A NaN
 evaluation blanks only the windows that contain it. The pick of a trial is the evaluation
-centred on the highest smoothed value (the first on ties); it is *settled* once `patience`
-later evaluations have full windows and none of them is higher.
+centred on the highest smoothed value (the first on ties).
+
+A pick is *settled* (`StoppingRule`) once `patience` later evaluations have full windows, none
+of them higher, and the trial has seen at least `ratio` times the examples of its pick. The
+ratio makes the patience scale with each trial's own time to its pick: a patience fixed in
+evaluations is long for a fast (balanced) trial and short for a slow (unbalanced) one, whose
+noisy trace would stop on a plateau it was about to leave (the paper's Discussion: a budget
+tuned to the balanced model favours balancing).
 
 The same functions decide when a trial stops (sweep/train.py), what MLflow logs as
 `val_dprime_smoothed`, which checkpoints are kept, and what is selected, so the four agree.
@@ -13,13 +19,24 @@ Per beta the learning rate with the highest pick wins; overall, the best beta.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TrialTrace", "Selection", "smoothed", "pick", "settled", "checkpoints_to_keep",
-           "select_trial", "select_per_beta", "select_overall"]
+__all__ = ["StoppingRule", "TrialTrace", "Selection", "smoothed", "pick", "settled", "latest_settled_pick",
+           "cap_to_settle", "checkpoints_to_keep", "select_trial", "select_per_beta", "select_overall"]
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """When a pick is settled: `window` (odd) evaluations smoothed, `patience` full-window
+    evaluations after the pick without a better one, and at least `ratio` times the pick's
+    examples seen."""
+    window: int = 7
+    patience: int = 5
+    ratio: float = 2.0
 
 
 @dataclass
@@ -31,23 +48,26 @@ class TrialTrace:
     lr: float
     examples: np.ndarray
     dprime: np.ndarray
+    mAP: np.ndarray
     checkpoints: list[str | None]
 
     def __post_init__(self) -> None:
         self.examples = np.asarray(self.examples)
         self.dprime = np.asarray(self.dprime, dtype=np.float64)
-        lengths = {len(self.examples), len(self.dprime), len(self.checkpoints)}
+        self.mAP = np.asarray(self.mAP, dtype=np.float64)
+        lengths = {len(self.examples), len(self.dprime), len(self.mAP), len(self.checkpoints)}
         if len(lengths) != 1 or self.dprime.ndim != 1:
-            raise ValueError(f"trial {self.trial_id}: examples, dprime and checkpoints must be "
+            raise ValueError(f"trial {self.trial_id}: examples, dprime, mAP and checkpoints must be "
                              f"1-D of one length, got {len(self.examples)}, {self.dprime.shape}, "
-                             f"{len(self.checkpoints)}")
+                             f"{len(self.mAP)}, {len(self.checkpoints)}")
 
 
 @dataclass
 class Selection:
     """The pick of one trial: evaluation index, examples seen there, smoothed and raw d',
-    its checkpoint, and whether the pick is settled (`converged`) or the trial ran out of
-    examples first."""
+    its checkpoint, whether the pick is settled (`converged`) or the trial ran out of
+    examples first, and the examples at the smoothed validation mAP's own pick (the paper's
+    convergence figures are for mAP; selection stays on d'; None without a full mAP window)."""
     trial_id: str
     beta: float
     lr: float
@@ -58,6 +78,7 @@ class Selection:
     checkpoint: str | None
     converged: bool
     evaluations: int
+    examples_to_map_peak: int | None
 
 
 def _half(window: int) -> int:
@@ -87,11 +108,35 @@ def pick(values: np.ndarray, window: int = 7) -> int | None:
     return None if np.isnan(s).all() else int(np.nanargmax(s))
 
 
-def settled(values: np.ndarray, window: int = 7, patience: int = 5) -> bool:
-    """True once the pick has `patience` later evaluations with full windows (none higher, or
-    one of them would be the pick): training longer can no longer move it without a new peak."""
-    i = pick(values, window)
-    return i is not None and (len(values) - 1 - _half(window)) - i >= patience
+def settled(values: np.ndarray, examples: np.ndarray, rule: StoppingRule = StoppingRule()) -> bool:
+    """True once the pick of `values` [evals] (d', at `examples` [evals] seen) has `rule.patience`
+    later evaluations with full windows, none higher (or one of them would be the pick), and
+    the trial has seen `rule.ratio` times the pick's examples: training longer can no longer
+    move it without a new peak. Windows blanked by a NaN evaluation do not count."""
+    s = smoothed(values, rule.window)
+    if np.isnan(s).all():
+        return False
+    i = int(np.nanargmax(s))
+    after = int(np.count_nonzero(~np.isnan(s[i + 1:])))
+    return after >= rule.patience and examples[-1] >= rule.ratio * examples[i]
+
+
+def latest_settled_pick(cap: int, every: int, rule: StoppingRule = StoppingRule()) -> int:
+    """The examples at the latest evaluation whose pick can still settle within a cap of `cap`
+    examples with an evaluation every `every` (0: none can): it needs `rule.patience`
+    full-window evaluations after it and `rule.ratio` times its examples by the cap."""
+    n = -(-cap // every)                                  # evaluations, the last at the cap
+    by_patience = n - _half(rule.window) - rule.patience  # the evaluation's number, 1-based
+    by_ratio = int(cap / rule.ratio // every)
+    last = min(by_patience, by_ratio)
+    return last * every if last > _half(rule.window) else 0
+
+
+def cap_to_settle(pick_examples: int, every: int, rule: StoppingRule = StoppingRule()) -> int:
+    """The smallest cap (examples) at which a pick at `pick_examples` can settle, if it stays
+    the pick: `rule.ratio` times its examples, and half a window plus `rule.patience`
+    evaluations every `every` examples after it."""
+    return max(math.ceil(rule.ratio * pick_examples), pick_examples + (_half(rule.window) + rule.patience) * every)
 
 
 def checkpoints_to_keep(values: np.ndarray, window: int = 7, keep: int = 1) -> set[int]:
@@ -107,27 +152,29 @@ def checkpoints_to_keep(values: np.ndarray, window: int = 7, keep: int = 1) -> s
     return {int(i) for i in best} | set(range(max(0, n - h), n)) | ({n - 1} if n else set())
 
 
-def select_trial(trace: TrialTrace, window: int = 7, patience: int = 5) -> Selection | None:
+def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Selection | None:
     """The pick of one trial, or None when no evaluation has a full window (too few
     evaluations, or NaN in every window)."""
-    i = pick(trace.dprime, window)
+    i = pick(trace.dprime, rule.window)
     if i is None:
         return None
+    i_map = pick(trace.mAP, rule.window)
     return Selection(trace.trial_id, trace.beta, trace.lr, i, int(trace.examples[i]),
-                     float(smoothed(trace.dprime, window)[i]), float(trace.dprime[i]),
-                     trace.checkpoints[i], settled(trace.dprime, window, patience), len(trace.dprime))
+                     float(smoothed(trace.dprime, rule.window)[i]), float(trace.dprime[i]),
+                     trace.checkpoints[i], settled(trace.dprime, trace.examples, rule), len(trace.dprime),
+                     int(trace.examples[i_map]) if i_map is not None else None)
 
 
-def select_per_beta(traces: list[TrialTrace], window: int = 7, patience: int = 5) -> dict[float, Selection]:
+def select_per_beta(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[float, Selection]:
     """Per beta, the trial (learning rate) with the highest smoothed validation d' at its pick;
     on ties the earlier trace in `traces`. A trace without a full window cannot be selected:
     it is skipped with a warning that says so."""
     best: dict[float, Selection] = {}
     for trace in traces:
-        sel = select_trial(trace, window, patience)
+        sel = select_trial(trace, rule)
         if sel is None:
             warnings.warn(f"trial {trace.trial_id} (beta={trace.beta:g}, lr={trace.lr:g}) has no "
-                          f"{window}-evaluation window free of NaN ({len(trace.dprime)} evaluations): "
+                          f"{rule.window}-evaluation window free of NaN ({len(trace.dprime)} evaluations): "
                           "it cannot be selected")
             continue
         if trace.beta not in best or sel.val_dprime > best[trace.beta].val_dprime:

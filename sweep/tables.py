@@ -104,7 +104,8 @@ def prior_shift_rows(models: list[dict], preds: dict[str, dict | None], boot: di
 
 def convergence_rows(rows: list[dict]) -> list[dict]:
     """The selected checkpoint per beta, from results.json rows."""
-    keys = ("beta", "lr", "trial_id", "examples_to_peak", "val_dprime", "val_dprime_raw", "converged", "evaluations")
+    keys = ("beta", "lr", "trial_id", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
+            "converged", "evaluations")
     return [{k: r.get(k) for k in keys} for r in rows]
 
 

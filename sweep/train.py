@@ -33,7 +33,7 @@ from model.step import make_optimizer, train_step
 from sweep.checkpoint import prune, restore_checkpoint, save_checkpoint
 from sweep.config import Config, from_dict
 from sweep.evaluate import score_split, with_metrics
-from sweep.select import pick, settled, smoothed
+from sweep.select import StoppingRule, pick, settled, smoothed
 
 __all__ = ["train_func", "summary_metrics", "step_seed", "HISTORY_KEYS"]
 
@@ -60,13 +60,13 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def summary_metrics(state: dict, window: int) -> dict:
+def summary_metrics(state: dict, rule: StoppingRule) -> dict:
     """What a trial reports to Tune: progress, the latest evaluation, the latest full-window
-    smoothed d' and the smoothed d' at the current pick (NaN until a window is full). The first
-    four keys are the columns of Tune's console table."""
+    smoothed d', the smoothed d' at the current pick (NaN until a window is full) and whether
+    that pick is settled. The first four keys are the columns of Tune's console table."""
     h = state["history"]
-    s = smoothed(h["val_dprime"], window)
-    i = pick(h["val_dprime"], window)
+    s = smoothed(h["val_dprime"], rule.window)
+    i = pick(h["val_dprime"], rule.window)
     defined = s[~np.isnan(s)]
     last = {k: (h[k][-1] if h[k] else float("nan")) for k in HISTORY_KEYS if k != "examples"}
     return {"examples": state["examples"], "val_dprime": last.pop("val_dprime"),
@@ -74,6 +74,7 @@ def summary_metrics(state: dict, window: int) -> dict:
             "val_dprime_pick": float(s[i]) if i is not None else float("nan"),
             "step": state["step"], "evals": len(h["examples"]), **last,
             "examples_to_pick": int(h["examples"][i]) if i is not None else -1,
+            "converged": bool(h["examples"]) and settled(h["val_dprime"], h["examples"], rule),
             "stopped": state.get("stopped") or ""}
 
 
@@ -172,7 +173,7 @@ class _Trial:
         h["val_mAP"].append(val["mAP"])
         h["val_AUC"].append(val["mAUC"])
         h["val_dprime"].append(val["dprime"])
-        if settled(h["val_dprime"], self.cfg.sweep.smoothing_window, self.cfg.sweep.patience):
+        if not self.cfg.sweep.train_to_cap and settled(h["val_dprime"], h["examples"], self.cfg.sweep.rule):
             self.state["stopped"] = "settled"
         elif end or self.state["examples"] >= self.cfg.train.max_examples:
             self.state["stopped"] = "cap"
@@ -188,7 +189,7 @@ class _Trial:
                 save_checkpoint(tmp, self.model, self.optimizer, self.state, self.cfg.model)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.state["stopped"] = self._from_rank_0(self.state["stopped"])
-            ray.train.report(summary_metrics(self.state, window), checkpoint=checkpoint)
+            ray.train.report(summary_metrics(self.state, self.cfg.sweep.rule), checkpoint=checkpoint)
         if self.rank == 0:  # after the checkpoint is persisted: a restart never repeats a step
             self.log()
             if self.cfg.train.keep_checkpoints:
@@ -236,9 +237,8 @@ def train_func(config: dict) -> None:
     _quiet_routine_logs()
     trial = _Trial.start(config)
     started["model"] = time.time()
-    window = trial.cfg.sweep.smoothing_window
     if trial.state["stopped"]:  # restarted after the last evaluation: nothing left to do
-        ray.train.report(summary_metrics(trial.state, window))
+        ray.train.report(summary_metrics(trial.state, trial.cfg.sweep.rule))
         return
     every = trial.cfg.train.eval_every_examples
     next_eval = (trial.state["examples"] // every + 1) * every

@@ -69,7 +69,7 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
 def _report_finished(cfg: Config, checkpoint: tuple[str, dict]) -> None:
     """Give Tune the final result of a trial whose training had already finished."""
     path, state = checkpoint
-    tune.report({**summary_metrics(state, cfg.sweep.smoothing_window), "checkpoint_path": path})
+    tune.report({**summary_metrics(state, cfg.sweep.rule), "checkpoint_path": path})
 
 
 def _outcome(cfg: Config, run_path: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ def _outcome(cfg: Config, run_path: str) -> dict[str, str]:
     if not checkpoints or not checkpoints[-1][1].get("stopped"):
         return {}
     state = checkpoints[-1][1]
-    ok = settled(state["history"]["val_dprime"], cfg.sweep.smoothing_window, cfg.sweep.patience)
+    ok = settled(state["history"]["val_dprime"], state["history"]["examples"], cfg.sweep.rule)
     return {"stopped": state["stopped"], "converged": str(ok).lower()}
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from model.ast import (NORM_MEAN, NORM_STD, ASTConfig, checkpoint_filter_fn, create_ast,
+from model.ast import (NORM_MEAN, NORM_STD, ASTConfig, checkpoint_filter_fn, create_ast, is_audioset_checkpoint,
                        load_ast_checkpoint, normalisation_stats, normalise)
 
 D, DEPTH, K = 128, 2, 7          # embed 128 -> 2 heads (embed // 64), as the loader infers
@@ -209,6 +209,42 @@ def test_sizes_and_geometry():
         create_ast(ASTConfig(size="huge"))
     with pytest.raises(ValueError, match="divisible"):
         create_ast(ASTConfig(embed_dim=100, num_heads=3, frames=16, mels=16))
+
+
+def test_the_classifier_runs_in_fp32_under_autocast():
+    """Under bf16 autocast the backbone runs in bf16 and the logits still come out of the head in
+    fp32: distinct scores for distinct clips, within bf16's error of the fp32 forward."""
+    model = create_ast(ASTConfig(frames=32, mels=32, fstride=16, tstride=16, embed_dim=64, depth=1,
+                                 num_heads=2, n_classes=5)).eval()
+    x = torch.randn(256, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+    assert mixed.dtype == torch.float32
+    assert mixed[:, 0].unique().numel() == 256          # bf16 logits would tie on these
+    torch.testing.assert_close(mixed, full, atol=0.1, rtol=0.05)
+
+
+def test_an_audioset_checkpoint_is_recognised_and_refused_for_an_audioset_sweep(tmp_path, ckpt):
+    """A published-layout AST file with AudioSet's 527-class head is an AudioSet model; a sweep on
+    AudioSet's classes refuses it unless confirmed, one on other classes takes it (transfer)."""
+    from types import SimpleNamespace
+
+    from sweep.config import ConfigError
+    from sweep.run import _refuse_audioset_checkpoint
+    audioset = tmp_path / "audioset_10_10_0.4593.pth"
+    torch.save(published(k=527), audioset)
+    assert is_audioset_checkpoint(audioset) and not is_audioset_checkpoint(ckpt[0])
+    deit = tmp_path / "deit.pth"
+    torch.save(backbone(), deit)
+    assert not is_audioset_checkpoint(deit)
+    as_store = SimpleNamespace(mids=["/m/09x0r", "/m/04rlf", "/t/dd00001"], n_classes=3)
+    with pytest.raises(ConfigError, match=r"model\.weights .*audioset_10_10.* trained on AudioSet.*"
+                                          r"3 of 3 AudioSet MIDs.*model\.allow_audioset_weights=true"):
+        _refuse_audioset_checkpoint(str(audioset), as_store)
+    _refuse_audioset_checkpoint(str(audioset), SimpleNamespace(mids=["/x/dog", "/x/car"], n_classes=2))
+    _refuse_audioset_checkpoint(str(deit), as_store)
 
 
 def test_normalisation():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.augment import AugmentConfig, augment, energy_mixup, sample_beta, spec_augment
+from model.augment import AugmentConfig, augment, energy_mixup, partners, sample_beta, spec_augment
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 B, T, M = 64, 100, 40
@@ -79,13 +79,26 @@ def test_mixup_keeps_label_mass_and_mixes_energy():
     x, y = torch.randn(B, T, M) * 3 - 4, (torch.rand(B, 10) < 0.3).float()
     lam = torch.rand(B)
     g = gen(seed=1)
-    perm = torch.randperm(B, generator=gen(seed=1))                   # the permutation mixup draws
+    perm = partners(B, "cpu", gen(seed=1))                            # the partners mixup draws
     xm, ym = energy_mixup(x, y, 10.0, g, lam=lam)
     assert xm.shape == x.shape and ym.shape == y.shape
     torch.testing.assert_close(ym.sum(1), lam * y.sum(1) + (1 - lam) * y[perm].sum(1))
     lx = lam[:, None, None].double()
     want = torch.log(lx * x.double().exp() + (1 - lx) * x[perm].double().exp())
     torch.testing.assert_close(xm.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_mixup_partners_are_a_derangement():
+    """No example is mixed with itself and each is a partner once (a plain random permutation
+    leaves about one fixed point a batch: over 200 batches of 32, about 200)."""
+    g = gen(seed=2)
+    for n in (2, 3, 32):
+        for _ in range(200):
+            p = partners(n, "cpu", g)
+            assert sorted(p.tolist()) == list(range(n)) and not (p == torch.arange(n)).any()
+    assert partners(1, "cpu", g).tolist() == [0]                      # nobody else to mix with
+    fixed = sum(int((torch.randperm(32, generator=g) == torch.arange(32)).sum()) for _ in range(200))
+    assert fixed > 100
 
 
 def test_mixup_identity_at_lam_one_and_stable():

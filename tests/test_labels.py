@@ -70,6 +70,15 @@ def test_duplicate_ytids_are_named(tmp_path, class_index):
         read_segments(f, class_index)
 
 
+def test_a_label_repeated_within_a_clip_counts_once(tmp_path, class_index):
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r,/m/04rlf,/m/09x0r"', 'b, 0, 10, "/m/04rlf"',
+                                    'c, 0, 10, "/m/04rlf,/m/04rlf"'])
+    with pytest.warns(UserWarning, match=r"x\.csv: 2 clip\(s\) list a label more than once, counted once \(e\.g\. a, c\)"):
+        seg = read_segments(f, class_index)
+    assert [list(seg.labels[j]) for j in range(3)] == [[0, 137], [137], [137]]
+    assert B.class_counts(seg.labels, len(class_index))[[0, 137]].tolist() == [1, 3]
+
+
 def test_bad_class_index(tmp_path):
     (tmp_path / "ci.csv").write_text("index,mid,display_name\n0,/m/a,A\n2,/m/b,B\n")
     with pytest.raises(LabelFileError, match="ci.csv:3: index 2 out of order"):

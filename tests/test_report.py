@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.image
@@ -21,7 +20,7 @@ from sweep.config import load_config, to_dict
 from sweep.evaluate import save_predictions
 from sweep.metrics import classification_metrics
 from sweep.report import FIGURES, build_report, main
-from sweep.run import prepare
+from sweep.run import prepare, results_row, selection_summary
 from sweep.select import TrialTrace, select_overall, select_per_beta
 from sweep.stats import paired_bootstrap, prior_shift_metrics
 from sweep.tables import format_results
@@ -56,25 +55,21 @@ def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int 
         y = 1.2 + 0.9 * (1 - np.exp(-3 * x / (every * peak))) - 0.02 * np.maximum(x / every - peak, 0)
         y += 0.05 * beta + rng.normal(0, 0.04, n_evals)
         ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
-        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), x, y, ckpts))
-    per_beta = select_per_beta(traces, cfg.sweep.smoothing_window, cfg.sweep.patience)
+        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), x, y, y / 4, ckpts))
+    per_beta = select_per_beta(traces, cfg.sweep.rule)
     rows = []
     for beta in sorted(per_beta):  # as sweep.run.evaluate_winners
         sel = per_beta[beta]
-        row = {"beta": beta, "lr": sel.lr, "trial_id": sel.trial_id, "checkpoint": sel.checkpoint,
-               "val_dprime": sel.val_dprime, "val_dprime_raw": sel.val_dprime_raw,
-               "examples_to_peak": sel.examples_to_peak, "examples_evaluated": sel.examples_to_peak,
-               "converged": sel.converged, "evaluations": sel.evaluations, "eval": {}}
+        metrics = {}
         for k, split in enumerate(cfg.data.eval_splits):
             targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
             scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta))
             res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
                    "metrics": classification_metrics(targets, scores)}
             save_predictions(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz", res)
-            m = res["metrics"]
-            row["eval"][split] = {"mAP": m["mAP"], "AUC": m["mAUC"], "dprime": m["dprime"]}
-        rows.append(row)
-    summary = {"selection": asdict(select_overall(per_beta)), "rows": rows, "failed": [],
+            metrics[split] = res["metrics"]
+        rows.append(results_row(sel, sel.examples_to_peak, metrics))
+    summary = {"selection": selection_summary(select_overall(per_beta), per_beta, cfg), "rows": rows, "failed": [],
                "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
                            "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
                "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg), "wall_seconds": 1.0}

@@ -1,15 +1,23 @@
-"""sweep.select on hand-made traces: full-window smoothing, the pick, settling, what to keep."""
+"""sweep.select on hand-made traces: full-window smoothing, the pick, settling, what to keep;
+and the stopping rule on simulated traces of fast and slow trials (bench/stopping_rule.py)."""
 import numpy as np
 import pytest
 
-from sweep.select import (Selection, TrialTrace, checkpoints_to_keep, pick, select_overall,
-                          select_per_beta, select_trial, settled, smoothed)
+from bench.stopping_rule import SPEEDS, simulate, stop_at, true_curve
+from sweep.select import (Selection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, pick,
+                          select_overall, select_per_beta, select_trial, settled, smoothed)
 
 
-def _trace(trial_id: str, beta: float, lr: float, dprime: list[float]) -> TrialTrace:
+def _trace(trial_id: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None) -> TrialTrace:
     e = len(dprime)
     return TrialTrace(trial_id, beta, lr, np.arange(1, e + 1) * 1000, np.array(dprime),
-                      [f"ckpt/{trial_id}/{i}" for i in range(e)])
+                      np.array(dprime if mAP is None else mAP) / 10, [f"ckpt/{trial_id}/{i}" for i in range(e)])
+
+
+def _settled(d, window, patience, ratio=1.0) -> bool:
+    """`settled` on a trace evaluated every 1000 examples."""
+    d = np.asarray(d, dtype=float)
+    return settled(d, np.arange(1, len(d) + 1) * 1000, StoppingRule(window, patience, ratio))
 
 
 def test_smoothed_is_defined_only_on_full_windows():
@@ -66,16 +74,84 @@ def test_spike_is_rejected_by_smoothing():
 
 def test_a_rising_trace_is_not_settled():
     d = np.linspace(0.2, 1.5, 12)
-    assert pick(d, 7) == 8 and not settled(d, 7, patience=1)  # the last full window, still rising
+    assert pick(d, 7) == 8 and not _settled(d, 7, patience=1)  # the last full window, still rising
 
 
 def test_settled_after_patience_full_windows_without_a_better_one():
     d = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 2.6, 2.2, 2.0, 1.8, 1.7, 1.6])
     # window 3: full windows at 1..9; the best (2.7) centres on 4 -> settled when 4 + p <= 9
     assert pick(d, 3) == 4
-    assert settled(d, 3, patience=5) and not settled(d, 3, patience=6)
-    assert not settled(d[:6], 3, patience=1)  # index 4 has a full window only once 5 exists
-    assert not settled(d[:3], 7, patience=0)  # no full window at all
+    assert _settled(d, 3, patience=5) and not _settled(d, 3, patience=6)
+    assert not _settled(d[:6], 3, patience=1)  # index 4 has a full window only once 5 exists
+    assert not _settled(d[:3], 7, patience=0)  # no full window at all
+
+
+def test_settled_needs_ratio_times_the_picks_examples():
+    """The pick (index 4, at 5,000 examples) has 5 full windows behind it at 11 evaluations
+    (11,000 examples): settled for ratio <= 2.2, not for more; at ratio 2 from 10,000 on."""
+    d = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 2.6, 2.2, 2.0, 1.8, 1.7, 1.6])
+    assert _settled(d, 3, patience=5, ratio=2.2) and not _settled(d, 3, patience=5, ratio=2.3)
+    longer = np.concatenate([d, [1.5] * 4])
+    assert [_settled(longer[:n], 3, patience=1, ratio=2.0) for n in range(9, 12)] == [False, True, True]
+
+
+def test_a_nan_window_is_not_patience():
+    """Patience counts evaluations with full windows after the pick, not positions: a NaN
+    evaluation right after the pick blanks the windows that contain it, and they do not count."""
+    d = np.array([1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0])   # window 3: pick at index 2
+    assert _settled(d, 3, patience=4)                        # full windows at 3..6
+    d[4] = np.nan                                            # blanks the windows at 3, 4 and 5
+    assert pick(d, 3) == 2 and not _settled(d, 3, patience=2)  # only index 6 left
+    assert _settled(np.concatenate([d, [1.0]]), 3, patience=2)
+
+
+def test_latest_settled_pick():
+    rule = StoppingRule(7, 5, 2.0)
+    # the demo's cap: 60 evaluations; by patience a pick at evaluation 52 could settle, by ratio 30
+    assert latest_settled_pick(60_000, 1_000, rule) == 30_000
+    assert latest_settled_pick(60_000, 1_000, StoppingRule(7, 5, 1.0)) == 52_000
+    # a user's 10k cap at 500 a evaluation: 5,000 examples (10 evaluations) at ratio 2
+    assert latest_settled_pick(10_000, 500, rule) == 5_000
+    # 8 evaluations: the first full window (evaluation 4) cannot have 5 more behind it
+    assert latest_settled_pick(8_000, 1_000, rule) == 0
+    # the latest is itself settleable, one later is not
+    every, cap = 1_000, 24_000
+    last = latest_settled_pick(cap, every, rule) // every
+    n = cap // every
+    for i, expect in ((last, True), (last + 1, False)):
+        d = np.zeros(n)
+        d[i - 1] = 1.0                                  # one bump: the pick centres on it
+        assert settled(d, np.arange(1, n + 1) * every, StoppingRule(1, 5, 2.0)) == expect
+
+
+@pytest.mark.parametrize("shape", ["peak", "broad"])
+def test_the_rule_costs_fast_and_slow_trials_alike(shape):
+    """Simulated traces (bench/stopping_rule.py): 0.30 d' gain, sigma 0.02 noise on every raw
+    evaluation, peaks after 11 (fast) and 34 (slow) evaluations. Against training to the cap
+    (4x the slow peak), the rule loses at most 0.005 true d' on average for both, and the two
+    losses differ by less than 0.002; a patience fixed in evaluations (ratio 1) loses more on
+    the slow traces than on the fast ones, which is the bias the ratio removes."""
+    rule = StoppingRule(7, 5, 2.0)
+    fast, slow = (simulate(shape, SPEEDS[s], 0.02, rule, reps=150) for s in ("fast", "slow"))
+    assert fast["loss_mean"] <= 0.005 and slow["loss_mean"] <= 0.005
+    assert abs(slow["loss_mean"] - fast["loss_mean"]) < 0.002
+    assert slow["compute"] < 0.6 and fast["compute"] < 0.25  # what it saves against the cap
+    old_fast, old_slow = (simulate(shape, SPEEDS[s], 0.02, StoppingRule(7, 5, 1.0), reps=150)
+                          for s in ("fast", "slow"))
+    assert old_slow["loss_mean"] > old_fast["loss_mean"] and old_slow["picked_early"] > 2 * slow["picked_early"]
+
+
+def test_a_plateau_then_rise_is_not_stopped_on_its_plateau():
+    """A slow trial flat from 30% to 55% of its time to peak, then rising again (sigma 0.02): the
+    rule trains through the plateau to the true peak (under 5% of picks before 80% of it, under
+    0.005 d' lost); a patience fixed in evaluations stops on the plateau in a quarter of them."""
+    examples, d = true_curve("plateau_rise", SPEEDS["slow"])
+    n = stop_at(d, examples, StoppingRule(7, 5, 2.0))          # noise-free: through to the peak
+    assert n > SPEEDS["slow"] and abs(pick(d[:n], 7) - (SPEEDS["slow"] - 1)) <= 1
+    new = simulate("plateau_rise", SPEEDS["slow"], 0.02, StoppingRule(7, 5, 2.0), reps=150)
+    old = simulate("plateau_rise", SPEEDS["slow"], 0.02, StoppingRule(7, 5, 1.0), reps=150)
+    assert new["picked_early"] < 0.05 and new["loss_mean"] <= 0.005
+    assert old["picked_early"] > 0.15 and old["loss_mean"] > 0.01
 
 
 def test_ties_pick_the_first():
@@ -108,17 +184,23 @@ def test_select_per_beta_and_overall():
         _trace("c", 1.0, 1e-4, [0.9, 1.0, 1.1, 1.2, 1.3, 1.4]),
         _trace("d", 1.0, 1e-3, [1.0, 2.5, 1.0, 1.0, 1.0, 1.0]),  # one spike only
     ]
-    per_beta = select_per_beta(traces, window=3, patience=2)
+    per_beta = select_per_beta(traces, StoppingRule(3, 2, 1.0))
     assert set(per_beta) == {0.0, 1.0}
     b0 = per_beta[0.0]
     # b smoothed (window 3): [-, 1.5, 1.7, 1.667, 1.533, -] -> index 2; a peaks at 1.467
     assert (b0.trial_id, b0.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
     assert b0.val_dprime == pytest.approx(1.7) and b0.val_dprime_raw == 1.8
-    assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6
+    assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6 and b0.examples_to_map_peak == 3000
     # d smoothed: [-, 1.5, 1.5, 1.0, 1.0, -] -> index 1; c rises to 1.3 at index 4, unsettled
     b1 = per_beta[1.0]
     assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
-    assert not select_trial(traces[2], 3, 2).converged
+    assert not select_trial(traces[2], StoppingRule(3, 2, 1.0)).converged
+    # at ratio 2, b's pick (3,000 examples) needs the 6,000 it has; at 2.5, 7,500
+    assert select_trial(traces[1], StoppingRule(3, 2, 2.0)).converged
+    assert not select_trial(traces[1], StoppingRule(3, 2, 2.5)).converged
+    # the mAP pick is reported beside the d' pick, from the mAP trace alone
+    later = _trace("e", 0.5, 1e-3, [1.1, 1.6, 1.8, 1.7, 1.5, 1.4], mAP=[1, 2, 3, 4, 5, 4])
+    assert select_trial(later, StoppingRule(3, 2, 1.0)).examples_to_map_peak == 5000
     best = select_overall(per_beta)
     assert isinstance(best, Selection) and best.trial_id == "b"
 
@@ -127,11 +209,11 @@ def test_a_trace_without_a_full_window_cannot_be_selected():
     traces = [_trace("a", 0.5, 1e-4, [1.0, 1.2, 1.1]), _trace("b", 0.5, 1e-3, [1.0] * 7)]
     with pytest.warns(UserWarning, match="trial a .* no 7-evaluation window"):
         assert select_per_beta(traces)[0.5].trial_id == "b"
-    assert select_trial(traces[0], 7) is None
+    assert select_trial(traces[0], StoppingRule(7, 5, 2.0)) is None
     with pytest.raises(ValueError):
         select_overall({})
 
 
 def test_trace_lengths_must_agree():
     with pytest.raises(ValueError, match="one length"):
-        TrialTrace("x", 0.0, 1e-4, np.arange(3), np.zeros(3), [None, None])
+        TrialTrace("x", 0.0, 1e-4, np.arange(3), np.zeros(3), np.zeros(3), [None, None])
