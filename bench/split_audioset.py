@@ -16,7 +16,8 @@ split. Each run carves from a fresh copy of it (the copy is not timed) and print
 - clips, imbalance_ratio, gini: per split, as the command prints them;
 - check (--check): the copy validated (every shard's sha256 recorded and matching), the splits
   disjoint and together the original clips, the training split in ascending rarest-label order
-  against its new class counts and in 16-row row groups, no old shard left.
+  against its new class counts and in row groups of data.store.ROW_GROUP_ROWS rows, no old
+  shard left.
 
 Measured on the 2 shared cores of the development machine (other users' load average 4-10;
 wall times swing with it, CPU times much less): 1,857 validation clips, ratio 115.8, Gini 0.405;
@@ -48,7 +49,8 @@ from data.store import ROW_GROUP_ROWS, close_shards, open_store  # noqa: E402
 
 
 def build(root: Path, audioset: Path, rows_per_shard: int) -> None:
-    """The labels-only training store at `root` (bench/audioset_labels.py; reused when built)."""
+    """The labels-only training store at `root` (bench/audioset_labels.py; reused when built
+    with the same row-group size)."""
     labels_only_store(root, audioset, rows_per_shard)
 
 
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--cli", action="store_true", help="also time the command end to end")
     p.add_argument("--check", action="store_true", help="verify the carved store")
     a = p.parse_args(argv)
-    base = a.dir / f"store-{a.rows_per_shard}"
+    base = a.dir / f"store-{a.rows_per_shard}-rg{ROW_GROUP_ROWS}"  # a store of other row groups is not reused
     a.dir.mkdir(parents=True, exist_ok=True)
     build(base, a.audioset, a.rows_per_shard)
     cfg = split_mod.SplitConfig(min_per_class=a.min_per_class, seed=a.seed)

@@ -1,12 +1,23 @@
 """Benchmark the oversampling stream's plan and throughput at AudioSet scale (issue 14).
 
-    python bench/stream_audioset.py                       # store cached under /tmp
+    python bench/stream_audioset.py                       # stores cached under /tmp
     python bench/stream_audioset.py --dir runs --rows 500000 --consumers 1 2
+    python bench/stream_audioset.py --parts mixing        # no Ray: the worker batches' mixing
 
-Builds once (cached under --dir) a labels-only store (mel [1, 1]) of the 2,063,949 published
-AudioSet training clips (balanced + unbalanced segment CSVs, read in place from --audioset) in
-rarest-label order, written as data/ingest.py writes a training split (512 rows a shard). Then
-prints JSON:
+Builds once (cached under --dir, one store per row-group size, the size in the directory name
+and checked when reused) a labels-only store (mel [1, 1]) of the 2,063,949 published AudioSet
+training clips (balanced + unbalanced segment CSVs, read in place from --audioset) in
+rarest-label order, written as data/ingest.py writes a training split (512 rows a shard). The
+plan, stream, consumers and budget parts use the store of --row-group-rows rows a group and
+blocks of --units-per-block units (by default data.store.ROW_GROUP_ROWS and
+`default_units_per_block(128)`, what a trial of 8 workers x 128 streams). Then prints JSON:
+- mixing: for each --mix-settings ROWS:UNITS (by default the AudioSet config before, 16-row
+  groups in blocks of 32 units, and now, `ROW_GROUP_ROWS` and `default_units_per_block`) and
+  beta in --mix-betas, `sampler_audit` of the first --mix-examples examples as --workers
+  Train workers of --worker-batch rows each get them: distinct classes per worker batch and
+  class-mix distance, each against a random permutation of the same rows, the ratios, and
+  whether they meet the targets (>= 0.9x the distinct classes, <= 1.15x the distance), with
+  the seconds the audit took (labels read once per store, in the first beta's);
 - plan: time and peak-RSS increase of `plan_stream` in a fresh process (and its tracemalloc
   peak in another: tracing slows the plan) at beta = 1 for one full pass and for a
   --budget-example run, with the labels read from the shards and again with them cached in
@@ -21,7 +32,8 @@ prints JSON:
   from): plan time, time to its first batch, and the bytes of the map UDF Ray Data ships;
 - udf_size_warning: whether Ray Data printed "The UDF of operator ... is too large" anywhere
   (the driver's log handler and every log file of the Ray session).
-BENCH_STREAM_MODULE=old_stream (a module on sys.path) measures another data/stream.py version.
+BENCH_STREAM_MODULE=old_stream (a module on sys.path) measures another data/stream.py version
+(all parts but mixing, which is data.stream's `sampler_audit`).
 """
 from __future__ import annotations
 
@@ -40,16 +52,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.audioset_labels import AUDIOSET, labels_only_store  # noqa: E402
+from bench.audioset_labels import AUDIOSET, labels_only_store, store_path  # noqa: E402
 from data.cli import add_list  # noqa: E402
-from data.store import open_store  # noqa: E402
+from data.store import ROW_GROUP_ROWS, open_store  # noqa: E402
+from data.stream import default_units_per_block  # noqa: E402
 
 UDF_WARNING = "is too large"
+TARGETS = {"distinct_classes_ratio_min": 0.9, "class_mix_ratio_max": 1.15}  # issue 19
 
 
-def build_store(root: Path, audioset: Path, rows_per_shard: int = 512):
-    """The labels-only training store (bench/audioset_labels.py; reused when built)."""
-    return labels_only_store(root, audioset, rows_per_shard)
+def build_store(directory: Path, audioset: Path, group_rows: int, rows_per_shard: int = 512):
+    """The labels-only training store of `group_rows`-row groups (bench/audioset_labels.py;
+    reused when built with that size)."""
+    return labels_only_store(store_path(directory, rows_per_shard, group_rows), audioset, rows_per_shard,
+                             group_rows)
+
+
+def mixing(directory: Path, audioset: Path, settings: list[str], betas: list[float], workers: int,
+           worker_batch: int, examples: int, seed: int) -> dict:
+    """{ROWS:UNITS: {beta: the audit's mixing of worker batches, its ratios, the targets met}}."""
+    from data.stream import sampler_audit
+    out = {}
+    for setting in settings:
+        rows, units = (int(x) for x in setting.split(":"))
+        store = build_store(directory, audioset, rows)
+        out[setting] = {"row_group_rows": rows, "units_per_block": units,
+                        "rows_per_block_beta0": rows * units}
+        for beta in betas:
+            t0 = time.perf_counter()
+            a = sampler_audit(store, "train", beta, seed=seed, batch_size=workers * worker_batch,
+                              units_per_block=units, workers=workers, max_examples=examples)
+            keys = ("workers", "worker_batch_size", "audited_examples", "distinct_classes_per_batch",
+                    "distinct_classes_per_batch_ideal", "distinct_classes_ratio", "class_mix_distance",
+                    "class_mix_distance_ideal", "class_mix_ratio", "duplicates_per_batch",
+                    "duplicates_per_batch_ideal")
+            out[setting][str(beta)] = {**{k: a[k] for k in keys}, "seconds": time.perf_counter() - t0,
+                                       "meets_targets": a["distinct_classes_ratio"] >= TARGETS["distinct_classes_ratio_min"]
+                                       and a["class_mix_ratio"] <= TARGETS["class_mix_ratio_max"]}
+    return {"targets": TARGETS, **out}
 
 
 def _shipped_bytes(plan) -> dict:
@@ -69,7 +109,7 @@ def _stream_module():
     return importlib.import_module(os.environ.get("BENCH_STREAM_MODULE", "data.stream"))
 
 
-def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int,
+def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int, units_per_block: int,
                  trace: bool = False) -> dict:
     """Plan time and peak-RSS increase in this (fresh) process, then the time again with the
     labels cached; with `trace`, only the tracemalloc peak of the plan (tracing slows Python
@@ -78,25 +118,28 @@ def measure_plan(store_dir: Path, beta: float, examples: int | None, seed: int,
     store = open_store(store_dir)
     if trace:
         tracemalloc.start()
-        plan_stream(store, "train", beta, seed=seed, examples=examples)
+        plan_stream(store, "train", beta, seed=seed, examples=examples, units_per_block=units_per_block)
         return {"tracemalloc_peak_MB": tracemalloc.get_traced_memory()[1] / 1e6}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    plan = plan_stream(store, "train", beta, seed=seed, examples=examples)
+    plan = plan_stream(store, "train", beta, seed=seed, examples=examples, units_per_block=units_per_block)
     seconds = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    plan_stream(store, "train", beta, seed=seed, examples=examples)  # labels cached: the plan alone
+    plan_stream(store, "train", beta, seed=seed, examples=examples,
+                units_per_block=units_per_block)  # labels cached: the plan alone
     return {"beta": beta, "examples": examples, "planned_examples": int(plan.examples),
             "blocks": int(len(plan.block_rows)), "seconds": seconds,
             "seconds_labels_cached": time.perf_counter() - t0,
             "peak_rss_increase_MB": (rss1 - rss0) / 1e3, **_shipped_bytes(plan)}
 
 
-def plan_in_fresh_process(store_dir: Path, beta: float, examples: int | None, seed: int) -> dict:
+def plan_in_fresh_process(store_dir: Path, beta: float, examples: int | None, seed: int,
+                          units_per_block: int) -> dict:
     """`measure_plan` in a fresh process, and its tracemalloc peak in another."""
     cmd = [sys.executable, __file__, "--plan-only", "--store", str(store_dir), "--beta", str(beta),
-           "--seed", str(seed)] + ([] if examples is None else ["--examples", str(examples)])
+           "--seed", str(seed), "--units-per-block", str(units_per_block)] + (
+        [] if examples is None else ["--examples", str(examples)])
     out = {}
     for extra in ([], ["--trace"]):
         run = subprocess.run(cmd + extra, check=True, capture_output=True, text=True)
@@ -118,10 +161,10 @@ class _Catch(logging.Handler):
             self.seen.append(record.getMessage())
 
 
-def stream_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int) -> dict:
+def stream_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int, units_per_block: int) -> dict:
     oversampled_dataset = _stream_module().oversampled_dataset
     t0 = time.perf_counter()
-    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows)
+    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows, units_per_block=units_per_block)
     built = time.perf_counter() - t0
     n, first = 0, None
     for b in ds.iter_batches(batch_size=batch, batch_format="numpy"):
@@ -133,7 +176,8 @@ def stream_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int) 
             "rows_per_s": n / total, "rows_per_s_after_first": (n - batch) / max(total - first, 1e-9)}
 
 
-def consumers_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int, n: int) -> dict:
+def consumers_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: int, n: int,
+                   units_per_block: int) -> dict:
     import ray
     oversampled_dataset = _stream_module().oversampled_dataset
 
@@ -147,7 +191,7 @@ def consumers_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: in
             return rows, first, time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows)
+    ds = oversampled_dataset(store_dir, "train", beta, seed=seed, examples=rows, units_per_block=units_per_block)
     its = ds.streaming_split(n, equal=True)
     actors = [Consumer.remote() for _ in range(n)]
     got = ray.get([a.run.remote(it, batch) for a, it in zip(actors, its)])
@@ -160,7 +204,8 @@ def consumers_rate(store_dir: Path, beta: float, rows: int, batch: int, seed: in
             "first_batch_s": [g[1] for g in got]}
 
 
-def udf_at_budget(store_dir: Path, beta: float, examples: int, batch: int, seed: int) -> dict:
+def udf_at_budget(store_dir: Path, beta: float, examples: int, batch: int, seed: int,
+                  units_per_block: int) -> dict:
     """The dataset of a whole run's budget (what a trial's worker group streams from): plan
     time, time to its first batch, and the size of the map UDF that Ray Data puts in the
     object store (what its "UDF ... is too large" warning measures, at 100 MiB)."""
@@ -177,7 +222,8 @@ def udf_at_budget(store_dir: Path, beta: float, examples: int, batch: int, seed:
     except (ImportError, AttributeError):  # another Ray: sizes stay unknown
         warn = None
     t0 = time.perf_counter()
-    ds = _stream_module().oversampled_dataset(store_dir, "train", beta, seed=seed, examples=examples)
+    ds = _stream_module().oversampled_dataset(store_dir, "train", beta, seed=seed, examples=examples,
+                                              units_per_block=units_per_block)
     built = time.perf_counter() - t0
     next(iter(ds.iter_batches(batch_size=batch, batch_format="numpy")))
     first = time.perf_counter() - t0
@@ -211,8 +257,18 @@ def main() -> None:
     add_list(p, "--consumers", type=int, default=[1, 2, 4])
     p.add_argument("--budget", type=int, default=100_000_000, help="the planned run's examples")
     p.add_argument("--seed", type=int, default=0)
-    add_list(p, "--parts", default=["plan", "stream", "consumers", "budget"],
-             choices=["plan", "stream", "consumers", "budget"], help="what to measure")
+    p.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS,
+                   help="row groups of the store the plan, stream, consumers and budget parts use")
+    p.add_argument("--units-per-block", type=int, default=default_units_per_block(128),
+                   help="their blocks (default: default_units_per_block(128))")
+    add_list(p, "--mix-settings", default=["16:32", f"{ROW_GROUP_ROWS}:{default_units_per_block(128)}"],
+             help="ROWS:UNITS row-group rows and units per block audited by the mixing part")
+    add_list(p, "--mix-betas", type=float, default=[0.0, 1.0])
+    p.add_argument("--workers", type=int, default=8, help="Train workers (mixing)")
+    p.add_argument("--worker-batch", type=int, default=128, help="rows a worker batch (mixing)")
+    p.add_argument("--mix-examples", type=int, default=1_000_000, help="examples audited (mixing)")
+    add_list(p, "--parts", default=["mixing", "plan", "stream", "consumers", "budget"],
+             choices=["mixing", "plan", "stream", "consumers", "budget"], help="what to measure")
     p.add_argument("--plan-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -220,17 +276,26 @@ def main() -> None:
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.plan_only:
-        print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed, a.trace)))
+        print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed, a.units_per_block, a.trace)))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    store = build_store(Path(a.dir) / "audioset-train-labels-store", Path(a.audioset))
-    out = {"store": str(store.root), "clips": int(store.split_info("train")["clips"]),
-           "shards": len(store.shard_paths("train")), "cpus": os.cpu_count(),
-           "load_average": os.getloadavg()}
+    out = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    if "mixing" in a.parts:
+        out["mixing"] = mixing(Path(a.dir), Path(a.audioset), a.mix_settings, a.mix_betas, a.workers,
+                               a.worker_batch, a.mix_examples, a.seed)
+    if set(a.parts) == {"mixing"}:
+        out["load_average_end"] = os.getloadavg()
+        print(json.dumps(out, indent=1))
+        return
+    store = build_store(Path(a.dir), Path(a.audioset), a.row_group_rows)
+    out.update({"store": str(store.root), "clips": int(store.split_info("train")["clips"]),
+                "shards": len(store.shard_paths("train")), "row_group_rows": a.row_group_rows,
+                "units_per_block": a.units_per_block})
     if "plan" in a.parts:
-        out["plan"] = {"beta1_one_pass": plan_in_fresh_process(store.root, 1.0, None, a.seed),
-                       f"beta1_{a.budget}_examples": plan_in_fresh_process(store.root, 1.0, a.budget, a.seed)}
-    if set(a.parts) == {"plan"}:  # no Ray needed
+        upb = a.units_per_block
+        out["plan"] = {"beta1_one_pass": plan_in_fresh_process(store.root, 1.0, None, a.seed, upb),
+                       f"beta1_{a.budget}_examples": plan_in_fresh_process(store.root, 1.0, a.budget, a.seed, upb)}
+    if set(a.parts) <= {"plan", "mixing"}:  # no Ray needed
         out["load_average_end"] = os.getloadavg()
         print(json.dumps(out, indent=1))
         return
@@ -241,12 +306,13 @@ def main() -> None:
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.range(8, override_num_blocks=4).map_batches(_same, num_cpus=0.5).take_all()  # start workers
     if "stream" in a.parts:
-        out["stream"] = {str(b): stream_rate(store.root, b, a.rows, a.batch, a.seed) for b in a.betas}
+        out["stream"] = {str(b): stream_rate(store.root, b, a.rows, a.batch, a.seed, a.units_per_block)
+                         for b in a.betas}
     if "consumers" in a.parts:
-        out["consumers"] = {str(n): consumers_rate(store.root, 1.0, a.rows, a.batch, a.seed, n)
+        out["consumers"] = {str(n): consumers_rate(store.root, 1.0, a.rows, a.batch, a.seed, n, a.units_per_block)
                             for n in a.consumers}
     if "budget" in a.parts:
-        out["budget_dataset"] = udf_at_budget(store.root, 1.0, a.budget, a.batch, a.seed)
+        out["budget_dataset"] = udf_at_budget(store.root, 1.0, a.budget, a.batch, a.seed, a.units_per_block)
     time.sleep(2)  # let the actors' logs reach their files
     out["udf_size_warning"] = {"driver": bool(catch.seen), "session_log_lines": session_log_warnings()}
     out["load_average_end"] = os.getloadavg()

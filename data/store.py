@@ -50,7 +50,8 @@ __all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWrit
            "HASH", "file_hash", "file_hashes"]
 
 FORMAT_VERSION = 1
-ROW_GROUP_ROWS = 16  # small units: the stream mixes many of them into each block
+ROW_GROUP_ROWS = 4  # rows a row group as shards are written (readers take the sizes from the files):
+                    # the stream's read unit, whose clips share labels (data/stream.py)
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("format_version", "features", "classes", "splits")
 HASH = "sha256"          # the shard entry's key for the content hash (hex digest of the file's bytes)

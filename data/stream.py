@@ -11,6 +11,12 @@ How a pass is planned (on the driver, in numpy, from the labels alone):
   of `units_per_block` consecutive positions, and each block's rows are shuffled together.
   Copies of a clip are in different units, so they land in the same batch about as often as
   in a uniform random permutation of the oversampled multiset (measured by `sampler_audit`).
+- A unit's clips are neighbours in rarest-label order and share labels, so a batch mixes as
+  well as it holds distinct units: b consecutive rows of a block of u units of s rows hold,
+  beside each row, about (s - 1) b / (u s) others of its unit. A Train worker's batch is
+  consecutive rows of one block or two (`streaming_split` hands blocks to workers whole), so
+  `default_units_per_block` sizes blocks for the per-worker batch, and `sampler_audit`
+  measures the batches each worker gets.
 - The permutation is computed position by position, so block k of pass e is rebuilt from
   (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group: a few bytes
   a clip) alone. A plan is that index plus the rows of each block (for stream positions);
@@ -35,13 +41,18 @@ from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
            "read_block", "read_blocks", "oversampled_dataset", "stream_execution_options",
-           "duplicates_per_batch", "class_mix_distance", "sampler_audit"]
+           "default_units_per_block", "deal_blocks", "duplicates_per_batch", "class_mix_distance",
+           "distinct_classes_per_batch", "mixing_audit", "sampler_audit"]
 
 _PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bounds driver memory)
 _MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
 _MIN_SPAN_BYTES = 64 << 20  # output a span is given at least (when there are blocks enough)
 _ROUNDS = 4             # rounds of the unit permutation
 _LABELS_KEPT = 2        # splits whose labels `split_labels` keeps (about 60 MB each for AudioSet's 2.06M clips)
+_MIN_UNITS_PER_BLOCK = 64  # `default_units_per_block`'s floor
+_UNITS_PER_WORKER_ROW = 4  # `default_units_per_block`: units in a block per row of the per-worker batch
+_IDEAL_ORDERS = 5       # random permutations `mixing_audit` averages the ideal over
+_STAT_BATCHES = 4096    # batches whose class counts are held at once (bounds the audit's memory)
 _labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
 
 
@@ -239,6 +250,20 @@ def _block_order(index: SplitIndex, seed: int, epoch: int, units_per_block: int,
     return rows[rng.permutation(len(rows))]
 
 
+def default_units_per_block(per_worker_batch: int) -> int:
+    """Units a block for Train workers taking batches of `per_worker_batch` rows:
+    4 x per_worker_batch, at least 64.
+
+    A worker's batch of b rows is consecutive rows of one block or two, so beside each row it
+    holds about (s - 1) b / (u s) others of the row's unit (u units of s rows a block; the same
+    rarest label): under 1/4 here. On AudioSet's 2.06M training clips (8 workers x 128,
+    4-row groups, 512 units = 2,048 rows a block) worker batches hold 0.95x the distinct
+    classes of a random order's at 1.03x its class-mix distance, beta 0 and 1
+    (bench/stream_audioset.py). A block is read and shuffled by one task: its memory is u x s
+    rows (512 MiB here at [1024, 128] float16)."""
+    return max(_MIN_UNITS_PER_BLOCK, _UNITS_PER_WORKER_ROW * int(per_worker_batch))
+
+
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
                 examples: int | None = None, skip: int = 0, units_per_block: int = 64,
                 priors: np.ndarray | None = None) -> StreamPlan:
@@ -424,59 +449,127 @@ def duplicates_per_batch(clip_index: np.ndarray, batch_size: int) -> float:
     return float((b[:, 1:] == b[:, :-1]).sum(axis=1).mean() / batch_size)
 
 
+def _class_mix(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
+               batch_size: int) -> tuple[float, float]:
+    """(mean distinct classes, mean total-variation distance to the sequence's label
+    distribution) over consecutive full batches; class counts are held `_STAT_BATCHES`
+    batches at a time."""
+    n = len(clip_index) // batch_size * batch_size
+    if n == 0:
+        return 0.0, 0.0
+    clip_index = np.asarray(clip_index[:n])
+    q = np.bincount(labels.take(clip_index).indices, minlength=n_classes).astype(np.float64)
+    q /= max(q.sum(), 1.0)
+    distinct = distance = 0.0
+    step = _STAT_BATCHES * batch_size
+    for a in range(0, n, step):
+        sub = labels.take(clip_index[a:a + step])
+        m = min(step, n - a) // batch_size
+        batch = np.repeat(np.arange(m * batch_size) // batch_size, sub.lengths)
+        counts = np.bincount(batch * n_classes + sub.indices, minlength=m * n_classes)
+        counts = counts.reshape(m, n_classes).astype(np.float64)
+        distinct += float((counts > 0).sum())
+        p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        distance += float(0.5 * np.abs(p - q).sum())
+    return distinct / (n // batch_size), distance / (n // batch_size)
+
+
 def class_mix_distance(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
                        batch_size: int) -> float:
     """Mean over consecutive full batches of the total-variation distance between the batch's
     label distribution and the whole sequence's: how far batches stray from the pass's prior
     (clips stored in rarest-label order make read units homogeneous; mixing must undo it)."""
-    n = len(clip_index) // batch_size * batch_size
-    if n == 0:
-        return 0.0
-    sub = labels.take(np.asarray(clip_index[:n]))
-    batch = np.repeat(np.arange(n) // batch_size, sub.lengths)
-    counts = np.bincount(batch * n_classes + sub.indices, minlength=n // batch_size * n_classes)
-    counts = counts.reshape(-1, n_classes).astype(np.float64)
-    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    q = counts.sum(axis=0) / counts.sum()
-    return float(0.5 * np.abs(p - q).sum(axis=1).mean())
+    return _class_mix(clip_index, labels, n_classes, batch_size)[1]
+
+
+def distinct_classes_per_batch(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
+                               batch_size: int) -> float:
+    """Mean over consecutive full batches of the number of classes with a positive label in
+    the batch."""
+    return _class_mix(clip_index, labels, n_classes, batch_size)[0]
+
+
+def deal_blocks(rows_per_block: np.ndarray, workers: int) -> np.ndarray:
+    """Consumer of each block, in stream order, when `workers` consumers take the blocks whole
+    as `Dataset.streaming_split` deals them: each to the consumer with the fewest rows so far,
+    the lowest-numbered on ties (round-robin for equal blocks). int64 [B]."""
+    got = [0] * workers
+    out = np.empty(len(rows_per_block), np.int64)
+    for b, n in enumerate(np.asarray(rows_per_block).tolist()):
+        w = min(range(workers), key=got.__getitem__)
+        out[b], got[w] = w, got[w] + n
+    return out
+
+
+def _ratio(value: float, ideal: float) -> float:
+    return value / ideal if ideal > 0 else (1.0 if value == 0 else float("inf"))
+
+
+def mixing_audit(plan: StreamPlan, labels: MultiLabels, *, batch_size: int, workers: int = 1,
+                 max_examples: int = 2_000_000, seed: int = 0) -> dict:
+    """How well the batches a worker trains on mix, from the plan alone (no spectrograms read).
+
+    The first `max_examples` rows of the plan's first pass, block by block, are dealt to
+    `workers` consumers (`deal_blocks`); each consumer's rows are cut into batches of
+    batch_size // workers (`batch_size` is the global batch, as Train splits it). Reported per
+    worker batch, each against its mean over `_IDEAL_ORDERS` uniform random permutations of
+    the same rows cut the same way (the ideal), and as a ratio to it: duplicates per batch,
+    distinct classes per batch, class-mix distance (`class_mix_distance`)."""
+    per = max(1, batch_size // workers)
+    in_pass = int((plan.block_seeds[:, 0] == 0).sum())
+    blocks, n = [], 0
+    for b in range(in_pass):
+        if n >= max_examples:
+            break
+        blocks.append(block_rows(plan, b)[:max_examples - n])
+        n += len(blocks[-1])
+    consumer = deal_blocks(np.array([len(r) for r in blocks], np.int64), workers)
+    mine = [np.concatenate([r for r, c in zip(blocks, consumer) if c == w] or [np.zeros(0, np.int64)])
+            for w in range(workers)]
+    order = np.concatenate([m[:len(m) // per * per] for m in mine])  # each run of `per` rows: one worker's batch
+    rng = np.random.default_rng(seed)
+    stats = [(duplicates_per_batch(o, per), *_class_mix(o, labels, plan.n_classes, per))
+             for o in [order] + [rng.permutation(order) for _ in range(_IDEAL_ORDERS)]]
+    (dup, distinct, mix), ideal = stats[0], np.mean(stats[1:], axis=0).tolist()
+    return {
+        "workers": int(workers),
+        "worker_batch_size": int(per),
+        "audited_examples": int(n),
+        "duplicates_per_batch": dup,
+        "duplicates_per_batch_ideal": ideal[0],
+        "duplicates_ratio": _ratio(dup, ideal[0]),
+        "distinct_classes_per_batch": distinct,
+        "distinct_classes_per_batch_ideal": ideal[1],
+        "distinct_classes_ratio": _ratio(distinct, ideal[1]),
+        "class_mix_distance": mix,
+        "class_mix_distance_ideal": ideal[2],
+        "class_mix_ratio": mix / ideal[2] if ideal[2] > 0 else 1.0,
+    }
 
 
 def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch_size: int = 32,
-                  units_per_block: int = 64, priors: np.ndarray | None = None,
+                  units_per_block: int = 64, workers: int = 1, priors: np.ndarray | None = None,
                   max_examples: int = 2_000_000) -> dict:
     """What a pass at `beta` exposes, from the plan alone (no spectrograms read).
 
     Returns per-class exposure N'_k, epoch inflation (sum M_j / N), distinct clips per pass,
-    max repeat, and two mixing statistics of the planned order, each against its mean over 5
-    uniform random permutations of the same multiset (the ideal): duplicates per batch, and
-    the class-mix distance (`class_mix_distance`). At most `max_examples` of the pass are
-    audited (a pass at beta = 1 on AudioSet is 437M examples).
+    max repeat, and the mixing of the batches each of `workers` Train workers gets from a
+    global `batch_size` (`mixing_audit`: duplicates, distinct classes and class-mix distance
+    per worker batch, against uniform random permutations of the same rows). At most
+    `max_examples` of the pass are audited (a pass at beta = 1 on AudioSet is 437M examples).
     """
     plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors,
                        examples=max_examples)  # planned up to what is audited
-    in_pass = int((plan.block_seeds[:, 0] == 0).sum())  # the audit stays within the first pass
-    order = np.concatenate([block_rows(plan, b) for b in range(in_pass)] or [np.zeros(0, np.int64)])
-    order = order[:max_examples]
     labels, _ = split_labels(store, split)
-    rng = np.random.default_rng(seed)
-    ideal_orders = [rng.permutation(order) for _ in range(5)]
-    dup = duplicates_per_batch(order, batch_size)
-    ideal = float(np.mean([duplicates_per_batch(o, batch_size) for o in ideal_orders]))
-    mix = class_mix_distance(order, labels, store.n_classes, batch_size)
-    mix_ideal = float(np.mean([class_mix_distance(o, labels, store.n_classes, batch_size) for o in ideal_orders]))
     factors = plan.factors
     return {
         "beta": float(beta),
         "exposure": oversampled_counts(labels, factors, store.n_classes).tolist(),
         "epoch_inflation": float(factors.sum() / len(factors)),
         "epoch_length": int(factors.sum()),
-        "audited_examples": int(len(order)),
         "distinct_clips": int((factors > 0).sum()),
         "max_repeat": int(factors.max()),
-        "duplicates_per_batch": dup,
-        "duplicates_per_batch_ideal": ideal,
-        "duplicates_ratio": dup / ideal if ideal > 0 else (1.0 if dup == 0 else float("inf")),
-        "class_mix_distance": mix,
-        "class_mix_distance_ideal": mix_ideal,
-        "class_mix_ratio": mix / mix_ideal if mix_ideal > 0 else 1.0,
+        "units_per_block": int(units_per_block),
+        **mixing_audit(plan, labels, batch_size=batch_size, workers=workers,
+                       max_examples=max_examples, seed=seed),
     }

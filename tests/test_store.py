@@ -102,7 +102,7 @@ def test_synthetic_is_deterministic(tmp_path):
 
 def _mel_store(root, n=40):
     """A store whose mel column chunks are large enough to damage: 40 clips of 32 x 16, one
-    shard of 3 row groups (16 + 16 + 8 rows)."""
+    shard of row groups of `ROW_GROUP_ROWS` rows."""
     store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
                          {"frames": 32, "mels": 16})
     mel = np.random.default_rng(1).normal(size=(n, 32, 16)).astype(np.float16)
@@ -142,7 +142,7 @@ def test_validate_finds_64_bytes_overwritten_in_the_mel_column(tmp_path):
 
 
 def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
-    from data.store import RowGroups, close_shards
+    from data.store import ROW_GROUP_ROWS, RowGroups, close_shards
     store = _mel_store(tmp_path / "s")
     [shard] = store.shard_paths("train")
     start, size = _mel_chunk(shard, 1)
@@ -152,16 +152,17 @@ def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
     close_shards()
     s = open_store(store.root)
     named = rf"{shard}: row group 1 is unreadable \((OSError|ArrowInvalid|ArrowException)"
+    g = ROW_GROUP_ROWS  # group 1 is rows g .. 2g - 1
     with pytest.raises(StoreError, match=named):
-        list(s.iter_batches("train", 10))
-    batches = s.iter_batches("train", 16)
-    assert next(batches)["clip_id"].tolist() == [f"id{i}" for i in range(16)]  # group 0 is fine
+        list(s.iter_batches("train", g + 2))
+    batches = s.iter_batches("train", g)
+    assert next(batches)["clip_id"].tolist() == [f"id{i}" for i in range(g)]  # group 0 is fine
     with pytest.raises(StoreError, match=named):
         next(batches)
     with pytest.raises(StoreError, match=named):
-        RowGroups.of(s.shard_paths("train")).read(np.array([3, 20]))
+        RowGroups.of(s.shard_paths("train")).read(np.array([g - 1, g + 1]))
     with pytest.raises(StoreError, match=named):
-        s.spectrogram("train", "id20")
+        s.spectrogram("train", f"id{g + 1}")
     with pytest.raises(StoreError, match=rf"{shard}: content changed"):
         s.validate()
     close_shards()
@@ -212,7 +213,7 @@ def test_synthetic_store_never_writes_over_a_directory_that_holds_anything(tmp_p
 
 
 def _shards_store(root, n=150, rows_per_shard=40):
-    """150 clips of 4 x 2 in 4 shards of 40 rows (row groups 16 + 16 + 8), two labels each."""
+    """150 clips of 4 x 2 in shards of 40 rows (40, 40, 40, 30), two labels each."""
     store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(5)],
                          {"frames": 4, "mels": 2})
     rng = np.random.default_rng(3)
@@ -226,10 +227,11 @@ def _shards_store(root, n=150, rows_per_shard=40):
 def test_row_groups_read_one_call_per_shard(tmp_path, monkeypatch):
     """Rows in any order, repeats included, across shards: one `read_row_groups` call per shard
     touched, the rows as a row-by-row read gives them."""
-    from data.store import RowGroups, close_shards
+    from data.store import ROW_GROUP_ROWS, RowGroups, close_shards
     store, mel = _shards_store(tmp_path / "s")
     groups = RowGroups.of(store.shard_paths("train"))
-    assert groups.start.tolist() == [0, 16, 32, 40, 56, 72, 80, 96, 112, 120, 136, 150]
+    g = ROW_GROUP_ROWS
+    assert np.diff(groups.start).tolist() == [min(g, n - a) for n in (40, 40, 40, 30) for a in range(0, n, g)]
     indexed = store.row_groups("train")          # from the pass that reads ids and labels
     assert indexed.paths == groups.paths and all(np.array_equal(getattr(indexed, k), getattr(groups, k))
                                                  for k in ("shard", "index", "start"))
@@ -250,15 +252,16 @@ def test_row_groups_read_one_call_per_shard(tmp_path, monkeypatch):
         assert table["n_frames"].to_pylist() == (rows % 4 + 1).tolist()
         np.testing.assert_array_equal(table["mel"].combine_chunks().to_numpy_ndarray(), mel[rows])
         assert [list(x) for x in table["labels"].to_pylist()] == [[i % 5, 4] for i in rows]
-        assert calls == [[0, 1, 2], [0], [0, 1]]   # shards 0, 1 and 3: the groups needed, in order
+        # shards 0, 1 and 3: the groups needed, in order
+        assert calls == [sorted({int(r % 40) // g for r in rows if r // 40 == k}) for k in (0, 1, 3)]
     assert groups.read(np.zeros(0, np.int64)).num_rows == 0
     close_shards()
 
 
 def test_write_table_writes_the_bytes_write_shard_writes(tmp_path):
     """A shard copied through `RowGroups.read` + `write_table` is byte for byte the shard
-    `write_shard` writes from the same rows (so the same sha256), in 16-row row groups; labels
-    given as MultiLabels write the same bytes as a list of arrays."""
+    `write_shard` writes from the same rows (so the same sha256), in row groups of
+    `ROW_GROUP_ROWS` rows; labels given as MultiLabels write the same bytes as a list of arrays."""
     from data.balance import as_multilabels
     from data.store import HASH, ROW_GROUP_ROWS, RowGroups, file_hash, schema
     store, mel = _shards_store(tmp_path / "s")
@@ -272,7 +275,8 @@ def test_write_table_writes_the_bytes_write_shard_writes(tmp_path):
     assert copied[HASH] == by_hand[HASH] == multi[HASH] == file_hash(store.root / "x/a.parquet")
     assert copied["rows"] == 20 and copied["bytes"] == by_hand["bytes"]
     meta = pq.read_metadata(store.root / "x/a.parquet")
-    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, 4]
+    sizes = [ROW_GROUP_ROWS] * (20 // ROW_GROUP_ROWS) + [20 % ROW_GROUP_ROWS] * (20 % ROW_GROUP_ROWS > 0)
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == sizes
     assert not list((store.root / "x").glob("*.tmp"))
     with pytest.raises(StoreError, match=r"x/d\.parquet: table schema .* != the store's"):
         store.write_table("x/d.parquet", table.drop_columns(["n_frames"]))

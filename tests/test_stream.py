@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from data.balance import oversampled_counts, oversampling_factors
-from data.stream import (SplitIndex, block_rows, duplicates_per_batch, oversampled_dataset, plan_stream,
+from data.store import ROW_GROUP_ROWS
+from data.stream import (SplitIndex, block_rows, class_mix_distance, deal_blocks, default_units_per_block,
+                         distinct_classes_per_batch, duplicates_per_batch, oversampled_dataset, plan_stream,
                          read_blocks, sampler_audit, split_labels, stream_execution_options, unit_order)
 
 
@@ -17,8 +19,10 @@ def _order(plan):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_a_pass_repeats_each_clip_exactly(synth_store, beta):
-    plan = plan_stream(synth_store, "train", beta, seed=1, units_per_block=4)
+@pytest.mark.parametrize("units_per_block", [4, default_units_per_block(32)])
+def test_a_pass_repeats_each_clip_exactly(synth_store, beta, units_per_block):
+    plan = plan_stream(synth_store, "train", beta, seed=1, units_per_block=units_per_block)
+    assert set(np.diff(plan.groups.start)[:-1].tolist()) == {ROW_GROUP_ROWS} == {4}  # as stores are written
     expected = oversampling_factors(synth_store.labels("train"), beta)
     np.testing.assert_array_equal(plan.factors, expected)
     counts = np.bincount(_order(plan), minlength=len(expected))
@@ -120,10 +124,86 @@ def test_duplicates_per_batch_near_a_random_permutation(synth_store, beta):
 
 def test_class_mix_distance_by_hand():
     from data.balance import as_multilabels
-    from data.stream import class_mix_distance
     labels = as_multilabels([[0], [1]])
     assert class_mix_distance(np.array([0, 1, 0, 1]), labels, 2, 2) == 0.0  # every batch is the pass
     assert class_mix_distance(np.array([0, 0, 1, 1]), labels, 2, 2) == pytest.approx(0.5)
+
+
+def test_class_statistics_by_hand(monkeypatch):
+    from data import stream
+    from data.balance import as_multilabels
+    labels = as_multilabels([[0], [1, 2], [2], [0, 1, 2]])
+    order = np.array([0, 0, 0, 1, 2, 2, 3, 1, 0, 2])     # batches of 3: {0}, {1, 2}, {0, 1, 2}; 1 row left
+    assert distinct_classes_per_batch(order, labels, 3, 3) == pytest.approx((1 + 2 + 3) / 3)
+    whole = class_mix_distance(order, labels, 3, 3)
+    monkeypatch.setattr(stream, "_STAT_BATCHES", 1)       # counts held one batch at a time: same answers
+    assert distinct_classes_per_batch(order, labels, 3, 3) == pytest.approx(2.0)
+    assert class_mix_distance(order, labels, 3, 3) == pytest.approx(whole)
+
+
+def test_blocks_are_dealt_to_the_consumer_with_fewest_rows():
+    assert deal_blocks(np.array([5, 5, 5, 5, 5]), 2).tolist() == [0, 1, 0, 1, 0]  # round-robin
+    assert deal_blocks(np.array([10, 1, 1, 1, 3, 8, 2]), 3).tolist() == [0, 1, 2, 1, 2, 1, 2]
+    assert deal_blocks(np.array([4, 4]), 1).tolist() == [0, 0]
+
+
+def test_default_units_per_block():
+    assert [default_units_per_block(b) for b in (1, 16, 32, 128)] == [64, 64, 128, 512]
+
+
+def test_audit_measures_each_workers_batches(synth_store):
+    """With 4 workers and a global batch of 128, the audit's statistics are those of each
+    worker's batches of 32 rows, the blocks (16 rows here) dealt round-robin, by hand; the
+    same statistics of consecutive rows of the stream are other numbers."""
+    plan = plan_stream(synth_store, "train", 0.0, seed=3, units_per_block=4)
+    assert set(plan.block_rows[:-1].tolist()) == {16}
+    audit = sampler_audit(synth_store, "train", 0.0, seed=3, batch_size=128, units_per_block=4, workers=4)
+    blocks = [block_rows(plan, b) for b in range(len(plan.block_rows))]
+    mine = [np.concatenate(blocks[w::4]) for w in range(4)]
+    batches = [m[a:a + 32] for m in mine for a in range(0, len(m) - 31, 32)]
+    labels = synth_store.labels("train")
+    distinct = np.mean([len(set(np.concatenate([labels[j] for j in b]).tolist())) for b in batches])
+    assert (audit["workers"], audit["worker_batch_size"], audit["audited_examples"]) == (4, 32, plan.examples)
+    assert audit["distinct_classes_per_batch"] == pytest.approx(distinct)
+    per_worker = np.concatenate(batches)
+    assert audit["class_mix_distance"] == pytest.approx(class_mix_distance(per_worker, labels, 24, 32))
+    consecutive = np.concatenate(blocks)
+    assert distinct_classes_per_batch(consecutive, labels, 24, 32) != pytest.approx(distinct)
+    assert class_mix_distance(consecutive, labels, 24, 32) != pytest.approx(audit["class_mix_distance"])
+    assert audit["distinct_classes_per_batch_ideal"] > 0 and audit["distinct_classes_ratio"] == pytest.approx(
+        audit["distinct_classes_per_batch"] / audit["distinct_classes_per_batch_ideal"])
+
+
+def test_worker_batches_mix_like_a_random_order_on_audioset_labels(audioset, tmp_path):
+    """The first 200,000 clips of AudioSet's unbalanced training CSV (a random tenth: the file
+    is sorted by YouTube id), in rarest-label order in the store's row groups: batches of 128
+    for each of 8 workers hold >= 0.9x the distinct classes of a random order of the same rows
+    and <= 1.15x its class-mix distance with the default blocks, and not with 16-row groups in
+    blocks of 32 (the settings before)."""
+    import gzip
+    import itertools
+
+    from data.balance import rarest_label_order
+    from data.labels import read_class_index, read_segments
+    from data.store import RowGroups
+    from data.stream import StreamPlan, _plan_blocks, mixing_audit
+    with gzip.open(audioset / "unbalanced_train_segments.csv.gz", "rt") as f:
+        (tmp_path / "part.csv").write_text("".join(itertools.islice(f, 200_003)))  # 3 header lines
+    index = read_class_index(audioset / "class_labels_indices.csv")
+    labels = read_segments([tmp_path / "part.csv"], index, strict=False)[0].labels
+    labels = labels.take(rarest_label_order(labels, len(index)))
+    n = len(labels)
+
+    def audit(beta, rows, units):
+        groups = RowGroups.from_sizes(["unread"], [[rows] * (n // rows) + [n % rows] * (n % rows > 0)])
+        split = SplitIndex.build(groups, oversampling_factors(labels, beta))
+        plan = StreamPlan(split, *_plan_blocks(split, 0, 0, 300_000, 0, units), 0, 0, units, len(index))
+        return mixing_audit(plan, labels, batch_size=1024, workers=8, max_examples=300_000)
+    for beta in (0.0, 1.0):
+        new = audit(beta, ROW_GROUP_ROWS, default_units_per_block(128))
+        assert new["distinct_classes_ratio"] >= 0.9 and new["class_mix_ratio"] <= 1.15, new
+        old = audit(beta, 16, 32)
+        assert old["distinct_classes_ratio"] < 0.8 and old["class_mix_ratio"] > 1.15, old
 
 
 def test_duplicates_statistic_by_hand():
