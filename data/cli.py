@@ -1,8 +1,9 @@
 """The command-line convention every entry point follows.
 
 An expected error (a bad file, key or value: `InputError` and the ValueErrors the package
-raises for bad input, a missing file) is one line on stderr, `error: <what>: <why>`, and exit
-status 2. `--debug` shows the traceback instead. Anything else is a bug and keeps its traceback.
+raises for bad input, a missing file; a `Failure` the user can act on, such as a tracking
+store that cannot be used) is one line on stderr, `error: <what>: <why>`, and exit status 2.
+`--debug` shows the traceback instead. Anything else is a bug and keeps its traceback.
 
     def main(argv=None) -> int:
         p = parser(prog="python -m data.stats", description=__doc__)
@@ -20,16 +21,21 @@ import argparse
 import sys
 from typing import Callable
 
-__all__ = ["InputError", "parser", "run", "positive_int", "add_list", "add_store", "EXPECTED"]
+__all__ = ["InputError", "Failure", "parser", "run", "positive_int", "add_list", "add_store", "EXPECTED"]
 
 
 class InputError(ValueError):
     """An input the user can fix; the message names the file, key or value."""
 
 
+class Failure(RuntimeError):
+    """An expected failure that is not a bad input (a tracking store that cannot be used, a
+    selection that cannot stand); the message says which and why."""
+
+
 # ValueError covers StoreError, LabelFileError, AudioError, ConfigError and InputError;
 # OSError a missing or unreadable file; EOFError a truncated .gz.
-EXPECTED: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError)
+EXPECTED: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, Failure)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,21 +101,6 @@ def add_list(p, flag: str, **kw) -> argparse.Action:
     return p.add_argument(flag, action=_Extend, nargs="+", **kw)
 
 
-class _Deprecated(argparse.Action):
-    """An old spelling of a flag: stores the value and warns on stderr."""
-
-    def __init__(self, *args, use: str, **kw):
-        super().__init__(*args, **kw)
-        self.use = use
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"warning: {option_string} is deprecated, use {self.use}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_store(p, help: str) -> None:
-    """The required `--store DIR`, and `--out DIR` as its hidden, deprecated alias (kept for one
-    release: it warns on stderr)."""
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--store", metavar="DIR", help=help)
-    g.add_argument("--out", dest="store", metavar="DIR", action=_Deprecated, use="--store", help=argparse.SUPPRESS)
+def add_store(p, help: str, required: bool = True) -> None:
+    """`--store DIR`, the spectrogram store."""
+    p.add_argument("--store", metavar="DIR", required=required, help=help)

@@ -1,4 +1,5 @@
-"""Audio file -> raw log-mel spectrogram with the AST front end (reference/ast-recipe.md section 3).
+"""Audio file -> raw log-mel spectrogram with the AST front end (Gong et al. 2021, the AST repository's
+dataloader: Kaldi fbank, 128 mel bins, 10 ms hop).
 
 The path of one clip:
   decode (soundfile; torchcodec for other formats if installed) -> float32 in [-1, 1]
@@ -65,16 +66,22 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.n
     """Decode a file: (wave float32 [channels, samples] in [-1, 1], sample rate in Hz).
 
     `max_seconds` stops decoding after that much audio (the rest would be cut anyway).
-    Raises AudioError("unreadable" or "empty") naming the file.
+    Raises AudioError naming the file: "unreadable", "empty", or "truncated" (fewer samples than
+    its header declares: a file cut short in the copy).
     """
     path = Path(path)
     if path.stat().st_size == 0:
         raise AudioError("empty", f"{path}: 0 bytes")
     try:
         with sf.SoundFile(path) as f:
-            n = -1 if max_seconds is None else min(f.frames, math.ceil(max_seconds * f.samplerate))
+            declared = (_declared_wav_frames(path) if f.format == "WAV" else None) or f.frames
+            n = f.frames if max_seconds is None else min(f.frames, math.ceil(max_seconds * f.samplerate))
             pcm16 = f.subtype == "PCM_16"  # read as int16 and scaled here: libsndfile's values, faster
             data, rate = f.read(n, dtype="int16" if pcm16 else "float32", always_2d=True), f.samplerate
+        if declared > f.frames or len(data) < n:
+            held = len(data) if len(data) < n else f.frames
+            raise AudioError("truncated", f"{path}: its header says {declared / rate:.3f} s, the file holds "
+                                          f"{held / rate:.3f} s of samples")
         wave = np.ascontiguousarray(data.T, dtype=np.float32)
         if pcm16:
             wave *= 1 / 32768
@@ -83,6 +90,28 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.n
     if wave.size == 0:
         raise AudioError("empty", f"{path}: no samples")
     return wave, int(rate)
+
+
+def _declared_wav_frames(path: Path) -> int | None:
+    """The frames a WAV file's header declares (its data chunk's size over the fmt chunk's block
+    size), which libsndfile replaces with what the file holds; None if the header is unusual."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block = None
+        while chunk := f.read(8):
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"fmt ":
+                block = int.from_bytes(f.read(size)[12:14], "little") or None
+                f.seek(size % 2, 1)
+            elif chunk[:4] == b"data":
+                return size // block if block else None
+            else:
+                f.seek(size + size % 2, 1)
+    return None
 
 
 def _read_torchcodec(path: Path, error: Exception) -> tuple[np.ndarray, int]:

@@ -43,9 +43,6 @@ class ClassIndex:
     def __len__(self) -> int:
         return len(self.mids)
 
-    def index_of(self) -> dict[str, int]:
-        return {m: i for i, m in enumerate(self.mids)}
-
 
 @dataclass(frozen=True)
 class Segments:

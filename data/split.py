@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,13 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from data.balance import (MultiLabels, as_multilabels, class_counts, gini, imbalance_ratio,
-                          rarest_label_count)
-from data.cli import InputError, add_list, parser, positive_int, run
+from data.balance import MultiLabels, as_multilabels, class_counts, rarest_label_order
+from data.cli import InputError, add_list, add_store, parser, positive_int, run
+from data.stats import imbalance_row
 from data.store import RowGroups, Store, StoreError, close_shards, fingerprint, open_store
 
 __all__ = ["SplitConfig", "METHODS", "per_class_split", "valid_targets", "stratified_split",
-           "check_config", "select_valid", "balance_row", "carve", "main"]
+           "check_config", "select_valid", "carve", "main"]
 
 METHODS = ("per-class", "stratified")
 STRATIFIED_FRACTION = 0.1   # --method stratified without --fraction
@@ -208,14 +207,6 @@ def select_valid(labels, n_classes: int, cfg: SplitConfig) -> np.ndarray:
     return stratified_split(labels, n_classes, cfg.min_per_class, fraction, cfg.seed)
 
 
-def balance_row(counts: np.ndarray) -> dict:
-    """Table 1 row of a split from its class counts [K]: {imbalance_ratio, gini} over classes
-    with clips (classes without are listed by the caller, not warned about here)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {"imbalance_ratio": imbalance_ratio(counts), "gini": gini(counts)}
-
-
 def _write(store: Store, source: RowGroups, rows: np.ndarray, directory: str, rows_per_shard: int,
            threads: int | None = None, per_task: int = 1) -> list[dict]:
     """Copy the source rows, in the given order, to new shards `directory`/part-NNNNN.parquet;
@@ -314,9 +305,7 @@ def carve(store: Store, cfg: SplitConfig) -> dict:
     valid = select_valid(labels, store.n_classes, cfg)
     v_rows, t_rows = np.flatnonzero(valid), np.flatnonzero(~valid)
     if info["order"] == "rarest_label":
-        t_labels = labels.take(t_rows)
-        r = rarest_label_count(t_labels, class_counts(t_labels, store.n_classes))
-        t_rows = t_rows[np.argsort(r, kind="stable")]
+        t_rows = t_rows[rarest_label_order(labels.take(t_rows), store.n_classes)]
     rows_per_shard = max([s["rows"] for s in info["shards"]] or [1])
     source = store.row_groups(cfg.source)
     written, fingerprints = {}, {}
@@ -336,7 +325,7 @@ def carve(store: Store, cfg: SplitConfig) -> dict:
         if not any(directory.iterdir()):
             directory.rmdir()
     counts, v_counts = class_counts(labels, store.n_classes), store.class_counts(cfg.target)
-    rows = {n: balance_row(np.asarray(e["class_counts"])) for n, e in entries.items()}
+    rows = {n: imbalance_row(np.asarray(e["class_counts"]), e["clips"]) for n, e in entries.items()}
     over = np.flatnonzero(2 * v_counts > counts)
     over = over[np.argsort(-v_counts[over] / counts[over], kind="stable")]
 
@@ -398,7 +387,7 @@ def _main(a) -> int:
 def main(argv=None) -> int:
     p = parser("python -m data.split", __doc__)
     d = SplitConfig()
-    p.add_argument("--store", required=True, metavar="DIR", help="store directory")
+    add_store(p, "store directory")
     p.add_argument("--from", dest="source", default=d.source, metavar="SPLIT",
                    help="split to carve from (default %(default)s)")
     p.add_argument("--to", dest="target", metavar="SPLIT", help="new validation split, e.g. valid")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
-from data.cli import add_list, parser, run
+from data.cli import add_list, add_store, parser, run
 
 __all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "format_table", "main"]
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p = parser(prog="python -m data.stats", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     add_list(src, "--segments", metavar="CSV", help="AudioSet segment CSV(s), .gz ok")
-    src.add_argument("--store", metavar="DIR", help="a spectrogram store (see data/store.py)")
+    add_store(src, "a spectrogram store (see data/store.py)", required=False)
     p.add_argument("--class-index", metavar="CSV", help="class_labels_indices.csv (with --segments)")
     p.add_argument("--split", default="train", help="split of --store (default: train)")
     add_list(p, "--betas", type=_beta, default=PAPER_BETAS, metavar="BETA",

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from data.balance import MultiLabels, class_counts
 
 __all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter", "RowGroups",
-           "open_store", "create_store", "fingerprint", "schema", "write_json", "multi_hot", "close_shards",
+           "open_store", "create_store", "check_new_store", "fingerprint", "schema", "write_json", "multi_hot", "close_shards",
            "HASH", "file_hash", "file_hashes"]
 
 FORMAT_VERSION = 1
@@ -258,9 +258,19 @@ def write_json(path: Path, obj: dict) -> None:
 
 def create_store(root: str | Path, classes: list[dict], features: dict) -> "Store":
     """Start a store: `classes` are {index, mid, name} in index order, `features` the frontend
-    parameters (must include `frames` and `mels`). `root` must be new or an empty directory:
-    anything in it (say the shards of a store whose manifest was lost) is never written over."""
+    parameters (must include `frames` and `mels`). `root` must be new or an empty directory
+    (`check_new_store`)."""
     root = Path(root)
+    check_new_store(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
+                                  "classes": classes, "splits": {}})
+    return open_store(root)
+
+
+def check_new_store(root: Path) -> None:
+    """A StoreError unless `root` is new or an empty directory: anything in it (say the shards of
+    a store whose manifest was lost) is never written over."""
     if (root / MANIFEST).exists():
         raise StoreError(f"{root / MANIFEST} already exists")
     if root.exists() and not root.is_dir():
@@ -269,10 +279,6 @@ def create_store(root: str | Path, classes: list[dict], features: dict) -> "Stor
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise StoreError(f"{root}: not empty ({shown}) and has no {MANIFEST}: refusing to write a new "
                          "store over it; use a new or empty directory")
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
-                                  "classes": classes, "splits": {}})
-    return open_store(root)
 
 
 @dataclass

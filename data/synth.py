@@ -1,6 +1,6 @@
 """Synthetic AudioSet-like data in the store format: the embedded demo and the test fixture.
 
-What makes it AudioSet-like (DESIGN.md section 4):
+What makes it AudioSet-like:
 - training priors are Zipf-like (Gini ~0.8) with ~2 labels per clip, and rare classes
   co-occur with a few head classes (as "Toothbrush" comes with "Speech" or "Music");
 - validation follows the training prior with at least `min_valid_per_class` clips per class;
@@ -19,6 +19,8 @@ store's splits and clip counts (`--json`: {store, splits: {name: clips}}).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from data.balance import rarest_label_order
 from data.cli import InputError, add_store, parser, positive_int, run
-from data.store import Store, create_store
+from data.store import Store, check_new_store, create_store, open_store
 
 __all__ = ["SynthConfig", "make_synthetic_store", "sample_labels", "render"]
 
@@ -52,6 +54,8 @@ class SynthConfig:
     min_valid_per_class: int = 5
     min_eval_per_class: int = 5
     label_noise: float = 0.0        # chance a clip's label list loses its last label
+    signal: float = 2.5             # a class pattern's mean log-level over the noise floor (each
+                                    # class's within +-0.5 of it): lower is a harder task
 
     def __post_init__(self):
         for key in ("clips", "classes", "frames", "mels"):
@@ -98,7 +102,7 @@ def _class_patterns(cfg: SynthConfig) -> dict[str, np.ndarray]:
         "centre": 3 + ((k * 0.618034) % 1.0) * (cfg.mels - 6),
         "width": rng.uniform(1.5, 3.5, cfg.classes),
         "period": rng.choice([4.0, 6.0, 9.0, 14.0, 22.0, 1e9], cfg.classes),  # 1e9: steady
-        "gain": rng.uniform(2.0, 3.0, cfg.classes),
+        "gain": cfg.signal + rng.uniform(-0.5, 0.5, cfg.classes),
     }
 
 
@@ -135,12 +139,27 @@ def _write_split(store: Store, name: str, labels: list[np.ndarray], cfg: SynthCo
 
 def make_synthetic_store(out: str | Path, cfg: SynthConfig = SynthConfig()) -> Store:
     """Write splits train, valid, eval_public, eval_internal to a new store at `out`, which must
-    be a new or empty directory (else StoreError naming it: nothing there is written over)."""
+    be a new or empty directory (else StoreError naming it: nothing there is written over). The
+    store is built in a sibling directory and renamed into place when whole: an interrupted
+    build leaves no store at `out`, so the next run builds it again."""
+    out = Path(out)
+    check_new_store(out)
+    building = out.with_name(f"{out.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)  # this process's own, from an earlier attempt
+    try:
+        _write_store(building, cfg)
+        building.replace(out)  # `out` is an empty directory or absent
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return open_store(out)
+
+
+def _write_store(root: Path, cfg: SynthConfig) -> None:
     rng = np.random.default_rng(cfg.seed)
     k = cfg.classes
     classes = [{"index": i, "mid": f"/synth/{i:03d}", "name": f"class_{i:03d}"} for i in range(k)]
-    store = create_store(out, classes, {"source": "synthetic", "frames": cfg.frames,
-                                        "mels": cfg.mels, "synth": asdict(cfg)})
+    store = create_store(root, classes, {"source": "synthetic", "frames": cfg.frames,
+                                         "mels": cfg.mels, "synth": asdict(cfg)})
     train_w = _class_weights(k, cfg.train_zipf)
     n_eval = int(cfg.clips * cfg.eval_fraction)
     splits = {
@@ -155,7 +174,6 @@ def make_synthetic_store(out: str | Path, cfg: SynthConfig = SynthConfig()) -> S
     }
     for name, labels in splits.items():
         _write_split(store, name, labels, cfg, rng, rarest_first=(name == "train"))
-    return store
 
 
 def main(argv=None) -> int:

@@ -15,13 +15,15 @@ Weights: `checkpoint_filter_fn` maps a published AST AudioSet checkpoint (keys `
 `module.mlp_head.*`) or a timm ImageNet DeiT file (3-channel stem, square grid, 1000-class
 heads) to this model's keys and shapes, following AST's recipe: RGB stem summed to one
 channel, position grid centre-cut where it shrinks and bilinearly interpolated where it
-grows (time first, then frequency), cls/dist position vectors kept. `create_ast` loads a
-file with timm's `load_checkpoint(model, path, filter_fn=checkpoint_filter_fn)` (.pth/.pt,
-tensors only, or .safetensors). Nothing is downloaded.
+grows (time first, then frequency), cls/dist position vectors kept. `create_ast` reads a
+file with timm's `load_state_dict` (.pth/.pt, tensors only, or .safetensors), maps it with
+`checkpoint_filter_fn` and loads it strictly, as timm's `load_checkpoint` does; a file that
+cannot be read is an error naming it. Nothing is downloaded.
 """
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed
-from timm.models import adapt_input_conv, clean_state_dict, load_checkpoint, load_state_dict
+from safetensors import SafetensorError
+from timm.models import adapt_input_conv, clean_state_dict, load_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
 __all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "is_audioset_checkpoint", "checkpoint_filter_fn",
@@ -232,8 +235,14 @@ def _weights_file(path: str | Path) -> str:
 
 def _read_state_dict(path: str | Path) -> dict:
     """A local .pth/.pt (tensors only) or .safetensors file -> flat state dict
-    (timm's `load_state_dict`: 'state_dict'/'model' containers unwrapped, `module.` dropped)."""
-    return load_state_dict(_weights_file(path), use_ema=False, weights_only=True)
+    (timm's `load_state_dict`: 'state_dict'/'model' containers unwrapped, `module.` dropped).
+    A file that cannot be read (cut short, damaged) is a ValueError naming it."""
+    try:
+        return load_state_dict(_weights_file(path), use_ema=False, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, SafetensorError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
 
 
 def is_audioset_checkpoint(path: str | Path) -> bool:
@@ -254,9 +263,8 @@ def create_ast(cfg: ASTConfig) -> AST:
     An AST checkpoint must share the model's strides and mel count; frames may differ."""
     embed, depth, heads = _dims(cfg)
     model = AST(cfg.frames, cfg.mels, cfg.fstride, cfg.tstride, cfg.n_classes, embed, depth, heads)
-    if cfg.weights:  # timm reads the file and calls checkpoint_filter_fn(state_dict, model)
-        load_checkpoint(model, _weights_file(cfg.weights), use_ema=False, strict=True,
-                        filter_fn=checkpoint_filter_fn, weights_only=True)
+    if cfg.weights:
+        _load(model, _read_state_dict(cfg.weights))
     return model
 
 

@@ -29,8 +29,8 @@ __all__ = ["unwrap", "OptimConfig", "make_optimizer", "lr_at", "train_step", "pr
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)   # paper: plain Adam; AST used (0.95, 0.999)
+    lr: float | None = None        # Adam's learning rate (a sweep sets each trial's, from sweep.lrs)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays; paper: plain Adam; AST (0.95, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0          # linear warm-up length in optimizer steps (0: none, as the paper)
     micro_batch: int | None = None  # gradient accumulation: split each batch into micro-batches of this size
@@ -56,8 +56,10 @@ def _compile_once(model: nn.Module) -> None:
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
     """Adam over all parameters (no groups, no exclusions); the fused kernel on CUDA."""
+    if cfg.lr is None:
+        raise ValueError("OptimConfig.lr is not set")
     params = list(model.parameters())
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
                             fused=True if params[0].is_cuda else None)
 
 

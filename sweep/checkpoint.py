@@ -1,103 +1,193 @@
 """The trial checkpoint format: save, restore, list, prune, load.
 
-A trial checkpoint is a directory written at every validation:
+A trial's Train run directory (local, or a URI such as s3://...) holds one checkpoint
+directory per validation, named by the examples seen (`checkpoint_dir(examples)`, passed to
+`ray.train.report` as `checkpoint_dir_name`), so a restarted worker that redoes an evaluation
+writes the same directory again and an evaluation never has two. Each holds:
   model.pt      the AST state dict (unwrapped from DDP); removed once selection can no longer
                 pick this evaluation (`prune`)
   optimizer.pt  the Adam state; kept for the latest checkpoint only (what a restart needs)
+  val_scores.npy  the validation scores, float16 [clips, classes] in the split's row order;
+                removed once no smoothing window selection may still use holds this
+                evaluation (the confidence of the selection recomputes the pick's window)
   state.json    {examples, step, history, beta, lr, stopped, model: ASTConfig as a dict};
                 always kept, so the trace survives pruning
-so a checkpoint rebuilds its model without the sweep's configuration. Checkpoint directories
-themselves are never removed: Train's run snapshot lists them and refuses to resume without
-them (ray-notes 1.8).
+so a checkpoint rebuilds its model without the sweep's configuration. A worker whose training
+fails writes `failure-rank<r>.json` ({rank, type, message} of the exception) before it ends,
+so the trial driver can name the root error of each rank. Beside them,
+`progress.json` ({"examples": ...}) records the latest checkpoint Train has registered (rank 0
+writes it once `ray.train.get_all_reported_checkpoints` includes it): a worker persists a
+checkpoint before Train registers it, and one killed in between leaves a directory that Train
+does not restore from. Checkpoint directories themselves are never removed: Train refuses to
+resume without the ones it registered.
 """
 from __future__ import annotations
 
+import io
 import json
-import time
+import pickle
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.ast import ASTConfig, create_ast
 from model.step import unwrap
 
-__all__ = ["MODEL", "OPTIMIZER", "STATE", "save_checkpoint", "load_state", "restore_checkpoint",
-           "list_checkpoints", "has_weights", "prune", "load_model"]
+__all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "SCORES", "checkpoint_dir", "load_scores", "save_checkpoint", "load_state",
+           "restore_checkpoint", "write_progress", "registered_examples", "list_checkpoints", "has_weights",
+           "prune", "load_model", "record_failure", "recorded_failures", "clear_failures"]
 
-MODEL, OPTIMIZER, STATE = "model.pt", "optimizer.pt", "state.json"
+MODEL, OPTIMIZER, STATE, PROGRESS = "model.pt", "optimizer.pt", "state.json", "progress.json"
+SCORES = "val_scores.npy"
 
 
-def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_cfg: ASTConfig) -> None:
+def checkpoint_dir(examples: int) -> str:
+    """The name of the checkpoint directory of the evaluation at `examples` seen."""
+    return f"checkpoint_{examples:012d}"
+
+
+def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_cfg: ASTConfig,
+                    val_scores: np.ndarray | None = None) -> None:
+    """A checkpoint directory (see the module docstring); val_scores [clips, classes] if given."""
     d = Path(directory)
     torch.save(unwrap(model).state_dict(), d / MODEL)
     torch.save(optimizer.state_dict(), d / OPTIMIZER)
+    if val_scores is not None:
+        np.save(d / SCORES, np.asarray(val_scores, dtype=np.float16))
     (d / STATE).write_text(json.dumps({**state, "model": asdict(model_cfg)}))
+
+
+def load_scores(checkpoint: str) -> np.ndarray | None:
+    """The validation scores a checkpoint directory (local or URI) holds, float32 [clips,
+    classes]; None if they were not kept."""
+    import pyarrow.fs as pafs
+    fs, base, _ = _filesystem(checkpoint)
+    path = f"{base}/{SCORES}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_file(path) as f:
+        return np.load(io.BytesIO(f.read())).astype(np.float32)
 
 
 def load_state(directory: str | Path) -> dict:
     return json.loads((Path(directory) / STATE).read_text())
 
 
+def _load_tensors(path: Path, device) -> dict:
+    """torch.load of a checkpoint file; one that cannot be read (cut short, damaged) is a
+    ValueError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {e})") from e
+
+
 def restore_checkpoint(directory: str | Path, model, optimizer, device) -> dict:
     """Load weights and optimizer state into `model` and `optimizer`; returns the state."""
     d = Path(directory)
-    unwrap(model).load_state_dict(torch.load(d / MODEL, map_location=device))
-    optimizer.load_state_dict(torch.load(d / OPTIMIZER, map_location=device))
+    unwrap(model).load_state_dict(_load_tensors(d / MODEL, device))
+    optimizer.load_state_dict(_load_tensors(d / OPTIMIZER, device))
     return load_state(d)
 
 
-def _filesystem(run_path: str):
+def _filesystem(path: str):
     """(pyarrow filesystem, base path, URI scheme prefix) of a local path or a URI (s3://...)."""
     import pyarrow.fs as pafs
-    if "://" in run_path:
-        fs, base = pafs.FileSystem.from_uri(run_path)
-        return fs, base, run_path.split("://", 1)[0] + "://"
-    return pafs.LocalFileSystem(), str(Path(run_path).resolve()), ""
+    if "://" in path:
+        fs, base = pafs.FileSystem.from_uri(path)
+        return fs, base.rstrip("/"), path.split("://", 1)[0] + "://"
+    return pafs.LocalFileSystem(), str(Path(path).resolve()), ""
 
 
-def _read_snapshot(fs, path: str, attempts: int = 50) -> dict:
-    """Train's controller rewrites its snapshot in place after every report, so a reader (rank 0
-    pruning right after its report) can catch it empty or half written: read again until it
-    parses, for up to `attempts` x 0.1 s."""
-    for attempt in range(attempts):
-        with fs.open_input_stream(path) as f:
-            text = f.read()
-        try:
-            return json.loads(text)
-        except ValueError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1)
-
-
-def _registered(fs, base: str) -> set[str]:
-    """Names of the checkpoint directories Train registered in its run snapshot (ray-notes 1.5).
-    A worker persists a checkpoint before the controller registers it: one killed in between
-    leaves a directory Train will not restore, from a branch of training that is dropped."""
+def _read_json(fs, path: str) -> dict | None:
+    """A JSON file of the run directory, or None if it is missing or not whole."""
     import pyarrow.fs as pafs
-    path = f"{base.rstrip('/')}/checkpoint_manager_snapshot.json"
     if fs.get_file_info(path).type != pafs.FileType.File:
-        return set()
-    snapshot = _read_snapshot(fs, path)
-    results = snapshot.get("checkpoint_results", []) + [snapshot.get("latest_checkpoint_result") or {}]
-    return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+        return None
+    with fs.open_input_stream(path) as f:
+        try:
+            return json.loads(f.read())
+        except ValueError:
+            return None
+
+
+def _write_json(run_path: str, name: str, obj: dict) -> None:
+    """`obj` as the run directory's file `name`, written whole: a local file is renamed into
+    place, an object store writes an object at once."""
+    fs, base, _ = _filesystem(run_path)
+    fs.create_dir(base)
+    target = f"{base}/{name}"
+    partial = target if "://" in run_path else f"{target}.partial"
+    with fs.open_output_stream(partial) as f:
+        f.write(json.dumps(obj).encode())
+    if partial != target:
+        fs.move(partial, target)
+
+
+def write_progress(run_path: str, examples: int) -> None:
+    """Record that Train has registered the checkpoint at `examples`."""
+    _write_json(run_path, PROGRESS, {"examples": int(examples)})
+
+
+def record_failure(run_path: str, rank: int, error: BaseException) -> None:
+    """Record a worker's failure: the exception's type and message (one line)."""
+    _write_json(run_path, f"failure-rank{rank}.json",
+                {"rank": rank, "type": type(error).__name__, "message": " ".join(str(error).split())})
+
+
+def recorded_failures(run_path: str) -> list[dict]:
+    """The failures workers recorded ({rank, type, message}), by rank."""
+    import pyarrow.fs as pafs
+    fs, base, _ = _filesystem(run_path)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    found = [_read_json(fs, info.path) for info in fs.get_file_info(pafs.FileSelector(base))
+             if info.base_name.startswith("failure-rank") and info.base_name.endswith(".json")]
+    return sorted((f for f in found if f), key=lambda f: f["rank"])
+
+
+def clear_failures(run_path: str, rank: int) -> None:
+    """Remove the failure a rank recorded in an earlier attempt (a worker does this as it starts,
+    so what is recorded after a fit is that attempt's)."""
+    import pyarrow.fs as pafs
+    fs, base, _ = _filesystem(run_path)
+    path = f"{base}/failure-rank{rank}.json"
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def registered_examples(run_path: str) -> int:
+    """Examples at the latest checkpoint recorded as registered (0: none yet): where a restarted
+    worker group resumes, or one evaluation earlier if rank 0 was stopped between Train's
+    registration and its record."""
+    fs, base, _ = _filesystem(run_path)
+    progress = _read_json(fs, f"{base}/{PROGRESS}")
+    return int(progress["examples"]) if progress else 0
 
 
 def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
-    """(path, state) of every checkpoint Train registered under a Train run's storage path (a
-    local directory or a URI such as s3://...), in order of examples seen."""
-    import pyarrow.fs as pafs
+    """(path, state) of the checkpoints of a Train run up to the latest registered one, in order
+    of examples seen (a path as the run path is given: local, or a URI)."""
     fs, base, scheme = _filesystem(run_path)
-    if fs.get_file_info(base).type == pafs.FileType.NotFound:
-        return []
-    registered = _registered(fs, base)
+    last = registered_examples(run_path)
     found = []
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.base_name == STATE and info.path.rsplit("/", 2)[-2] in registered:
-            with fs.open_input_stream(info.path) as f:
-                found.append((scheme + info.path.rsplit("/", 1)[0], json.loads(f.read())))
-    return sorted(found, key=lambda c: c[1]["examples"])
+    for examples in _checkpoint_examples(fs, base):
+        state = _read_json(fs, f"{base}/{checkpoint_dir(examples)}/{STATE}") if examples <= last else None
+        if state is not None:
+            found.append((f"{scheme}{base}/{checkpoint_dir(examples)}", state))
+    return found
+
+
+def _checkpoint_examples(fs, base: str) -> list[int]:
+    """Examples of every checkpoint directory under `base`, ascending."""
+    import pyarrow.fs as pafs
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    names = (info.base_name for info in fs.get_file_info(pafs.FileSelector(base)))
+    return sorted(int(n.removeprefix("checkpoint_")) for n in names
+                  if n.startswith("checkpoint_") and n.removeprefix("checkpoint_").isdigit())
 
 
 def has_weights(checkpoint: str) -> bool:
@@ -107,26 +197,26 @@ def has_weights(checkpoint: str) -> bool:
     return fs.get_file_info(f"{base}/{MODEL}").type == pafs.FileType.File
 
 
-def prune(run_path: str, window: int, keep: int) -> int:
-    """Remove the weights selection can no longer pick: model.pt of every registered checkpoint
-    outside `checkpoints_to_keep` (the `keep` best picks and the evaluations whose windows are
-    not full yet), judged on the history of the latest registered checkpoint (the one a
-    restart resumes from), and optimizer.pt of all but that latest one. Returns files removed."""
+def prune(run_path: str, history: dict, window: int, keep: int) -> int:
+    """Remove what selection can no longer use, judged on `history` (the trial's own, up to its
+    latest evaluation): model.pt of every evaluation outside `checkpoints_to_keep` (the `keep`
+    best picks and the evaluations whose windows are not full yet), val_scores.npy outside
+    `scores_to_keep` (the windows those picks may still use), and optimizer.pt of all but the
+    latest. Returns the files removed."""
     import pyarrow.fs as pafs
-    from sweep.select import checkpoints_to_keep
-    checkpoints = list_checkpoints(run_path)
-    if not checkpoints:
-        return 0
-    history = checkpoints[-1][1]["history"]
-    wanted = {history["examples"][i] for i in checkpoints_to_keep(history["val_dprime"], window, keep)}
+    from sweep.select import checkpoints_to_keep, scores_to_keep
+    examples, d = history["examples"], history["val_dprime"]
+    weights = {examples[i] for i in checkpoints_to_keep(d, window, keep)}
+    scores = {examples[i] for i in scores_to_keep(d, window)}
+    fs, base, _ = _filesystem(run_path)
     removed = 0
-    for i, (path, state) in enumerate(checkpoints):
-        fs, base, _ = _filesystem(path)
-        names = ([MODEL] if state["examples"] not in wanted else []) + \
-                ([OPTIMIZER] if i < len(checkpoints) - 1 else [])
+    for i, e in enumerate(examples):
+        names = ([MODEL] if e not in weights else []) + ([SCORES] if e not in scores else []) \
+            + ([OPTIMIZER] if i < len(examples) - 1 else [])
         for name in names:
-            if fs.get_file_info(f"{base}/{name}").type == pafs.FileType.File:
-                fs.delete_file(f"{base}/{name}")
+            path = f"{base}/{checkpoint_dir(e)}/{name}"
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                fs.delete_file(path)
                 removed += 1
     return removed
 
@@ -138,5 +228,5 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
         raise FileNotFoundError(f"{d}: the checkpoint's weights ({MODEL}) were not kept")
     cfg = ASTConfig(**{**load_state(d)["model"], "weights": None})
     model = create_ast(cfg)
-    model.load_state_dict(torch.load(d / MODEL, map_location="cpu"))
+    model.load_state_dict(_load_tensors(d / MODEL, "cpu"))
     return model.to(device).eval()

@@ -3,12 +3,14 @@
     cfg = load_config("configs/demo.yaml", ["sweep.betas=[0, 1]", "train.max_examples=4000"])
 
 Every key is checked: an unknown or misspelled key is an error naming it, never a silent
-default. `to_dict(cfg)` is what gets printed and logged with every run.
+default. `to_dict(cfg)` is what gets printed and logged with every run. One value comes from
+the environment when the config leaves it unset: run.storage_path from SWEEP_STORAGE.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -48,14 +50,13 @@ class TrainConfig:
                                             # stops earlier once its pick is settled (sweep.patience)
     eval_every_examples: int = 2_000        # validation cadence
     eval_batch_size: int = 128
-    seed: int = 0
     keep_checkpoints: int | None = None     # None keeps every evaluation's weights; k keeps the k
                                             # best picks by smoothed d' plus those not yet final
     torch_threads: int | None = None        # CPU threads per Train worker (None: Ray's default)
     report_poll_s: float = 0.25             # how often Train's controller collects reports: a
                                             # worker's next report waits for it (Train's default 2 s
                                             # throttles evaluations closer than that)
-    optim: OptimConfig = field(default_factory=OptimConfig)      # lr is swept (sweep.lrs)
+    optim: OptimConfig = field(default_factory=OptimConfig)      # lr: null, each trial's from sweep.lrs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -63,11 +64,15 @@ class TrainConfig:
 class SweepConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 1.0])
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    seeds: list[int] = field(default_factory=lambda: [0])  # replicate trials: each seed its own
+                                            # initialisation, stream order and augmentation
     smoothing_window: int = 7               # centred moving average (paper 3.2), odd
     patience: int = 5                       # full-window evaluations after the pick without a
                                             # better one before its pick is settled ...
     settle_ratio: float = 2.0               # ... and at least this many times the pick's examples
                                             # seen: patience that scales with the trial's own speed
+    confidence_resamples: int = 1000        # bootstrap resamples of the validation clips behind the
+                                            # selection's p_best, margin and verdict
     train_to_cap: bool = False              # true: every trial trains to train.max_examples (the
                                             # paper's procedure; the reference the rule is checked
                                             # against); convergence is still judged by the rule
@@ -94,7 +99,8 @@ class ResourcesConfig:
 class RunConfig:
     name: str = "demo"                      # experiment name; stable across --resume
     run_dir: str = "runs/demo"              # results.json, predictions/, report/, mlflow.db
-    storage_path: str | None = None         # Tune/Train storage (default: <run_dir>/ray); s3://...
+    storage_path: str | None = None         # Tune/Train storage (default: SWEEP_STORAGE if set, else
+                                            # <run_dir>/ray); s3://...
     ray_address: str | None = None          # None: ray.init() default (a `ray up` head, or local)
     mlflow_experiment: str = "balance-sweep"
 
@@ -175,11 +181,16 @@ def _coerce(value, hint, name: str):
 
 # (key, test, what it must be): checked at load, before Ray or MLflow start
 _RULES = [
-    ("sweep.betas", lambda v: len(v) > 0 and all(b >= 0 for b in v), "a non-empty list of numbers >= 0"),
-    ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of numbers > 0"),
+    ("sweep.betas", lambda v: len(v) > 0 and all(b >= 0 for b in v) and len(set(v)) == len(v),
+     "a non-empty list of distinct numbers >= 0"),
+    ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v) and len(set(v)) == len(v),
+     "a non-empty list of distinct numbers > 0"),
+    ("sweep.seeds", lambda v: len(v) > 0 and all(x >= 0 for x in v) and len(set(v)) == len(v),
+     "a non-empty list of distinct integers >= 0"),
     ("sweep.smoothing_window", lambda v: v >= 1 and v % 2 == 1, "a positive odd integer"),
     ("sweep.patience", lambda v: v >= 1, "an integer >= 1"),
     ("sweep.settle_ratio", lambda v: v >= 1, "a number >= 1"),
+    ("sweep.confidence_resamples", lambda v: v >= 100, "an integer >= 100"),
     ("sweep.asha_grace_evals", lambda v: v >= 1, "an integer >= 1"),
     ("sweep.max_failures", lambda v: v >= 0, "an integer >= 0"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
@@ -189,7 +200,7 @@ _RULES = [
     ("train.keep_checkpoints", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train.torch_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train.report_poll_s", lambda v: v > 0, "a number of seconds > 0"),
-    ("train.optim.lr", lambda v: v > 0, "a number > 0"),
+    ("train.optim.lr", lambda v: v is None, "null (the learning rates are sweep.lrs)"),
     ("data.units_per_block", lambda v: v >= 1, "an integer >= 1"),
     ("resources.num_workers", lambda v: v >= 1, "an integer >= 1"),
     ("resources.cpus_per_worker", lambda v: v > 0, "a number > 0"),
@@ -257,6 +268,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _merge(values, loaded, str(path))
     for assignment in overrides:
         _apply_override(values, assignment)
+    if values["run"].get("storage_path") is None and os.environ.get("SWEEP_STORAGE"):
+        values["run"]["storage_path"] = os.environ["SWEEP_STORAGE"]  # set by cluster.yaml's setup commands
     return check(from_dict(Config, values))
 
 

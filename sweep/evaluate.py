@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from model.step import predict
 from sweep.checkpoint import load_model, load_state
 from sweep.metrics import classification_metrics
 
-__all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "save_predictions",
+__all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "load_predictions", "save_predictions",
            "target_prior", "rescore", "format_eval", "format_rescore", "main"]
 
 
@@ -68,6 +69,18 @@ def evaluate_split(model, store: Store, split: str, batch_size: int,
     """Scores of `model` on a whole split: {scores [N, K], targets [N, K], clip_ids [N],
     metrics (classification_metrics)}, with a progress bar on a terminal."""
     return with_metrics([score_split(model, store, split, batch_size, device, desc=f"score {split}")])
+
+
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a predictions .npz (scores, targets, clip_ids); a file that cannot be read
+    (cut short, not an npz) is a ValueError naming it."""
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable predictions file ({type(e).__name__}: {e})") from e
 
 
 def save_predictions(path: str | Path, result: dict) -> None:
@@ -122,13 +135,13 @@ def _own_priors(targets: np.ndarray) -> np.ndarray:
 
 def rescore(predictions: str | Path, spec: str, store: Store | None = None, train_split: str = "train") -> dict:
     """Saved predictions re-scored under the class prior `spec` (see target_prior): per-class AP
-    with the negatives of class k weighted to make its prior pi'_k (sweep.stats.prior_shift_metrics),
+    with the negatives of class k weighted to make its prior pi'_k (sweep.bootstrap.prior_shift_metrics),
     its mAP, d' and macro AUC (unchanged by design: they do not depend on the prior), and per class
     the effective sample size of the weighted set. Classes whose own or target prior is 0 or 1
     have no shifted AP and are listed in `excluded`."""
-    from sweep.stats import prior_shift_metrics
-    with np.load(predictions) as f:
-        scores, targets = f["scores"], f["targets"]
+    from sweep.bootstrap import prior_shift_metrics
+    f = load_predictions(predictions)
+    scores, targets = f["scores"], f["targets"]
     prior = target_prior(spec, targets, store, train_split)
     own = classification_metrics(targets, scores)
     shifted = prior_shift_metrics(targets, scores, prior)
@@ -199,13 +212,13 @@ def format_rescore(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from data.cli import add_list, parser, run
+    from data.cli import add_list, add_store, parser, run
     p = parser("python -m sweep.evaluate", description=(
         "Evaluate a checkpoint on store splits, or re-score saved predictions under another class "
         "prior (AP changes with the prior, AUC and d' do not). Prints a summary; --json prints "
         "JSON."), epilog=(
         "examples:\n"
-        "  python -m sweep.evaluate --predictions runs/demo/predictions/beta=0/eval_public.npz "
+        "  python -m sweep.evaluate --predictions runs/demo/predictions/beta=0/seed=0/eval_public.npz "
         "--target-prior eval_internal --store runs/demo/store\n"
         "  python -m sweep.evaluate --checkpoint audioset_10_10_0.4593.pth --store DIR "
         "--split eval_public eval_internal --out runs/ast_preds\n"
@@ -214,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-prior", metavar="PRIOR", help="train | uniform | <split> | file.csv")
     p.add_argument("--train-split", default="train", help="the split `--target-prior train` means (default train)")
     p.add_argument("--checkpoint", metavar="PATH", help="a trial checkpoint dir or a published AST .pth")
-    p.add_argument("--store", metavar="DIR", help="the spectrogram store")
+    add_store(p, "the spectrogram store", required=False)
     add_list(p, "--split", metavar="NAME", help="split(s) to evaluate --checkpoint on (--split a b, or --split a --split b)")
     p.add_argument("--out", metavar="PATH", help="where to save the checkpoint's predictions: a directory "
                    "(<split>.npz per split and metrics.json; what sweep.report --extra reads) or, for one "

@@ -15,7 +15,8 @@ tuned to the balanced model favours balancing).
 
 The same functions decide when a trial stops (sweep/train.py), what MLflow logs as
 `val_dprime_smoothed`, which checkpoints are kept, and what is selected, so the four agree.
-Per beta the learning rate with the highest pick wins; overall, the best beta.
+Per beta the learning rate whose picks have the highest mean over replicate seeds wins;
+overall, the best beta.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StoppingRule", "TrialTrace", "Selection", "smoothed", "pick", "settled", "latest_settled_pick",
-           "cap_to_settle", "checkpoints_to_keep", "select_trial", "select_per_beta", "select_overall"]
+__all__ = ["StoppingRule", "TrialTrace", "Selection", "BetaSelection", "smoothed", "pick", "settled", "latest_settled_pick",
+           "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial", "select_per_beta",
+           "select_overall"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,12 @@ class StoppingRule:
 
 @dataclass
 class TrialTrace:
-    """One trial's validation trace: examples seen [evals], d' [evals], and per evaluation the
-    path of its checkpoint (None where its weights were not kept)."""
+    """One trial's validation trace: examples seen [evals], d' and mAP [evals], and per
+    evaluation the path of its checkpoint (None where its weights were not kept)."""
     trial_id: str
     beta: float
     lr: float
+    seed: int
     examples: np.ndarray
     dprime: np.ndarray
     mAP: np.ndarray
@@ -71,6 +74,7 @@ class Selection:
     trial_id: str
     beta: float
     lr: float
+    seed: int
     index: int
     examples_to_peak: int
     val_dprime: float
@@ -79,6 +83,25 @@ class Selection:
     converged: bool
     evaluations: int
     examples_to_map_peak: int | None
+
+
+@dataclass
+class BetaSelection:
+    """One beta's answer: the learning rate chosen on the mean over seeds of the smoothed d' at
+    the picks, and its pick in every seed (by seed)."""
+    beta: float
+    lr: float
+    picks: list[Selection]
+
+    @property
+    def val_dprime(self) -> float:
+        """The mean over seeds of the smoothed validation d' at the picks."""
+        return float(np.mean([p.val_dprime for p in self.picks]))
+
+    @property
+    def converged(self) -> bool:
+        """Every seed's pick is settled."""
+        return all(p.converged for p in self.picks)
 
 
 def _half(window: int) -> int:
@@ -118,7 +141,7 @@ def settled(values: np.ndarray, examples: np.ndarray, rule: StoppingRule = Stopp
         return False
     i = int(np.nanargmax(s))
     after = int(np.count_nonzero(~np.isnan(s[i + 1:])))
-    return after >= rule.patience and examples[-1] >= rule.ratio * examples[i]
+    return bool(after >= rule.patience and examples[-1] >= rule.ratio * examples[i])
 
 
 def latest_settled_pick(cap: int, every: int, rule: StoppingRule = StoppingRule()) -> int:
@@ -152,6 +175,17 @@ def checkpoints_to_keep(values: np.ndarray, window: int = 7, keep: int = 1) -> s
     return {int(i) for i in best} | set(range(max(0, n - h), n)) | ({n - 1} if n else set())
 
 
+def scores_to_keep(values: np.ndarray, window: int = 7) -> set[int]:
+    """Evaluations whose validation scores the confidence of the selection may still need: the
+    window of the current pick, and the last 2h (h = window // 2), which hold what is known of
+    the windows of the evaluations that may still become the pick (the last h, whose windows
+    are not full yet, and those to come)."""
+    n, h = len(values), _half(window)
+    i = pick(values, window)
+    current = set(range(i - h, i + h + 1)) if i is not None else set()
+    return current | set(range(max(0, n - 2 * h), n))
+
+
 def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Selection | None:
     """The pick of one trial, or None when no evaluation has a full window (too few
     evaluations, or NaN in every window)."""
@@ -159,31 +193,35 @@ def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Sele
     if i is None:
         return None
     i_map = pick(trace.mAP, rule.window)
-    return Selection(trace.trial_id, trace.beta, trace.lr, i, int(trace.examples[i]),
+    return Selection(trace.trial_id, trace.beta, trace.lr, trace.seed, i, int(trace.examples[i]),
                      float(smoothed(trace.dprime, rule.window)[i]), float(trace.dprime[i]),
                      trace.checkpoints[i], settled(trace.dprime, trace.examples, rule), len(trace.dprime),
                      int(trace.examples[i_map]) if i_map is not None else None)
 
 
-def select_per_beta(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[float, Selection]:
-    """Per beta, the trial (learning rate) with the highest smoothed validation d' at its pick;
-    on ties the earlier trace in `traces`. A trace without a full window cannot be selected:
-    it is skipped with a warning that says so."""
-    best: dict[float, Selection] = {}
+def select_per_beta(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[float, BetaSelection]:
+    """Per beta, the learning rate whose picks have the highest mean smoothed validation d' over
+    seeds (on ties the one whose traces come first), with its picks. A trace without a full
+    window cannot be selected: it is skipped with a warning that says so."""
+    arms: dict[tuple[float, float], list[Selection]] = {}
     for trace in traces:
         sel = select_trial(trace, rule)
         if sel is None:
-            warnings.warn(f"trial {trace.trial_id} (beta={trace.beta:g}, lr={trace.lr:g}) has no "
+            warnings.warn(f"trial {trace.trial_id} (beta={trace.beta:g}, lr={trace.lr:g}, seed {trace.seed}) has no "
                           f"{rule.window}-evaluation window free of NaN ({len(trace.dprime)} evaluations): "
                           "it cannot be selected")
             continue
-        if trace.beta not in best or sel.val_dprime > best[trace.beta].val_dprime:
-            best[trace.beta] = sel
+        arms.setdefault((trace.beta, trace.lr), []).append(sel)
+    best: dict[float, BetaSelection] = {}
+    for (beta, lr), picks in arms.items():
+        candidate = BetaSelection(beta, lr, sorted(picks, key=lambda p: p.seed))
+        if beta not in best or candidate.val_dprime > best[beta].val_dprime:
+            best[beta] = candidate
     return best
 
 
-def select_overall(per_beta: dict[float, Selection]) -> Selection:
-    """The selection with the highest smoothed validation d'; on ties the smallest beta."""
+def select_overall(per_beta: dict[float, BetaSelection]) -> BetaSelection:
+    """The beta with the highest mean smoothed validation d' at its picks; on ties the smallest."""
     if not per_beta:
         raise ValueError("no selections to choose from")
     return max(sorted(per_beta.values(), key=lambda s: s.beta), key=lambda s: s.val_dprime)

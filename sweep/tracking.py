@@ -12,19 +12,24 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-__all__ = ["TrackingError", "tracking_uri", "check_reachable", "experiment_name", "experiment_id", "start_parent",
-           "child_run", "log_metrics", "log_json", "finish_run", "close_running_children",
-           "fail_children", "ui_command"]
+from data.cli import Failure
+
+__all__ = ["TrackingError", "tracking_uri", "check_reachable", "open_store", "explain", "experiment_name",
+           "experiment_id", "start_parent", "child_run", "log_metrics", "log_history", "log_json",
+           "finish_run", "close_running_children", "fail_children", "ui_command"]
 
 MAX_PARAM_CHARS = 6000
 
 
-class TrackingError(RuntimeError):
+class TrackingError(Failure):
     """The MLflow tracking store cannot be used; the message says which and why."""
 
 
@@ -32,6 +37,54 @@ def tracking_uri(run_dir: str | Path) -> str:
     """MLFLOW_TRACKING_URI, else `sqlite:////<abs run_dir>/mlflow.db`."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     return env if env else f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client of the tracking store at `uri`. A local sqlite database that does not exist yet is
+    created aside and renamed into place once MLflow has built its tables (an interrupted
+    creation leaves no half-built database); one that cannot be read is a TrackingError naming
+    the file and the cause."""
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial-{uuid.uuid4().hex[:12]}")  # a new name: MLflow
+        try:                                                                    # keeps one store per URI
+            MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)  # builds the tables
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - explained, or raised as it is
+        raise explain(e, uri) or e
+    return client
+
+
+def explain(error: BaseException, uri: str) -> TrackingError | None:
+    """A TrackingError naming the store (the sqlite file, or the URI) and the root cause of an
+    error the tracking store raised (a full disk, a read-only or damaged database, a server that
+    refused or failed); None for an error of another kind (a request MLflow rejects as invalid
+    is this program's, and keeps its traceback)."""
+    import sqlite3
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    store = [c for c in chain if isinstance(c, (sqlite3.Error, OSError)) or type(c).__module__.startswith("sqlalchemy")
+             or (isinstance(c, MlflowException) and c.error_code not in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"))]
+    if not store:
+        return None
+    root = store[-1]
+    message = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    where = _sqlite_path(uri) or uri
+    hint = ("; move it away to start a new MLflow store here (or set MLFLOW_TRACKING_URI)"
+            if isinstance(where, Path) else "")
+    return TrackingError(f"MLflow store {where}: {message} ({type(root).__name__}){hint}")
 
 
 def experiment_name(configured: str) -> str:
@@ -100,6 +153,22 @@ def child_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str, 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
     ts = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
+
+
+def log_history(client: MlflowClient, run_id: str, history: dict, window: int) -> None:
+    """A trial's evaluations that MLflow does not have yet (all after a restart's gap, else the
+    last): train_loss, val_mAP, val_AUC and val_dprime at their examples, and each full-window
+    smoothed d' at its centre's step once its window is complete (sweep/select.py)."""
+    from sweep.select import smoothed
+    logged = client.get_metric_history(run_id, "val_dprime")
+    last = max((m.step for m in logged), default=-1)
+    s, h = smoothed(history["val_dprime"], window), window // 2
+    for i, examples in enumerate(history["examples"]):
+        if examples > last:
+            log_metrics(client, run_id, {k: history[k][i] for k in ("train_loss", "val_mAP", "val_AUC", "val_dprime")},
+                        examples)
+            if i >= h and np.isfinite(s[i - h]):
+                log_metrics(client, run_id, {"val_dprime_smoothed": s[i - h]}, history["examples"][i - h])
 
 
 def log_json(client: MlflowClient, run_id: str, obj, artifact_path: str) -> None:

@@ -4,16 +4,17 @@
 MLflow child run, logs the sampler audit, and fits a `TorchTrainer` running
 `sweep.train.train_func` on the trial's oversampled stream. The Train run name is stable per
 trial (`train-<trial id>`), so a restarted trial finds its checkpoints. `build_tuner` makes
-(or restores) the Tuner; concurrency is derived from the cluster so a 2-CPU machine never
-deadlocks (ray-notes 1.4).
+(or restores) the Tuner; concurrency is derived from the cluster: a Train run starts only when
+all its workers fit, and Ray Data's reads need CPUs of their own, so on a 2-CPU machine one
+trial runs at a time.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
 import time
+from dataclasses import replace
 
 import ray
 import ray.train
@@ -24,29 +25,37 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from data.store import open_store
 from data.stream import oversampled_dataset, sampler_audit, stream_execution_options
 from sweep.config import Config, flatten, from_dict, to_dict
-from sweep.console import SweepProgress
-from sweep.checkpoint import list_checkpoints, prune
+from sweep.progress import SweepProgress
+from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
+from sweep.history import summary_metrics
 from sweep.select import settled
-from sweep.train import summary_metrics, train_func
+from sweep.train import train_func
 
-__all__ = ["trial_driver", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
+__all__ = ["trial_driver", "trial_name", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
 
 
-def _train_dataset_factory(cfg: Config, beta: float, train_run_path: str):
+def _train_dataset_factory(cfg: Config, beta: float, seed: int, train_run_path: str):
     """Called by Train at every worker-group start: the stream from the last checkpoint on."""
     def build():
-        seen = max((state["examples"] for _, state in list_checkpoints(train_run_path)), default=0)
-        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=cfg.train.seed,
+        seen = registered_examples(train_run_path)
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=seed,
                                    examples=max(cfg.train.max_examples - seen, 1), skip=seen,
                                    units_per_block=cfg.data.units_per_block)
     return build
 
 
+def trial_name(beta: float, lr: float, seed: int, seeds: int) -> str:
+    """A trial's name in MLflow and on the console: `beta=<b> lr=<lr>`, and `seed=<s>` when the
+    sweep has replicate seeds."""
+    return f"beta={beta:g} lr={lr:g}" + (f" seed={seed}" if seeds > 1 else "")
+
+
 def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
-    """Open (or find again) the trial's MLflow child run and log params and the sampler audit."""
+    """Open (or find again) the trial's MLflow child run and log params (the config as this trial
+    runs it: its learning rate in train.optim.lr) and the sampler audit."""
     t = config.get("tracking")
     if not t:
         return None
@@ -54,11 +63,13 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
     from sweep import tracking
     client = MlflowClient(t["uri"])
     store = open_store(cfg.data.store)
-    params = {"beta": config["beta"], "lr": config["lr"], **flatten({"cfg": config["cfg"]})}
+    beta, lr, seed = config["beta"], config["lr"], config["seed"]
+    ran = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=lr)))
+    params = {"beta": beta, "lr": lr, "seed": seed, **flatten({"cfg": to_dict(ran)})}
     tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "trial_id": trial_id}
     run_id = tracking.child_run(client, t["experiment_id"], t["parent_run_id"], trial_id,
-                                f"beta={config['beta']:g} lr={config['lr']:g}", params, tags)
-    audit = sampler_audit(store, cfg.data.train_split, config["beta"], seed=cfg.train.seed,
+                                trial_name(beta, lr, seed, len(cfg.sweep.seeds)), params, tags)
+    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed,
                           batch_size=cfg.train.batch_size, units_per_block=cfg.data.units_per_block)
     tracking.log_metrics(client, run_id, {f"audit.{k}": v for k, v in audit.items()
                                           if isinstance(v, (int, float))}, 0)
@@ -84,28 +95,23 @@ def _outcome(cfg: Config, run_path: str) -> dict[str, str]:
 
 
 class TrialError(RuntimeError):
-    """A trial's training failed; the message starts with each failed worker's root error."""
+    """A trial's training failed; the message names each failed worker's error."""
 
 
-def _worker_errors(error: BaseException) -> BaseException:
-    """Train's WorkerGroupError cuts each worker's traceback short, and with it the line that
-    says what failed (e.g. the StoreError naming a damaged shard). A TrialError that leads with
-    each rank's root error (the first exception line of its traceback: Python prints causes
-    first), then the tracebacks in full; any other error as it is."""
-    failures = getattr(error, "worker_failures", None)
+def _worker_errors(error: BaseException, run_path: str) -> BaseException:
+    """A TrialError naming the error of every worker that recorded its failure (sweep/train.py):
+    Train's own error cuts each worker's traceback short, and with it the line that says what
+    failed (e.g. the StoreError naming a damaged shard). The error as it is when no worker
+    recorded one (a worker process that died)."""
+    failures = recorded_failures(run_path)
     if not failures:
         return error
-    roots, full = [], []
-    for rank, failure in sorted(failures.items()):
-        text = str(failure)
-        root = re.search(r"^[A-Za-z_][\w.]*: .+$", text, re.M)
-        roots.append(f"rank {rank}: {root.group(0) if root else text.splitlines()[-1]}")
-        full.append(f"--- rank {rank} ---\n{text}")
-    return TrialError("training failed on " + "; ".join(roots) + "\n" + "\n".join(full))
+    return TrialError("training failed on " + "; ".join(f"rank {f['rank']}: {f['type']}: {f['message']}"
+                                                        for f in failures))
 
 
 def trial_driver(config: dict, sweep: dict) -> None:
-    """Tune trainable: config = {beta, lr} (what Tune searches and shows); sweep = {cfg,
+    """Tune trainable: config = {beta, lr, seed} (what Tune searches and shows); sweep = {cfg,
     train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
     started = time.time()
     config = {**sweep, **config}
@@ -119,21 +125,16 @@ def trial_driver(config: dict, sweep: dict) -> None:
         _report_finished(cfg, checkpoints[-1])  # finished before an interruption: not run again
         return
     run_id = _log_trial_start(cfg, config, trial_id)
-    # Train's controller takes each `ray.train.report` when it polls the workers (every 2 s by
-    # default) and a worker's next report waits until it has: evaluations closer than that are
-    # throttled to one per poll (the demo's, 0.75 s of training apart, ran at 2 s each). Train
-    # passes this variable from the process calling `fit` to its controller.
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(cfg.train.report_poll_s)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": config["cfg"], "beta": config["beta"], "lr": config["lr"],
+        train_loop_config={"cfg": config["cfg"], "beta": config["beta"], "lr": config["lr"], "seed": config["seed"],
                            "tracking": {**config["tracking"], "run_id": run_id} if run_id else None,
                            "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
-        datasets={"train": _train_dataset_factory(cfg, config["beta"], run_path)},
+        datasets={"train": _train_dataset_factory(cfg, config["beta"], config["seed"], run_path)},
         # Train replaces a dataset's execution options with these: the planned order kept
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options={"train": stream_execution_options()}),
@@ -141,17 +142,18 @@ def trial_driver(config: dict, sweep: dict) -> None:
             name=name, storage_path=train_storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.sweep.max_failures),
             # every checkpoint directory stays registered (resume needs them all); the weights
-            # selection can no longer pick are pruned inside them (sweep/checkpoint.py)
+            # selection can no longer pick are removed from inside them (sweep/checkpoint.py)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[TuneReportCallback()]),
     )
     error = None
     try:
         trainer.fit()
-        if cfg.train.keep_checkpoints:  # every checkpoint is registered now: the final pruning
-            prune(run_path, cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
+        checkpoints = list_checkpoints(run_path)
+        if cfg.train.keep_checkpoints and checkpoints:  # the final pruning, on the final history
+            prune(run_path, checkpoints[-1][1]["history"], cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
     except BaseException as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
-        error = _worker_errors(e)
+        error = _worker_errors(e, run_path)
         if error is e:
             raise
         raise error from e
@@ -189,7 +191,7 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     drivers; never more than the grid. An explicit `resources.max_concurrent_trials` wins, with
     a warning when it oversubscribes the CPUs (trials then wait on each other's reads)."""
     r = cfg.resources
-    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs)
+    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
     if r.use_gpu:  # no GPU yet: an autoscaling cluster adds nodes as trials ask for them
         fit = int(resources.get("GPU", 0) // r.num_workers) or grid
     else:  # each trial: its Train workers plus one 0.5-CPU read task
@@ -221,11 +223,12 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
         scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
                                   grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
-    grid = [(float(b), float(lr)) for b in cfg.sweep.betas for lr in cfg.sweep.lrs]
+    grid = [(float(b), float(lr), int(s)) for b in cfg.sweep.betas for lr in cfg.sweep.lrs for s in cfg.sweep.seeds]
     console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(grid, cfg.train.max_examples, concurrency)]}
     return tune.Tuner(
         trainable,
-        param_space={"beta": tune.grid_search(list(cfg.sweep.betas)), "lr": tune.grid_search(list(cfg.sweep.lrs))},
+        param_space={"beta": tune.grid_search(list(cfg.sweep.betas)), "lr": tune.grid_search(list(cfg.sweep.lrs)),
+                     "seed": tune.grid_search(list(cfg.sweep.seeds))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sweep.checkpoint import MODEL, load_state
-from sweep.select import pick, settled, smoothed
+from sweep.select import StoppingRule, pick, settled, smoothed
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -44,19 +44,20 @@ def registered_examples(train_runs: Path) -> dict[str, list[int]]:
     return out
 
 
-def check_selection_is_exact(results: dict, window: int, patience: int, cap_evals: int) -> None:
-    """Every beta's evaluated checkpoint is the selected evaluation's own, the pick is the one
+def check_selection_is_exact(results: dict, rule: StoppingRule, cap_evals: int) -> None:
+    """Every pick's evaluated checkpoint is the selected evaluation's own, the pick is the one
     sweep.select makes on the trace, and each trial stopped exactly when its pick settled (or
     at the cap)."""
     traces = {t["trial_id"]: t for t in results["traces"]}
     for row in results["rows"]:
-        trace = traces[row["trial_id"]]
-        d = np.array(trace["dprime"])
-        i = pick(d, window)
-        assert row["examples_to_peak"] == trace["examples"][i] == row["examples_evaluated"]
-        assert load_state(row["checkpoint"])["examples"] == row["examples_to_peak"]
-        assert (Path(row["checkpoint"]) / MODEL).is_file()
-        assert row["val_dprime"] == pytest.approx(smoothed(d, window)[i])
-        assert row["converged"] == settled(d, window, patience)
-        assert not any(settled(d[:k], window, patience) for k in range(1, len(d)))  # stopped at once
-        assert row["converged"] or len(d) == cap_evals
+        for pick_ in row["seeds"]:
+            trace = traces[pick_["trial_id"]]
+            d, ex = np.array(trace["dprime"]), np.array(trace["examples"])
+            i = pick(d, rule.window)
+            assert pick_["examples_to_peak"] == trace["examples"][i] == pick_["examples_evaluated"]
+            assert load_state(pick_["checkpoint"])["examples"] == pick_["examples_to_peak"]
+            assert (Path(pick_["checkpoint"]) / MODEL).is_file()
+            assert pick_["val_dprime"] == pytest.approx(smoothed(d, rule.window)[i])
+            assert pick_["converged"] == settled(d, ex, rule)
+            assert not any(settled(d[:k], ex[:k], rule) for k in range(1, len(d)))  # stopped at once
+            assert pick_["converged"] or len(d) == cap_evals

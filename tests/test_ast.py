@@ -232,7 +232,7 @@ def test_an_audioset_checkpoint_is_recognised_and_refused_for_an_audioset_sweep(
     from types import SimpleNamespace
 
     from sweep.config import ConfigError
-    from sweep.run import _refuse_audioset_checkpoint
+    from sweep.prepare import refuse_audioset_checkpoint
     audioset = tmp_path / "audioset_10_10_0.4593.pth"
     torch.save(published(k=527), audioset)
     assert is_audioset_checkpoint(audioset) and not is_audioset_checkpoint(ckpt[0])
@@ -242,9 +242,9 @@ def test_an_audioset_checkpoint_is_recognised_and_refused_for_an_audioset_sweep(
     as_store = SimpleNamespace(mids=["/m/09x0r", "/m/04rlf", "/t/dd00001"], n_classes=3)
     with pytest.raises(ConfigError, match=r"model\.weights .*audioset_10_10.* trained on AudioSet.*"
                                           r"3 of 3 AudioSet MIDs.*model\.allow_audioset_weights=true"):
-        _refuse_audioset_checkpoint(str(audioset), as_store)
-    _refuse_audioset_checkpoint(str(audioset), SimpleNamespace(mids=["/x/dog", "/x/car"], n_classes=2))
-    _refuse_audioset_checkpoint(str(deit), as_store)
+        refuse_audioset_checkpoint(str(audioset), as_store)
+    refuse_audioset_checkpoint(str(audioset), SimpleNamespace(mids=["/x/dog", "/x/car"], n_classes=2))
+    refuse_audioset_checkpoint(str(deit), as_store)
 
 
 def test_normalisation():

@@ -165,20 +165,39 @@ def test_synth_cli(tmp_path, capsys):
     assert "synth.head_classes: 3 is not in [0, classes = 2]" in line and not (tmp_path / "t").exists()
 
 
-def test_synth_out_is_a_deprecated_alias_of_store(tmp_path, capsys):
-    """--out still writes the store, with one warning line; the default output is readable."""
+def test_synth_prints_a_readable_summary_and_needs_a_store(tmp_path, capsys):
     out = tmp_path / "s"
-    assert synth_main(["--out", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8"]) == 0
+    assert synth_main(["--store", str(out), "--clips", "20", "--classes", "4", "--frames", "8", "--mels", "8"]) == 0
     printed, err = capsys.readouterr()
-    assert err.startswith("warning: --out is deprecated, use --store\n") and err.count("warning") == 1
-    assert (out / "manifest.json").is_file()
+    assert (out / "manifest.json").is_file() and "warning" not in err
     assert printed.startswith(f"{out}: synthetic store, 4 classes; train ") and "eval_internal" in printed
     with pytest.raises(SystemExit) as e:
         synth_main(["--clips", "20"])
-    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("--store is required")
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("the following arguments are required: --store")
     with pytest.raises(SystemExit):
         synth_main(["--store", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
-    assert "not allowed with argument --store" in capsys.readouterr().err
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
+
+
+def test_an_interrupted_synthetic_build_leaves_no_store(tmp_path, monkeypatch):
+    """The store is built aside and renamed into place whole: a build stopped halfway (SIGTERM,
+    Ctrl-C) leaves nothing at the store's path, and the next run builds it."""
+    import data.synth as synth
+    real, calls = synth._write_split, []
+
+    def stop_after_train(store, name, *args, **kw):
+        if name != "train":
+            raise KeyboardInterrupt
+        calls.append(name)
+        return real(store, name, *args, **kw)
+
+    monkeypatch.setattr(synth, "_write_split", stop_after_train)
+    cfg = synth.SynthConfig(clips=20, classes=4, frames=8, mels=8)
+    with pytest.raises(KeyboardInterrupt):
+        synth.make_synthetic_store(tmp_path / "store", cfg)
+    assert calls == ["train"] and sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(synth, "_write_split", real)
+    assert synth.make_synthetic_store(tmp_path / "store", cfg).splits == ["train", "valid", "eval_public", "eval_internal"]
 
 
 def test_list_flags_take_either_style():

@@ -5,11 +5,11 @@ from sweep.config import Config, ConfigError, flatten, load_config, to_dict
 
 def test_defaults_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("sweep:\n  betas: [0, 0.5]\ntrain:\n  max_examples: 100\n  optim: {betas: [0.95, 0.999]}\n")
+    path.write_text("sweep:\n  betas: [0, 0.5]\ntrain:\n  max_examples: 100\n  optim: {adam_betas: [0.95, 0.999]}\n")
     cfg = load_config(path, ["train.max_examples=200", "sweep.lrs=[1e-4, 1e-3]", "data.synth=null"])
     assert cfg.sweep.betas == [0, 0.5] and cfg.train.max_examples == 200
     assert cfg.sweep.lrs == [1e-4, 1e-3] and cfg.data.synth is None
-    assert cfg.train.optim.betas == (0.95, 0.999)
+    assert cfg.train.optim.adam_betas == (0.95, 0.999)
     assert cfg.train.eval_every_examples == Config().train.eval_every_examples
 
 
@@ -33,11 +33,13 @@ def test_shipped_configs_load(name):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("sweep.betas=[-1]", r"sweep\.betas: must be a non-empty list of numbers >= 0"),
+    ("sweep.betas=[-1]", r"sweep\.betas: must be a non-empty list of distinct numbers >= 0"),
+    ("sweep.betas=[1, 1.0, 0]", r"sweep\.betas: must be a non-empty list of distinct numbers >= 0, got \[1\.0, 1\.0, 0\.0\]"),
+    ("sweep.settle_ratio=0.5", r"sweep\.settle_ratio: must be a number >= 1"),
     ("sweep.betas=[]", r"sweep\.betas: must be a non-empty"),
     ("sweep.betas=0.5", r"sweep\.betas: expected a list"),
     ("sweep.betas=[.inf]", r"sweep\.betas\[0\]: inf is not a finite number"),
-    ("sweep.lrs=[0.001, -1]", r"sweep\.lrs: must be a non-empty list of numbers > 0"),
+    ("sweep.lrs=[0.001, -1]", r"sweep\.lrs: must be a non-empty list of distinct numbers > 0"),
     ("train.max_examples=-5", r"train\.max_examples: must be an integer >= 1, got -5"),
     ("train.batch_size=1.5", r"train\.batch_size: 1\.5 is not a valid int"),
     ("train.eval_every_examples=0", r"train\.eval_every_examples: must be an integer >= 1"),

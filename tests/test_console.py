@@ -3,11 +3,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweep.console import SweepProgress, eta_seconds
+from sweep.console import eta_seconds
+from sweep.progress import SweepProgress
 
 
-def _trial(trial_id, beta, status, **result):
-    return SimpleNamespace(trial_id=trial_id, config={"beta": beta, "lr": 0.002}, status=status,
+def _trial(trial_id, beta, status, seed=0, **result):
+    return SimpleNamespace(trial_id=trial_id, config={"beta": beta, "lr": 0.002, "seed": seed}, status=status,
                            last_result=result or None)
 
 
@@ -19,7 +20,7 @@ def test_eta_is_the_time_to_the_cap_at_the_rate_seen():
 
 
 def test_progress_table_fits_80_columns_and_marks_the_best_pick(capsys):
-    grid = [(0.0, 0.002), (0.5, 0.002), (1.0, 0.002), (2.0, 0.002)]
+    grid = [(0.0, 0.002, 0), (0.5, 0.002, 0), (1.0, 0.002, 0), (2.0, 0.002, 0)]
     progress = SweepProgress(grid, max_examples=60_000, concurrency=1, every_s=0)
     t0 = _trial("a", 0.0, "TERMINATED", examples=46_000, val_dprime=3.38, val_dprime_smoothed=3.40,
                 val_dprime_pick=3.48, examples_to_pick=38_000, stopped="settled", time_total_s=140.0)
@@ -45,7 +46,25 @@ def test_a_trial_stopped_at_the_cap_is_not_converged(capsys):
     capped = _trial("a", 0.0, "RUNNING", examples=60_000, val_dprime=4.7, val_dprime_smoothed=4.6,
                     val_dprime_pick=4.65, examples_to_pick=57_000, stopped="cap", time_total_s=200.0)
     failed = _trial("b", 1.0, "ERROR")
-    SweepProgress([(0.0, 0.002), (1.0, 0.002)], 60_000, 1).on_trial_complete(0, [capped, failed], capped)
+    SweepProgress([(0.0, 0.002, 0), (1.0, 0.002, 0)], 60_000, 1).on_trial_complete(0, [capped, failed], capped)
     out = capsys.readouterr().out.splitlines()
     assert out[2].endswith("4.650 (57,000)* NOT CONVERGED") and out[3].endswith("failed")
     assert "2/2 trials done" in out[0] and "ETA after the first evaluation" in out[0]
+
+
+def test_a_trial_trained_to_the_cap_whose_pick_settled_is_settled(capsys):
+    """sweep.train_to_cap: every trial stops at the cap; its status says whether the pick settled."""
+    done = _trial("a", 0.0, "RUNNING", examples=60_000, val_dprime=4.7, val_dprime_smoothed=4.6,
+                  val_dprime_pick=4.65, examples_to_pick=20_000, stopped="cap", converged=True, time_total_s=200.0)
+    SweepProgress([(0.0, 0.002, 0)], 60_000, 1).on_trial_complete(0, [done], done)
+    assert capsys.readouterr().out.splitlines()[2].endswith("4.650 (20,000)* settled")
+
+
+def test_replicate_seeds_are_rows_of_their_own(capsys):
+    grid = [(b, 0.002, s) for b in (0.0, 1.0) for s in (0, 1)]
+    t = _trial("a", 1.0, "RUNNING", seed=1, examples=2_000, val_dprime=1.0, val_dprime_smoothed=float("nan"),
+               val_dprime_pick=float("nan"), examples_to_pick=0, time_total_s=20.0)
+    SweepProgress(grid, 60_000, 1, every_s=0).on_step_end(0, [t])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[2:]] == ["0/s0", "0/s1", "1/s0", "1/s1"]
+    assert out[5].split()[-1] == "running" and max(len(line) for line in out) <= 80

@@ -15,7 +15,7 @@ from model.step import OptimConfig, make_optimizer, train_step
 from sweep.checkpoint import save_checkpoint
 from sweep.evaluate import main, save_predictions
 from sweep.metrics import classification_metrics
-from sweep.report import main as report_main
+from sweep.report.__main__ import main as report_main
 from test_ast import published, reference_forward
 from test_report import write_sweep_output
 
@@ -214,23 +214,30 @@ def test_published_ast_checkpoint(synth_store, tmp_path, capsys):
     assert rc == 2 and "5 classes" in err
 
 
-def test_checkpoints_listed_while_train_rewrites_its_snapshot(tmp_path):
-    """Train's controller rewrites checkpoint_manager_snapshot.json in place after each report;
-    rank 0 lists the checkpoints (to prune) right after its own report and may find the file
-    empty. The listing waits for the whole file instead of failing the trial."""
-    import threading
-    import time
-    from sweep.checkpoint import STATE, list_checkpoints
-    for name, examples in (("checkpoint_a", 64), ("checkpoint_b", 128), ("unregistered", 192)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / STATE).write_text(json.dumps({"examples": examples}))
-    snapshot = tmp_path / "checkpoint_manager_snapshot.json"
-    snapshot.write_text("")  # caught mid-rewrite
-    whole = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}],
-             "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_b"}}
-    writer = threading.Timer(0.3, lambda: snapshot.write_text(json.dumps(whole)))
-    writer.start()
-    t0 = time.time()
-    found = list_checkpoints(str(tmp_path))
-    writer.join()
-    assert [state["examples"] for _, state in found] == [64, 128] and time.time() - t0 >= 0.25
+def test_files_cut_short_are_named(tmp_path, synth_store, capsys):
+    """A truncated model.pt, predictions .npz or published .pth: one line naming the file."""
+    from sweep.checkpoint import load_model
+    from sweep.evaluate import load_predictions
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    cfg = ASTConfig(frames=synth_store.frames, mels=synth_store.mels, fstride=16, tstride=16,
+                    embed_dim=32, depth=1, num_heads=2, n_classes=synth_store.n_classes)
+    model = create_ast(cfg)
+    save_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), {"examples": 64}, cfg)
+    data = (ckpt / "model.pt").read_bytes()
+    (ckpt / "model.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"ckpt/model\.pt: not a readable checkpoint file"):
+        load_model(ckpt)
+    rc, err = _run(capsys, "--checkpoint", ckpt, "--store", synth_store.root, "--split", SPLIT)
+    assert rc == 2 and "model.pt: not a readable checkpoint file" in err and err.count("\n") == 1
+    npz = tmp_path / "p.npz"
+    np.savez_compressed(npz, scores=np.zeros((4, 2)), targets=np.zeros((4, 2)), clip_ids=np.array(list("abcd")))
+    npz.write_bytes(npz.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"p\.npz: not a readable predictions file"):
+        load_predictions(npz)
+    rc, err = _run(capsys, "--predictions", npz, "--target-prior", "uniform")
+    assert rc == 2 and "p.npz: not a readable predictions file" in err
+    pth = tmp_path / "audioset_16_16_cut.pth"
+    pth.write_bytes(data[:100])
+    rc, err = _run(capsys, "--checkpoint", pth, "--store", synth_store.root, "--split", SPLIT)
+    assert rc == 2 and "audioset_16_16_cut.pth: not a readable weights file" in err

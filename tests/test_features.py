@@ -1,4 +1,6 @@
 """The AST front end against torchaudio's kaldi fbank called directly, on real soundfile files."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -67,6 +69,24 @@ def test_log_mel_accepts_mono_vectors_and_pads():
     mel, n = log_mel(x[:, 0], 16000, frames=64)
     assert mel.shape == (64, 128) and n == 48
     np.testing.assert_array_equal(mel, direct(x, 16000, frames=64)[0])
+
+
+def _truncated(path: Path, seconds: float = 2.0, kept: float = 0.5) -> None:
+    """A 16 kHz PCM WAV whose header says `seconds`, cut after `kept` of its samples."""
+    sf.write(path, noisy_tone(16000, seconds), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - int((seconds - kept) * 16000) * 2])
+
+
+def test_a_wav_cut_short_is_truncated_not_a_shorter_clip(tmp_path):
+    path = tmp_path / "cut.wav"
+    _truncated(path)
+    for max_seconds in (None, 0.2):  # even when the clip's start would have been enough
+        with pytest.raises(AudioError, match=r"cut\.wav: its header says 2\.000 s, the file holds 0\.500 s") as e:
+            read_audio(path, max_seconds)
+        assert e.value.reason == "truncated"
+    sf.write(tmp_path / "whole.wav", noisy_tone(16000, 2.0), 16000, subtype="PCM_16")
+    assert read_audio(tmp_path / "whole.wav")[0].shape == (1, 32000)
 
 
 @pytest.mark.parametrize("make,reason", [

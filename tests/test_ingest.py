@@ -188,11 +188,10 @@ def test_rerun_redoes_a_damaged_shard(first_run, inputs, capsys):
     mtimes = {p: os.stat(p).st_mtime_ns for p in shards if p != shards[2]}
     root, audio = inputs
     rc = main(["--segments", str(root / "segments.csv"), "--class-index", str(root.parent / "class_index.csv"),
-               "--audio-dir", str(audio), "--out", str(store.root), "--split", "train", "--rows-per-shard", "3",
-               "--json"])  # --out: the deprecated spelling of --store still works
+               "--audio-dir", str(audio), "--store", str(store.root), "--split", "train", "--rows-per-shard", "3",
+               "--json"])
     out, err = capsys.readouterr()
     printed = json.loads(out)
-    assert err.startswith("warning: --out is deprecated, use --store\n")
     assert rc == 0 and printed["computed"] == 3 and printed["shards_reused"] == 3
     [redone] = printed["shards_redone"]
     assert redone["file"] == "train/part-00002.parquet" and redone["why"].startswith("content changed")

@@ -15,7 +15,7 @@ from sweep_checks import actors, check_selection_is_exact, children, smoke_args
 
 from sweep.checkpoint import MODEL, list_checkpoints
 from sweep.run import main
-from sweep.select import checkpoints_to_keep, settled, smoothed
+from sweep.select import StoppingRule, checkpoints_to_keep, settled, smoothed
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +67,19 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     results = json.loads((run / "results.json").read_text())
     assert [r["beta"] for r in results["rows"]] == [1.0] and not results["failed"]
     assert results["selection"]["beta"] == 1.0 and not (run / "mlflow.db").exists()
-    check_selection_is_exact(results, 3, 1, cap_evals=15)
+    rule = StoppingRule(3, 1, 2.0)  # the smoke config's window and ratio, patience 1
+    check_selection_is_exact(results, rule, cap_evals=15)
     (row,), (trace,) = results["rows"], results["traces"]
+    (pick_,) = row["seeds"]
     for split in ("eval_public", "eval_internal"):
         m = row["eval"][split]
         assert 0 < m["mAP"] <= 1 and 0 < m["AUC"] <= 1 and np.isfinite(m["dprime"])
-        pred = np.load(run / "predictions" / "beta=1" / f"{split}.npz")
+        pred = np.load(run / "predictions" / "beta=1" / "seed=0" / f"{split}.npz")
         assert pred["scores"].shape == pred["targets"].shape == (len(pred["clip_ids"]), 8)
     table = (run / "results.txt").read_text()
     assert "Table 4: mAP" in table and f"{row['eval']['eval_public']['mAP']:.4f}" in table
     # pruned as the trial went: weights only where selection could still pick, one optimizer
-    checkpoints = list_checkpoints(str(Path(row["checkpoint"]).parent))
+    checkpoints = list_checkpoints(str(Path(pick_["checkpoint"]).parent))
     d = np.array(trace["dprime"])
     assert checkpoints[-1][1]["history"]["val_dprime"] == trace["dprime"]
     kept = [j for j, (path, _) in enumerate(checkpoints) if (Path(path) / MODEL).is_file()]
@@ -94,7 +96,8 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     assert child.data.params["lr"] == "0.001" and child.data.tags["dataset.fingerprint"].startswith("sha256:")
     assert child.data.tags["ray_trial_id"] == trace["trial_id"]
     # both ranks left the loop together on rank 0's decision: settled, or the cap
-    assert (child.data.tags["stopped"] == "settled") == (child.data.tags["converged"] == "true") == settled(d, 3, 1)
+    assert (child.data.tags["stopped"] == "settled") == (child.data.tags["converged"] == "true") \
+        == settled(d, np.array(trace["examples"]), rule)
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_dprime")] == trace["examples"]
     # "smoothed" in MLflow is the centred full-window value selection uses, at its centre
     smooth = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_dprime_smoothed")}
@@ -107,7 +110,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     from data.store import open_store
     from sweep.checkpoint import load_model
     from sweep.evaluate import evaluate_split
-    alone = evaluate_split(load_model(row["checkpoint"]), open_store(tmp_path.parent / "smoke-store"),
+    alone = evaluate_split(load_model(pick_["checkpoint"]), open_store(tmp_path.parent / "smoke-store"),
                            "valid", 256)["metrics"]
-    sharded = trace["dprime"][trace["examples"].index(row["examples_to_peak"])]
+    sharded = trace["dprime"][trace["examples"].index(pick_["examples_to_peak"])]
     assert alone["dprime"] == pytest.approx(sharded, abs=1e-6)  # batch sizes differ: float noise only

@@ -1,7 +1,7 @@
 """sweep.report on a realistic sweep output built without Ray: the synthetic store, validation
 traces and selection as sweep.run makes them, and per-beta predictions whose per-class quality
 depends on beta and the class's training prior (rare classes gain from balancing, common ones
-lose: the paper's Fig. 3 pattern), written exactly as sweep.run.evaluate_winners / main do."""
+lose: the paper's Fig. 3 pattern), written exactly as sweep.winners and sweep.driver write them."""
 import csv
 import json
 import os
@@ -19,11 +19,14 @@ from data.balance import gini, imbalance_ratio, oversampled_stats
 from sweep.config import load_config, to_dict
 from sweep.evaluate import save_predictions
 from sweep.metrics import classification_metrics
-from sweep.report import FIGURES, build_report, main
-from sweep.run import prepare, results_row, selection_summary
-from sweep.select import TrialTrace, select_overall, select_per_beta
-from sweep.stats import paired_bootstrap, prior_shift_metrics
-from sweep.tables import format_results
+from sweep.prepare import prepare
+from sweep.report import FIGURES, build_report
+from sweep.report.__main__ import main
+from sweep.winners import predictions_path, results_row, selection_summary
+from sweep.confidence import confidence, verdict
+from sweep.select import TrialTrace, select_overall, select_per_beta, select_trial
+from sweep.bootstrap import paired_bootstrap, prior_shift_metrics
+from sweep.report.tables import format_results
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 BETAS, LRS = (0.0, 0.5, 1.0), (3e-4, 1e-3)
@@ -40,37 +43,47 @@ def _scores(targets: np.ndarray, train_prior: np.ndarray, beta: float, lr: float
     return (1 / (1 + np.exp(-logit))).astype(np.float32)
 
 
-def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24) -> Path:
-    """results.json and predictions/beta=<b>/<split>.npz as `python -m sweep.run` writes them."""
+def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24, seeds=(0,)) -> Path:
+    """results.json and predictions/beta=<b>/seed=<s>/<split>.npz as `python -m sweep.run` writes
+    them (sweep/winners.py), from made-up traces and scores."""
     cfg = prepare(load_config(SMOKE, [f"data.store={store.root}", f"run.run_dir={run_dir}", "data.synth=null",
-                                      f"sweep.betas={list(betas)}", f"sweep.lrs={list(lrs)}"]))
+                                      f"sweep.betas={list(betas)}", f"sweep.lrs={list(lrs)}",
+                                      f"sweep.seeds={list(seeds)}"]))
     run_dir = Path(cfg.run.run_dir)
     train_prior = store.class_counts("train") / store.split_info("train")["clips"]
     rng = np.random.default_rng(0)
     every = cfg.train.eval_every_examples
     traces = []
-    for i, (beta, lr) in enumerate((b, lr) for b in betas for lr in lrs):
+    for i, (beta, lr, seed) in enumerate((b, lr, s) for b in betas for lr in lrs for s in seeds):
         x = every * np.arange(1, n_evals + 1)
         peak = (0.35 + 0.4 * (1 - beta)) * n_evals  # balanced trials peak earlier
         y = 1.2 + 0.9 * (1 - np.exp(-3 * x / (every * peak))) - 0.02 * np.maximum(x / every - peak, 0)
         y += 0.05 * beta + rng.normal(0, 0.04, n_evals)
         ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
-        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), x, y, y / 4, ckpts))
+        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), seed, x, y, y / 4, ckpts))
     per_beta = select_per_beta(traces, cfg.sweep.rule)
     rows = []
-    for beta in sorted(per_beta):  # as sweep.run.evaluate_winners
-        sel = per_beta[beta]
-        metrics = {}
-        for k, split in enumerate(cfg.data.eval_splits):
-            targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
-            scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta))
-            res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
-                   "metrics": classification_metrics(targets, scores)}
-            save_predictions(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz", res)
-            metrics[split] = res["metrics"]
-        rows.append(results_row(sel, sel.examples_to_peak, metrics))
-    summary = {"selection": selection_summary(select_overall(per_beta), per_beta, cfg), "rows": rows, "failed": [],
-               "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr,
+    for beta in sorted(per_beta):  # as sweep.winners.evaluate_winners
+        evaluated = {}
+        for sel in per_beta[beta].picks:
+            metrics = {}
+            for k, split in enumerate(cfg.data.eval_splits):
+                targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
+                scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta) + 1000 * sel.seed)
+                res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
+                       "metrics": classification_metrics(targets, scores)}
+                save_predictions(predictions_path(run_dir, beta, sel.seed, split), res)
+                metrics[split] = res["metrics"]
+            evaluated[sel.seed] = (sel.examples_to_peak, metrics)
+        rows.append(results_row(per_beta[beta], evaluated))
+    selection = selection_summary(select_overall(per_beta), per_beta, cfg)
+    conf = confidence([{"beta": t.beta, "lr": t.lr, "seed": t.seed, "full": s.val_dprime,
+                        "samples": s.val_dprime + rng.normal(0, 0.05, 200)}
+                       for t in traces for s in [select_trial(t, cfg.sweep.rule)]], 200)
+    p_best = {f"{b:g}": p for b, p in conf["p_best"].items()}
+    summary = {"selection": selection, "verdict": verdict(conf, [r["beta"] for r in selection["not_converged"]], 99),
+               "p_best": p_best, "confidence": {**conf, "p_best": p_best}, "rows": rows, "failed": [], "diverged": [],
+               "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr, "seed": t.seed,
                            "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
                "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg), "wall_seconds": 1.0}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -82,15 +95,15 @@ def report(synth_store, tmp_path_factory):
     """The report of a 3-beta x 2-lr sweep, through the CLI, with the beta = 0.5 predictions
     copied in as an extra model (a dir of <split>.npz)."""
     run_dir = write_sweep_output(synth_store, tmp_path_factory.mktemp("sweep") / "run")
-    copy = shutil.copytree(run_dir / "predictions" / "beta=0.5", run_dir.parent / "copy")
+    copy = shutil.copytree(run_dir / "predictions" / "beta=0.5" / "seed=0", run_dir.parent / "copy")
     assert main(["--run-dir", str(run_dir), "--extra", f"COPY={copy}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     tables = json.loads((run_dir / "report" / "tables.json").read_text())
     return run_dir, results, tables, synth_store
 
 
-def _pred(run_dir, beta, split):
-    with np.load(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz") as f:
+def _pred(run_dir, beta, split, seed=0):
+    with np.load(predictions_path(run_dir, beta, seed, split)) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -141,7 +154,7 @@ def test_metric_tables_consistent_with_results(report):
 
 
 def test_ci_is_the_paired_bootstrap(report):
-    """One bootstrap pass per model gives sweep.stats.paired_bootstrap's interval exactly."""
+    """One bootstrap pass per model gives sweep.bootstrap.paired_bootstrap's interval exactly."""
     run_dir, results, t, _ = report
     s = results["eval_splits"][1]
     a, b = _pred(run_dir, 0.0, s), _pred(run_dir, 1.0, s)
@@ -259,7 +272,7 @@ def test_extra_either_style_and_json(report, tmp_path, capsys):
     """--extra A=x B=y is --extra A=x --extra B=y; --json lists the files written."""
     run_dir = shutil.copytree(report[0], tmp_path / "run")
     copy = str(run_dir.parent / "copy")
-    shutil.copytree(run_dir / "predictions" / "beta=1", copy)
+    shutil.copytree(run_dir / "predictions" / "beta=1" / "seed=0", copy)
     base = ["--run-dir", str(run_dir), "--resamples", "20"]
     assert main([*base, "--extra", f"A={copy}", f"B={copy}", "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
@@ -289,11 +302,16 @@ def test_single_beta_sweep(report, tmp_path):
 
 
 def test_format_results_text():
-    """sweep.run's printed Tables 3-4: 3 / 4 decimals, change vs beta = 0 ('n/a' without one),
-    unsettled picks marked and named."""
-    rows = [{"beta": b, "lr": 3e-4, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24,
-             "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}}} for b in (0.0, 1.0)]
-    assert format_results(rows, ["ev"]).splitlines() == [
+    """results.txt: Tables 3-4 to 3 / 4 decimals, change vs the baseline (beta = 0, else the
+    smallest beta), unsettled picks marked and named; mean +- sd over seeds; p_best and the verdict."""
+    def row(b, seeds):
+        picks = [{"seed": s, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24} for s in seeds]
+        return {"beta": b, "lr": 3e-4, "converged": b != 1.0, "seeds": picks,
+                "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}},
+                "eval_sd": {"ev": {"dprime": 0.1, "mAP": 0.01}}}
+    summary = {"rows": [row(0.0, [0]), row(1.0, [0])], "eval_splits": ["ev"], "p_best": {"0": 0.2, "1": 0.8},
+               "verdict": "unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"}
+    assert format_results(summary).splitlines() == [
         "Table 3: d' (absolute, change vs beta = 0)",
         "  beta        lr                        ev",
         "     0    0.0003           1.500 (+0.000)",
@@ -305,14 +323,39 @@ def test_format_results_text():
         "     1    0.0003          0.3500 (+0.1000)  NOT CONVERGED",
         "",
         "NOT CONVERGED: beta=1 (picked at 12,000 examples, evaluation 24 was the last): the cap "
-        "(train.max_examples) came before the pick was settled; raise it"]
-    assert "(n/a)" in format_results(rows[1:], ["ev"])
+        "(train.max_examples) came before the pick was settled; raise it",
+        "",
+        "p_best (probability of being best on validation): beta=0 0.20, beta=1 0.80",
+        "verdict: unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"]
+    assert format_results({**summary, "rows": summary["rows"][1:]}).splitlines()[:3] == [
+        "Table 3: d' (absolute, change vs beta = 1)", "  beta        lr                        ev",
+        "     1    0.0003           2.500 (+0.000)  NOT CONVERGED"]
+    seeds = format_results({**summary, "rows": [row(0.0, [0, 1]), row(1.0, [0, 1])]}).splitlines()
+    assert seeds[0] == "Table 3: d' (absolute, change vs beta = 0), mean +- sd over 2 seeds"
+    assert seeds[3] == "     1    0.0003    2.500+-0.100 (+1.000)  NOT CONVERGED"
+    assert "beta=1 seed 1 (picked at 12,000" in seeds[10]
+
+
+def test_without_beta_0_the_printed_tables_and_the_report_share_their_baseline(synth_store, tmp_path):
+    """With beta = 0 not swept, results.txt and report.md both measure changes from the smallest
+    beta, and their numbers agree."""
+    run_dir = write_sweep_output(synth_store, tmp_path / "run", betas=(0.5, 1.0), lrs=(1e-3,), n_evals=12)
+    build_report(run_dir, n_resamples=50)
+    tables = json.loads((run_dir / "report" / "tables.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    text = format_results(results)
+    assert tables["baseline_beta"] == 0.5 and "change vs beta = 0.5" in text
+    assert "vs β = 0.5" in (run_dir / "report" / "report.md").read_text()
+    split = results["eval_splits"][0]
+    rel = {r["beta"]: r[split]["rel"] for r in tables["table3"]}
+    printed = {float(line.split()[0]): float(line.split()[3].strip("()")) for line in text.splitlines()[2:4]}
+    assert rel[0.5] == printed[0.5] == 0 and printed[1.0] == pytest.approx(rel[1.0], abs=5e-4)
 
 
 def test_no_pyplot_or_global_backend():
     """Importing the report and drawing a figure leave matplotlib's global state alone: no pyplot,
     the backend as the environment set it."""
-    code = ("import sys, matplotlib, tempfile, pathlib; import sweep.report, sweep.figures as F; "
+    code = ("import sys, matplotlib, tempfile, pathlib; import sweep.report, sweep.report.figures as F; "
             "F.examples_to_peak(pathlib.Path(tempfile.mkdtemp()) / 'x.png', "
             "[{'beta': 0.0, 'lr': 1e-3, 'examples_to_peak': 100}]); "
             "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.rcParams['backend'] == 'svg'")

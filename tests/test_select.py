@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from bench.stopping_rule import SPEEDS, simulate, stop_at, true_curve
-from sweep.select import (Selection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, pick,
-                          select_overall, select_per_beta, select_trial, settled, smoothed)
+from sweep.select import (BetaSelection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, pick,
+                          scores_to_keep, select_overall, select_per_beta, select_trial, settled, smoothed)
 
 
-def _trace(trial_id: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None) -> TrialTrace:
+def _trace(trial_id: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None,
+           seed: int = 0) -> TrialTrace:
     e = len(dprime)
-    return TrialTrace(trial_id, beta, lr, np.arange(1, e + 1) * 1000, np.array(dprime),
+    return TrialTrace(trial_id, beta, lr, seed, np.arange(1, e + 1) * 1000, np.array(dprime),
                       np.array(dprime if mAP is None else mAP) / 10, [f"ckpt/{trial_id}/{i}" for i in range(e)])
 
 
@@ -177,6 +178,24 @@ def test_checkpoints_to_keep_cover_every_possible_future_pick():
         checkpoints_to_keep(np.ones(3), 3, keep=0)
 
 
+def test_scores_to_keep_cover_the_window_of_every_possible_future_pick():
+    """Whatever evaluations come next, the window of the eventual pick is in the set kept now
+    (or among the evaluations still to come); nothing more is kept than the pick's window and
+    the last 2h."""
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        d = rng.normal(size=rng.integers(3, 30))
+        if rng.random() < 0.3:
+            d[rng.integers(len(d))] = np.nan
+        future = np.concatenate([d, rng.normal(size=rng.integers(0, 10))])
+        keep = scores_to_keep(d, 5)
+        final = pick(future, 5)
+        if final is not None:
+            assert {j for j in range(final - 2, final + 3) if j < len(d)} <= keep, (d, future, keep)
+        assert len(keep) <= 5 + 4
+    assert scores_to_keep(np.array([0.0, 1.0, 5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 3) == {1, 2, 3, 7, 8}
+
+
 def test_select_per_beta_and_overall():
     traces = [
         _trace("a", 0.0, 1e-4, [1.0, 1.2, 1.4, 1.5, 1.5, 1.4]),
@@ -185,14 +204,14 @@ def test_select_per_beta_and_overall():
         _trace("d", 1.0, 1e-3, [1.0, 2.5, 1.0, 1.0, 1.0, 1.0]),  # one spike only
     ]
     per_beta = select_per_beta(traces, StoppingRule(3, 2, 1.0))
-    assert set(per_beta) == {0.0, 1.0}
-    b0 = per_beta[0.0]
+    assert set(per_beta) == {0.0, 1.0} and all(len(s.picks) == 1 for s in per_beta.values())
+    b0 = per_beta[0.0].picks[0]
     # b smoothed (window 3): [-, 1.5, 1.7, 1.667, 1.533, -] -> index 2; a peaks at 1.467
     assert (b0.trial_id, b0.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
     assert b0.val_dprime == pytest.approx(1.7) and b0.val_dprime_raw == 1.8
     assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6 and b0.examples_to_map_peak == 3000
     # d smoothed: [-, 1.5, 1.5, 1.0, 1.0, -] -> index 1; c rises to 1.3 at index 4, unsettled
-    b1 = per_beta[1.0]
+    b1 = per_beta[1.0].picks[0]
     assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
     assert not select_trial(traces[2], StoppingRule(3, 2, 1.0)).converged
     # at ratio 2, b's pick (3,000 examples) needs the 6,000 it has; at 2.5, 7,500
@@ -202,13 +221,27 @@ def test_select_per_beta_and_overall():
     later = _trace("e", 0.5, 1e-3, [1.1, 1.6, 1.8, 1.7, 1.5, 1.4], mAP=[1, 2, 3, 4, 5, 4])
     assert select_trial(later, StoppingRule(3, 2, 1.0)).examples_to_map_peak == 5000
     best = select_overall(per_beta)
-    assert isinstance(best, Selection) and best.trial_id == "b"
+    assert isinstance(best, BetaSelection) and best.beta == 0.0 and best.picks[0].trial_id == "b"
+
+
+def test_seeds_choose_the_learning_rate_on_their_mean():
+    """Per beta the learning rate with the best mean over seeds, not the luckiest seed; every
+    seed's pick comes with it, and the beta is converged only if every one is settled."""
+    lucky = [_trace("a0", 0.0, 1e-4, [1.0, 3.0, 3.0, 1.0, 1.0, 1.0], seed=0),
+             _trace("a1", 0.0, 1e-4, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], seed=1)]   # mean 1.83
+    steady = [_trace("b1", 0.0, 1e-3, [1.0, 2.0, 2.0, 1.9, 1.5, 1.5], seed=1),
+              _trace("b0", 0.0, 1e-3, [1.0, 2.0, 2.1, 2.0, 1.6, 1.5], seed=0)]  # mean 1.98
+    sel = select_per_beta(lucky + steady, StoppingRule(3, 2, 1.0))[0.0]
+    assert sel.lr == 1e-3 and [p.trial_id for p in sel.picks] == ["b0", "b1"]
+    assert sel.val_dprime == pytest.approx(np.mean([p.val_dprime for p in sel.picks])) and sel.converged
+    unsettled = _trace("b1", 0.0, 1e-3, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0], seed=1)
+    assert not select_per_beta(steady[1:] + [unsettled], StoppingRule(3, 2, 1.0))[0.0].converged
 
 
 def test_a_trace_without_a_full_window_cannot_be_selected():
     traces = [_trace("a", 0.5, 1e-4, [1.0, 1.2, 1.1]), _trace("b", 0.5, 1e-3, [1.0] * 7)]
     with pytest.warns(UserWarning, match="trial a .* no 7-evaluation window"):
-        assert select_per_beta(traces)[0.5].trial_id == "b"
+        assert select_per_beta(traces)[0.5].picks[0].trial_id == "b"
     assert select_trial(traces[0], StoppingRule(7, 5, 2.0)) is None
     with pytest.raises(ValueError):
         select_overall({})
@@ -216,4 +249,4 @@ def test_a_trace_without_a_full_window_cannot_be_selected():
 
 def test_trace_lengths_must_agree():
     with pytest.raises(ValueError, match="one length"):
-        TrialTrace("x", 0.0, 1e-4, np.arange(3), np.zeros(3), np.zeros(3), [None, None])
+        TrialTrace("x", 0.0, 1e-4, 0, np.arange(3), np.zeros(3), np.zeros(3), [None, None])

@@ -41,7 +41,7 @@ def grads(model):
 
 
 def test_lr_schedule_and_optimizer():
-    cfg = OptimConfig(lr=1e-3, warmup_steps=4, betas=(0.95, 0.999))
+    cfg = OptimConfig(lr=1e-3, warmup_steps=4, adam_betas=(0.95, 0.999))
     assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert lr_at(0, OptimConfig(lr=3e-4)) == 3e-4
     opt = make_optimizer(tiny(), cfg)
@@ -62,7 +62,7 @@ def test_training_reduces_loss():
 
 def test_augmented_step_runs_from_float16():
     model = tiny()
-    cfg = OptimConfig()
+    cfg = OptimConfig(lr=1e-4)
     x, y = toy_batch(8)
     loss = train_step(model, make_optimizer(model, cfg), x.half(), y, 0, cfg, AugmentConfig(), torch.Generator().manual_seed(0))
     assert np.isfinite(loss)
@@ -71,7 +71,7 @@ def test_augmented_step_runs_from_float16():
 def test_step_never_writes_its_inputs():
     """The training loop hands the step tensors that share Ray's read-only object store."""
     model = tiny()
-    cfg = OptimConfig()
+    cfg = OptimConfig(lr=1e-4)
     for dtype in (torch.float16, torch.float32):
         x, y = toy_batch(8)
         x = x.to(dtype)
@@ -83,7 +83,7 @@ def test_step_never_writes_its_inputs():
 def test_resumed_steps_repeat_exactly():
     """A worker restarted from a checkpoint at step 3 (model and optimizer state restored, the
     augmentation re-seeded by sweep.train.step_seed) redoes steps 3-5 bit for bit."""
-    from sweep.train import step_seed
+    from sweep.history import step_seed
     cfg, aug = OptimConfig(lr=1e-3), AugmentConfig(mixup=True)
     batches = [toy_batch(8, seed=i) for i in range(6)]
 

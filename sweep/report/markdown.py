@@ -1,9 +1,9 @@
-"""report.md: the report's tables (sweep/tables.py, as tables.json holds them) as Markdown."""
+"""report.md: the report's tables (sweep/report/tables.py, as tables.json holds them) as Markdown."""
 from __future__ import annotations
 
 import math
 
-from sweep.tables import METRIC_TABLES, title
+from sweep.report.tables import METRIC_TABLES, title
 
 __all__ = ["render"]
 
@@ -11,7 +11,7 @@ __all__ = ["render"]
 def render(t: dict) -> str:
     """The whole report.md from the tables dict (tables.json)."""
     base = t["baseline_beta"]
-    lines = ["# Balancing sweep report", ""] + _selection(t["selection"]) + ["",
+    lines = ["# Balancing sweep report", ""] + _selection(t["selection"], t["verdict"], t["confidence"]) + ["",
              f"Baseline β = {base:g}. Changes (Δ) are paired differences from the baseline on the same "
              f"evaluation clips; [lo, hi] is the 95% bootstrap interval of that difference "
              f"({t['n_resamples']} resamples of clips)."]
@@ -28,16 +28,23 @@ def render(t: dict) -> str:
     return "\n".join(lines)
 
 
-def _selection(sel: dict) -> list[str]:
-    """The answer first: the selected β, and whether the comparison is final or provisional."""
-    line = (f"**Selected: β = {sel['beta']:g}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f} "
-            f"at its pick after {sel['examples_to_peak']:,} examples.")
+def _selection(sel: dict, verdict: str, conf: dict) -> list[str]:
+    """The answer first: the best β, the verdict on it with p_best per β, and whether the
+    comparison is final or provisional."""
+    head = "Selected" if verdict.startswith("resolved") else "Best on validation"
+    seeds = f" (the mean over {len(sel['seeds'])} seeds)" if len(sel["seeds"]) > 1 else ""
+    lines = [f"**{head}: β = {sel['beta']:g}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f}"
+             f"{seeds} at its pick after {sel['examples_to_peak']:,} examples.", "",
+             f"**Verdict: {verdict}**", "",
+             "p_best, the probability that a β is best on validation (paired bootstrap over the validation "
+             f"clips, {conf['resamples']:,} resamples" + (f", and over {conf['seeds']} seeds" if conf["seeds"] > 1 else "")
+             + "): " + ", ".join(f"β = {b}: {p:.2f}" for b, p in conf["p_best"].items()) + "."]
     if not sel["not_converged"]:
-        return [line + " Every β's pick settled: the comparison is final."]
+        return lines + ["", "Every β's pick settled: the comparison is final."]
     late = ", ".join(f"β = {r['beta']:g} (raise `train.max_examples` to at least {r['cap_to_settle']:,})"
                      for r in sel["not_converged"])
-    return [line, "", f"**Provisional**: NOT CONVERGED for {late}. A β still improving at the cap may "
-            "overtake the selection; the comparison across β is not final until every pick settles."]
+    return lines + ["", f"**Provisional**: NOT CONVERGED for {late}. A β still improving at the cap may "
+                    "overtake the selection; the comparison across β is not final until every pick settles."]
 
 
 def _f(x, spec: str = ".3f") -> str:
@@ -100,9 +107,9 @@ def _convergence(rows: list[dict]) -> list[str]:
              "after it without a better one; NOT CONVERGED means the cap on examples came first.", "",
              "The mAP pick is where the smoothed validation mAP peaks (the paper's convergence figures, "
              "33M vs 104M examples, are for mAP); selection stays on d'.", "",
-             "| β | lr | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
+             "| β | lr | seed | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
              "validation d' (raw) | converged |",
-             "|---|---|---|---|---|---|---|"]
-    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['examples_to_peak']:,} | {_f(r.get('examples_to_map_peak'), ',')} | "
-                    f"{_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
+             "|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['seed']} | {r['examples_to_peak']:,} | "
+                    f"{_f(r.get('examples_to_map_peak'), ',')} | {_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
                     f"{'yes' if r.get('converged') else '**NOT CONVERGED**'} |" for r in rows]

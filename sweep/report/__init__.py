@@ -27,41 +27,40 @@ document); the bootstrap shows a progress bar per model and split on a terminal.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from data.balance import priors_from_counts
 from data.store import open_store
-from sweep import markdown
-from sweep.figures import FIGURES, draw_figures
-from sweep.per_class import write_per_class_csv
-from sweep.stats import bootstrap_counts, resampled_metrics
-from sweep.tables import convergence_rows, fig3_table, imbalance_tables, metric_tables, prior_shift_rows
+from sweep.report import markdown
+from sweep.report.figures import FIGURES, draw_figures
+from sweep.report.per_class import write_per_class_csv
+from sweep.bootstrap import bootstrap_counts, resampled_metrics
+from sweep.evaluate import load_predictions
+from sweep.winners import predictions_path
+from sweep.report.tables import convergence_rows, fig3_table, imbalance_tables, metric_tables, prior_shift_rows
 
-__all__ = ["build_report", "main", "FIGURES"]
+__all__ = ["build_report", "FIGURES"]
 
-# This module reads the run and composes: sweep/stats.py (the paired bootstrap, every model scored
-# once on the same clip resamples), sweep/tables.py (the tables), sweep/figures.py,
-# sweep/per_class.py and sweep/markdown.py (report.md).
+# This module reads the run and composes: sweep/bootstrap.py (the paired bootstrap, every model scored
+# once on the same clip resamples), sweep/report/tables.py (the tables), sweep/report/figures.py,
+# sweep/report/per_class.py and sweep/report/markdown.py (report.md).
 
-SEED = 0  # bootstrap seed: the same clip resamples as sweep.stats.paired_bootstrap(seed=0)
+SEED = 0  # bootstrap seed: the same clip resamples as sweep.bootstrap.paired_bootstrap(seed=0)
 
 
 # --- predictions ------------------------------------------------------------------------------
 def _load_npz(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"predictions not found: {path}")
-    with np.load(path) as f:
-        missing = {"scores", "targets", "clip_ids"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {sorted(missing)}")
-        return {"scores": f["scores"], "targets": f["targets"], "clip_ids": f["clip_ids"].astype(str),
-                "path": str(path)}
+    f = load_predictions(path)
+    missing = {"scores", "targets", "clip_ids"} - set(f)
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {sorted(missing)}")
+    return {"scores": f["scores"], "targets": f["targets"], "clip_ids": f["clip_ids"].astype(str), "path": str(path)}
 
 
 def _align(pred: dict, ref: dict, what: str) -> dict:
@@ -90,29 +89,40 @@ def _extra_for_split(path: Path, split: str, ref: dict) -> dict | None:
     return pred if set(pred["clip_ids"]) == set(ref["clip_ids"]) else None
 
 
-def _predictions(run_dir: Path, split: str, models: list[dict], extras: dict) -> dict[str, dict | None]:
-    """Every model's predictions of `split` in the baseline's clip order ({name: npz arrays}; None:
-    an extra model without this split)."""
-    def saved(beta: float) -> dict:
-        return _load_npz(run_dir / "predictions" / f"beta={beta:g}" / f"{split}.npz")
+def _predictions(run_dir: Path, split: str, models: list[dict], extras: dict) -> dict[str, list[dict] | None]:
+    """Every model's predictions of `split` in the baseline's clip order ({name: one npz's arrays
+    per seed}; None: an extra model without this split)."""
+    def saved(row: dict) -> list[dict]:
+        return [_load_npz(predictions_path(run_dir, row["beta"], s["seed"], split)) for s in row["seeds"]]
 
-    ref = saved(models[0]["beta"])
+    ref = saved(models[0]["row"])[0]
     preds = {}
     for m in models:
-        p = ref if m is models[0] else saved(m["beta"]) if m["row"] is not None \
-            else _extra_for_split(Path(extras[m["name"]]), split, ref)
-        preds[m["name"]] = None if p is None else _align(p, ref, f"{m['name']} on {split}")
+        p = saved(m["row"]) if m["row"] is not None else _extra_for_split(Path(extras[m["name"]]), split, ref)
+        p = [p] if isinstance(p, dict) else p
+        preds[m["name"]] = None if p is None else [_align(q, ref, f"{m['name']} on {split}") for q in p]
     return preds
+
+
+def _mean_over_seeds(scored: list[dict]) -> dict:
+    """One model's resampled_metrics averaged over its seeds (every seed on the same clip
+    resamples: the average stays paired with the other models')."""
+    if len(scored) == 1:
+        return scored[0]
+    return {"full": {k: float(np.mean([b["full"][k] for b in scored])) for k in scored[0]["full"]},
+            "ap": np.mean([b["ap"] for b in scored], axis=0), "auc": np.mean([b["auc"] for b in scored], axis=0),
+            "samples": {k: np.mean([b["samples"][k] for b in scored], axis=0) for k in scored[0]["samples"]}}
 
 
 def _score_split(run_dir: Path, split: str, models: list[dict], extras: dict, n_resamples: int,
                  priors: dict[str, np.ndarray]) -> tuple[dict, list[dict]]:
-    """Every model on one split (only its predictions in memory): {name: resampled_metrics or None},
-    all on the same clip resamples, and the split's prior-shift rows."""
+    """Every model on one split (only its predictions in memory): {name: resampled_metrics (the
+    mean over seeds) or None}, all on the same clip resamples, and the split's prior-shift rows."""
     preds = _predictions(run_dir, split, models, extras)
-    counts = bootstrap_counts(len(preds[models[0]["name"]]["clip_ids"]), n_resamples, SEED)
+    counts = bootstrap_counts(len(preds[models[0]["name"]][0]["clip_ids"]), n_resamples, SEED)
     boot = {name: None if p is None else
-            resampled_metrics(p["targets"], p["scores"], counts, desc=f"bootstrap {name} on {split}")
+            _mean_over_seeds([resampled_metrics(q["targets"], q["scores"], counts, desc=f"bootstrap {name} on {split}")
+                              for q in p])
             for name, p in preds.items()}
     return boot, prior_shift_rows(models, preds, boot, split, priors)
 
@@ -141,15 +151,17 @@ def _json_safe(x):
 
 
 # --- the report -------------------------------------------------------------------------------
-def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str, str | Path] | None = None) -> Path:
-    """Write <run_dir>/report/ from results.json and the predictions; returns the folder.
+def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str, str | Path] | None = None,
+                 results: dict | None = None, out: str | Path | None = None) -> Path:
+    """Write the report from results.json (or `results`, what it holds) and the predictions
+    under `run_dir`, to `out` (default <run_dir>/report/); returns the folder.
     extras: {name: predictions dir or npz} of models evaluated outside the sweep."""
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
     run_dir, extras = Path(run_dir), extras or {}
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results or json.loads((run_dir / "results.json").read_text())
     cfg, splits = results["config"], results["eval_splits"]
-    rows = sorted(results["rows"], key=lambda r: r["beta"])  # rows[0]: beta = 0 if swept, the baseline
+    rows = sorted(results["rows"], key=lambda r: r["beta"])  # rows[0]: the baseline (tables.baseline)
     if not rows:
         raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     store, train = open_store(cfg["data"]["store"]), cfg["data"]["train_split"]
@@ -174,12 +186,13 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
                                 n_resamples, SEED) if len(rows) > 1 else None
     order = {m["name"]: i for i, m in enumerate(models)}
     tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept
-    tables["selection"] = results["selection"]
+    tables["selection"], tables["verdict"], tables["p_best"] = results["selection"], results["verdict"], results["p_best"]
+    tables["confidence"] = results["confidence"]
     tables["convergence"] = convergence_rows(rows)
     tables["failed"] = results.get("failed", [])
     tables["extras"] = {k: str(v) for k, v in extras.items()}
 
-    report_dir = run_dir / "report"
+    report_dir = Path(out) if out else run_dir / "report"
     report_dir.mkdir(exist_ok=True)
     for f in [*FIGURES, *report_dir.glob("per_class_*.csv")]:  # none left from an earlier report
         (report_dir / f).unlink(missing_ok=True)
@@ -192,46 +205,3 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     return report_dir
 
 
-def _parse_extra(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise argparse.ArgumentTypeError(f"--extra {item!r}: expected NAME=PATH")
-        if not Path(path).exists():
-            raise argparse.ArgumentTypeError(f"--extra {item!r}: {path} does not exist")
-        out[name] = path
-    return out
-
-
-def main(argv=None) -> int:
-    from data.cli import add_list, parser, positive_int, run
-    p = parser("python -m sweep.report", __doc__)
-    p.add_argument("--run-dir", required=True, help="a finished sweep's run directory")
-    p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    add_list(p, "--extra", default=(), metavar="NAME=PATH",
-             help="extra models' predictions (each a dir of <split>.npz, or one .npz), e.g. AST=runs/ast_preds")
-    p.add_argument("--json", action="store_true", help="print the paths written as JSON")
-    return run(lambda a: _main(p, a), p, argv)
-
-
-def _main(p, a) -> int:
-    try:
-        extras = _parse_extra(a.extra)
-    except argparse.ArgumentTypeError as e:
-        p.error(str(e))
-    if not (Path(a.run_dir) / "results.json").is_file():
-        raise FileNotFoundError(f"{a.run_dir}: no results.json (not a finished sweep's run directory)")
-    out = build_report(a.run_dir, a.resamples, extras)
-    tables = json.loads((out / "tables.json").read_text())
-    written = {"report_dir": str(out), "report": str(out / "report.md"), "tables": str(out / "tables.json"),
-               "figures": [str(out / f) for f in tables["figures"]],
-               "per_class": [str(out / f) for f in tables["per_class"]]}
-    print(json.dumps(written, indent=1) if a.json else
-          f"report written to {written['report']}\n  tables.json, {len(written['figures'])} figure(s), "
-          f"{len(written['per_class'])} per-class CSV(s) beside it")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ the plain-text Tables 3-4 that `python -m sweep.run` prints.
     table1       imbalance per partition (data.stats.imbalance_row)
     table2       the training set oversampled per beta (data.stats.oversampled_rows)
     table3/4     d' / mAP per model and eval split: {abs, rel, ci95}, rel and ci95 the paired
-                 bootstrap difference from the baseline model (sweep.stats.paired_difference)
+                 bootstrap difference from the baseline model (sweep.bootstrap.paired_difference)
     fig3         per-class delta-AP of the largest vs the smallest beta on log10 training prior
     prior_shift  each model's mAP re-scored under another eval split's class prior
     convergence  the selected checkpoint per beta
@@ -16,13 +16,19 @@ import warnings
 import numpy as np
 
 from data.stats import imbalance_row, oversampled_rows
-from sweep.stats import paired_difference, prior_shift_metrics, prior_slope
+from sweep.bootstrap import paired_difference, prior_shift_metrics, prior_slope
 
-__all__ = ["METRIC_TABLES", "title", "imbalance_tables", "metric_tables", "fig3_table", "prior_shift_rows",
+__all__ = ["METRIC_TABLES", "title", "baseline", "imbalance_tables", "metric_tables", "fig3_table", "prior_shift_rows",
            "convergence_rows", "format_results"]
 
-# table -> (metric: key in results.json rows' eval and in sweep.stats.METRICS, label, decimals shown)
+# table -> (metric: key in results.json rows' eval and in sweep.bootstrap.METRICS, label, decimals shown)
 METRIC_TABLES = {"table3": ("dprime", "d'", 3), "table4": ("mAP", "mAP", 4)}
+
+
+def baseline(rows: list[dict]) -> dict:
+    """The results.json row every change is measured from: beta = 0 (no balancing) when it was
+    swept, else the smallest beta."""
+    return min(rows, key=lambda r: r["beta"])
 
 
 def title(table: str) -> str:
@@ -45,7 +51,7 @@ def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) 
     """Tables 3 and 4: per model {name, beta, lr, <split>: {abs, rel, ci95} or None (no predictions)}.
 
     models: [{name, beta, lr, row}] (row: the results.json row, None for an extra model), the
-    first the baseline; boot: {split: {name: sweep.stats.resampled_metrics or None}}, every model
+    first the baseline; boot: {split: {name: sweep.bootstrap.resampled_metrics or None}}, every model
     on the same resamples. abs is the results.json value (a warning if the predictions disagree),
     or the predictions' value for an extra model."""
     base = models[0]["name"]
@@ -73,7 +79,7 @@ def _cell(model: dict, split: str, key: str, b: dict, base: dict) -> dict:
 def fig3_table(boot: dict[str, dict], lo: str, hi: str, betas: list[float], train_prior: np.ndarray,
                classes: list[str], n_resamples: int, seed: int = 0) -> dict:
     """Fig. 3: per eval split, the per-class AP change of model `hi` over model `lo` (betas: theirs)
-    regressed on log10 training prior (sweep.stats.prior_slope, >= 1000 resamples of classes):
+    regressed on log10 training prior (sweep.bootstrap.prior_slope, >= 1000 resamples of classes):
     {betas, classes, log10_prior, <split>: {slope, intercept, r, p, slope_ci95, n_classes, delta_ap}}."""
     log_prior = np.log10(np.where(train_prior > 0, train_prior, np.nan))
     out = {"betas": list(betas), "classes": classes, "log10_prior": log_prior.tolist()}
@@ -85,52 +91,63 @@ def fig3_table(boot: dict[str, dict], lo: str, hi: str, betas: list[float], trai
     return out
 
 
-def prior_shift_rows(models: list[dict], preds: dict[str, dict | None], boot: dict[str, dict | None],
+def prior_shift_rows(models: list[dict], preds: dict[str, list[dict] | None], boot: dict[str, dict | None],
                      split: str, priors: dict[str, np.ndarray]) -> list[dict]:
-    """Each model's predictions of `split` (preds/boot by name, None: none) re-scored under the
-    class prior of every other split in `priors` ({split: prior [classes]}), model by model."""
+    """Each model's predictions of `split` (preds: one per seed, by name; None: none) re-scored
+    under the class prior of every other split in `priors` ({split: prior [classes]}), model by
+    model: the mAP the mean over seeds, the effective sample size the smallest."""
     rows = []
     for m in models:
         p = preds[m["name"]]
         for other, prior in priors.items():
             if p is None or other == split:
                 continue
-            r = prior_shift_metrics(p["targets"], p["scores"], prior)
+            shifted = [prior_shift_metrics(q["targets"], q["scores"], prior) for q in p]
+            ess = [float(np.nanmin(r["ess"])) for r in shifted if np.isfinite(r["ess"]).any()]
             rows.append({"name": m["name"], "beta": m["beta"], "split": split, "under_prior_of": other,
-                         "mAP": r["mAP"], "mAP_own_prior": boot[m["name"]]["full"]["mAP"], "dprime": r["dprime"],
-                         "ess_min": float(np.nanmin(r["ess"])) if np.isfinite(r["ess"]).any() else None})
+                         "mAP": float(np.mean([r["mAP"] for r in shifted])),
+                         "mAP_own_prior": boot[m["name"]]["full"]["mAP"], "dprime": shifted[0]["dprime"],
+                         "ess_min": min(ess) if ess else None})
     return rows
 
 
 def convergence_rows(rows: list[dict]) -> list[dict]:
-    """The selected checkpoint per beta, from results.json rows."""
-    keys = ("beta", "lr", "trial_id", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
+    """The selected checkpoint of each beta, in each seed, from results.json rows."""
+    keys = ("lr", "seed", "trial_id", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
             "converged", "evaluations")
-    return [{k: r.get(k) for k in keys} for r in rows]
+    return [{"beta": r["beta"], **{k: s.get(k) for k in keys}} for r in rows for s in r["seeds"]]
 
 
-def format_results(rows: list[dict], splits: list[str]) -> str:
-    """The paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals) as plain text from results.json
-    rows: per beta, absolute and relative to beta = 0; a beta whose pick is not settled is marked."""
-    base = next((r for r in rows if r["beta"] == 0), None)
+def format_results(summary: dict) -> str:
+    """results.txt: the paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals) as plain text
+    from results.json: per beta, absolute (the mean over seeds, +- their sd with several) and
+    relative to the baseline (`baseline`); a beta whose pick is not settled is marked; then
+    the verdict and the probability that each beta is best."""
+    rows, splits = summary["rows"], summary["eval_splits"]
+    base, seeds = baseline(rows), max(len(r["seeds"]) for r in rows)
     out = []
     for table, (key, _, digits) in METRIC_TABLES.items():
-        out += [f"{title(table)} (absolute, change vs beta = 0)",
+        out += [f"{title(table)} (absolute, change vs beta = {base['beta']:g})"
+                + (f", mean +- sd over {seeds} seeds" if seeds > 1 else ""),
                 f"{'beta':>6} {'lr':>9}" + "".join(f"{s:>26}" for s in splits)]
-        out += [_text_row(r, base, splits, key, digits) for r in rows] + [""]
-    late = [r for r in rows if not r["converged"]]
+        out += [_text_row(r, base, splits, key, digits, seeds > 1) for r in rows] + [""]
+    late = [(r, s) for r in rows for s in r["seeds"] if not s["converged"]]
     if late:
-        picks = ", ".join(f"beta={r['beta']:g} (picked at {r['examples_to_peak']:,} examples, evaluation "
-                          f"{r['evaluations']} was the last)" for r in late)
-        out.append(f"NOT CONVERGED: {picks}: the cap (train.max_examples) came before the pick was settled; raise it")
+        picks = ", ".join(f"beta={r['beta']:g}" + (f" seed {s['seed']}" if seeds > 1 else "")
+                          + f" (picked at {s['examples_to_peak']:,} examples, evaluation {s['evaluations']} was the last)"
+                          for r, s in late)
+        out += [f"NOT CONVERGED: {picks}: the cap (train.max_examples) came before the pick was settled; raise it", ""]
+    out.append("p_best (probability of being best on validation): "
+               + ", ".join(f"beta={b} {p:.2f}" for b, p in summary["p_best"].items()))
+    out.append(f"verdict: {summary['verdict']}")
     return "\n".join(out)
 
 
-def _text_row(r: dict, base: dict | None, splits: list[str], key: str, digits: int) -> str:
-    """One beta of format_results: 'value (change)' per split, change 'n/a' without beta = 0."""
+def _text_row(r: dict, base: dict, splits: list[str], key: str, digits: int, spread: bool) -> str:
+    """One beta of format_results: 'value (change from the baseline)' per split."""
     def cell(s: str) -> str:
         v = r["eval"][s][key]
-        rel = f"{v - base['eval'][s][key]:+.{digits}f}" if base else "n/a"
-        return f"{v:>16.{digits}f} ({rel})"
+        sd = f"+-{r['eval_sd'][s][key]:.{digits}f}" if spread else ""
+        return f"{f'{v:.{digits}f}{sd}':>16} ({v - base['eval'][s][key]:+.{digits}f})"
     mark = "" if r["converged"] else "  NOT CONVERGED"
     return f"{r['beta']:>6g} {r['lr']:>9.2g}" + "".join(cell(s) for s in splits) + mark

@@ -5,6 +5,7 @@ canvas: no pyplot, no global backend).
     fig3_delta_ap_vs_prior   per-class delta-AP against log10 training prior, with the fitted line
     validation_traces        raw and smoothed validation d' per trial, selected checkpoints starred
     examples_to_peak         training examples to each beta's selected checkpoint
+    p_best                   the probability that each beta is best on validation, and the verdict
 """
 from __future__ import annotations
 
@@ -18,20 +19,21 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from sweep.select import smoothed
-from sweep.tables import METRIC_TABLES
+from sweep.report.tables import METRIC_TABLES
 
 __all__ = ["FIGURES", "draw_figures", "metrics_vs_beta", "delta_ap_vs_prior", "validation_traces",
-           "examples_to_peak"]
+           "examples_to_peak", "p_best"]
 
 FIGURES = ("fig1_2_metrics_vs_beta.png", "fig3_delta_ap_vs_prior.png", "validation_traces.png",
-           "examples_to_peak.png")
+           "examples_to_peak.png", "p_best.png")
 DPI = 110
 
 
 def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dict] | None, window: int) -> list[str]:
     """Every figure that applies, written to out_dir; returns their file names. tables: the
     report's tables (tables.json); rows: results.json rows by beta; traces: results.json traces;
-    window: the selection's smoothing window. Figs. 1-3 need two betas, the traces need traces."""
+    window: the selection's smoothing window. Figs. 1-3 and p_best need two betas, the traces
+    need traces."""
     made = []
     if len(rows) > 1:
         metrics_vs_beta(out_dir / FIGURES[0], tables, tables["eval_splits"], tables["baseline_beta"])
@@ -41,7 +43,11 @@ def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dic
         validation_traces(out_dir / FIGURES[2], traces, rows, window)
         made.append(FIGURES[2])
     examples_to_peak(out_dir / FIGURES[3], rows)
-    return made + [FIGURES[3]]
+    made.append(FIGURES[3])
+    if len(rows) > 1:
+        p_best(out_dir / FIGURES[4], tables["p_best"], tables["verdict"])
+        made.append(FIGURES[4])
+    return made
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
@@ -125,10 +131,10 @@ def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: 
     nrow = math.ceil(len(betas) / ncol)
     fig = _figure((3.6 * ncol + 0.6, 3.0 * nrow + 0.9))
     axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
-    winners = {r["beta"]: r for r in rows}
+    picks = {s["trial_id"]: s for r in rows for s in r["seeds"]}
     for ax, b in zip(axes.flat, betas):
         for t in (t for t in traces if t["beta"] == b):
-            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", winners.get(b), window)
+            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial_id"]), window)
         ax.set_title(f"β = {b:g}", fontsize=10)
         ax.grid(alpha=0.25)
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
@@ -150,14 +156,14 @@ def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: 
     fig.savefig(path, dpi=DPI)
 
 
-def _trace(ax, t: dict, color: str, winner: dict | None, window: int) -> None:
-    """One trial: raw and smoothed d', and a star if it holds its beta's selected checkpoint."""
+def _trace(ax, t: dict, color: str, pick: dict | None, window: int) -> None:
+    """One trial: raw and smoothed d', and a star at its pick if it is a selected one."""
     x, y = np.asarray(t["examples"], dtype=float), np.asarray(t["dprime"], dtype=float)
     ax.plot(x, y, color=color, alpha=0.35, lw=0.8)
     smooth = smoothed(y, window)
     ax.plot(x, smooth, color=color, lw=1.6)
-    if winner and winner.get("trial_id") == t["trial_id"] and winner["examples_to_peak"] in x:
-        i = int(np.flatnonzero(x == winner["examples_to_peak"])[0])
+    if pick and pick["examples_to_peak"] in x:
+        i = int(np.flatnonzero(x == pick["examples_to_peak"])[0])
         ax.plot(x[i], smooth[i], marker="*", ms=13, color=color, mec="k", zorder=5)
 
 
@@ -175,6 +181,24 @@ def examples_to_peak(path: Path, rows: list[dict]) -> None:
     ax.set_ylim(0, max(values) * 1.25 if max(values) > 0 else 1)
     ax.set(xlabel="β (oversampling exponent)", ylabel="training examples seen",
            title="Examples to the selected checkpoint (peak smoothed validation d')")
+    ax.grid(axis="y", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+
+
+def p_best(path: Path, probabilities: dict[str, float], verdict: str) -> None:
+    """Bars: the probability that each beta is best on validation (bootstrap over validation
+    clips, and seeds), the 0.95 a resolved verdict needs marked, the verdict as the title."""
+    fig = _figure((1.1 * len(probabilities) + 3, 3.6))
+    ax = fig.subplots()
+    bars = ax.bar(list(probabilities), list(probabilities.values()), color="C2", width=0.6)
+    for bar, v in zip(bars, probabilities.values()):
+        ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.axhline(0.95, color="0.3", ls="--", lw=0.8)
+    ax.set_ylim(0, 1.12)
+    ax.set(xlabel="β (oversampling exponent)", ylabel="p_best")
+    ax.set_title(verdict.split(":")[0] + " (dashed: 0.95 to be resolved)", fontsize=10)
     ax.grid(axis="y", alpha=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

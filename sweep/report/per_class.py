@@ -14,7 +14,7 @@ __all__ = ["write_per_class_csv"]
 
 def write_per_class_csv(path: Path, store, train: str, split: str, scored: dict[str, dict | None]) -> None:
     """One row per class: index, mid, name, train_clips, train_prior, <split>_positives, then
-    'AP <model>' and 'AUC <model>' for each model of `scored` ({name: sweep.stats.resampled_metrics,
+    'AP <model>' and 'AUC <model>' for each model of `scored` ({name: sweep.bootstrap.resampled_metrics,
     or None: no predictions of the split, no column}); '' = undefined (no positives or negatives)."""
     train_clips = store.class_counts(train)
     prior = priors_from_counts(train_clips, store.split_info(train)["clips"])

@@ -1,4 +1,4 @@
-"""Statistics beyond the paper (DESIGN section 5): paired bootstrap intervals for a difference
+"""Statistics beyond the paper: paired bootstrap intervals for a difference
 between two models on the same evaluation set, AP re-scored under another class prior, and the
 regression of per-class delta-AP on the training prior (the paper's Fig. 3) with a bootstrap
 interval for its slope. Arrays are [clips, classes] unless stated.

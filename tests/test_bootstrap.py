@@ -1,4 +1,4 @@
-"""sweep.stats against independent computations on small data."""
+"""sweep.bootstrap against independent computations on small data."""
 import time
 
 import numpy as np
@@ -7,7 +7,7 @@ from scipy.stats import linregress
 from sklearn.metrics import average_precision_score
 
 from sweep.metrics import classification_metrics
-from sweep.stats import (bootstrap_counts, paired_bootstrap, paired_difference, prior_shift_metrics, prior_slope,
+from sweep.bootstrap import (bootstrap_counts, paired_bootstrap, paired_difference, prior_shift_metrics, prior_slope,
                          resampled_metrics, weighted_average_precision)
 
 

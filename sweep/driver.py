@@ -1,0 +1,297 @@
+"""The sweep's driver: from a loaded config to the printed answer (`python -m sweep.run`).
+
+Order, so that a failure leaves nothing half done: MLflow answers; the store is ready and
+checked (sweep/prepare.py); the run directory is locked; Ray is reached; only then is an
+earlier sweep in the run directory moved aside (sweep/rundir.py) and the MLflow parent run
+opened. Then the Tune sweep (sweep/tune.py), the winners (sweep/winners.py), and publishing:
+predictions, the report, results.txt and last results.json, each complete or absent.
+
+Ctrl-C and SIGTERM stop the sweep at any point before its answer is written: trials stop
+(Tune's own handler while it runs), the MLflow parent and unfinished children end KILLED, no
+results.json is written, interrupted.json says what is missing and how to resume, and the
+exit status is 130 (143 for SIGTERM).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import ray
+from mlflow.entities import RunStatus
+
+from data.store import open_store
+from sweep import tracking
+from sweep.config import Config, ConfigError, flatten, to_dict
+from sweep.console import answer, header, stopping_statement
+from sweep.prepare import prepare
+from sweep.report import build_report
+from sweep.rundir import RunDir
+from sweep.report.tables import format_results
+from sweep.tune import build_tuner
+from sweep.winners import SelectionError, finished_trials, summarise, traces
+
+__all__ = ["run_sweep", "Interrupted"]
+
+
+class Interrupted(Exception):
+    """The sweep was stopped (Ctrl-C or SIGTERM) before its answer was written."""
+
+    def __init__(self, signum: int, missing: list[dict] | None = None):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.missing = signum, missing
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM, from `__enter__` until the answer is written: while Tune's `fit` runs,
+    SIGTERM is passed on as SIGINT to Tune's own handler (it stops the trials, saves the
+    experiment, and `fit` returns); before and after it (`stop_raising`), either one raises
+    Interrupted at once. Remembers which signal came."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self):
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.stop_raising()
+        return self
+
+    def _raise(self, signum, frame):
+        self.received = signum
+        raise Interrupted(signum)
+
+    def _to_tune(self, signum, frame):
+        self.received = signum
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def stop_raising(self) -> None:
+        """Either signal raises Interrupted (Tune's handler, left installed by `fit`, replaced)."""
+        signal.signal(signal.SIGINT, self._raise)
+        signal.signal(signal.SIGTERM, self._raise)
+
+    def pass_to_tune(self) -> None:
+        """SIGINT for Tune's handler (installed by `fit`), SIGTERM turned into SIGINT."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, self._to_tune)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def run_sweep(cfg: Config, args, argv: list[str]) -> int:
+    """The sweep (see the module docstring); the exit status."""
+    t0 = time.time()
+    run_dir = RunDir(Path(cfg.run.run_dir).resolve())
+    uri = tracking.tracking_uri(run_dir.path)
+    tracking.check_reachable(uri)  # before anything is built or trained
+    if not args.verbose:
+        _quiet_console()
+    cfg = prepare(cfg)
+    store = open_store(cfg.data.store)
+    splits = [cfg.data.train_split, cfg.data.valid_split, *cfg.data.eval_splits]
+    fingerprints = {s: store.fingerprint(s) for s in splits}
+    experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
+    print(header(cfg, args.config, fingerprints[cfg.data.train_split], uri, experiment))
+    warning = stopping_statement(cfg)[1]
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    storage = cfg.run.storage_path or str(run_dir.path / "ray")
+    with run_dir.lock(), _Signals() as signals:
+        client, info, owns_ray = None, None, False
+        try:
+            client = tracking.open_store(uri)
+            resume = _resumable(run_dir, cfg, fingerprints, args.resume)
+            if resume and run_dir.results_file.exists():  # finished: nothing to run or log again
+                summary = json.loads(run_dir.results_file.read_text())
+                print(f"the sweep in {run_dir.path} has finished; its answer:\n{answer(summary)}\n"
+                      f"verdict: {summary['verdict']}")
+                return 0
+            owns_ray = _start_ray(cfg, args.verbose)
+            exp_id = tracking.experiment_id(client, experiment, run_dir.path)
+            parent_id = _open_parent(client, run_dir, cfg, exp_id, fingerprints, resume, storage)
+            info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
+            summary = _sweep(cfg, args, client, info, storage, signals)
+            summary["wall_seconds"] = round(time.time() - t0, 1)
+            table = _publish(client, run_dir, parent_id, summary)
+        except (Interrupted, KeyboardInterrupt) as e:
+            e = e if isinstance(e, Interrupted) else Interrupted(signals.received or signal.SIGINT)
+            _interrupted(client, info, run_dir, e, _resume_command(argv))
+            return 128 + e.signum
+        except BaseException as e:
+            explained = tracking.explain(e, uri)  # the tracking store failed: one line, and no run to end
+            if explained is not None:
+                raise explained from e
+            if info:
+                tracking.finish_run(client, info["parent_run_id"], e)
+            raise
+        finally:
+            if owns_ray:
+                ray.shutdown()
+    print(f"{table}\n{answer(summary)}")
+    print(f"results: {run_dir.results_file}  ({time.time() - t0:.0f} s)")
+    print("browse every trial in MLflow:\n  " + tracking.ui_command(uri, exp_id))
+    return 0
+
+
+def _quiet_console() -> None:
+    """The console shows the sweep's own lines (sweep/console.py): MLflow's INFO lines (database
+    set-up) and Ray's notes and warnings off (they stay in Ray's log files), and Tune's own
+    output off. Tune prints its experiment header even at verbose=0 with its default ("new")
+    output; its legacy output, chosen by this variable, prints nothing at verbose=0."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _resumable(run_dir: RunDir, cfg: Config, fingerprints: dict[str, str], resume: bool) -> bool:
+    """Whether this run continues the sweep recorded in the run directory (`--resume`, the same
+    config and store); --resume with nothing recorded starts afresh, and says so."""
+    if not resume:
+        return False
+    if run_dir.recorded() is None:
+        print(f"note: --resume: {run_dir.path} holds no earlier sweep; starting afresh")
+        return False
+    run_dir.check_resumable(to_dict(cfg), fingerprints)
+    return True
+
+
+def _start_ray(cfg: Config, verbose: bool) -> bool:
+    """Start (or join, `run.ray_address` or RAY_ADDRESS) Ray unless this process already has it;
+    True if this call did (and so shuts it down). An address that does not answer is a
+    ConfigError within seconds. Worker logs stay in Ray's log directory unless `verbose`."""
+    if ray.is_initialized():  # tests and notebooks may have started Ray already (their settings)
+        return False
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    _check_ray_address(address)
+    # Ray Train has no public setting for how often its controller collects `ray.train.report`
+    # (2 s; a worker's next report waits for it): its controller reads this variable, which
+    # Train passes on from the trial driver calling `fit`.
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.train.report_poll_s)}
+    ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False,
+             log_to_driver=verbose, runtime_env={"env_vars": env})
+    return True
+
+
+def _check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A host:port (or ray://host:port) Ray address that accepts no connection within
+    `timeout_s`: a ConfigError naming it ("auto" and a local Ray are Ray's own to find)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"Ray at {address} (run.ray_address or RAY_ADDRESS) does not answer ({e}): "
+                          "start it (ray start --head, ray up) or unset RAY_ADDRESS to start a local Ray") from None
+
+
+def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints: dict[str, str], resume: bool,
+                 storage: str) -> str:
+    """The sweep's MLflow parent run: the recorded one again (`resume`), or a new one, with an
+    earlier sweep in the run directory moved to previous/ first."""
+    if resume:
+        parent_id = run_dir.recorded()["parent_run_id"]
+        client.update_run(parent_id, status="RUNNING")
+        if "error" in client.get_run(parent_id).data.tags:  # from the attempt this one resumes
+            client.delete_tag(parent_id, "error")
+    else:
+        moved = run_dir.retire(storage, cfg.run.name)
+        if moved:
+            print(f"the earlier sweep in {run_dir.path} (its results, report, predictions and checkpoints) "
+                  f"moved to {moved}")
+        parent_id = tracking.start_parent(client, exp_id, cfg.run.name, flatten(to_dict(cfg)),
+                                          {"dataset.fingerprint": fingerprints[cfg.data.train_split]})
+        run_dir.record(parent_id, exp_id, to_dict(cfg), fingerprints)
+    run_dir.interrupted_file.unlink(missing_ok=True)  # this sweep's own, from before --resume
+    return parent_id
+
+
+def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signals) -> dict:
+    """Fit the Tune sweep, then select and evaluate the winners: what results.json holds."""
+    train_runs = os.path.join(storage, "train_runs", cfg.run.name)
+    tuner = build_tuner(cfg, storage, train_runs, info, args.resume, args.verbose)
+    signals.pass_to_tune()
+    results = tuner.fit()
+    signals.stop_raising()
+    done = finished_trials(results, train_runs)
+    missing = [{"beta": b, "lr": lr} for b in cfg.sweep.betas for lr in cfg.sweep.lrs
+               if (float(b), float(lr)) not in done]
+    if missing and signals.received:  # Tune returns normally after Ctrl-C: half a grid is not an answer
+        raise Interrupted(signals.received, missing)
+    if missing:
+        named = ", ".join(f"beta={m['beta']:g} lr={m['lr']:g}" for m in missing)
+        raise SelectionError(f"trial(s) {named} ended without a final checkpoint in {train_runs}: it was removed "
+                             "or is incomplete; start the sweep afresh (without --resume)")
+    tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
+    found, failed, diverged = traces(results, train_runs)
+    tracking.fail_children(client, info["experiment_id"], info["parent_run_id"], failed)
+    for d in diverged:
+        print(f"warning: trial beta={d['beta']:g} lr={d['lr']:g} seed {d['seed']} diverged (training loss "
+              f"{d['train_loss']:.3g}): left out of the selection", file=sys.stderr)
+    return summarise(cfg, found, failed, diverged, train_runs)
+
+
+def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
+    """The report, results.txt and results.json, built aside and logged to the MLflow parent,
+    then moved into place (results.json last: an interruption or a failing tracking store leaves
+    none of them), and the parent finished. Returns results.txt's text."""
+    staging = run_dir.path / ".publishing"
+    shutil.rmtree(staging, ignore_errors=True)  # this driver's own, from an interrupted publish
+    staging.mkdir()
+    (staging / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    build_report(run_dir.path, results=summary, out=staging / "report")
+    table = format_results(summary)
+    (staging / "results.txt").write_text(table)
+    client.log_artifact(parent_id, str(staging / "results.json"))
+    client.log_artifact(parent_id, str(staging / "results.txt"))
+    client.log_artifacts(parent_id, str(staging / "report"), "report")
+    best = summary["selection"]
+    tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
+                                             "best_val_dprime": best["val_dprime"],
+                                             **{f"p_best.beta_{b}": p for b, p in summary["p_best"].items()}}, 0)
+    client.set_tag(parent_id, "verdict", summary["verdict"][:5000])
+    client.set_tag(parent_id, "converged", str(best["all_converged"]).lower())
+    client.set_tag(parent_id, "selection", best["status"])
+    if best["not_converged"]:
+        client.set_tag(parent_id, "not_converged_betas", ", ".join(f"{r['beta']:g}" for r in best["not_converged"]))
+    for name in ("report", "results.txt", "results.json"):  # the answer last
+        target = run_dir.path / name
+        if target.is_dir():
+            shutil.rmtree(target)  # this sweep's own: an earlier sweep's report moved to previous/
+        (staging / name).rename(target)
+    staging.rmdir()
+    tracking.finish_run(client, parent_id)
+    return table
+
+
+def _resume_command(argv: list[str]) -> str:
+    args = [a for a in argv if a != "--resume"]
+    return " ".join(["python -m sweep.run", *args, "--resume"])
+
+
+def _interrupted(client, info: dict | None, run_dir: RunDir, e: Interrupted, resume: str) -> None:
+    """No answer after an interruption: the parent (if it was opened) and running children end
+    KILLED, a partial summary says what is missing, and the resume command is printed."""
+    shutil.rmtree(run_dir.path / ".publishing", ignore_errors=True)
+    name = signal.Signals(e.signum).name
+    if info is None:
+        print(f"interrupted ({name}) before the sweep started: nothing ran", file=sys.stderr)
+        return
+    tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
+    client.set_tag(info["parent_run_id"], "interrupted", name)
+    client.set_terminated(info["parent_run_id"], RunStatus.to_string(RunStatus.KILLED))
+    run_dir.interrupted_file.write_text(json.dumps(
+        {"interrupted": name, "selection": None,
+         "missing": e.missing if e.missing is not None else "none: stopped after training, before the answer",
+         "resume": resume}, indent=1))
+    print(f"interrupted ({name}): no beta is selected from a partial sweep"
+          + (f"; {len(e.missing)} trial(s) unfinished" if e.missing else "")
+          + f".\nresume with:\n  {resume}", file=sys.stderr)

@@ -1,0 +1,91 @@
+"""A sweep's inputs, made ready and checked before Ray or MLflow start: absolute paths (Ray
+workers run elsewhere), the store (built when it is synthetic and missing, validated against
+its manifest), the model geometry taken from the store, and the checks that would otherwise
+fail inside every trial (a split that cannot be scored, spectrograms smaller than a patch, a
+starting checkpoint that has seen the validation clips)."""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from data.store import Store, open_store
+from model.ast import PATCH, is_audioset_checkpoint
+from sweep.config import Config, ConfigError
+
+__all__ = ["prepare", "check_store", "refuse_audioset_checkpoint"]
+
+
+def prepare(cfg: Config, build: bool = True) -> Config:
+    """`cfg` ready to run: absolute paths, the store (built if synthetic and missing, unless
+    `build` is false; then validated and checked), and the model geometry from the store."""
+    data = replace(cfg.data, store=str(Path(cfg.data.store).resolve()))
+    run = replace(cfg.run, run_dir=str(Path(cfg.run.run_dir).resolve()),
+                  storage_path=_absolute(cfg.run.storage_path))
+    weights = _absolute(cfg.model.weights)
+    cfg = replace(cfg, data=data, run=run, model=replace(cfg.model, weights=weights))
+    if not (Path(data.store) / "manifest.json").exists():
+        if data.synth is None:
+            raise ConfigError(f"data.store {data.store} has no manifest.json and data.synth is null: "
+                              "ingest it first (python -m data.ingest) or configure data.synth")
+        if not build:  # the geometry the store will have
+            s = data.synth
+            return replace(cfg, model=replace(cfg.model, n_classes=s.classes, frames=s.frames, mels=s.mels))
+        from data.synth import make_synthetic_store
+        print(f"building the synthetic store {data.store} (once; cached for later runs)")
+        make_synthetic_store(data.store, data.synth)
+    store = open_store(data.store)
+    for split in [data.train_split, data.valid_split, *data.eval_splits]:
+        store.split_info(split)  # names the missing split
+    if build:
+        store.validate()
+        check_store(store, cfg)
+        if weights and not cfg.model.allow_audioset_weights:
+            refuse_audioset_checkpoint(weights, store)
+    return replace(cfg, model=replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute; a URI (s3://...) or None as it is."""
+    return str(Path(path).resolve()) if path and "://" not in path else path
+
+
+def check_store(store: Store, cfg: Config) -> None:
+    """What would fail in every trial, as one ConfigError before anything starts: spectrograms
+    smaller than one AST patch, a validation or evaluation split where no class has both
+    positive and negative clips (nothing to score). Warned: training classes with no clip,
+    evaluation classes with no positive (left out of priors and metrics)."""
+    if min(store.frames, store.mels) < PATCH:
+        raise ConfigError(f"data.store {store.root}: spectrograms of {store.frames} frames x {store.mels} mels; "
+                          f"the AST needs at least {PATCH} x {PATCH} (one patch): ingest with --frames >= {PATCH}")
+    for split in [cfg.data.valid_split, *cfg.data.eval_splits]:
+        counts, clips = store.class_counts(split), store.split_info(split)["clips"]
+        if not ((counts > 0) & (counts < clips)).any():
+            raise ConfigError(f"split {split!r} of {store.root}: {clips} clip(s) and no class with both positive "
+                              "and negative clips: nothing to score; it needs more clips (python -m data.split)")
+        missing = int((counts == 0).sum())
+        if missing and split != cfg.data.valid_split:
+            _warn(f"{missing} of {store.n_classes} classes have no positive clip in the evaluation split "
+                  f"{split!r}: they are left out of its metrics")
+    empty = int((store.class_counts(cfg.data.train_split) == 0).sum())
+    if empty:
+        _warn(f"{empty} of {store.n_classes} classes have no clip in the training split "
+              f"{cfg.data.train_split!r}: they are left out of priors and metrics")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def refuse_audioset_checkpoint(weights: str, store) -> None:
+    """An AST checkpoint trained on AudioSet, as the start of a sweep on AudioSet's classes, has
+    seen the validation clips and was trained balanced: a ConfigError, unless the user confirms
+    (model.allow_audioset_weights). Fine-tuning it on other classes is the usual transfer."""
+    audioset_mids = sum(bool(re.fullmatch(r"/[mgt]/\w+", m)) for m in store.mids)
+    if audioset_mids >= store.n_classes / 2 and is_audioset_checkpoint(weights):
+        raise ConfigError(
+            f"model.weights {weights} is an AST checkpoint trained on AudioSet (527-class head), and the store's "
+            f"classes are AudioSet's ({audioset_mids} of {store.n_classes} AudioSet MIDs): that model has seen "
+            "the validation clips and was trained balanced, which biases the comparison of betas; start from "
+            "ImageNet DeiT weights, or set model.allow_audioset_weights=true to use it anyway")

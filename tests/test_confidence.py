@@ -1,0 +1,89 @@
+"""sweep/confidence.py on constructed validation scores: identical trials are never resolved,
+a trial better by construction is, and seeds widen the margin's interval."""
+import numpy as np
+import pytest
+
+from sweep.bootstrap import bootstrap_counts
+from sweep.confidence import confidence, resampled_pick_dprime, verdict
+from sweep.metrics import classification_metrics
+
+CLIPS, CLASSES, WINDOW = 240, 6, 3
+
+
+def _targets(seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.random((CLIPS, CLASSES)) < 0.3
+    y[0], y[1] = True, False  # every class has positives and negatives
+    return y
+
+
+def _scores(y, separation, seed):
+    """[window, clips, classes] scores whose classes separate by `separation` (plus noise)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([separation * y + rng.normal(size=y.shape) for _ in range(WINDOW)]).astype(np.float16)
+
+
+def _trial(beta, y, scores, counts, lr=1e-3, seed=0):
+    full = float(np.mean([classification_metrics(y, s.astype(np.float32))["dprime"] for s in scores]))
+    return {"beta": beta, "lr": lr, "seed": seed, "full": full,
+            "samples": resampled_pick_dprime(y, scores.astype(np.float32), counts)}
+
+
+def test_the_resampled_pick_is_the_smoothed_dprime_on_each_resample():
+    y = _targets()
+    scores = _scores(y, 1.0, 0).astype(np.float32)
+    counts = bootstrap_counts(CLIPS, 20, seed=1)
+    got = resampled_pick_dprime(y, scores, counts)
+    for r in (0, 7, 19):
+        rows = np.repeat(np.arange(CLIPS), counts[r])  # the resample as repeated clips
+        want = np.mean([classification_metrics(y[rows], s[rows])["dprime"] for s in scores])
+        assert got[r] == pytest.approx(want, abs=1e-9)
+
+
+def test_identical_trials_are_never_resolved():
+    """beta 0 and beta 0.001 stream the same clips (every M_j rounds to 1) from the same
+    initialisation: the same scores. Every resample ties, so neither is best more than half the
+    time, whatever the validation set."""
+    for seed in range(3):
+        y = _targets(seed)
+        scores = _scores(y, 0.8, seed)
+        counts = bootstrap_counts(CLIPS, 300, seed=seed)
+        conf = confidence([_trial(0.0, y, scores, counts), _trial(0.001, y, scores, counts)], 300)
+        assert conf["p_best"] == {0.0: 0.5, 0.001: 0.5} and conf["margin"] == 0.0
+        assert conf["selected"] == 0.0 and conf["margin_ci95"] == (0.0, 0.0)
+        v = verdict(conf, [], CLIPS)
+        assert v.startswith("unresolved: beta=0 (p_best 0.50), beta=0.001 (p_best 0.50) are within noise")
+        assert f"the split has {CLIPS}" in v
+
+
+def test_a_clearly_better_trial_is_resolved():
+    y = _targets()
+    counts = bootstrap_counts(CLIPS, 300, seed=0)
+    trials = [_trial(0.0, y, _scores(y, 0.5, 1), counts), _trial(0.5, y, _scores(y, 0.6, 2), counts),
+              _trial(1.0, y, _scores(y, 2.0, 3), counts)]
+    conf = confidence(trials, 300)
+    assert conf["selected"] == 1.0 and conf["runner_up"] == 0.5 and conf["p_best"][1.0] == 1.0
+    lo, hi = conf["margin_ci95"]
+    assert 0 < lo < conf["margin"] < hi
+    assert verdict(conf, [], CLIPS).startswith("resolved: beta=1 is best (p_best 1.00, margin +")
+    assert verdict(conf, [0.0], CLIPS) == ("unresolved: NOT CONVERGED for beta 0: raise train.max_examples "
+                                           "until every pick settles")
+
+
+def test_learning_rates_and_seeds():
+    """Per beta the best learning rate on the mean over seeds; two seeds that disagree widen the
+    interval until a margin that one seed resolves is not resolved."""
+    y = _targets()
+    counts = bootstrap_counts(CLIPS, 300, seed=0)
+    a = _trial(0.0, y, _scores(y, 1.0, 1), counts)
+    better = _trial(1.0, y, _scores(y, 1.3, 2), counts)
+    worse_lr = {**_trial(1.0, y, _scores(y, 0.2, 3), counts), "lr": 1e-4}
+    one = confidence([a, better, worse_lr], 300)
+    assert one["selected"] == 1.0 and one["margin"] == pytest.approx(better["full"] - a["full"])
+    assert one["p_best"][1.0] >= 0.95 and verdict(one, [], CLIPS).startswith("resolved")
+    # a second seed of beta = 1 that came out much worse: the mean decides, and the seeds' spread
+    second = {**_trial(1.0, y, _scores(y, 0.7, 4), counts), "seed": 1}
+    two = confidence([a, {**a, "seed": 1}, better, second], 300)
+    assert two["seeds"] == 2 and two["margin"] == pytest.approx((better["full"] + second["full"]) / 2 - a["full"])
+    assert two["margin_ci95"][1] - two["margin_ci95"][0] > one["margin_ci95"][1] - one["margin_ci95"][0]
+    assert verdict(two, [], CLIPS).startswith("unresolved") and "more replicate seeds" in verdict(two, [], CLIPS)
