@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -202,6 +203,9 @@ def _open_store(cfg: IngestConfig, class_index) -> Store:
         return create_store(root, classes, store_features(cfg.frames))
     store = open_store(root)
     if store.features != store_features(cfg.frames):
+        if store.features.get("frames") != cfg.frames:
+            raise StoreError(f"{root}: the store has {store.features.get('frames')} frames a clip, this ingest "
+                             f"{cfg.frames}: pass --frames {store.features.get('frames')}")
         raise StoreError(f"{root}: the store's features differ from this ingest's (--frames {cfg.frames})")
     if store.mids != class_index.mids:
         raise StoreError(f"{root}: the store's classes differ from {cfg.class_index}")
@@ -227,11 +231,27 @@ def _read_journal(path: Path) -> dict[str, dict]:
     return entries
 
 
+IN_PROCESS_CLIPS = 256  # an ingest of at most this many clips runs here: starting Ray would take longer
+
+
 def _compute(todo: list[dict], root: Path, journal: Path, split: str, frames: int) -> tuple[dict, list]:
-    """Run the shard tasks on Ray, journaling each finished shard; returns (entries, failed)."""
+    """Compute the shards, journaling each finished one; returns (entries, failed). Small
+    ingests (IN_PROCESS_CLIPS) run in this process, larger ones as Ray tasks (a local Ray is
+    started quietly unless one is running or RAY_ADDRESS names one)."""
+    if sum(len(c["clips"]) for c in todo) <= IN_PROCESS_CLIPS:
+        done = {}
+        with tqdm(total=sum(len(c["clips"]) for c in todo), unit="clip", desc=f"ingest {split}") as bar, \
+                open(journal, "a") as log:
+            for chunk in todo:
+                done[chunk["name"]] = {"name": chunk["name"], "key": chunk["key"],
+                                       **_compute_shard(str(root), chunk["name"], chunk["clips"], frames)}
+                log.write(json.dumps(done[chunk["name"]]) + "\n")
+                log.flush()
+                bar.update(len(chunk["clips"]))
+        return done, []
     import ray
     if not ray.is_initialized():
-        ray.init()
+        ray.init(logging_level=logging.WARNING, configure_logging=True, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_compute_shard)
     pending = {task.remote(str(root), c["name"], c["clips"], frames): c for c in todo}
     done, failed = {}, []

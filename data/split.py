@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from data.balance import MultiLabels, as_multilabels, class_counts, rarest_label_order
 from data.cli import InputError, add_list, add_store, parser, positive_int, run
-from data.stats import imbalance_row
+from data.stats import format_per_class, imbalance_row, per_class_rows
 from data.store import RowGroups, Store, StoreError, close_shards, fingerprint, open_store
 
 __all__ = ["SplitConfig", "METHODS", "per_class_split", "valid_targets", "stratified_split",
@@ -377,7 +377,13 @@ def _main(a) -> int:
         return 0
     cfg = SplitConfig(a.source, a.target, a.min_per_class, a.method, a.fraction, a.seed)
     out = carve(store, cfg)
-    print(json.dumps(out, indent=1) if a.json else format_carve(out, cfg.source, cfg.target))
+    if a.per_class:
+        store = open_store(a.store)  # the manifest as the carve left it
+        out["per_class"] = {s: per_class_rows(store.labels(s), store.mids, store.classes) for s in (cfg.target, cfg.source)}
+    text = format_carve(out, cfg.source, cfg.target)
+    if a.per_class:
+        text += "".join(f"\n{s}:\n{format_per_class(rows)}" for s, rows in out["per_class"].items())
+    print(json.dumps(out, indent=1) if a.json else text)
     warning = over_half_warning(out, cfg.target)
     if warning:
         print(warning, file=sys.stderr)
@@ -403,6 +409,7 @@ def main(argv=None) -> int:
                    help="seed of the random draws (default %(default)s)")
     p.add_argument("--union", metavar="NAME", help="define split NAME as the union of --of splits")
     add_list(p, "--of", metavar="SPLIT", help="the union's parts, in row order (--of a b, or --of a --of b)")
+    p.add_argument("--per-class", action="store_true", help="also the clips and prior of every class in both splits")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return run(_main, p, argv)
 

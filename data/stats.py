@@ -3,6 +3,7 @@
     python -m data.stats --segments balanced_train_segments.csv unbalanced_train_segments.csv.gz \\
         --class-index class_labels_indices.csv
     python -m data.stats --store runs/synth --split train --betas 0 0.5 1 --json
+    python -m data.stats --store runs/synth --split valid --per-class     # + clips per class
 
 Several segment files are read as one partition (balanced + unbalanced = "published train").
 """
@@ -18,7 +19,8 @@ import numpy as np
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
 from data.cli import add_list, add_store, parser, run
 
-__all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "format_table", "main"]
+__all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "per_class_rows", "format_table",
+           "format_per_class", "main"]
 
 PAPER_BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -47,6 +49,22 @@ def partition_stats(labels, n_classes: int, betas=PAPER_BETAS) -> dict:
             "labels_per_clip": float(ml.lengths.mean()) if len(ml) else 0.0,
             "empty_classes": np.flatnonzero(counts == 0).tolist(),
             "oversampled": oversampled_rows(ml, n_classes, betas)}
+
+
+def per_class_rows(labels, mids: list[str], names: list[str]) -> list[dict]:
+    """One row per class: {index, mid, name, clips, prior} (prior N_k / N, eq. 1)."""
+    ml = as_multilabels(labels)
+    counts = class_counts(ml, len(mids))
+    return [{"index": k, "mid": m, "name": n, "clips": int(c), "prior": float(c) / max(len(ml), 1)}
+            for k, (m, n, c) in enumerate(zip(mids, names, counts))]
+
+
+def format_per_class(rows: list[dict]) -> str:
+    """The per-class counts as a table, rarest first."""
+    lines = [f"  {'index':>5} {'clips':>9} {'prior':>9}  name (mid)"]
+    for r in sorted(rows, key=lambda r: (r["clips"], r["index"])):
+        lines.append(f"  {r['index']:>5} {r['clips']:>9,} {r['prior']:>9.5f}  {r['name']} ({r['mid']})")
+    return "\n".join(lines)
 
 
 def format_table(name: str, s: dict) -> str:
@@ -83,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="train", help="split of --store (default: train)")
     add_list(p, "--betas", type=_beta, default=PAPER_BETAS, metavar="BETA",
              help="oversampling exponents, e.g. --betas 0 0.5 1 (default: the paper's 7)")
+    p.add_argument("--per-class", action="store_true", help="also the clips and prior of every class, rarest first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return run(lambda a: _main(p, a), p, argv)
 
@@ -94,15 +113,20 @@ def _main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
             p.error("--segments needs --class-index")
         from data.labels import read_class_index, read_segments
         ci = read_class_index(a.class_index)
-        labels, n_classes, name = read_segments(a.segments, ci).labels, len(ci), " + ".join(a.segments)
+        labels, name = read_segments(a.segments, ci).labels, " + ".join(a.segments)
+        mids, names = ci.mids, ci.names
     else:
         from data.store import open_store
         store = open_store(a.store)
-        labels, n_classes, name = store.labels(a.split), store.n_classes, f"{a.store} [{a.split}]"
+        labels, name = store.labels(a.split), f"{a.store} [{a.split}]"
+        mids, names = store.mids, store.classes
     t1 = time.perf_counter()
-    stats = partition_stats(labels, n_classes, a.betas)
+    stats = partition_stats(labels, len(mids), a.betas)
     stats["seconds"] = {"read": round(t1 - t0, 3), "stats": round(time.perf_counter() - t1, 3)}
-    print(json.dumps(stats, indent=1) if a.json else format_table(name, stats))
+    if a.per_class:
+        stats["per_class"] = per_class_rows(labels, mids, names)
+    text = format_table(name, stats) + (f"\n{format_per_class(stats['per_class'])}" if a.per_class else "")
+    print(json.dumps(stats, indent=1) if a.json else text)
     return 0
 
 

@@ -53,6 +53,7 @@ _MIN_UNITS_PER_BLOCK = 64  # `default_units_per_block`'s floor
 _UNITS_PER_WORKER_ROW = 4  # `default_units_per_block`: units in a block per row of the per-worker batch
 _IDEAL_ORDERS = 5       # random permutations `mixing_audit` averages the ideal over
 _STAT_BATCHES = 4096    # batches whose class counts are held at once (bounds the audit's memory)
+_READ_GROUPS = 16       # row groups of a shard decoded at once (decoding takes ~5x their bytes)
 _labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
 
 
@@ -350,10 +351,27 @@ def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict
     rows, position = rows[keep], position[keep]
     if not len(rows):
         return None, end
-    table = index.groups.read(rows, ["clip_id", "labels", "mel"])
-    return {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False), "clip_index": rows,
-            "position": position, "mel": table["mel"].combine_chunks().to_numpy_ndarray(),
-            "target": multi_hot(table["labels"].combine_chunks(), spec.n_classes)}, end
+    return {"clip_index": rows, "position": position, **_read_rows(index.groups, rows, spec.n_classes)}, end
+
+
+def _read_rows(groups: RowGroups, rows: np.ndarray, n_classes: int) -> dict:
+    """{clip_id, mel, target} of global `rows` (in that order), read `_READ_GROUPS` row groups
+    of a shard at a time (one `RowGroups.read` each) into the output arrays: memory is the
+    output and a few groups being decoded, not a table of the block and its reordered copy."""
+    g = groups.group_of(rows)
+    key = groups.shard[g].astype(np.int64) * (1 << 32) + groups.index[g] // _READ_GROUPS
+    order = np.argsort(key, kind="stable")
+    out = {}
+    for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+        table = groups.read(rows[at], ["clip_id", "labels", "mel"])
+        part = {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False),
+                "mel": table["mel"].combine_chunks().to_numpy_ndarray(),
+                "target": multi_hot(table["labels"].combine_chunks(), n_classes)}
+        for k, v in part.items():
+            if k not in out:
+                out[k] = np.empty((len(rows), *v.shape[1:]), v.dtype)
+            out[k][at] = v
+    return out
 
 
 def read_blocks(batch: dict, index, spec: _Spec):

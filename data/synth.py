@@ -56,6 +56,8 @@ class SynthConfig:
     label_noise: float = 0.0        # chance a clip's label list loses its last label
     signal: float = 2.5             # a class pattern's mean log-level over the noise floor (each
                                     # class's within +-0.5 of it): lower is a harder task
+    level_jitter: float = 0.3       # sd of a clip's event level around its class's (log): larger
+                                    # leaves more events under the noise floor, undetectable
 
     def __post_init__(self):
         for key in ("clips", "classes", "frames", "mels"):
@@ -119,7 +121,7 @@ def render(rng: np.random.Generator, labels: list[np.ndarray], cfg: SynthConfig,
             pulse = 0.5 * (1 + np.cos(2 * np.pi * tt / patterns["period"][c] + rng.uniform(0, 6.3)))
             onset = rng.integers(0, t // 2)
             span = (tt >= onset) & (tt < onset + rng.integers(t // 3, t + 1))
-            level = np.exp(patterns["gain"][c] + rng.normal(0, 0.3) + tilt.mean())
+            level = np.exp(patterns["gain"][c] + rng.normal(0, cfg.level_jitter) + tilt.mean())
             energy[j] += level * band * (0.15 + 0.85 * pulse) * span
     return np.log(energy).astype(np.float16)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -38,6 +37,8 @@ from safetensors import SafetensorError
 from timm.models import adapt_input_conv, clean_state_dict, load_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
+from model.config import PATCH, ASTConfig
+
 __all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "is_audioset_checkpoint", "checkpoint_filter_fn",
            "normalise", "normalisation_stats", "NORM_MEAN", "NORM_STD"]
 
@@ -45,26 +46,10 @@ _logger = logging.getLogger(__name__)
 
 NORM_MEAN = -4.2677393  # AudioSet log-mel statistics of the AST recipe
 NORM_STD = 4.5689974
-PATCH = 16
 SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}  # embed, depth, heads
 # published AST AudioSet files (128 mels x 1024 frames): pos_embed length -> stride
 PUBLISHED_STRIDES = {1214: 10, 852: 12, 659: 14, 514: 16}
 HEAD_PREFIX = "mlp_head."
-
-
-@dataclass
-class ASTConfig:
-    size: str = "tiny"              # "tiny" | "small" | "base"
-    embed_dim: int | None = None    # explicit dims override the size
-    depth: int | None = None
-    num_heads: int | None = None
-    frames: int = 1024              # input length (10 ms frames)
-    mels: int = 128                 # mel bins
-    fstride: int = 10               # patch stride along frequency (rows)
-    tstride: int = 10               # patch stride along time (columns)
-    n_classes: int = 527
-    weights: str | None = None      # local path: published AST checkpoint or timm ImageNet DeiT .pth/.safetensors
-    allow_audioset_weights: bool = False  # start an AudioSet sweep from an AST AudioSet checkpoint anyway
 
 
 def normalise(x: torch.Tensor, mean: float = NORM_MEAN, std: float = NORM_STD) -> torch.Tensor:

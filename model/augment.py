@@ -21,20 +21,12 @@ masking before mixing would let the partner's energy fill the band.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from model.config import AugmentConfig
+
 __all__ = ["AugmentConfig", "spec_augment", "partners", "energy_mixup", "augment"]
-
-
-@dataclass
-class AugmentConfig:
-    specaugment: bool = True
-    freqm: int = 48        # max frequency-mask width at 128 mel bins; scaled with mels / 128
-    timem: int = 192       # max time-mask width at 1024 frames; scaled with frames / 1024
-    mixup: bool = True
-    mixup_alpha: float = 10.0
 
 
 def _uniform(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

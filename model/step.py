@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -22,19 +21,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from model.ast import normalise
-from model.augment import AugmentConfig, augment
+from model.augment import augment
+from model.config import AugmentConfig, OptimConfig
 
 __all__ = ["unwrap", "OptimConfig", "make_optimizer", "lr_at", "train_step", "predict"]
-
-
-@dataclass
-class OptimConfig:
-    lr: float | None = None        # Adam's learning rate (a sweep sets each trial's, from sweep.lrs)
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays; paper: plain Adam; AST (0.95, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0          # linear warm-up length in optimizer steps (0: none, as the paper)
-    micro_batch: int | None = None  # gradient accumulation: split each batch into micro-batches of this size
-    compile: bool = False          # torch.compile the model in place on its first train_step
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -66,12 +66,16 @@ def resampled_metrics(targets: np.ndarray, scores: np.ndarray, counts: np.ndarra
 
 def paired_difference(a: dict, b: dict, metric: str) -> dict:
     """metric(b) - metric(a) from two models' `resampled_metrics` on the same counts: diff (full
-    set), ci95 (2.5 and 97.5 percentiles of the resampled differences, NaN resamples left out;
-    NaN if all are) and samples [resamples]."""
-    samples = b["samples"][metric] - a["samples"][metric]
-    lo_hi = np.nanpercentile(samples, [2.5, 97.5]) if (~np.isnan(samples)).any() else (np.nan, np.nan)
+    set), ci95 (2.5 and 97.5 percentiles of the resampled differences over the resamples where
+    both are finite; NaN if none is), samples [resamples] (NaN where undefined) and `undefined`,
+    the resamples left out: a class without positives or negatives everywhere, or a perfect
+    macro AUC, whose d' is infinite (a difference of infinities has no value)."""
+    va, vb = a["samples"][metric], b["samples"][metric]
+    finite = np.isfinite(va) & np.isfinite(vb)
+    samples = np.where(finite, vb - np.where(finite, va, 0.0), np.nan)
+    lo_hi = np.percentile(samples[finite], [2.5, 97.5]) if finite.any() else (np.nan, np.nan)
     return {"diff": b["full"][metric] - a["full"][metric], "ci95": (float(lo_hi[0]), float(lo_hi[1])),
-            "samples": samples}
+            "samples": samples, "undefined": int((~finite).sum())}
 
 
 def paired_bootstrap(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, metric: str,

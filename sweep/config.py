@@ -3,8 +3,9 @@
     cfg = load_config("configs/demo.yaml", ["sweep.betas=[0, 1]", "train.max_examples=4000"])
 
 Every key is checked: an unknown or misspelled key is an error naming it, never a silent
-default. `to_dict(cfg)` is what gets printed and logged with every run. One value comes from
-the environment when the config leaves it unset: run.storage_path from SWEEP_STORAGE.
+default. `to_dict(cfg)` is what gets printed and logged with every run. Relative paths in a
+config file are relative to the file (`PATH_KEYS`). One value comes from the environment when
+the config leaves it unset: run.storage_path from SWEEP_STORAGE.
 """
 from __future__ import annotations
 
@@ -20,9 +21,7 @@ from pathlib import Path
 import yaml
 
 from data.synth import SynthConfig
-from model.ast import ASTConfig
-from model.augment import AugmentConfig
-from model.step import OptimConfig
+from model.config import ASTConfig, AugmentConfig, OptimConfig
 from sweep.select import StoppingRule
 
 __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunConfig", "Config",
@@ -40,7 +39,9 @@ class DataConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: list[str] = field(default_factory=lambda: ["eval_public", "eval_internal"])
-    units_per_block: int = 64               # oversampling stream: row-group units shuffled together
+    units_per_block: int | None = None      # oversampling stream: row-group units read and shuffled
+                                            # together; null: 4 x the per-worker batch, at least 64
+                                            # (data/stream.py default_units_per_block)
 
 
 @dataclass
@@ -201,7 +202,7 @@ _RULES = [
     ("train.torch_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("train.report_poll_s", lambda v: v > 0, "a number of seconds > 0"),
     ("train.optim.lr", lambda v: v is None, "null (the learning rates are sweep.lrs)"),
-    ("data.units_per_block", lambda v: v >= 1, "an integer >= 1"),
+    ("data.units_per_block", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("resources.num_workers", lambda v: v >= 1, "an integer >= 1"),
     ("resources.cpus_per_worker", lambda v: v > 0, "a number > 0"),
     ("resources.max_concurrent_trials", lambda v: v is None or v >= 1, "null or an integer >= 1"),
@@ -266,11 +267,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror or e}") from None
         _merge(values, loaded, str(path))
+        _resolve_paths(values, loaded, Path(path).resolve().parent)
     for assignment in overrides:
         _apply_override(values, assignment)
     if values["run"].get("storage_path") is None and os.environ.get("SWEEP_STORAGE"):
         values["run"]["storage_path"] = os.environ["SWEEP_STORAGE"]  # set by cluster.yaml's setup commands
     return check(from_dict(Config, values))
+
+
+PATH_KEYS = ("data.store", "run.run_dir", "run.storage_path", "model.weights")  # paths a config file holds
+
+
+def _resolve_paths(values: dict, loaded: dict, directory: Path) -> None:
+    """The relative paths a config file gives (PATH_KEYS) resolved against the file's own
+    directory, as a reader of the file would take them; URIs (s3://...) and absolute paths as
+    they are. Paths from --set and the defaults stay relative to the working directory."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        given = (loaded.get(section) or {}).get(name) if isinstance(loaded.get(section), dict) else None
+        if isinstance(given, str) and "://" not in given and not Path(given).is_absolute():
+            values[section][name] = str(directory / given)
 
 
 def _merge(base: dict, update: dict, source: str, path: str = "") -> None:

@@ -209,6 +209,9 @@ def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints
                   f"moved to {moved}")
         parent_id = tracking.start_parent(client, exp_id, cfg.run.name, flatten(to_dict(cfg)),
                                           {"dataset.fingerprint": fingerprints[cfg.data.train_split]})
+        tracking.log_store_inputs(client, parent_id, open_store(cfg.data.store),
+                                  {cfg.data.train_split: "training", cfg.data.valid_split: "validation",
+                                   **{s: "evaluation" for s in cfg.data.eval_splits}})
         run_dir.record(parent_id, exp_id, to_dict(cfg), fingerprints)
     run_dir.interrupted_file.unlink(missing_ok=True)  # this sweep's own, from before --resume
     return parent_id

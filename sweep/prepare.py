@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.store import Store, open_store
-from model.ast import PATCH, is_audioset_checkpoint
+from model.config import PATCH
 from sweep.config import Config, ConfigError
 
 __all__ = ["prepare", "check_store", "refuse_audioset_checkpoint"]
@@ -82,6 +82,7 @@ def refuse_audioset_checkpoint(weights: str, store) -> None:
     """An AST checkpoint trained on AudioSet, as the start of a sweep on AudioSet's classes, has
     seen the validation clips and was trained balanced: a ConfigError, unless the user confirms
     (model.allow_audioset_weights). Fine-tuning it on other classes is the usual transfer."""
+    from model.ast import is_audioset_checkpoint  # torch: only a sweep with weights to check needs it
     audioset_mids = sum(bool(re.fullmatch(r"/[mgt]/\w+", m)) for m in store.mids)
     if audioset_mids >= store.n_classes / 2 and is_audioset_checkpoint(weights):
         raise ConfigError(

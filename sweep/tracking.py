@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from data.cli import Failure
 
 __all__ = ["TrackingError", "tracking_uri", "check_reachable", "open_store", "explain", "experiment_name",
-           "experiment_id", "start_parent", "child_run", "log_metrics", "log_history", "log_json",
+           "experiment_id", "start_parent", "child_run", "log_metrics", "log_history", "log_store_inputs", "log_json",
            "finish_run", "close_running_children", "fail_children", "ui_command"]
 
 MAX_PARAM_CHARS = 6000
@@ -122,7 +122,9 @@ def _params(values: dict) -> list[Param]:
 
 
 def start_parent(client: MlflowClient, exp_id: str, name: str, params: dict, tags: dict) -> str:
-    run = client.create_run(exp_id, run_name=f"sweep-{name}",
+    """The sweep's parent run, named by its config's run.name and its start (`sweep-<name>
+    <date> <time>`: sweeps of one config stay apart in the runs table)."""
+    run = client.create_run(exp_id, run_name=f"sweep-{name} {time.strftime('%Y-%m-%d %H:%M')}",
                             tags={**tags, "sweep.name": name})
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=_params(dict(list(params.items())[i:i + 100])))
@@ -157,9 +159,10 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 
 def log_history(client: MlflowClient, run_id: str, history: dict, window: int) -> None:
     """A trial's evaluations that MLflow does not have yet (all after a restart's gap, else the
-    last): train_loss, val_mAP, val_AUC and val_dprime at their examples, and each full-window
-    smoothed d' at its centre's step once its window is complete (sweep/select.py)."""
-    from sweep.select import smoothed
+    last): train_loss, val_mAP, val_AUC and val_dprime at their examples, each full-window
+    smoothed d' at its centre's step once its window is complete (sweep/select.py), and the
+    pick so far (`pick.val_dprime`, `pick.examples`: its latest value is the trial's pick)."""
+    from sweep.select import pick, smoothed
     logged = client.get_metric_history(run_id, "val_dprime")
     last = max((m.step for m in logged), default=-1)
     s, h = smoothed(history["val_dprime"], window), window // 2
@@ -169,6 +172,26 @@ def log_history(client: MlflowClient, run_id: str, history: dict, window: int) -
                         examples)
             if i >= h and np.isfinite(s[i - h]):
                 log_metrics(client, run_id, {"val_dprime_smoothed": s[i - h]}, history["examples"][i - h])
+            j = pick(history["val_dprime"][:i + 1], window)  # the pick so far: the runs table sorts by it
+            if j is not None:
+                log_metrics(client, run_id, {"pick.val_dprime": s[j], "pick.examples": history["examples"][j]},
+                            examples)
+
+
+def log_store_inputs(client: MlflowClient, run_id: str, store, splits: dict[str, str]) -> None:
+    """The store's splits as the run's dataset inputs (MLflow's Dataset column): per split its
+    name, fingerprint (the digest), clips and per-class counts, with its role as the context
+    (`splits`: split -> role, e.g. {"train": "training", "valid": "validation"})."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    inputs = []
+    for split, role in splits.items():
+        info = store.split_info(split)
+        profile = {"clips": info["clips"], "class_counts": dict(zip(store.mids, store.class_counts(split).tolist()))}
+        dataset = Dataset(name=f"{Path(store.root).name}/{split}", digest=store.fingerprint(split)[7:27],
+                          source_type="local", source=json.dumps({"uri": str(store.root), "split": split}),
+                          profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", role)]))
+    client.log_inputs(run_id, datasets=inputs)
 
 
 def log_json(client: MlflowClient, run_id: str, obj, artifact_path: str) -> None:

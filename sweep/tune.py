@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from data.store import open_store
-from data.stream import oversampled_dataset, sampler_audit, stream_execution_options
+from data.stream import default_units_per_block, oversampled_dataset, sampler_audit, stream_execution_options
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.progress import SweepProgress
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
@@ -37,13 +37,19 @@ METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep
 log = logging.getLogger(__name__)
 
 
+def units_per_block(cfg: Config) -> int:
+    """data.units_per_block, or the default for the trial's per-worker batch."""
+    per_worker = max(1, cfg.train.batch_size // cfg.resources.num_workers)
+    return cfg.data.units_per_block or default_units_per_block(per_worker)
+
+
 def _train_dataset_factory(cfg: Config, beta: float, seed: int, train_run_path: str):
     """Called by Train at every worker-group start: the stream from the last checkpoint on."""
     def build():
         seen = registered_examples(train_run_path)
         return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=seed,
                                    examples=max(cfg.train.max_examples - seen, 1), skip=seen,
-                                   units_per_block=cfg.data.units_per_block)
+                                   units_per_block=units_per_block(cfg))
     return build
 
 
@@ -69,8 +75,10 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
     tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "trial_id": trial_id}
     run_id = tracking.child_run(client, t["experiment_id"], t["parent_run_id"], trial_id,
                                 trial_name(beta, lr, seed, len(cfg.sweep.seeds)), params, tags)
-    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed,
-                          batch_size=cfg.train.batch_size, units_per_block=cfg.data.units_per_block)
+    tracking.log_store_inputs(client, run_id, store, {cfg.data.train_split: "training",
+                                                      cfg.data.valid_split: "validation"})
+    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed, batch_size=cfg.train.batch_size,
+                          units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
     tracking.log_metrics(client, run_id, {f"audit.{k}": v for k, v in audit.items()
                                           if isinstance(v, (int, float))}, 0)
     tracking.log_json(client, run_id, audit, "audit/sampler_audit.json")

@@ -13,10 +13,10 @@ from sweep.select import StoppingRule, pick, settled, smoothed
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-def smoke_args(tmp_path: Path, *overrides: str) -> list[str]:
+def smoke_args(tmp_path: Path, store: Path, *overrides: str) -> list[str]:
     """`sweep.run` arguments for the smoke config in tmp_path/run, on the session's smoke store."""
     return ["--config", str(SMOKE), "--run-dir", str(tmp_path / "run"),
-            "--set", f"data.store={tmp_path.parent / 'smoke-store'}", *sum((["--set", o] for o in overrides), [])]
+            "--set", f"data.store={store}", *sum((["--set", o] for o in overrides), [])]
 
 
 def children(client, run_dir: Path) -> tuple[str, list]:

@@ -3,6 +3,7 @@ the file named, exit status 2, no traceback, and nothing created."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data.cli import add_list, parser
@@ -239,3 +240,37 @@ def test_stats_bad_betas_is_one_line(synth_store, capsys, betas, why):
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: python -m data.stats: argument --betas: ") and why in err[0]
+
+
+def test_ingest_into_a_store_of_other_frames_says_what_it_has(audioset, tmp_path, capsys):
+    """The store was made with --frames 300: an ingest without it is told to pass that."""
+    import numpy as np
+    import soundfile as sf
+    from data.features import store_features
+    from data.labels import read_class_index
+    from data.store import create_store
+    segments = tmp_path / "segments.csv"
+    segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "--4gqARaEJE.wav", np.zeros(16000, np.float32), 16000)
+    ci = read_class_index(audioset / "class_labels_indices.csv")
+    out = tmp_path / "store"
+    create_store(out, [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(ci.mids, ci.names))],
+                 store_features(300))
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    assert line == f"error: {out}: the store has 300 frames a clip, this ingest 1024: pass --frames 300"
+
+
+def test_per_class_counts_are_printed(synth_store, capsys):
+    assert stats_main(["--store", str(synth_store.root), "--split", "train", "--per-class"]) == 0
+    text = capsys.readouterr().out
+    counts = synth_store.class_counts("train")
+    rarest = int(np.argmin(counts))
+    table = text.split("index     clips")[1].splitlines()[1:]
+    assert len(table) == synth_store.n_classes and table[0].split()[:2] == [str(rarest), f"{counts.min():,}"]
+    assert stats_main(["--store", str(synth_store.root), "--split", "valid", "--per-class", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["per_class"]
+    assert [r["clips"] for r in rows] == synth_store.class_counts("valid").tolist()
+    assert rows[0]["name"] == synth_store.classes[0] and rows[0]["prior"] == pytest.approx(
+        rows[0]["clips"] / synth_store.split_info("valid")["clips"])

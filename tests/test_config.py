@@ -60,3 +60,18 @@ def test_values_are_checked_at_load(override, message):
 def test_underscores_and_exponents_are_numbers():
     cfg = load_config(None, ["train.max_examples=40_000_000", "sweep.lrs=[1e-4, 5e-5]"])
     assert cfg.train.max_examples == 40_000_000 and cfg.sweep.lrs == [1e-4, 5e-5]
+
+
+def test_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    """A config in mydata/ naming stores/mine means mydata/stores/mine, from wherever it is
+    run; --set paths and URIs are taken as they are."""
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "mine.yaml").write_text(
+        "data: {store: stores/mine, synth: null}\nrun: {run_dir: /abs/run, storage_path: s3://bucket/x}\n"
+        "model: {weights: ../w.pth}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("mydata/mine.yaml")
+    assert cfg.data.store == str(tmp_path / "mydata" / "stores" / "mine")
+    assert cfg.model.weights == str(tmp_path / "mydata" / ".." / "w.pth")
+    assert cfg.run.run_dir == "/abs/run" and cfg.run.storage_path == "s3://bucket/x"
+    assert load_config("mydata/mine.yaml", ["data.store=here"]).data.store == "here"

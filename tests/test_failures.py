@@ -8,19 +8,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from sweep_checks import SMOKE, smoke_args
+from sweep_checks import smoke_args
 
 from sweep.run import main
-
-
-def _smoke_store(tmp_path) -> Path:
-    """The session's smoke store (shared with tests/test_sweep.py), built here if missing."""
-    from data.synth import make_synthetic_store
-    from sweep.config import load_config
-    store = tmp_path.parent / "smoke-store"
-    if not (store / "manifest.json").exists():
-        make_synthetic_store(store, load_config(SMOKE).data.synth)
-    return store
 
 
 def _damage_column_chunk(path: str, group: int, column: str) -> None:
@@ -36,14 +26,14 @@ def _damage_column_chunk(path: str, group: int, column: str) -> None:
         f.write(garbage.tobytes())
 
 
-def test_damaged_shard_stops_the_sweep_before_training(tmp_path, monkeypatch, capsys):
+def test_damaged_shard_stops_the_sweep_before_training(tmp_path, smoke_store, monkeypatch, capsys):
     """The spectrograms of one row group are garbage in a shard of the right size whose footer,
     ids and labels are intact: the sweep fails at once with one line naming the shard, starts
     no Ray and no MLflow run, and leaves the store as it was."""
     from data.store import StoreError, open_store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store_dir = tmp_path / "store"
-    shutil.copytree(_smoke_store(tmp_path), store_dir)
+    shutil.copytree(smoke_store, store_dir)
     shard = open_store(store_dir).shard_paths("train")[0]
     _damage_column_chunk(shard, 1, "mel")
     damaged = Path(shard).read_bytes()
@@ -51,7 +41,7 @@ def test_damaged_shard_stops_the_sweep_before_training(tmp_path, monkeypatch, ca
     with pytest.raises(StoreError, match="content changed"):
         open_store(store_dir).validate()
 
-    assert main(smoke_args(tmp_path, f"data.store={store_dir}")) == 2
+    assert main(smoke_args(tmp_path, store_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and shard in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "run" / "ray").exists() and not (tmp_path / "run" / "mlflow.db").exists()

@@ -81,9 +81,14 @@ def _run(inputs, **kw):
 
 @pytest.fixture(scope="module")
 def first_run(ray_module, inputs, audioset):
+    """The first ingest, as Ray tasks (an ingest this small runs in process otherwise: the
+    module's reruns do)."""
+    import data.ingest
     root, _ = inputs
     (root.parent / "class_index.csv").write_bytes((audioset / "class_labels_indices.csv").read_bytes())
-    return _run(inputs), open_store(root / "store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data.ingest, "IN_PROCESS_CLIPS", 0)
+        return _run(inputs), open_store(root / "store")
 
 
 def test_files_are_found_in_every_layout(inputs):

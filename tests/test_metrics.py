@@ -1,5 +1,4 @@
 """sweep.metrics against sklearn, per class, including ties and degenerate classes."""
-import time
 
 import numpy as np
 import pytest
@@ -77,14 +76,3 @@ def test_dprime_from_auc():
 def test_bad_input(targets, scores, match):
     with pytest.raises(ValueError, match=match):
         classification_metrics(targets, scores)
-
-
-def test_timing_audioset_eval_size():
-    """20,000 clips x 527 classes (AudioSet eval): printed, not asserted."""
-    rng = np.random.default_rng(0)
-    y = rng.random((20_000, 527)) < np.geomspace(0.3, 5e-4, 527)
-    s = (rng.random((20_000, 527)) + 0.5 * y).astype(np.float32)
-    start = time.perf_counter()
-    m = classification_metrics(y, s)
-    print(f"\nclassification_metrics 20000 x 527: {time.perf_counter() - start:.2f} s")
-    assert np.isfinite(m["dprime"])

@@ -43,7 +43,7 @@ def cluster():
         c.shutdown()
 
 
-def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
+def test_sweep_spans_nodes(cluster, mlflow_server, smoke_store, tmp_path, monkeypatch):
     """One trial of two Train workers, one CPU each, on 1-CPU nodes, logging to a real `mlflow
     server`: the worker group spans two nodes (DDP over gloo between raylets), validation is
     scored half on each rank, both ranks stop on rank 0's decision as soon as the pick settles
@@ -54,7 +54,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "balance-multinode")  # wins over run.mlflow_experiment
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     run = tmp_path / "run"
-    assert main(smoke_args(tmp_path, f"run.ray_address={cluster.address}", "sweep.betas=[1.0]",
+    assert main(smoke_args(tmp_path, smoke_store, f"run.ray_address={cluster.address}", "sweep.betas=[1.0]",
                            "sweep.patience=1", "train.keep_checkpoints=1",
                            "resources.num_workers=2", "resources.cpus_per_worker=1")) == 0
 
@@ -110,7 +110,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, tmp_path, monkeypatch):
     from data.store import open_store
     from sweep.checkpoint import load_model
     from sweep.evaluate import evaluate_split
-    alone = evaluate_split(load_model(pick_["checkpoint"]), open_store(tmp_path.parent / "smoke-store"),
+    alone = evaluate_split(load_model(pick_["checkpoint"]), open_store(smoke_store),
                            "valid", 256)["metrics"]
     sharded = trace["dprime"][trace["examples"].index(pick_["examples_to_peak"])]
     assert alone["dprime"] == pytest.approx(sharded, abs=1e-6)  # batch sizes differ: float noise only

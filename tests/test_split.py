@@ -1,6 +1,5 @@
 """Validation split (the paper's per-class procedure, or stratified), shards rewritten; union splits."""
 import json
-import time
 
 import numpy as np
 import pytest
@@ -69,9 +68,7 @@ def test_paper_validation_split_on_the_published_labels(published_train):
     a few thousand clips about as balanced as the evaluation sets, which the bands below check.
     """
     labels, ids = published_train.labels, published_train.clip_ids
-    t0 = time.perf_counter()
     valid = per_class_split(labels, 527, min_per_class=5, seed=0)
-    seconds = time.perf_counter() - t0
     counts = class_counts(labels, 527)
     v = _valid_counts(labels, valid, 527)
     t = counts - v
@@ -81,7 +78,6 @@ def test_paper_validation_split_on_the_published_labels(published_train):
     assert gini(v) < 0.5 and gini(counts) > 0.83 and imbalance_ratio(v) < 300
     assert gini(t) == pytest.approx(gini(counts), abs=1e-3)
     assert (2 * v <= counts).all()                          # never more than half a class
-    assert seconds < 60, seconds
 
 
 def test_targets_keep_a_training_clip():

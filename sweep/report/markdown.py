@@ -79,6 +79,11 @@ def _metrics(t: dict) -> list[str]:
             cells = [f"{_f(c['abs'], f'.{d}f')} ({_f(c['rel'], f'+.{d}f')} [{_f(c['ci95'][0], f'+.{d}f')}, "
                      f"{_f(c['ci95'][1], f'+.{d}f')}])" if c else "-" for c in (r.get(s) for s in splits)]
             lines.append(f"| {_model(r)} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+        undefined = max((c["undefined"] for r in t[table] for c in (r.get(s) for s in splits) if c), default=0)
+        if undefined:
+            lines += ["", f"In up to {undefined} of the {t['n_resamples']:,} resamples a model's macro AUC was 1 "
+                      "(d' infinite) or a class lacked positives or negatives: those resamples are left out of "
+                      "the intervals."]
     return lines
 
 
@@ -94,6 +99,9 @@ def _fig3(f3: dict, splits: list[str]) -> list[str]:
 
 
 def _prior_shift(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["", "## Prior shift", "", "Re-scoring under another evaluation split's class prior needs two "
+                "evaluation splits (`data.eval_splits`); this sweep has one."]
     lines = ["", "## Prior shift: mAP re-scored under another eval split's class prior (d' unchanged)", "",
              "| model | scored on | under the prior of | mAP | mAP (own prior) | min effective sample size |",
              "|---|---|---|---|---|---|"]

@@ -48,7 +48,8 @@ def imbalance_tables(store, data_cfg: dict, betas: list[float]) -> tuple[list[di
 
 
 def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) -> dict[str, list[dict]]:
-    """Tables 3 and 4: per model {name, beta, lr, <split>: {abs, rel, ci95} or None (no predictions)}.
+    """Tables 3 and 4: per model {name, beta, lr, <split>: {abs, rel, ci95, undefined (resamples left
+    out of the interval: paired_difference)} or None (no predictions)}.
 
     models: [{name, beta, lr, row}] (row: the results.json row, None for an extra model), the
     first the baseline; boot: {split: {name: sweep.bootstrap.resampled_metrics or None}}, every model
@@ -73,7 +74,7 @@ def _cell(model: dict, split: str, key: str, b: dict, base: dict) -> dict:
         warnings.warn(f"{model['name']} on {split}: results.json {key} {value} but its predictions "
                       f"give {b['full'][key]}")
     d = paired_difference(base, b, key)
-    return {"abs": float(value), "rel": d["diff"], "ci95": list(d["ci95"])}
+    return {"abs": float(value), "rel": d["diff"], "ci95": list(d["ci95"]), "undefined": d["undefined"]}
 
 
 def fig3_table(boot: dict[str, dict], lo: str, hi: str, betas: list[float], train_prior: np.ndarray,
