@@ -1,7 +1,8 @@
 """Benchmark the oversampling stream against a bare Parquet scan and the usual PyTorch sampler.
 
     python bench/stream.py                  # ~1 GB stores at [1024, 128] (and 4x for memory)
-    python bench/stream.py --clips 400      # quick
+    python bench/stream.py --clips 1000 --settings 16:32 4:128   # the row-group size alone: 512-row blocks
+    python bench/stream.py --frames 256 --clips 6000 --limit 12000   # the defaults' 2,048-row blocks, smaller rows
 
 For each --settings ROWS:UNITS (by default the AudioSet config before, 16-row groups in blocks
 of 32 units, and now, data.store.ROW_GROUP_ROWS and `default_units_per_block(128)` for 8

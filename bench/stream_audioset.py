@@ -55,10 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.audioset_labels import AUDIOSET, labels_only_store, store_path  # noqa: E402
 from data.cli import add_list  # noqa: E402
 from data.store import ROW_GROUP_ROWS, open_store  # noqa: E402
-from data.stream import default_units_per_block  # noqa: E402
+from data.stream import default_units_per_block, sampler_audit  # noqa: E402
 
 UDF_WARNING = "is too large"
 TARGETS = {"distinct_classes_ratio_min": 0.9, "class_mix_ratio_max": 1.15}  # issue 19
+MIXING_KEYS = ("workers", "worker_batch_size", "audited_examples", "distinct_classes_per_batch",
+               "distinct_classes_per_batch_ideal", "distinct_classes_ratio", "class_mix_distance",
+               "class_mix_distance_ideal", "class_mix_ratio", "duplicates_per_batch", "duplicates_per_batch_ideal")
 
 
 def build_store(directory: Path, audioset: Path, group_rows: int, rows_per_shard: int = 512):
@@ -71,7 +74,6 @@ def build_store(directory: Path, audioset: Path, group_rows: int, rows_per_shard
 def mixing(directory: Path, audioset: Path, settings: list[str], betas: list[float], workers: int,
            worker_batch: int, examples: int, seed: int) -> dict:
     """{ROWS:UNITS: {beta: the audit's mixing of worker batches, its ratios, the targets met}}."""
-    from data.stream import sampler_audit
     out = {}
     for setting in settings:
         rows, units = (int(x) for x in setting.split(":"))
@@ -82,11 +84,7 @@ def mixing(directory: Path, audioset: Path, settings: list[str], betas: list[flo
             t0 = time.perf_counter()
             a = sampler_audit(store, "train", beta, seed=seed, batch_size=workers * worker_batch,
                               units_per_block=units, workers=workers, max_examples=examples)
-            keys = ("workers", "worker_batch_size", "audited_examples", "distinct_classes_per_batch",
-                    "distinct_classes_per_batch_ideal", "distinct_classes_ratio", "class_mix_distance",
-                    "class_mix_distance_ideal", "class_mix_ratio", "duplicates_per_batch",
-                    "duplicates_per_batch_ideal")
-            out[setting][str(beta)] = {**{k: a[k] for k in keys}, "seconds": time.perf_counter() - t0,
+            out[setting][str(beta)] = {**{k: a[k] for k in MIXING_KEYS}, "seconds": time.perf_counter() - t0,
                                        "meets_targets": a["distinct_classes_ratio"] >= TARGETS["distinct_classes_ratio_min"]
                                        and a["class_mix_ratio"] <= TARGETS["class_mix_ratio_max"]}
     return {"targets": TARGETS, **out}

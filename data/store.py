@@ -225,7 +225,7 @@ class RowGroups:
             self._read_groups(int(shards[a]), self.index[uniq[a:b]].tolist(), columns, use_threads)
             for a, b in zip([0, *cuts], [*cuts, len(uniq)])])
         # position of each requested row in the concatenation of the groups read
-        base = np.concatenate([[0], np.cumsum(np.diff(self.start)[uniq])[:-1]]).astype(np.int64)
+        base = np.concatenate([[0], np.cumsum(self.start[uniq + 1] - self.start[uniq])[:-1]]).astype(np.int64)
         return table.take(base[np.searchsorted(uniq, groups)] + rows - self.start[groups])
 
     def _read_groups(self, s: int, indices: list[int], columns: list[str] | None,

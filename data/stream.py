@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from data.balance import MultiLabels, oversampled_counts, oversampling_factors
 from data.store import RowGroups, Store, multi_hot, open_store
@@ -356,22 +357,26 @@ def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict
 
 def _read_rows(groups: RowGroups, rows: np.ndarray, n_classes: int) -> dict:
     """{clip_id, mel, target} of global `rows` (in that order), read `_READ_GROUPS` row groups
-    of a shard at a time (one `RowGroups.read` each) into the output arrays: memory is the
-    output and a few groups being decoded, not a table of the block and its reordered copy."""
+    of a shard at a time (one `RowGroups.read` each), each part's spectrograms put in place in
+    the output: memory is the output and a few groups being decoded, not a table of the block
+    and its reordered copy."""
     g = groups.group_of(rows)
     key = groups.shard[g].astype(np.int64) * (1 << 32) + groups.index[g] // _READ_GROUPS
     order = np.argsort(key, kind="stable")
-    out = {}
+    mel, ids, labels = None, [], []
     for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
         table = groups.read(rows[at], ["clip_id", "labels", "mel"])
-        part = {"clip_id": table["clip_id"].to_numpy(zero_copy_only=False),
-                "mel": table["mel"].combine_chunks().to_numpy_ndarray(),
-                "target": multi_hot(table["labels"].combine_chunks(), n_classes)}
-        for k, v in part.items():
-            if k not in out:
-                out[k] = np.empty((len(rows), *v.shape[1:]), v.dtype)
-            out[k][at] = v
-    return out
+        part = table["mel"].combine_chunks().to_numpy_ndarray()
+        if mel is None:
+            mel = np.empty((len(rows), *part.shape[1:]), part.dtype)
+        mel[at] = part
+        ids += table["clip_id"].chunks
+        labels += table["labels"].chunks
+    clip_id = np.empty(len(rows), object)
+    clip_id[order] = pa.chunked_array(ids).to_numpy(zero_copy_only=False)
+    target = np.empty((len(rows), n_classes), np.float32)
+    target[order] = multi_hot(pa.concat_arrays(labels), n_classes)
+    return {"clip_id": clip_id, "mel": mel, "target": target}
 
 
 def read_blocks(batch: dict, index, spec: _Spec):
