@@ -10,6 +10,14 @@ Notation follows the paper: N clips, K classes, N_k clips labelled k,
   Gini             G = 1 + 1/K - 2 sum_k sum_{l<=k} p_(l) / (K sum_k p_k)  (eq. 3 + 1/K)
   oversampling     m_j = max_{k in clip j} (1 / p_k)^beta                 (eq. 4)
                    M_j = round(m_j / min_j m_j) >= 1, halves up           (eq. 5)
+
+The method of balancing is a hyperparameter too (the paper's last paragraph). The field's
+samplers fit one formula, a *scheme*: m_j = (agg over clip j's labels k of 1 / (N_k + c))^beta,
+M_j = round(m_j / min m), with the exponent outside the aggregation, so beta = 0 is no balancing
+and beta = 1 a scheme's published setting (`SCHEMES`):
+  moore   max, c = 0      the paper's eq. 4 (the exponent commutes with the max)
+  psla    sum, c = 0.01   PSLA, AST, AudioMAE, EAT (and in expectation PANNs' class round-robin)
+  passt   sum, c = 100    PaSST, EfficientAT
 Classes with no clips have no prior (1/p_k is infinite): they are left out of rho and G with
 a warning that lists them, and ignored when a clip's factor is computed.
 
@@ -27,8 +35,8 @@ import numpy as np
 
 __all__ = [
     "MultiLabels", "as_multilabels", "class_counts", "priors", "priors_from_counts", "imbalance_ratio",
-    "gini", "rarest_label_count", "rarest_label_order", "oversampling_factors", "round_half_up",
-    "oversampled_counts", "oversampled_stats",
+    "gini", "rarest_label_count", "rarest_label_order", "Scheme", "SCHEMES", "scheme", "oversampling_factors",
+    "round_half_up", "oversampled_counts", "oversampled_stats",
 ]
 
 
@@ -160,26 +168,52 @@ def rarest_label_order(labels, n_classes: int) -> np.ndarray:
     return np.argsort(rarest_label_count(ml, class_counts(ml, n_classes)), kind="stable").astype(np.int64)
 
 
-def oversampling_factors(labels, beta: float, priors: np.ndarray | None = None,
-                         clip_ids=None) -> np.ndarray:
-    """M_j: integer repeats of clip j per pass (eq. 4-5), int64 [n_clips], every entry >= 1.
+@dataclass(frozen=True)
+class Scheme:
+    """A way to weigh clip j from its labels' training counts N_k: m_j = (agg over k of
+    1 / (N_k + offset))^beta, agg "max" or "sum" (see the module docstring)."""
+    name: str
+    aggregation: str
+    offset: float
 
-    `priors` default to the priors of `labels` themselves (eq. 1). beta = 0 gives all ones
-    (the raw data), beta = 1 full balancing. m_j / min m = (max_j p_rarest(j) / p_rarest(j))^beta
-    is computed as a ratio of priors (at beta = 1 a ratio of counts), and rounded half-up: an
-    exact tie such as 45/10 = 4.5 gives 5 even where floating point lands a hair below 4.5.
+
+SCHEMES = {s.name: s for s in (Scheme("moore", "max", 0.0), Scheme("psla", "sum", 0.01), Scheme("passt", "sum", 100.0))}
+
+
+def scheme(name: str) -> Scheme:
+    """The scheme called `name`; a ValueError naming the known ones otherwise."""
+    if name not in SCHEMES:
+        raise ValueError(f"unknown balancing scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def oversampling_factors(labels, beta: float, counts: np.ndarray | None = None, method: str = "moore",
+                         clip_ids=None) -> np.ndarray:
+    """M_j: integer repeats of clip j per pass, int64 [n_clips], every entry >= 1, by the scheme
+    `method` (eq. 4-5 for "moore").
+
+    `counts` are the training class counts N_k [n_classes], by default those of `labels`
+    themselves; a class with none is ignored in a clip's weight. beta = 0 gives all ones (the
+    raw data), beta = 1 the scheme's published setting. m_j / min m is computed as a ratio
+    (for moore, of the rarest labels' counts), and rounded half-up: an exact tie such as
+    45/10 = 4.5 gives 5 even where floating point lands a hair below 4.5.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
+    s = scheme(method)
     ml = as_multilabels(labels)
-    if priors is None:
-        n_classes = int(ml.indices.max()) + 1 if len(ml.indices) else 0
-        priors = priors_from_counts(class_counts(ml, n_classes), len(ml))
-    p_rarest = _rarest_per_clip(ml, priors, clip_ids)  # [n_clips], the clip's smallest prior
+    if counts is None:
+        counts = class_counts(ml, int(ml.indices.max()) + 1 if len(ml.indices) else 0)
+    counts = np.asarray(counts, dtype=np.float64)
+    if s.aggregation == "max":  # max_k 1 / (N_k + c) = 1 / (min_k N_k + c): the rarest label
+        weight = 1.0 / (_rarest_per_clip(ml, counts, clip_ids) + s.offset)
+    else:
+        _rarest_per_clip(ml, counts, clip_ids)  # every clip has a class with training clips
+        per_label = np.where(counts[ml.indices] > 0, 1.0 / (counts[ml.indices] + s.offset), 0.0)
+        weight = np.add.reduceat(per_label, ml.offsets[:-1]) if len(ml) else np.zeros(0)
     if beta == 0 or len(ml) == 0:
         return np.ones(len(ml), dtype=np.int64)
-    ratio = (p_rarest.max() / p_rarest) ** beta           # m_j / min_j m_j >= 1
-    return round_half_up(ratio)
+    return round_half_up((weight / weight.min()) ** beta)       # m_j / min_j m_j >= 1
 
 
 def round_half_up(x: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
@@ -194,17 +228,14 @@ def oversampled_counts(labels, factors: np.ndarray, n_classes: int) -> np.ndarra
     return class_counts(labels, n_classes, weights=np.asarray(factors, dtype=np.int64))
 
 
-def oversampled_stats(labels, beta: float, n_classes: int, priors: np.ndarray | None = None) -> dict:
-    """Statistics of the oversampled set at `beta`: the paper's Table 2 row plus epoch size.
-
-    Returns {beta, imbalance_ratio, gini, epoch_length (sum M_j), max_repeat (max M_j)}.
-    """
+def oversampled_stats(labels, beta: float, n_classes: int, method: str = "moore") -> dict:
+    """Statistics of the oversampled set at `beta` under the scheme `method`: the paper's Table 2
+    row plus epoch size. Returns {scheme, beta, imbalance_ratio, gini, epoch_length (sum M_j),
+    max_repeat (max M_j)}."""
     ml = as_multilabels(labels)
-    m = oversampling_factors(ml, beta, priors)  # priors None: the labels' own
+    m = oversampling_factors(ml, beta, class_counts(ml, n_classes), method)
     counts = oversampled_counts(ml, m, n_classes)
-    if priors is not None:  # classes without a prior stay excluded (own priors: they have no clips)
-        counts = np.where(np.asarray(priors) > 0, counts, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned about by the caller's table 1 row
-        return {"beta": float(beta), "imbalance_ratio": imbalance_ratio(counts),
+        return {"scheme": method, "beta": float(beta), "imbalance_ratio": imbalance_ratio(counts),
                 "gini": gini(counts), "epoch_length": int(m.sum()), "max_repeat": int(m.max())}

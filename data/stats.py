@@ -4,6 +4,7 @@
         --class-index class_labels_indices.csv
     python -m data.stats --store runs/synth --split train --betas 0 0.5 1 --json
     python -m data.stats --store runs/synth --split valid --per-class     # + clips per class
+    python -m data.stats --store runs/synth --scheme moore psla passt     # Table 2 per scheme
 
 Several segment files are read as one partition (balanced + unbalanced = "published train").
 """
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
+from data.balance import SCHEMES, as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
 from data.cli import add_list, add_store, parser, run
 
 __all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "per_class_rows", "format_table",
@@ -34,21 +35,22 @@ def imbalance_row(counts: np.ndarray, clips: int) -> dict:
             "imbalance_ratio": imbalance_ratio(present), "gini": gini(present)}
 
 
-def oversampled_rows(labels, n_classes: int, betas=PAPER_BETAS) -> list[dict]:
-    """Table 2: the oversampled set of `labels` (own priors) per beta, `oversampled_stats` rows."""
+def oversampled_rows(labels, n_classes: int, betas=PAPER_BETAS, schemes=("moore",)) -> list[dict]:
+    """Table 2: the oversampled set of `labels` (weighed by their own class counts) per scheme
+    and beta, `oversampled_stats` rows."""
     ml = as_multilabels(labels)
-    return [oversampled_stats(ml, b, n_classes) for b in betas]
+    return [oversampled_stats(ml, b, n_classes, s) for s in schemes for b in betas]
 
 
-def partition_stats(labels, n_classes: int, betas=PAPER_BETAS) -> dict:
-    """Table 1 row (clips, ratio, Gini) and Table 2 rows (one per beta) for one partition;
-    classes with no clips are listed in empty_classes, not warned about."""
+def partition_stats(labels, n_classes: int, betas=PAPER_BETAS, schemes=("moore",)) -> dict:
+    """Table 1 row (clips, ratio, Gini) and Table 2 rows (one per scheme and beta) for one
+    partition; classes with no clips are listed in empty_classes, not warned about."""
     ml = as_multilabels(labels)
     counts = class_counts(ml, n_classes)
     return {**imbalance_row(counts, len(ml)), "classes": n_classes,
             "labels_per_clip": float(ml.lengths.mean()) if len(ml) else 0.0,
             "empty_classes": np.flatnonzero(counts == 0).tolist(),
-            "oversampled": oversampled_rows(ml, n_classes, betas)}
+            "oversampled": oversampled_rows(ml, n_classes, betas, schemes)}
 
 
 def per_class_rows(labels, mids: list[str], names: list[str]) -> list[dict]:
@@ -74,9 +76,9 @@ def format_table(name: str, s: dict) -> str:
              f"  imbalance ratio {s['imbalance_ratio']:,.1f}   Gini {s['gini']:.3f}"]
     if s["empty_classes"]:
         lines.append(f"  classes with no clips (excluded): {s['empty_classes']}")
-    lines.append(f"  {'beta':>5} {'ratio':>10} {'Gini':>6} {'epoch length':>14} {'max repeat':>11}")
+    lines.append(f"  {'scheme':<6} {'beta':>5} {'ratio':>10} {'Gini':>6} {'epoch length':>14} {'max repeat':>11}")
     for r in s["oversampled"]:
-        lines.append(f"  {r['beta']:5.2f} {r['imbalance_ratio']:10,.1f} {r['gini']:6.3f} "
+        lines.append(f"  {r['scheme']:<6} {r['beta']:5.2f} {r['imbalance_ratio']:10,.1f} {r['gini']:6.3f} "
                      f"{r['epoch_length']:14,d} {r['max_repeat']:11,d}")
     return "\n".join(lines)
 
@@ -101,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="train", help="split of --store (default: train)")
     add_list(p, "--betas", type=_beta, default=PAPER_BETAS, metavar="BETA",
              help="oversampling exponents, e.g. --betas 0 0.5 1 (default: the paper's 7)")
+    add_list(p, "--scheme", dest="schemes", default=("moore",), metavar="NAME", choices=list(SCHEMES),
+             help=f"balancing scheme(s) of Table 2: {', '.join(SCHEMES)} (default moore, the paper's)")
     p.add_argument("--per-class", action="store_true", help="also the clips and prior of every class, rarest first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return run(lambda a: _main(p, a), p, argv)
@@ -121,7 +125,7 @@ def _main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         labels, name = store.labels(a.split), f"{a.store} [{a.split}]"
         mids, names = store.mids, store.classes
     t1 = time.perf_counter()
-    stats = partition_stats(labels, len(mids), a.betas)
+    stats = partition_stats(labels, len(mids), a.betas, a.schemes)
     stats["seconds"] = {"read": round(t1 - t0, 3), "stats": round(time.perf_counter() - t1, 3)}
     if a.per_class:
         stats["per_class"] = per_class_rows(labels, mids, names)

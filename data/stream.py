@@ -1,7 +1,8 @@
 """The oversampling stream: clip j exactly M_j times per pass (eq. 4-5), well mixed, on Ray Data.
 
 How a pass is planned (on the driver, in numpy, from the labels alone):
-- M_j comes from data/balance.py for the split's labels, beta and the training priors.
+- M_j comes from data/balance.py for the split's labels, beta and the balancing scheme (its
+  `method`: the paper's max over a clip's labels, or a sum of them as PSLA and PaSST weigh).
 - A *unit* is (row group g, copy c): the rows of g with M_j >= c. Clip j is in exactly M_j
   units, so any order of all units is an exact pass. The training split is stored in
   ascending rarest-label order, so M_j is non-increasing along the split and a unit is a
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from data.balance import MultiLabels, oversampled_counts, oversampling_factors
+from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
 from data.store import RowGroups, Store, multi_hot, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
@@ -268,15 +269,18 @@ def default_units_per_block(per_worker_batch: int) -> int:
 
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
                 examples: int | None = None, skip: int = 0, units_per_block: int = 64,
-                priors: np.ndarray | None = None) -> StreamPlan:
-    """Plan passes epoch, epoch+1, ... of `split` at `beta` (one pass if `examples` is None).
+                method: str = "moore") -> StreamPlan:
+    """Plan passes epoch, epoch+1, ... of `split` (a training split: its own class counts weigh
+    it) at `beta` under the balancing scheme `method` (one pass if `examples` is None).
 
-    `priors` default to the split's own (eq. 1); pass the training priors when streaming
-    another split. `skip` starts the stream at that position (rows before it are not emitted).
-    Cost: reading the labels, then the units of the planned passes up to skip + examples.
+    `skip` starts the stream at that position (rows before it are not emitted). Any M_j is
+    exact: a unit holds the rows of its group with M_j >= its copy, whatever their order (the
+    rarest-label order only makes a moore unit a prefix of its group). Cost: reading the
+    labels, then the units of the planned passes up to skip + examples.
     """
-    labels, groups = split_labels(store, split)  # priors None: oversampling_factors takes the split's own
-    index = SplitIndex.build(groups, oversampling_factors(labels, beta, priors, clip_ids=None))
+    labels, groups = split_labels(store, split)
+    counts = class_counts(labels, store.n_classes)
+    index = SplitIndex.build(groups, oversampling_factors(labels, beta, counts, method))
     rows, start, first_block = _plan_blocks(index, seed, epoch, examples, skip, units_per_block)
     return StreamPlan(index, rows, start, first_block, seed, epoch, units_per_block, store.n_classes, skip)
 
@@ -418,9 +422,10 @@ def _spans(plan: StreamPlan, row_bytes: int = 0, max_spans: int = _MAX_READ_TASK
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
                         examples: int | None = None, skip: int = 0, units_per_block: int = 64,
-                        priors: np.ndarray | None = None):
+                        method: str = "moore"):
     """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split`
-    oversampled at `beta`. Deterministic for (seed, epoch); rows as in `read_block`.
+    oversampled at `beta` by the scheme `method`. Deterministic for (seed, epoch); rows as in
+    `read_block`.
 
     The split's `SplitIndex` is put in the object store once and the readers get its
     reference; the UDF and each input row are a few numbers at any scale.
@@ -433,7 +438,7 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
 
     store = open_store(store_path)
     plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
-                       examples=examples, skip=skip, units_per_block=units_per_block, priors=priors)
+                       examples=examples, skip=skip, units_per_block=units_per_block, method=method)
     spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
     row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
     spans = _spans(plan, row_bytes)
@@ -571,9 +576,10 @@ def mixing_audit(plan: StreamPlan, labels: MultiLabels, *, batch_size: int, work
 
 
 def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch_size: int = 32,
-                  units_per_block: int = 64, workers: int = 1, priors: np.ndarray | None = None,
+                  units_per_block: int = 64, workers: int = 1, method: str = "moore",
                   max_examples: int = 2_000_000) -> dict:
-    """What a pass at `beta` exposes, from the plan alone (no spectrograms read).
+    """What a pass at `beta` under the scheme `method` exposes, from the plan alone (no
+    spectrograms read).
 
     Returns per-class exposure N'_k, epoch inflation (sum M_j / N), distinct clips per pass,
     max repeat, and the mixing of the batches each of `workers` Train workers gets from a
@@ -581,11 +587,12 @@ def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch
     per worker batch, against uniform random permutations of the same rows). At most
     `max_examples` of the pass are audited (a pass at beta = 1 on AudioSet is 437M examples).
     """
-    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, priors=priors,
+    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, method=method,
                        examples=max_examples)  # planned up to what is audited
     labels, _ = split_labels(store, split)
     factors = plan.factors
     return {
+        "scheme": method,
         "beta": float(beta),
         "exposure": oversampled_counts(labels, factors, store.n_classes).tolist(),
         "epoch_inflation": float(factors.sum() / len(factors)),

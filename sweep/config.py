@@ -22,10 +22,11 @@ import yaml
 
 from data.synth import SynthConfig
 from model.config import ASTConfig, AugmentConfig, OptimConfig
-from sweep.select import StoppingRule
+from data.balance import SCHEMES
+from sweep.select import StoppingRule, arm_label
 
 __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunConfig", "Config",
-           "load_config", "check", "to_dict", "flatten", "ConfigError"]
+           "load_config", "check", "to_dict", "flatten", "trial_point", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,8 @@ class TrainConfig:
 
 @dataclass
 class SweepConfig:
+    schemes: list[str] = field(default_factory=lambda: ["moore"])  # balancing methods (data/balance.py
+                                            # SCHEMES): the grid is scheme x beta x lr x seed, beta = 0 once
     betas: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 1.0])
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
     seeds: list[int] = field(default_factory=lambda: [0])  # replicate trials: each seed its own
@@ -85,6 +88,16 @@ class SweepConfig:
     def rule(self) -> StoppingRule:
         """When a pick is settled (sweep/select.py)."""
         return StoppingRule(self.smoothing_window, self.patience, self.settle_ratio)
+
+    @property
+    def arms(self) -> list[tuple[str, float]]:
+        """(scheme, beta) of every arm swept: each scheme at each beta, beta = 0 (no balancing,
+        the same stream whatever the scheme) once, with the first scheme."""
+        return [(s, float(b)) for s in self.schemes for b in self.betas if b > 0 or s == self.schemes[0]]
+
+    def label(self, scheme: str, beta: float) -> str:
+        """An arm's name in this sweep (sweep/select.py arm_label)."""
+        return arm_label(scheme, beta, len(self.schemes) > 1)
 
 
 @dataclass
@@ -114,6 +127,13 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def trial_point(tune_config: dict) -> tuple[str, float, float, int]:
+    """(scheme, beta, lr, seed) of a trial from the config Tune gives it (sweep/tune.py's grid:
+    {arm: {scheme, beta}, lr, seed})."""
+    arm = tune_config["arm"]
+    return arm["scheme"], float(arm["beta"]), float(tune_config["lr"]), int(tune_config["seed"])
 
 
 def _dataclass_of(tp):
@@ -182,6 +202,8 @@ def _coerce(value, hint, name: str):
 
 # (key, test, what it must be): checked at load, before Ray or MLflow start
 _RULES = [
+    ("sweep.schemes", lambda v: len(v) > 0 and set(v) <= set(SCHEMES) and len(set(v)) == len(v),
+     f"a non-empty list of distinct schemes out of {', '.join(SCHEMES)}"),
     ("sweep.betas", lambda v: len(v) > 0 and all(b >= 0 for b in v) and len(set(v)) == len(v),
      "a non-empty list of distinct numbers >= 0"),
     ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v) and len(set(v)) == len(v),

@@ -13,7 +13,7 @@ import math
 from sweep.config import Config
 from sweep.select import latest_settled_pick
 
-__all__ = ["eta_seconds", "format_progress", "stopping_statement", "header", "answer"]
+__all__ = ["eta_seconds", "format_progress", "trial_short_name", "stopping_statement", "header", "answer"]
 
 
 def eta_seconds(remaining: list[float], rate: float | None, pending: int, startup_s: float,
@@ -31,17 +31,24 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
+def _si(x: float) -> str:
+    """46k, 1.2M: an example count in 3 significant digits."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:g}"
+
+
 def format_progress(rows: list[dict], elapsed_s: float, eta_s: float | None) -> str:
-    """The progress table. rows: beta, lr, seed, status, and when known examples, dprime,
-    smoothed, pick (smoothed d' at the pick), pick_examples; the best pick is marked with '*';
-    with several seeds a trial's beta is shown as <beta>/s<seed>."""
+    """The progress table. rows: trial (its short name: beta, `<scheme> <beta>` with several
+    schemes, `/s<seed>` with several seeds), lr, status, and when known examples, dprime,
+    smoothed, pick (smoothed d' at the pick), pick_examples; the best pick is marked with '*'."""
     done = sum(r["status"] not in ("running", "pending", "paused") for r in rows)
     eta = "ETA after the first evaluation" if eta_s is None else "ETA < 1 min" if eta_s < 60 else \
         f"ETA <= {math.ceil(eta_s / 60)} min (less if picks settle)"
-    header = ("beta", "lr", "examples", "val d'", "smoothed", "pick (examples)")
+    width = max([7] + [len(r["trial"]) for r in rows])
     lines = [f"{_clock(elapsed_s)} elapsed, {done}/{len(rows)} trials done, {eta}",
-             "{:>7} {:>7} {:>11} {:>7} {:>8} {:>19}  status".format(*header)]
-    seeds = len({r["seed"] for r in rows}) > 1
+             f"{'trial':>{width}} {'lr':>7} {'examples':>11} {'val d':>7}' {'smoothed':>8} {'pick@examples':>14}  status"]
     picks = [r["pick"] for r in rows if r.get("pick") is not None and math.isfinite(r["pick"])]
     best = max(picks) if picks else None
 
@@ -50,13 +57,19 @@ def format_progress(rows: list[dict], elapsed_s: float, eta_s: float | None) -> 
 
     for r in rows:
         pick = "-" if r.get("pick") is None or not math.isfinite(r["pick"]) else \
-            f"{r['pick']:.3f} ({r['pick_examples']:,})"
+            f"{r['pick']:.3f}@{_si(r['pick_examples'])}"
         mark = "*" if best is not None and r.get("pick") == best else " "
         examples = "-" if r.get("examples") is None else f"{r['examples']:,}"
-        trial = f"{r['beta']:g}/s{r['seed']}" if seeds else f"{r['beta']:g}"
-        lines.append(f"{trial:>7} {r['lr']:>7g} {examples:>11} {num(r.get('dprime'), '.3f'):>7} "
-                     f"{num(r.get('smoothed'), '.3f'):>8} {pick:>19}{mark} {r['status']}")
+        lines.append(f"{r['trial']:>{width}} {r['lr']:>7g} {examples:>11} {num(r.get('dprime'), '.3f'):>8} "
+                     f"{num(r.get('smoothed'), '.3f'):>8} {pick:>14}{mark} {r['status']}")
     return "\n".join(lines)
+
+
+def trial_short_name(cfg: Config, scheme: str, beta: float, seed: int) -> str:
+    """A trial on the progress table: its beta (`<scheme> <beta>` with several schemes), and
+    `/s<seed>` with several seeds."""
+    name = f"{scheme} {beta:g}" if len(cfg.sweep.schemes) > 1 and beta > 0 else f"{beta:g}"
+    return name + (f"/s{seed}" if len(cfg.sweep.seeds) > 1 else "")
 
 
 def stopping_statement(cfg: Config) -> tuple[str, str | None]:
@@ -88,14 +101,16 @@ def stopping_statement(cfg: Config) -> tuple[str, str | None]:
 def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
     m, r = cfg.model, cfg.resources
-    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
+    grid = len(cfg.sweep.arms) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
     return "\n".join([
         f"config     {config_path}  (--print-config shows every value)",
         f"store      {cfg.data.store}  train {fingerprint}",
         f"model      AST {m.size} ({m.embed_dim or '-'} wide, {m.depth or '-'} deep), {m.frames} frames x "
         f"{m.mels} mels, {m.n_classes} classes",
-        f"grid       beta {cfg.sweep.betas} x lr {cfg.sweep.lrs}"
-        + (f" x seed {cfg.sweep.seeds}" if len(cfg.sweep.seeds) > 1 else "") + f" = {grid} trial{'s' * (grid != 1)}",
+        "grid       " + (f"{len(cfg.sweep.arms)} arms (scheme {cfg.sweep.schemes} x beta {cfg.sweep.betas}, "
+                            "beta 0 once)" if len(cfg.sweep.schemes) > 1 else f"beta {cfg.sweep.betas}")
+        + f" x lr {cfg.sweep.lrs}" + (f" x seed {cfg.sweep.seeds}" if len(cfg.sweep.seeds) > 1 else "")
+        + f" = {grid} trial{'s' * (grid != 1)}",
         f"stopping   {stopping_statement(cfg)[0]}",
         f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
         f"mlflow     {uri}  experiment {experiment!r}",
@@ -104,16 +119,16 @@ def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str
 
 def answer(summary: dict) -> str:
     """The selection in one line: stated as selected only when the verdict (results.txt, above
-    it on the console) is resolved; else the best on validation, provisional while a beta's pick
+    it on the console) is resolved; else the best on validation, provisional while an arm's pick
     has not settled, with the cap each would need."""
     best, late = summary["selection"], summary["selection"]["not_converged"]
     resolved = summary["verdict"].startswith("resolved")
     head = "selected" if resolved else "provisional: best on validation" if late else "best on validation"
     seeds = f" over {len(best['seeds'])} seeds" if len(best["seeds"]) > 1 else ""
-    line = (f"{head}: beta={best['beta']:g} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f}"
+    line = (f"{head}: {best['label']} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f}"
             f"{seeds} after {best['examples_to_peak']:,} examples")
     if late:
-        line += "; NOT CONVERGED for " + ", ".join(f"beta {r['beta']:g} (needs train.max_examples >= "
+        line += "; NOT CONVERGED for " + ", ".join(f"{r['label']} (needs train.max_examples >= "
                                                    f"{r['cap_to_settle']:,})" for r in late)
     else:
         line += "; every pick settled"

@@ -225,19 +225,19 @@ def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signal
     results = tuner.fit()
     signals.stop_raising()
     done = finished_trials(results, train_runs)
-    missing = [{"beta": b, "lr": lr} for b in cfg.sweep.betas for lr in cfg.sweep.lrs
-               if (float(b), float(lr)) not in done]
+    missing = [{"scheme": s, "beta": b, "lr": float(lr), "seed": seed} for s, b in cfg.sweep.arms
+               for lr in cfg.sweep.lrs for seed in cfg.sweep.seeds if (s, b, float(lr), seed) not in done]
     if missing and signals.received:  # Tune returns normally after Ctrl-C: half a grid is not an answer
         raise Interrupted(signals.received, missing)
     if missing:
-        named = ", ".join(f"beta={m['beta']:g} lr={m['lr']:g}" for m in missing)
+        named = ", ".join(f"{cfg.sweep.label(m['scheme'], m['beta'])} lr={m['lr']:g} seed {m['seed']}" for m in missing)
         raise SelectionError(f"trial(s) {named} ended without a final checkpoint in {train_runs}: it was removed "
                              "or is incomplete; start the sweep afresh (without --resume)")
     tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
     found, failed, diverged = traces(results, train_runs)
     tracking.fail_children(client, info["experiment_id"], info["parent_run_id"], failed)
     for d in diverged:
-        print(f"warning: trial beta={d['beta']:g} lr={d['lr']:g} seed {d['seed']} diverged (training loss "
+        print(f"warning: trial {cfg.sweep.label(d['scheme'], d['beta'])} lr={d['lr']:g} seed {d['seed']} diverged (training loss "
               f"{d['train_loss']:.3g}): left out of the selection", file=sys.stderr)
     return summarise(cfg, found, failed, diverged, train_runs)
 
@@ -259,12 +259,12 @@ def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
     best = summary["selection"]
     tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
                                              "best_val_dprime": best["val_dprime"],
-                                             **{f"p_best.beta_{b}": p for b, p in summary["p_best"].items()}}, 0)
+                                             **{f"p_best.{_metric_key(label)}": p for label, p in summary["p_best"].items()}}, 0)
     client.set_tag(parent_id, "verdict", summary["verdict"][:5000])
     client.set_tag(parent_id, "converged", str(best["all_converged"]).lower())
     client.set_tag(parent_id, "selection", best["status"])
     if best["not_converged"]:
-        client.set_tag(parent_id, "not_converged_betas", ", ".join(f"{r['beta']:g}" for r in best["not_converged"]))
+        client.set_tag(parent_id, "not_converged", ", ".join(r["label"] for r in best["not_converged"]))
     for name in ("report", "results.txt", "results.json"):  # the answer last
         target = run_dir.path / name
         if target.is_dir():
@@ -273,6 +273,11 @@ def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
     staging.rmdir()
     tracking.finish_run(client, parent_id)
     return table
+
+
+def _metric_key(label: str) -> str:
+    """An arm's label as an MLflow metric name: `psla beta=0.5` -> `psla_beta_0.5`."""
+    return label.replace(" ", "_").replace("=", "_")
 
 
 def _resume_command(argv: list[str]) -> str:

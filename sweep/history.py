@@ -3,7 +3,7 @@ evaluate, when to stop, what to report to Tune. Pure functions of plain dicts (t
 what a checkpoint's state.json holds), so every Train rank computes the same decision from the
 same gathered scores, and a restart from a checkpoint continues exactly.
 
-state: {examples, step, beta, lr, seed, stopped (None | "settled" | "cap"), history: {examples,
+state: {examples, step, scheme, beta, lr, seed, stopped (None | "settled" | "cap"), history: {examples,
 train_loss, val_mAP, val_AUC, val_dprime}: one list entry per evaluation}.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ __all__ = ["HISTORY_KEYS", "new_state", "next_evaluation", "evaluated", "summary
 HISTORY_KEYS = ("examples", "train_loss", "val_mAP", "val_AUC", "val_dprime")
 
 
-def new_state(beta: float, lr: float, seed: int) -> dict:
+def new_state(scheme: str, beta: float, lr: float, seed: int) -> dict:
     """The state of a trial that has not trained yet."""
-    return {"examples": 0, "step": 0, "beta": beta, "lr": lr, "seed": seed, "stopped": None,
+    return {"examples": 0, "step": 0, "scheme": scheme, "beta": beta, "lr": lr, "seed": seed, "stopped": None,
             "history": {k: [] for k in HISTORY_KEYS}}
 
 

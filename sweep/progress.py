@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 from ray.tune import Callback
 
-from sweep.console import eta_seconds, format_progress
+from sweep.config import Config, trial_point
+from sweep.console import eta_seconds, format_progress, trial_short_name
 
 __all__ = ["SweepProgress"]
 
@@ -16,10 +17,11 @@ __all__ = ["SweepProgress"]
 class SweepProgress(Callback):
     """Prints the sweep's progress table (see the module docstring) from Tune's trial states."""
 
-    def __init__(self, grid: list[tuple[float, float, int]], max_examples: int, concurrency: int,
+    def __init__(self, cfg: Config, grid: list[tuple[str, float, float, int]], concurrency: int,
                  every_s: float = 30.0):
-        """grid: every (beta, lr, seed) of the sweep (Tune creates trials as it starts them)."""
-        self.grid, self.max_examples, self.concurrency, self.every_s = grid, max_examples, concurrency, every_s
+        """grid: every (scheme, beta, lr, seed) of the sweep (Tune creates trials as it starts them)."""
+        self.cfg, self.grid, self.concurrency, self.every_s = cfg, grid, concurrency, every_s
+        self.max_examples = cfg.train.max_examples
         self.started = time.time()
         self.last_print = 0.0
         self.first: dict[str, tuple[float, float]] = {}  # trial id -> (time_total_s, examples) at its first result
@@ -50,18 +52,18 @@ class SweepProgress(Callback):
     def _print(self, trials, ended: dict[str, str] | None = None) -> None:
         self.last_print = time.time()
         rows, remaining, pending = [], [], 0
-        by_point = {(float(t.config["beta"]), float(t.config["lr"]), int(t.config["seed"])): t for t in trials}
-        for point in sorted(set(self.grid) | by_point.keys()):
-            t = by_point.get(point, SimpleNamespace(config=dict(zip(("beta", "lr", "seed"), point)),
-                                                    status="PENDING", last_result=None))
+        by_point = {trial_point(t.config): t for t in trials}
+        order = {p: i for i, p in enumerate(self.grid)}
+        for point in sorted(set(self.grid) | by_point.keys(), key=lambda p: (order.get(p, len(order)), p)):
+            scheme, beta, lr, seed = point
+            t = by_point.get(point, SimpleNamespace(status="PENDING", last_result=None))
             r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
             status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused",
                       "ERROR": "failed"}.get(state)
             if status is None:  # TERMINATED: stopped by its own rule, at the cap, or by a scheduler
                 status = {"settled": "settled", "cap": "settled" if r.get("converged") else "NOT CONVERGED"
                           }.get(r.get("stopped"), "stopped")
-            row = {"beta": float(t.config["beta"]), "lr": float(t.config["lr"]), "seed": int(t.config["seed"]),
-                   "status": status}
+            row = {"trial": trial_short_name(self.cfg, scheme, beta, seed), "lr": lr, "status": status}
             if "examples" in r:
                 row.update(examples=int(r["examples"]), dprime=r.get("val_dprime"), smoothed=r.get("val_dprime_smoothed"),
                            pick=r.get("val_dprime_pick"), pick_examples=int(r.get("examples_to_pick") or 0))

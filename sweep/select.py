@@ -15,8 +15,9 @@ tuned to the balanced model favours balancing).
 
 The same functions decide when a trial stops (sweep/train.py), what MLflow logs as
 `val_dprime_smoothed`, which checkpoints are kept, and what is selected, so the four agree.
-Per beta the learning rate whose picks have the highest mean over replicate seeds wins;
-overall, the best beta.
+An *arm* is one way of balancing: a scheme (data/balance.py) at an exponent beta; beta = 0, no
+balancing, is one arm whatever the scheme. Per arm the learning rate whose picks have the
+highest mean over replicate seeds wins; overall, the best arm.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StoppingRule", "TrialTrace", "Selection", "BetaSelection", "smoothed", "pick", "settled", "latest_settled_pick",
-           "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial", "select_per_beta",
+__all__ = ["StoppingRule", "TrialTrace", "Selection", "ArmSelection", "smoothed", "pick", "settled", "latest_settled_pick",
+           "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial", "arm_label", "select_per_arm",
            "select_overall"]
 
 
@@ -46,6 +47,7 @@ class TrialTrace:
     """One trial's validation trace: examples seen [evals], d' and mAP [evals], and per
     evaluation the path of its checkpoint (None where its weights were not kept)."""
     trial_id: str
+    scheme: str
     beta: float
     lr: float
     seed: int
@@ -72,6 +74,7 @@ class Selection:
     examples first, and the examples at the smoothed validation mAP's own pick (the paper's
     convergence figures are for mAP; selection stays on d'; None without a full mAP window)."""
     trial_id: str
+    scheme: str
     beta: float
     lr: float
     seed: int
@@ -86,9 +89,10 @@ class Selection:
 
 
 @dataclass
-class BetaSelection:
-    """One beta's answer: the learning rate chosen on the mean over seeds of the smoothed d' at
+class ArmSelection:
+    """One arm's answer: the learning rate chosen on the mean over seeds of the smoothed d' at
     the picks, and its pick in every seed (by seed)."""
+    scheme: str
     beta: float
     lr: float
     picks: list[Selection]
@@ -193,35 +197,42 @@ def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Sele
     if i is None:
         return None
     i_map = pick(trace.mAP, rule.window)
-    return Selection(trace.trial_id, trace.beta, trace.lr, trace.seed, i, int(trace.examples[i]),
+    return Selection(trace.trial_id, trace.scheme, trace.beta, trace.lr, trace.seed, i, int(trace.examples[i]),
                      float(smoothed(trace.dprime, rule.window)[i]), float(trace.dprime[i]),
                      trace.checkpoints[i], settled(trace.dprime, trace.examples, rule), len(trace.dprime),
                      int(trace.examples[i_map]) if i_map is not None else None)
 
 
-def select_per_beta(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[float, BetaSelection]:
-    """Per beta, the learning rate whose picks have the highest mean smoothed validation d' over
-    seeds (on ties the one whose traces come first), with its picks. A trace without a full
-    window cannot be selected: it is skipped with a warning that says so."""
-    arms: dict[tuple[float, float], list[Selection]] = {}
+def arm_label(scheme: str, beta: float, several_schemes: bool) -> str:
+    """How an arm is named in tables, on the console and in p_best: `beta=<b>`, with its scheme
+    first (`psla beta=<b>`) when the sweep has several and beta > 0."""
+    return f"beta={beta:g}" if not several_schemes or beta == 0 else f"{scheme} beta={beta:g}"
+
+
+def select_per_arm(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[tuple[str, float], ArmSelection]:
+    """Per arm (scheme, beta), the learning rate whose picks have the highest mean smoothed
+    validation d' over seeds (on ties the one whose traces come first), with its picks. A trace
+    without a full window cannot be selected: it is skipped with a warning that says so."""
+    arms: dict[tuple[str, float, float], list[Selection]] = {}
     for trace in traces:
         sel = select_trial(trace, rule)
         if sel is None:
-            warnings.warn(f"trial {trace.trial_id} (beta={trace.beta:g}, lr={trace.lr:g}, seed {trace.seed}) has no "
-                          f"{rule.window}-evaluation window free of NaN ({len(trace.dprime)} evaluations): "
-                          "it cannot be selected")
+            warnings.warn(f"trial {trace.trial_id} ({trace.scheme} beta={trace.beta:g}, lr={trace.lr:g}, seed "
+                          f"{trace.seed}) has no {rule.window}-evaluation window free of NaN ({len(trace.dprime)} "
+                          "evaluations): it cannot be selected")
             continue
-        arms.setdefault((trace.beta, trace.lr), []).append(sel)
-    best: dict[float, BetaSelection] = {}
-    for (beta, lr), picks in arms.items():
-        candidate = BetaSelection(beta, lr, sorted(picks, key=lambda p: p.seed))
-        if beta not in best or candidate.val_dprime > best[beta].val_dprime:
-            best[beta] = candidate
+        arms.setdefault((trace.scheme, trace.beta, trace.lr), []).append(sel)
+    best: dict[tuple[str, float], ArmSelection] = {}
+    for (scheme, beta, lr), picks in arms.items():
+        candidate = ArmSelection(scheme, beta, lr, sorted(picks, key=lambda p: p.seed))
+        if (scheme, beta) not in best or candidate.val_dprime > best[scheme, beta].val_dprime:
+            best[scheme, beta] = candidate
     return best
 
 
-def select_overall(per_beta: dict[float, BetaSelection]) -> BetaSelection:
-    """The beta with the highest mean smoothed validation d' at its picks; on ties the smallest."""
-    if not per_beta:
+def select_overall(per_arm: dict[tuple[str, float], ArmSelection]) -> ArmSelection:
+    """The arm with the highest mean smoothed validation d' at its picks; on ties the smallest
+    beta (then the scheme that comes first)."""
+    if not per_arm:
         raise ValueError("no selections to choose from")
-    return max(sorted(per_beta.values(), key=lambda s: s.beta), key=lambda s: s.val_dprime)
+    return max((per_arm[k] for k in sorted(per_arm, key=lambda k: k[1])), key=lambda s: s.val_dprime)

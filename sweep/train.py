@@ -77,7 +77,7 @@ class _Worker:
 
 
 def train_func(config: dict) -> None:
-    """Ray Train worker entry point. config: {cfg (Config as a dict), beta, lr, seed, tracking
+    """Ray Train worker entry point. config: {cfg (Config as a dict), scheme, beta, lr, seed, tracking
     (MLflow {uri, run_id}, or None), train_run_path, started (times the trial driver started and
     called fit)}.
     A failure is recorded in the run directory (type and message) before it ends the worker."""
@@ -111,7 +111,7 @@ def _train(config: dict) -> None:
     store = open_store(cfg.data.store)
     valid_rows = {c: i for i, c in enumerate(store.clip_ids(cfg.data.valid_split))}
     w = _Worker(cfg, rank, world, device, model, optimizer, store, config["train_run_path"], valid_rows)
-    state = _restored(w) or new_state(config["beta"], config["lr"], seed)
+    state = _restored(w) or new_state(config["scheme"], config["beta"], config["lr"], seed)
     _log_history(tracking, state["history"], rule.window)  # evaluations lost between a report and its log
     if state["stopped"]:  # restarted after the last evaluation: nothing left to do
         ray.train.report(summary_metrics(state, rule))

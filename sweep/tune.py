@@ -1,4 +1,5 @@
-"""The Ray Tune sweep over beta x learning rate; each trial builds and fits a TorchTrainer.
+"""The Ray Tune sweep over arms (scheme x beta) x learning rate x seed; each trial builds and
+fits a TorchTrainer.
 
 `trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
 MLflow child run, logs the sampler audit, and fits a `TorchTrainer` running
@@ -24,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from data.store import open_store
 from data.stream import default_units_per_block, oversampled_dataset, sampler_audit, stream_execution_options
-from sweep.config import Config, flatten, from_dict, to_dict
+from sweep.config import Config, flatten, from_dict, to_dict, trial_point
 from sweep.progress import SweepProgress
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
 from sweep.history import summary_metrics
@@ -43,20 +44,20 @@ def units_per_block(cfg: Config) -> int:
     return cfg.data.units_per_block or default_units_per_block(per_worker)
 
 
-def _train_dataset_factory(cfg: Config, beta: float, seed: int, train_run_path: str):
+def _train_dataset_factory(cfg: Config, scheme: str, beta: float, seed: int, train_run_path: str):
     """Called by Train at every worker-group start: the stream from the last checkpoint on."""
     def build():
         seen = registered_examples(train_run_path)
-        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=seed,
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=seed, method=scheme,
                                    examples=max(cfg.train.max_examples - seen, 1), skip=seen,
                                    units_per_block=units_per_block(cfg))
     return build
 
 
-def trial_name(beta: float, lr: float, seed: int, seeds: int) -> str:
-    """A trial's name in MLflow and on the console: `beta=<b> lr=<lr>`, and `seed=<s>` when the
-    sweep has replicate seeds."""
-    return f"beta={beta:g} lr={lr:g}" + (f" seed={seed}" if seeds > 1 else "")
+def trial_name(cfg: Config, scheme: str, beta: float, lr: float, seed: int) -> str:
+    """A trial's name in MLflow: its arm's label (`beta=<b>`, or `<scheme> beta=<b>` with several
+    schemes), `lr=<lr>`, and `seed=<s>` when the sweep has replicate seeds."""
+    return f"{cfg.sweep.label(scheme, beta)} lr={lr:g}" + (f" seed={seed}" if len(cfg.sweep.seeds) > 1 else "")
 
 
 def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
@@ -69,15 +70,15 @@ def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
     from sweep import tracking
     client = MlflowClient(t["uri"])
     store = open_store(cfg.data.store)
-    beta, lr, seed = config["beta"], config["lr"], config["seed"]
+    scheme, beta, lr, seed = trial_point(config)
     ran = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=lr)))
-    params = {"beta": beta, "lr": lr, "seed": seed, **flatten({"cfg": to_dict(ran)})}
+    params = {"scheme": scheme, "beta": beta, "lr": lr, "seed": seed, **flatten({"cfg": to_dict(ran)})}
     tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "trial_id": trial_id}
     run_id = tracking.child_run(client, t["experiment_id"], t["parent_run_id"], trial_id,
-                                trial_name(beta, lr, seed, len(cfg.sweep.seeds)), params, tags)
+                                trial_name(cfg, scheme, beta, lr, seed), params, tags)
     tracking.log_store_inputs(client, run_id, store, {cfg.data.train_split: "training",
                                                       cfg.data.valid_split: "validation"})
-    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed, batch_size=cfg.train.batch_size,
+    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed, batch_size=cfg.train.batch_size, method=scheme,
                           units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
     tracking.log_metrics(client, run_id, {f"audit.{k}": v for k, v in audit.items()
                                           if isinstance(v, (int, float))}, 0)
@@ -119,8 +120,8 @@ def _worker_errors(error: BaseException, run_path: str) -> BaseException:
 
 
 def trial_driver(config: dict, sweep: dict) -> None:
-    """Tune trainable: config = {beta, lr, seed} (what Tune searches and shows); sweep = {cfg,
-    train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
+    """Tune trainable: config = {arm: {scheme, beta}, lr, seed} (what Tune searches and shows);
+    sweep = {cfg, train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
     started = time.time()
     config = {**sweep, **config}
     cfg: Config = from_dict(Config, config["cfg"])
@@ -133,16 +134,17 @@ def trial_driver(config: dict, sweep: dict) -> None:
         _report_finished(cfg, checkpoints[-1])  # finished before an interruption: not run again
         return
     run_id = _log_trial_start(cfg, config, trial_id)
+    scheme, beta, lr, seed = trial_point(config)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": config["cfg"], "beta": config["beta"], "lr": config["lr"], "seed": config["seed"],
+        train_loop_config={"cfg": config["cfg"], "scheme": scheme, "beta": beta, "lr": lr, "seed": seed,
                            "tracking": {**config["tracking"], "run_id": run_id} if run_id else None,
                            "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
-        datasets={"train": _train_dataset_factory(cfg, config["beta"], config["seed"], run_path)},
+        datasets={"train": _train_dataset_factory(cfg, scheme, beta, seed, run_path)},
         # Train replaces a dataset's execution options with these: the planned order kept
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options={"train": stream_execution_options()}),
@@ -199,7 +201,7 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     drivers; never more than the grid. An explicit `resources.max_concurrent_trials` wins, with
     a warning when it oversubscribes the CPUs (trials then wait on each other's reads)."""
     r = cfg.resources
-    grid = len(cfg.sweep.betas) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
+    grid = len(cfg.sweep.arms) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
     if r.use_gpu:  # no GPU yet: an autoscaling cluster adds nodes as trials ask for them
         fit = int(resources.get("GPU", 0) // r.num_workers) or grid
     else:  # each trial: its Train workers plus one 0.5-CPU read task
@@ -215,7 +217,7 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
 
 def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
                 resume: bool, verbose: bool = False) -> tune.Tuner:
-    """A new Tuner over the beta x lr grid, or the interrupted one restored (`resume`); each
+    """A new Tuner over the arm x lr x seed grid, or the interrupted one restored (`resume`); each
     trial's Train run goes under `train_runs`. The console shows sweep/console.py's progress
     table, or Tune's own output when `verbose`."""
     driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
@@ -231,12 +233,13 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
         scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
                                   grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
-    grid = [(float(b), float(lr), int(s)) for b in cfg.sweep.betas for lr in cfg.sweep.lrs for s in cfg.sweep.seeds]
-    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(grid, cfg.train.max_examples, concurrency)]}
+    grid = [(scheme, beta, float(lr), int(s)) for scheme, beta in cfg.sweep.arms for lr in cfg.sweep.lrs
+            for s in cfg.sweep.seeds]
+    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(cfg, grid, concurrency)]}
     return tune.Tuner(
         trainable,
-        param_space={"beta": tune.grid_search(list(cfg.sweep.betas)), "lr": tune.grid_search(list(cfg.sweep.lrs)),
-                     "seed": tune.grid_search(list(cfg.sweep.seeds))},
+        param_space={"arm": tune.grid_search([{"scheme": scheme, "beta": beta} for scheme, beta in cfg.sweep.arms]),
+                     "lr": tune.grid_search(list(cfg.sweep.lrs)), "seed": tune.grid_search(list(cfg.sweep.seeds))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),

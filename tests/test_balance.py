@@ -39,13 +39,30 @@ def test_ties_get_equal_factors():
     assert B.oversampling_factors(labels, 1.0).tolist() == [1, 1, 1, 1, 1]
 
 
-def test_zero_count_class_with_given_priors():
-    priors = np.array([0.5, 0.0, 0.5])
-    assert B.oversampling_factors([[0, 1], [2]], 1.0, priors).tolist() == [1, 1]
-    with pytest.raises(ValueError, match="'clip-b'"):
-        B.oversampling_factors([[0], [1]], 1.0, priors, clip_ids=["clip-a", "clip-b"])
+def test_zero_count_class_with_given_counts():
+    counts = np.array([5, 0, 5])
+    for method in B.SCHEMES:
+        assert B.oversampling_factors([[0, 1], [2]], 1.0, counts, method).tolist() == [1, 1]
+        with pytest.raises(ValueError, match="'clip-b'"):
+            B.oversampling_factors([[0], [1]], 1.0, counts, method, clip_ids=["clip-a", "clip-b"])
     with pytest.raises(ValueError, match="no labels"):
         B.oversampling_factors([[0], []], 1.0)
+
+
+def test_schemes_by_hand():
+    """m_j = (agg over k of 1 / (N_k + c))^beta with the exponent outside: counts N = [3, 2, 1]
+    over LABELS ([0], [0, 1], [1], [0, 2]), M_j = round(m_j / min m)."""
+    w_sum = 1 / np.array([3.01, 3.01, 2.01, 3.01]) + np.array([0, 1 / 2.01, 0, 1 / 1.01])   # psla, c = 0.01
+    assert B.oversampling_factors(LABELS, 1.0, method="psla").tolist() == B.round_half_up(w_sum / w_sum.min()).tolist()
+    assert B.oversampling_factors(LABELS, 1.0, method="psla").tolist() == [1, 2, 1, 4]  # 2.4975, 1.4975, 3.98
+    w_passt = np.array([1 / 103, 1 / 103 + 1 / 102, 1 / 102, 1 / 103 + 1 / 101])
+    assert B.oversampling_factors(LABELS, 1.0, method="passt").tolist() == [1, 2, 1, 2]
+    assert (w_passt / w_passt.min()).round(3).tolist() == [1.0, 2.01, 1.01, 2.02]
+    for method in B.SCHEMES:  # beta = 0 is no balancing, whatever the aggregation
+        assert B.oversampling_factors(LABELS, 0.0, method=method).tolist() == [1, 1, 1, 1]
+    assert B.scheme("psla") == B.Scheme("psla", "sum", 0.01)
+    with pytest.raises(ValueError, match="unknown balancing scheme 'nope'; known: moore, psla, passt"):
+        B.scheme("nope")
 
 
 def test_oversampled_stats_counts_repeats():
@@ -53,7 +70,7 @@ def test_oversampled_stats_counts_repeats():
     # N'_k with M = [1,2,2,3]: class0 = 1+2+3, class1 = 2+2, class2 = 3
     assert s["epoch_length"] == 8 and s["max_repeat"] == 3
     assert s["imbalance_ratio"] == pytest.approx(6 / 3)
-    assert s["gini"] == pytest.approx(B.gini(np.array([6, 4, 3])))
+    assert s["gini"] == pytest.approx(B.gini(np.array([6, 4, 3]))) and s["scheme"] == "moore"
 
 
 def test_multilabels_roundtrip_take_and_multi_hot():

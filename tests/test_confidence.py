@@ -25,7 +25,7 @@ def _scores(y, separation, seed):
 
 def _trial(beta, y, scores, counts, lr=1e-3, seed=0):
     full = float(np.mean([classification_metrics(y, s.astype(np.float32))["dprime"] for s in scores]))
-    return {"beta": beta, "lr": lr, "seed": seed, "full": full,
+    return {"arm": f"beta={beta:g}", "beta": beta, "lr": lr, "seed": seed, "full": full,
             "samples": resampled_pick_dprime(y, scores.astype(np.float32), counts)}
 
 
@@ -49,8 +49,8 @@ def test_identical_trials_are_never_resolved():
         scores = _scores(y, 0.8, seed)
         counts = bootstrap_counts(CLIPS, 300, seed=seed)
         conf = confidence([_trial(0.0, y, scores, counts), _trial(0.001, y, scores, counts)], 300)
-        assert conf["p_best"] == {0.0: 0.5, 0.001: 0.5} and conf["margin"] == 0.0
-        assert conf["selected"] == 0.0 and conf["margin_ci95"] == (0.0, 0.0)
+        assert conf["p_best"] == {"beta=0": 0.5, "beta=0.001": 0.5} and conf["margin"] == 0.0
+        assert conf["selected"] == "beta=0" and conf["margin_ci95"] == (0.0, 0.0)
         v = verdict(conf, [], CLIPS)
         assert v.startswith("unresolved: beta=0 (p_best 0.50), beta=0.001 (p_best 0.50) are within noise")
         assert f"the split has {CLIPS}" in v
@@ -62,12 +62,12 @@ def test_a_clearly_better_trial_is_resolved():
     trials = [_trial(0.0, y, _scores(y, 0.5, 1), counts), _trial(0.5, y, _scores(y, 0.6, 2), counts),
               _trial(1.0, y, _scores(y, 2.0, 3), counts)]
     conf = confidence(trials, 300)
-    assert conf["selected"] == 1.0 and conf["runner_up"] == 0.5 and conf["p_best"][1.0] == 1.0
+    assert conf["selected"] == "beta=1" and conf["runner_up"] == "beta=0.5" and conf["p_best"]["beta=1"] == 1.0
     lo, hi = conf["margin_ci95"]
     assert 0 < lo < conf["margin"] < hi
     assert verdict(conf, [], CLIPS).startswith("resolved: beta=1 is best (p_best 1.00, margin +")
-    assert verdict(conf, [0.0], CLIPS) == ("unresolved: NOT CONVERGED for beta 0: raise train.max_examples "
-                                           "until every pick settles")
+    assert verdict(conf, ["beta=0"], CLIPS) == ("unresolved: NOT CONVERGED for beta=0: raise train.max_examples "
+                                                "until every pick settles")
 
 
 def test_learning_rates_and_seeds():
@@ -79,8 +79,8 @@ def test_learning_rates_and_seeds():
     better = _trial(1.0, y, _scores(y, 1.3, 2), counts)
     worse_lr = {**_trial(1.0, y, _scores(y, 0.2, 3), counts), "lr": 1e-4}
     one = confidence([a, better, worse_lr], 300)
-    assert one["selected"] == 1.0 and one["margin"] == pytest.approx(better["full"] - a["full"])
-    assert one["p_best"][1.0] >= 0.95 and verdict(one, [], CLIPS).startswith("resolved")
+    assert one["selected"] == "beta=1" and one["margin"] == pytest.approx(better["full"] - a["full"])
+    assert one["p_best"]["beta=1"] >= 0.95 and verdict(one, [], CLIPS).startswith("resolved")
     # a second seed of beta = 1 that came out much worse: the mean decides, and the seeds' spread
     second = {**_trial(1.0, y, _scores(y, 0.7, 4), counts), "seed": 1}
     two = confidence([a, {**a, "seed": 1}, better, second], 300)

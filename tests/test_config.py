@@ -51,10 +51,24 @@ def test_shipped_configs_load(name):
     ("run.name=/some/dir", r"run\.name: must be a plain name"),
     ("run.name=..", r"run\.name: must be a plain name"),
     ("data.store=[1]", r"data\.store: expected a string"),
+    ("sweep.schemes=[moore, focal]", r"sweep\.schemes: must be a non-empty list of distinct schemes out of moore, psla"),
+    ("sweep.schemes=[psla, psla]", r"sweep\.schemes: must be a non-empty list of distinct"),
+    ("sweep.schemes=[]", r"sweep\.schemes: must be a non-empty list"),
 ])
 def test_values_are_checked_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_the_grid_is_every_scheme_at_every_beta_with_beta_0_once():
+    """beta = 0 is no balancing whatever the scheme: one arm, named by its beta alone."""
+    cfg = load_config(None, ["sweep.schemes=[moore, psla, passt]", "sweep.betas=[0, 0.5, 1]"])
+    assert cfg.sweep.arms == [("moore", 0.0), ("moore", 0.5), ("moore", 1.0), ("psla", 0.5), ("psla", 1.0),
+                              ("passt", 0.5), ("passt", 1.0)]
+    assert [cfg.sweep.label(*a) for a in cfg.sweep.arms][:2] == ["beta=0", "moore beta=0.5"]
+    one = load_config(None, ["sweep.betas=[0, 1]"])
+    assert one.sweep.arms == [("moore", 0.0), ("moore", 1.0)] and one.sweep.label("moore", 1.0) == "beta=1"
+    assert load_config(None, ["sweep.schemes=[psla]", "sweep.betas=[0.5]"]).sweep.arms == [("psla", 0.5)]
 
 
 def test_underscores_and_exponents_are_numbers():

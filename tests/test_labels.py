@@ -16,6 +16,27 @@ def class_index(audioset):
     return read_class_index(audioset / "class_labels_indices.csv")
 
 
+def test_the_schemes_on_the_published_labels(audioset, class_index, capsys):
+    """data.stats --scheme on the 2,063,949 published training clips: the rivals' oversampled sets
+    at exponent 1 and 0.5 (Gini as the paper's eq. 3, the standard Gini less 1/K, to 3 decimals;
+    the pass length within 0.01%)."""
+    import json
+    want = {("moore", 1.0): (0.465, 144, 437_491_263, 15_009), ("psla", 1.0): (0.508, 174, 529_919_294, 26_209),
+            ("passt", 1.0): (0.533, 372, 475_423_879, 14_020),
+            ("moore", 0.5): (0.629,), ("psla", 0.5): (0.640,), ("passt", 0.5): (0.649,)}
+    assert stats_main(["--class-index", str(audioset / "class_labels_indices.csv"), "--segments",
+                       str(audioset / "balanced_train_segments.csv"), str(audioset / "unbalanced_train_segments.csv.gz"),
+                       "--scheme", "moore", "psla", "passt", "--betas", "0.5", "1", "--json"]) == 0
+    rows = {(r["scheme"], r["beta"]): r for r in json.loads(capsys.readouterr().out)["oversampled"]}
+    assert set(rows) == set(want)
+    for key, (g, *rest) in want.items():
+        assert round(rows[key]["gini"] - 1 / 527, 3) == g, key
+        if rest:
+            ratio, length, repeat = rest
+            assert round(rows[key]["imbalance_ratio"]) == ratio and rows[key]["max_repeat"] == repeat, key
+            assert abs(rows[key]["epoch_length"] - length) <= 1e-4 * length, key
+
+
 def test_published_train_reproduces_tables_1_and_2(audioset, class_index):
     seg = read_segments([audioset / "balanced_train_segments.csv",
                          audioset / "unbalanced_train_segments.csv.gz"], class_index)
@@ -94,7 +115,7 @@ def test_stats_cli_json(audioset, capsys):
     assert set(out) >= {"clips", "classes", "labels_per_clip", "imbalance_ratio", "gini",
                         "empty_classes", "oversampled"}
     assert [r["beta"] for r in out["oversampled"]] == [0.0, 1.0]
-    assert set(out["oversampled"][0]) == {"beta", "imbalance_ratio", "gini", "epoch_length", "max_repeat"}
+    assert set(out["oversampled"][0]) == {"scheme", "beta", "imbalance_ratio", "gini", "epoch_length", "max_repeat"}
 
 
 def test_lenient_read_leaves_out_what_strict_refuses(tmp_path, class_index):

@@ -74,7 +74,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, smoke_store, tmp_path, monkey
     for split in ("eval_public", "eval_internal"):
         m = row["eval"][split]
         assert 0 < m["mAP"] <= 1 and 0 < m["AUC"] <= 1 and np.isfinite(m["dprime"])
-        pred = np.load(run / "predictions" / "beta=1" / "seed=0" / f"{split}.npz")
+        pred = np.load(run / "predictions" / "moore-beta=1" / "seed=0" / f"{split}.npz")
         assert pred["scores"].shape == pred["targets"].shape == (len(pred["clip_ids"]), 8)
     table = (run / "results.txt").read_text()
     assert "Table 4: mAP" in table and f"{row['eval']['eval_public']['mAP']:.4f}" in table

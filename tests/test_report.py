@@ -24,7 +24,7 @@ from sweep.report import FIGURES, build_report
 from sweep.report.__main__ import main
 from sweep.winners import predictions_path, results_row, selection_summary
 from sweep.confidence import confidence, verdict
-from sweep.select import TrialTrace, select_overall, select_per_beta, select_trial
+from sweep.select import TrialTrace, select_overall, select_per_arm, select_trial
 from sweep.bootstrap import paired_bootstrap, prior_shift_metrics
 from sweep.report.tables import format_results
 
@@ -43,47 +43,49 @@ def _scores(targets: np.ndarray, train_prior: np.ndarray, beta: float, lr: float
     return (1 / (1 + np.exp(-logit))).astype(np.float32)
 
 
-def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24, seeds=(0,)) -> Path:
-    """results.json and predictions/beta=<b>/seed=<s>/<split>.npz as `python -m sweep.run` writes
-    them (sweep/winners.py), from made-up traces and scores."""
+def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24, seeds=(0,),
+                       schemes=("moore",)) -> Path:
+    """results.json and predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz as `python -m sweep.run`
+    writes them (sweep/winners.py), from made-up traces and scores."""
     cfg = prepare(load_config(SMOKE, [f"data.store={store.root}", f"run.run_dir={run_dir}", "data.synth=null",
                                       f"sweep.betas={list(betas)}", f"sweep.lrs={list(lrs)}",
-                                      f"sweep.seeds={list(seeds)}"]))
+                                      f"sweep.seeds={list(seeds)}", f"sweep.schemes={list(schemes)}"]))
     run_dir = Path(cfg.run.run_dir)
     train_prior = store.class_counts("train") / store.split_info("train")["clips"]
     rng = np.random.default_rng(0)
     every = cfg.train.eval_every_examples
     traces = []
-    for i, (beta, lr, seed) in enumerate((b, lr, s) for b in betas for lr in lrs for s in seeds):
+    for i, (scheme, beta, lr, seed) in enumerate((*a, lr, s) for a in cfg.sweep.arms for lr in lrs for s in seeds):
         x = every * np.arange(1, n_evals + 1)
         peak = (0.35 + 0.4 * (1 - beta)) * n_evals  # balanced trials peak earlier
         y = 1.2 + 0.9 * (1 - np.exp(-3 * x / (every * peak))) - 0.02 * np.maximum(x / every - peak, 0)
-        y += 0.05 * beta + rng.normal(0, 0.04, n_evals)
+        y += 0.05 * beta + 0.02 * cfg.sweep.schemes.index(scheme) + rng.normal(0, 0.04, n_evals)
         ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
-        traces.append(TrialTrace(f"t{i:05d}", float(beta), float(lr), seed, x, y, y / 4, ckpts))
-    per_beta = select_per_beta(traces, cfg.sweep.rule)
+        traces.append(TrialTrace(f"t{i:05d}", scheme, float(beta), float(lr), seed, x, y, y / 4, ckpts))
+    per_arm = select_per_arm(traces, cfg.sweep.rule)
     rows = []
-    for beta in sorted(per_beta):  # as sweep.winners.evaluate_winners
+    for arm in cfg.sweep.arms:  # as sweep.winners.evaluate_winners
         evaluated = {}
-        for sel in per_beta[beta].picks:
+        for sel in per_arm[arm].picks:
             metrics = {}
             for k, split in enumerate(cfg.data.eval_splits):
                 targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
-                scores = _scores(targets, train_prior, beta, sel.lr, seed=100 * k + int(10 * beta) + 1000 * sel.seed)
+                scores = _scores(targets, train_prior, sel.beta + 0.1 * cfg.sweep.schemes.index(sel.scheme), sel.lr,
+                                 seed=100 * k + int(10 * sel.beta) + 1000 * sel.seed + len(sel.scheme))
                 res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
                        "metrics": classification_metrics(targets, scores)}
-                save_predictions(predictions_path(run_dir, beta, sel.seed, split), res)
+                save_predictions(predictions_path(run_dir, sel.scheme, sel.beta, sel.seed, split), res)
                 metrics[split] = res["metrics"]
             evaluated[sel.seed] = (sel.examples_to_peak, metrics)
-        rows.append(results_row(per_beta[beta], evaluated))
-    selection = selection_summary(select_overall(per_beta), per_beta, cfg)
-    conf = confidence([{"beta": t.beta, "lr": t.lr, "seed": t.seed, "full": s.val_dprime,
-                        "samples": s.val_dprime + rng.normal(0, 0.05, 200)}
+        rows.append(results_row(per_arm[arm], cfg.sweep.label(*arm), evaluated))
+    selection = selection_summary(select_overall(per_arm), per_arm, cfg)
+    conf = confidence([{"arm": cfg.sweep.label(t.scheme, t.beta), "beta": t.beta, "lr": t.lr, "seed": t.seed,
+                        "full": s.val_dprime, "samples": s.val_dprime + rng.normal(0, 0.05, 200)}
                        for t in traces for s in [select_trial(t, cfg.sweep.rule)]], 200)
-    p_best = {f"{b:g}": p for b, p in conf["p_best"].items()}
-    summary = {"selection": selection, "verdict": verdict(conf, [r["beta"] for r in selection["not_converged"]], 99),
-               "p_best": p_best, "confidence": {**conf, "p_best": p_best}, "rows": rows, "failed": [], "diverged": [],
-               "traces": [{"trial_id": t.trial_id, "beta": t.beta, "lr": t.lr, "seed": t.seed,
+    summary = {"selection": selection, "verdict": verdict(conf, [r["label"] for r in selection["not_converged"]], 99),
+               "p_best": conf["p_best"], "confidence": conf, "rows": rows, "failed": [], "diverged": [],
+               "traces": [{"trial_id": t.trial_id, "scheme": t.scheme, "beta": t.beta,
+                           "label": cfg.sweep.label(t.scheme, t.beta), "lr": t.lr, "seed": t.seed,
                            "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
                "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg), "wall_seconds": 1.0}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -95,15 +97,15 @@ def report(synth_store, tmp_path_factory):
     """The report of a 3-beta x 2-lr sweep, through the CLI, with the beta = 0.5 predictions
     copied in as an extra model (a dir of <split>.npz)."""
     run_dir = write_sweep_output(synth_store, tmp_path_factory.mktemp("sweep") / "run")
-    copy = shutil.copytree(run_dir / "predictions" / "beta=0.5" / "seed=0", run_dir.parent / "copy")
+    copy = shutil.copytree(run_dir / "predictions" / "moore-beta=0.5" / "seed=0", run_dir.parent / "copy")
     assert main(["--run-dir", str(run_dir), "--extra", f"COPY={copy}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     tables = json.loads((run_dir / "report" / "tables.json").read_text())
     return run_dir, results, tables, synth_store
 
 
-def _pred(run_dir, beta, split, seed=0):
-    with np.load(predictions_path(run_dir, beta, seed, split)) as f:
+def _pred(run_dir, beta, split, seed=0, scheme="moore"):
+    with np.load(predictions_path(run_dir, scheme, beta, seed, split)) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -123,8 +125,10 @@ def test_imbalance_tables(report):
         assert r["clips"] == store.split_info(r["partition"])["clips"]
         assert r["imbalance_ratio"] == pytest.approx(imbalance_ratio(c)) and r["gini"] == pytest.approx(gini(c))
     assert [r["beta"] for r in t["table2"]] == [r["beta"] for r in results["rows"]] == list(BETAS)
+    assert [r["label"] for r in t["table2"]] == [f"beta={b:g}" for b in BETAS]
     for r in t["table2"]:
-        assert r == pytest.approx(oversampled_stats(store.labels("train"), r["beta"], store.n_classes))
+        want = oversampled_stats(store.labels("train"), r["beta"], store.n_classes, r["scheme"])
+        assert {k: v for k, v in r.items() if k != "label"} == pytest.approx(want)
         assert set(r) >= {"imbalance_ratio", "gini", "epoch_length", "max_repeat"}
     assert t["table2"][0]["max_repeat"] == 1 and t["table2"][-1]["gini"] < t["table2"][0]["gini"]
 
@@ -140,7 +144,7 @@ def test_metric_tables_consistent_with_results(report):
             assert (row["beta"], row["lr"]) == (res["beta"], res["lr"])
             for s in splits:
                 cell = row[s]
-                assert set(cell) == {"abs", "rel", "ci95"}
+                assert set(cell) == {"abs", "rel", "ci95", "undefined"} and cell["undefined"] == 0
                 assert cell["abs"] == res["eval"][s][key]
                 assert cell["rel"] == pytest.approx(res["eval"][s][key] - rows[0]["eval"][s][key], abs=1e-9)
                 lo, hi = cell["ci95"]
@@ -272,7 +276,7 @@ def test_extra_either_style_and_json(report, tmp_path, capsys):
     """--extra A=x B=y is --extra A=x --extra B=y; --json lists the files written."""
     run_dir = shutil.copytree(report[0], tmp_path / "run")
     copy = str(run_dir.parent / "copy")
-    shutil.copytree(run_dir / "predictions" / "beta=1" / "seed=0", copy)
+    shutil.copytree(run_dir / "predictions" / "moore-beta=1" / "seed=0", copy)
     base = ["--run-dir", str(run_dir), "--resamples", "20"]
     assert main([*base, "--extra", f"A={copy}", f"B={copy}", "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
@@ -306,34 +310,40 @@ def test_format_results_text():
     smallest beta), unsettled picks marked and named; mean +- sd over seeds; p_best and the verdict."""
     def row(b, seeds):
         picks = [{"seed": s, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24} for s in seeds]
-        return {"beta": b, "lr": 3e-4, "converged": b != 1.0, "seeds": picks,
+        return {"scheme": "moore", "beta": b, "label": f"beta={b:g}", "lr": 3e-4, "converged": b != 1.0, "seeds": picks,
                 "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}},
                 "eval_sd": {"ev": {"dprime": 0.1, "mAP": 0.01}}}
-    summary = {"rows": [row(0.0, [0]), row(1.0, [0])], "eval_splits": ["ev"], "p_best": {"0": 0.2, "1": 0.8},
+    summary = {"rows": [row(1.0, [0]), row(0.0, [0])], "eval_splits": ["ev"], "p_best": {"beta=0": 0.2, "beta=1": 0.8},
+               "config": {"sweep": {"schemes": ["moore"]}},
                "verdict": "unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"}
     assert format_results(summary).splitlines() == [
-        "Table 3: d' (absolute, change vs beta = 0)",
-        "  beta        lr                        ev",
-        "     0    0.0003           1.500 (+0.000)",
-        "     1    0.0003           2.500 (+1.000)  NOT CONVERGED",
+        "Table 3: d' (absolute, change vs beta=0)",
+        "arm           lr                        ev",
+        "beta=0    0.0003           1.500 (+0.000)",
+        "beta=1    0.0003           2.500 (+1.000)  NOT CONVERGED",
         "",
-        "Table 4: mAP (absolute, change vs beta = 0)",
-        "  beta        lr                        ev",
-        "     0    0.0003          0.2500 (+0.0000)",
-        "     1    0.0003          0.3500 (+0.1000)  NOT CONVERGED",
+        "Table 4: mAP (absolute, change vs beta=0)",
+        "arm           lr                        ev",
+        "beta=0    0.0003          0.2500 (+0.0000)",
+        "beta=1    0.0003          0.3500 (+0.1000)  NOT CONVERGED",
         "",
         "NOT CONVERGED: beta=1 (picked at 12,000 examples, evaluation 24 was the last): the cap "
         "(train.max_examples) came before the pick was settled; raise it",
         "",
         "p_best (probability of being best on validation): beta=0 0.20, beta=1 0.80",
         "verdict: unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"]
-    assert format_results({**summary, "rows": summary["rows"][1:]}).splitlines()[:3] == [
-        "Table 3: d' (absolute, change vs beta = 1)", "  beta        lr                        ev",
-        "     1    0.0003           2.500 (+0.000)  NOT CONVERGED"]
-    seeds = format_results({**summary, "rows": [row(0.0, [0, 1]), row(1.0, [0, 1])]}).splitlines()
-    assert seeds[0] == "Table 3: d' (absolute, change vs beta = 0), mean +- sd over 2 seeds"
-    assert seeds[3] == "     1    0.0003    2.500+-0.100 (+1.000)  NOT CONVERGED"
-    assert "beta=1 seed 1 (picked at 12,000" in seeds[10]
+    assert format_results({**summary, "rows": summary["rows"][:1]}).splitlines()[:3] == [
+        "Table 3: d' (absolute, change vs beta=1)", "arm           lr                        ev",
+        "beta=1    0.0003           2.500 (+0.000)  NOT CONVERGED"]
+    psla = {**row(0.5, [0, 1]), "scheme": "psla", "label": "psla beta=0.5"}
+    seeds = format_results({**summary, "rows": [psla, row(0.0, [0, 1]), row(1.0, [0, 1])],
+                            "config": {"sweep": {"schemes": ["moore", "psla"]}}}).splitlines()
+    assert seeds[0] == "Table 3: d' (absolute, change vs beta=0), mean +- sd over 2 seeds"
+    assert seeds[1:5] == ["arm                  lr                        ev",
+                          "beta=0           0.0003    1.500+-0.100 (+0.000)",
+                          "beta=1           0.0003    2.500+-0.100 (+1.000)  NOT CONVERGED",
+                          "psla beta=0.5    0.0003    2.000+-0.100 (+0.500)"]
+    assert "beta=1 seed 1 (picked at 12,000" in seeds[12]
 
 
 def test_without_beta_0_the_printed_tables_and_the_report_share_their_baseline(synth_store, tmp_path):
@@ -344,11 +354,12 @@ def test_without_beta_0_the_printed_tables_and_the_report_share_their_baseline(s
     tables = json.loads((run_dir / "report" / "tables.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
     text = format_results(results)
-    assert tables["baseline_beta"] == 0.5 and "change vs beta = 0.5" in text
-    assert "vs β = 0.5" in (run_dir / "report" / "report.md").read_text()
+    assert tables["baseline_beta"] == 0.5 and "change vs beta=0.5" in text
+    assert "vs beta=0.5" in (run_dir / "report" / "report.md").read_text()
     split = results["eval_splits"][0]
     rel = {r["beta"]: r[split]["rel"] for r in tables["table3"]}
-    printed = {float(line.split()[0]): float(line.split()[3].strip("()")) for line in text.splitlines()[2:4]}
+    printed = {float(line.split()[0].removeprefix("beta=")): float(line.split()[3].strip("()"))
+               for line in text.splitlines()[2:4]}
     assert rel[0.5] == printed[0.5] == 0 and printed[1.0] == pytest.approx(rel[1.0], abs=5e-4)
 
 
@@ -357,7 +368,28 @@ def test_no_pyplot_or_global_backend():
     the backend as the environment set it."""
     code = ("import sys, matplotlib, tempfile, pathlib; import sweep.report, sweep.report.figures as F; "
             "F.examples_to_peak(pathlib.Path(tempfile.mkdtemp()) / 'x.png', "
-            "[{'beta': 0.0, 'lr': 1e-3, 'examples_to_peak': 100}]); "
+            "[{'label': 'beta=0', 'lr': 1e-3, 'examples_to_peak': 100}]); "
             "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.rcParams['backend'] == 'svg'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
                    env={**os.environ, "MPLBACKEND": "svg"})
+
+
+def test_two_schemes_report_every_arm_once(synth_store, tmp_path):
+    """moore and psla at beta 0.5 and 1 with beta = 0 once: five arms in every table, the
+    baseline first, Fig. 3 the first scheme's largest beta, the figures drawn, p_best per arm."""
+    run_dir = write_sweep_output(synth_store, tmp_path / "run", lrs=(1e-3,), n_evals=12, schemes=("moore", "psla"))
+    build_report(run_dir, n_resamples=50)
+    t = json.loads((run_dir / "report" / "tables.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    arms = ["beta=0", "moore beta=0.5", "moore beta=1", "psla beta=0.5", "psla beta=1"]
+    assert [r["label"] for r in results["rows"]] == arms and set(results["p_best"]) == set(arms)
+    assert [r["name"] for r in t["table4"]] == [r["label"] for r in t["table2"]] == arms
+    assert [r["scheme"] for r in t["table2"]] == ["moore", "moore", "moore", "psla", "psla"]
+    assert t["table2"][3]["epoch_length"] != t["table2"][1]["epoch_length"]  # the schemes draw differently
+    assert t["baseline"] == "beta=0" and t["fig3"]["models"] == ["beta=0", "moore beta=1"]
+    assert t["figures"] == list(FIGURES)
+    assert (run_dir / "predictions" / "psla-beta=0.5" / "seed=0").is_dir()
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "| psla beta=1 |" in md and f": {results['selection']['label']}**" in md
+    text = format_results(results)
+    assert all(any(line.startswith(a + " ") for line in text.splitlines()) for a in arms)

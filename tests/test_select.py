@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from bench.stopping_rule import SPEEDS, simulate, stop_at, true_curve
-from sweep.select import (BetaSelection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, pick,
-                          scores_to_keep, select_overall, select_per_beta, select_trial, settled, smoothed)
+from sweep.select import (ArmSelection, StoppingRule, TrialTrace, arm_label, checkpoints_to_keep, latest_settled_pick,
+                          pick, scores_to_keep, select_overall, select_per_arm, select_trial, settled, smoothed)
 
 
 def _trace(trial_id: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None,
-           seed: int = 0) -> TrialTrace:
+           seed: int = 0, scheme: str = "moore") -> TrialTrace:
     e = len(dprime)
-    return TrialTrace(trial_id, beta, lr, seed, np.arange(1, e + 1) * 1000, np.array(dprime),
+    return TrialTrace(trial_id, scheme, beta, lr, seed, np.arange(1, e + 1) * 1000, np.array(dprime),
                       np.array(dprime if mAP is None else mAP) / 10, [f"ckpt/{trial_id}/{i}" for i in range(e)])
 
 
@@ -196,22 +196,22 @@ def test_scores_to_keep_cover_the_window_of_every_possible_future_pick():
     assert scores_to_keep(np.array([0.0, 1.0, 5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 3) == {1, 2, 3, 7, 8}
 
 
-def test_select_per_beta_and_overall():
+def test_select_per_arm_and_overall():
     traces = [
         _trace("a", 0.0, 1e-4, [1.0, 1.2, 1.4, 1.5, 1.5, 1.4]),
         _trace("b", 0.0, 1e-3, [1.1, 1.6, 1.8, 1.7, 1.5, 1.4]),
         _trace("c", 1.0, 1e-4, [0.9, 1.0, 1.1, 1.2, 1.3, 1.4]),
         _trace("d", 1.0, 1e-3, [1.0, 2.5, 1.0, 1.0, 1.0, 1.0]),  # one spike only
     ]
-    per_beta = select_per_beta(traces, StoppingRule(3, 2, 1.0))
-    assert set(per_beta) == {0.0, 1.0} and all(len(s.picks) == 1 for s in per_beta.values())
-    b0 = per_beta[0.0].picks[0]
+    per_arm = select_per_arm(traces, StoppingRule(3, 2, 1.0))
+    assert set(per_arm) == {("moore", 0.0), ("moore", 1.0)} and all(len(s.picks) == 1 for s in per_arm.values())
+    b0 = per_arm["moore", 0.0].picks[0]
     # b smoothed (window 3): [-, 1.5, 1.7, 1.667, 1.533, -] -> index 2; a peaks at 1.467
     assert (b0.trial_id, b0.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
     assert b0.val_dprime == pytest.approx(1.7) and b0.val_dprime_raw == 1.8
     assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6 and b0.examples_to_map_peak == 3000
     # d smoothed: [-, 1.5, 1.5, 1.0, 1.0, -] -> index 1; c rises to 1.3 at index 4, unsettled
-    b1 = per_beta[1.0].picks[0]
+    b1 = per_arm["moore", 1.0].picks[0]
     assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
     assert not select_trial(traces[2], StoppingRule(3, 2, 1.0)).converged
     # at ratio 2, b's pick (3,000 examples) needs the 6,000 it has; at 2.5, 7,500
@@ -220,8 +220,26 @@ def test_select_per_beta_and_overall():
     # the mAP pick is reported beside the d' pick, from the mAP trace alone
     later = _trace("e", 0.5, 1e-3, [1.1, 1.6, 1.8, 1.7, 1.5, 1.4], mAP=[1, 2, 3, 4, 5, 4])
     assert select_trial(later, StoppingRule(3, 2, 1.0)).examples_to_map_peak == 5000
-    best = select_overall(per_beta)
-    assert isinstance(best, BetaSelection) and best.beta == 0.0 and best.picks[0].trial_id == "b"
+    best = select_overall(per_arm)
+    assert isinstance(best, ArmSelection) and best.beta == 0.0 and best.picks[0].trial_id == "b"
+
+
+def test_schemes_are_arms_of_their_own():
+    """Two schemes at one beta are two arms, each choosing its learning rate; the overall pick
+    is the better arm, on a tie the smaller beta, then the scheme swept first."""
+    traces = [_trace("m", 0.5, 1e-3, [1.0, 1.5, 1.6, 1.5, 1.4, 1.3]),
+              _trace("p1", 0.5, 1e-4, [1.0, 1.9, 2.0, 1.9, 1.4, 1.3], scheme="psla"),
+              _trace("p2", 0.5, 1e-3, [1.0, 1.2, 1.3, 1.2, 1.1, 1.0], scheme="psla")]
+    per_arm = select_per_arm(traces, StoppingRule(3, 2, 1.0))
+    assert set(per_arm) == {("moore", 0.5), ("psla", 0.5)}
+    assert per_arm["psla", 0.5].lr == 1e-4 and per_arm["psla", 0.5].scheme == "psla"
+    best = select_overall(per_arm)
+    assert (best.scheme, best.beta) == ("psla", 0.5) and best.picks[0].scheme == "psla"
+    tied = select_per_arm([_trace("a", 0.5, 1e-3, [1.0] * 6, scheme="psla"), _trace("b", 0.5, 1e-3, [1.0] * 6),
+                           _trace("c", 0.3, 1e-3, [1.0] * 6, scheme="passt")], StoppingRule(3, 2, 1.0))
+    assert (select_overall(tied).scheme, select_overall(tied).beta) == ("passt", 0.3)
+    assert arm_label("psla", 0.5, True) == "psla beta=0.5" and arm_label("psla", 0.0, True) == "beta=0"
+    assert arm_label("moore", 0.5, False) == "beta=0.5"
 
 
 def test_seeds_choose_the_learning_rate_on_their_mean():
@@ -231,17 +249,17 @@ def test_seeds_choose_the_learning_rate_on_their_mean():
              _trace("a1", 0.0, 1e-4, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], seed=1)]   # mean 1.83
     steady = [_trace("b1", 0.0, 1e-3, [1.0, 2.0, 2.0, 1.9, 1.5, 1.5], seed=1),
               _trace("b0", 0.0, 1e-3, [1.0, 2.0, 2.1, 2.0, 1.6, 1.5], seed=0)]  # mean 1.98
-    sel = select_per_beta(lucky + steady, StoppingRule(3, 2, 1.0))[0.0]
+    sel = select_per_arm(lucky + steady, StoppingRule(3, 2, 1.0))["moore", 0.0]
     assert sel.lr == 1e-3 and [p.trial_id for p in sel.picks] == ["b0", "b1"]
     assert sel.val_dprime == pytest.approx(np.mean([p.val_dprime for p in sel.picks])) and sel.converged
     unsettled = _trace("b1", 0.0, 1e-3, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0], seed=1)
-    assert not select_per_beta(steady[1:] + [unsettled], StoppingRule(3, 2, 1.0))[0.0].converged
+    assert not select_per_arm(steady[1:] + [unsettled], StoppingRule(3, 2, 1.0))["moore", 0.0].converged
 
 
 def test_a_trace_without_a_full_window_cannot_be_selected():
     traces = [_trace("a", 0.5, 1e-4, [1.0, 1.2, 1.1]), _trace("b", 0.5, 1e-3, [1.0] * 7)]
     with pytest.warns(UserWarning, match="trial a .* no 7-evaluation window"):
-        assert select_per_beta(traces)[0.5].picks[0].trial_id == "b"
+        assert select_per_arm(traces)["moore", 0.5].picks[0].trial_id == "b"
     assert select_trial(traces[0], StoppingRule(7, 5, 2.0)) is None
     with pytest.raises(ValueError):
         select_overall({})
@@ -249,4 +267,4 @@ def test_a_trace_without_a_full_window_cannot_be_selected():
 
 def test_trace_lengths_must_agree():
     with pytest.raises(ValueError, match="one length"):
-        TrialTrace("x", 0.0, 1e-4, 0, np.arange(3), np.zeros(3), np.zeros(3), [None, None])
+        TrialTrace("x", "moore", 0.0, 1e-4, 0, np.arange(3), np.zeros(3), np.zeros(3), [None, None])

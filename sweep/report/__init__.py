@@ -3,15 +3,16 @@
     python -m sweep.report --run-dir runs/demo
     python -m sweep.report --run-dir runs/demo --extra AST=runs/ast_preds   # + an external model
 
-Reads <run_dir>/results.json and the saved predictions (<run_dir>/predictions/beta=<b>/<split>.npz);
-writes <run_dir>/report/:
-  tables.json  table1 (imbalance per partition), table2 (the oversampled training set per beta),
-               table3 (d') and table4 (mAP) per model and eval split as {abs, rel, ci95} (rel: change
-               from the baseline, beta = 0 or else the smallest beta; ci95: 95% paired bootstrap
-               interval of that change over evaluation clips), fig3 (per-class delta-AP of the largest
-               vs the smallest beta regressed on log10 training prior, with the per-class data),
-               prior_shift (each model's mAP re-scored under every other eval split's class prior),
-               convergence (examples to the selected checkpoint per beta)
+Reads <run_dir>/results.json and the saved predictions
+(<run_dir>/predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz); writes <run_dir>/report/:
+  tables.json  table1 (imbalance per partition), table2 (the oversampled training set per arm: a
+               scheme at a beta), table3 (d') and table4 (mAP) per model and eval split as {abs,
+               rel, ci95} (rel: change from the baseline, beta = 0 or else the smallest beta; ci95:
+               95% paired bootstrap interval of that change over evaluation clips), fig3 (per-class
+               delta-AP of the first scheme's largest beta vs the baseline regressed on log10
+               training prior, with the per-class data), prior_shift (each model's mAP re-scored
+               under every other eval split's class prior), convergence (examples to the selected
+               checkpoint per arm and seed)
   report.md    the same, readable
   per_class_<split>.csv  one row per class: mid, name, training clips and prior, positives in
                the split, then AP and AUC of every model (sweep rows and extras) on that split
@@ -41,7 +42,8 @@ from sweep.report.per_class import write_per_class_csv
 from sweep.bootstrap import bootstrap_counts, resampled_metrics
 from sweep.evaluate import load_predictions
 from sweep.winners import predictions_path
-from sweep.report.tables import convergence_rows, fig3_table, imbalance_tables, metric_tables, prior_shift_rows
+from sweep.report.tables import (convergence_rows, fig3_table, imbalance_tables, metric_tables, ordered_rows,
+                                 prior_shift_rows)
 
 __all__ = ["build_report", "FIGURES"]
 
@@ -93,7 +95,8 @@ def _predictions(run_dir: Path, split: str, models: list[dict], extras: dict) ->
     """Every model's predictions of `split` in the baseline's clip order ({name: one npz's arrays
     per seed}; None: an extra model without this split)."""
     def saved(row: dict) -> list[dict]:
-        return [_load_npz(predictions_path(run_dir, row["beta"], s["seed"], split)) for s in row["seeds"]]
+        return [_load_npz(predictions_path(run_dir, row["scheme"], row["beta"], s["seed"], split))
+                for s in row["seeds"]]
 
     ref = saved(models[0]["row"])[0]
     preds = {}
@@ -128,12 +131,13 @@ def _score_split(run_dir: Path, split: str, models: list[dict], extras: dict, n_
 
 
 def _models(rows: list[dict], extras: dict) -> list[dict]:
-    """[{name, beta, lr, row}]: the sweep rows by beta (the first is the baseline), then the extras."""
-    models = [{"name": f"beta={r['beta']:g}", "beta": r["beta"], "lr": r["lr"], "row": r} for r in rows]
+    """[{name, scheme, beta, lr, row}]: the sweep rows in order (the first is the baseline), named
+    by their arm's label, then the extras."""
+    models = [{"name": r["label"], "scheme": r["scheme"], "beta": r["beta"], "lr": r["lr"], "row": r} for r in rows]
     for name in extras:
         if name in {m["name"] for m in models}:
             raise ValueError(f"--extra {name}: the name is taken by a sweep row")
-        models.append({"name": name, "beta": None, "lr": None, "row": None})
+        models.append({"name": name, "scheme": None, "beta": None, "lr": None, "row": None})
     return models
 
 
@@ -161,7 +165,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     run_dir, extras = Path(run_dir), extras or {}
     results = results or json.loads((run_dir / "results.json").read_text())
     cfg, splits = results["config"], results["eval_splits"]
-    rows = sorted(results["rows"], key=lambda r: r["beta"])  # rows[0]: the baseline (tables.baseline)
+    rows = ordered_rows(results["rows"], cfg["sweep"]["schemes"])  # rows[0]: the baseline
     if not rows:
         raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     store, train = open_store(cfg["data"]["store"]), cfg["data"]["train_split"]
@@ -178,12 +182,13 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
             raise ValueError(f"--extra {m['name']}={extras[m['name']]}: no predictions of the eval splits "
                              f"{splits} (a dir of <split>.npz, or one npz with a split's clips)")
 
-    tables: dict = {"eval_splits": splits, "baseline_beta": rows[0]["beta"], "n_resamples": n_resamples}
-    tables["table1"], tables["table2"] = imbalance_tables(store, cfg["data"], [r["beta"] for r in rows])
+    tables: dict = {"eval_splits": splits, "baseline": rows[0]["label"], "baseline_beta": rows[0]["beta"],
+                    "n_resamples": n_resamples}
+    tables["table1"], tables["table2"] = imbalance_tables(store, cfg["data"], rows)
     tables.update(metric_tables(models, boot, splits))
-    tables["fig3"] = fig3_table(boot, models[0]["name"], models[len(rows) - 1]["name"],
-                                [rows[0]["beta"], rows[-1]["beta"]], split_prior(train), store.classes,
-                                n_resamples, SEED) if len(rows) > 1 else None
+    top = max((r for r in rows if r["scheme"] == rows[0]["scheme"]), key=lambda r: r["beta"])
+    tables["fig3"] = fig3_table(boot, rows[0], top, split_prior(train), store.classes, n_resamples,
+                                SEED) if top is not rows[0] else None
     order = {m["name"]: i for i, m in enumerate(models)}
     tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept
     tables["selection"], tables["verdict"], tables["p_best"] = results["selection"], results["verdict"], results["p_best"]

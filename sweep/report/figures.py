@@ -1,11 +1,13 @@
 """The report's figures as PNG, drawn with matplotlib's object-oriented API (a `Figure` on an Agg
 canvas: no pyplot, no global backend).
 
-    fig1_2_metrics_vs_beta   mAP and d' vs beta, change from the baseline, 95% CI bars
+    fig1_2_metrics_vs_beta   mAP and d' vs beta (a line per scheme), change from the baseline, 95% CI bars
     fig3_delta_ap_vs_prior   per-class delta-AP against log10 training prior, with the fitted line
     validation_traces        raw and smoothed validation d' per trial, selected checkpoints starred
-    examples_to_peak         training examples to each beta's selected checkpoint
-    p_best                   the probability that each beta is best on validation, and the verdict
+    examples_to_peak         training examples to each arm's selected checkpoint
+    p_best                   the probability that each arm is best on validation, and the verdict
+
+An arm is a scheme at a beta; it is named by its label (`beta=0.5`, `psla beta=0.5`).
 """
 from __future__ import annotations
 
@@ -31,14 +33,16 @@ DPI = 110
 
 def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dict] | None, window: int) -> list[str]:
     """Every figure that applies, written to out_dir; returns their file names. tables: the
-    report's tables (tables.json); rows: results.json rows by beta; traces: results.json traces;
-    window: the selection's smoothing window. Figs. 1-3 and p_best need two betas, the traces
-    need traces."""
+    report's tables (tables.json); rows: results.json rows, the baseline first
+    (tables.ordered_rows); traces: results.json traces; window: the selection's smoothing window.
+    Figs. 1-3 and p_best need two arms, the traces need traces."""
     made = []
     if len(rows) > 1:
-        metrics_vs_beta(out_dir / FIGURES[0], tables, tables["eval_splits"], tables["baseline_beta"])
+        metrics_vs_beta(out_dir / FIGURES[0], tables, tables["eval_splits"], tables["baseline"])
+        made.append(FIGURES[0])
+    if tables["fig3"]:
         delta_ap_vs_prior(out_dir / FIGURES[1], tables["fig3"], tables["eval_splits"])
-        made += FIGURES[:2]
+        made.append(FIGURES[1])
     if traces:
         validation_traces(out_dir / FIGURES[2], traces, rows, window)
         made.append(FIGURES[2])
@@ -64,28 +68,35 @@ def _si(x: float, _pos=None) -> str:
     return f"{x:.3g}"
 
 
-def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base_beta: float) -> None:
-    """Fig. 1 (mAP) and Fig. 2 (d') vs beta: change from the baseline per eval split, i.e. each
-    split's curve offset to 0 at the baseline, with 95% paired bootstrap CI bars."""
+def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base: str) -> None:
+    """Fig. 1 (mAP) and Fig. 2 (d') vs beta: change from the baseline (the arm named `base`) per
+    eval split (colour) and scheme (line style), each line starting at the baseline, with 95%
+    paired bootstrap CI bars."""
     fig = _figure((12, 4.6))
     axes = fig.subplots(1, 2)
-    betas = np.array([r["beta"] for r in tables["table4"] if r["beta"] is not None])
-    span = (betas.max() - betas.min()) or 1.0
+    arms = [r for r in tables["table4"] if r["beta"] is not None]
+    schemes = list(dict.fromkeys(r["scheme"] for r in arms if r["name"] != base))
+    betas = sorted({r["beta"] for r in arms})
+    span, n_lines = (max(betas) - min(betas)) or 1.0, len(splits) * len(schemes)
     for ax, table, fig_no in zip(axes, ("table4", "table3"), (1, 2)):
         label = METRIC_TABLES[table][1]
         rows = [r for r in tables[table] if r["beta"] is not None]
-        for i, s in enumerate(splits):
-            rel = np.array([r[s]["rel"] for r in rows])
-            ci = np.array([r[s]["ci95"] for r in rows])
-            dodge = (i - (len(splits) - 1) / 2) * 0.012 * span  # keep the CI bars apart
-            base_abs = next(r[s]["abs"] for r in rows if r["beta"] == base_beta)
-            ax.errorbar(betas + dodge, rel, yerr=[rel - ci[:, 0], ci[:, 1] - rel], marker="o", ms=5,
-                        capsize=3, lw=1.5, label=f"{s} ({label} at β={base_beta:g}: {base_abs:.3f})")
+        base_row = next(r for r in rows if r["name"] == base)
+        for k, (s, scheme) in enumerate((s, scheme) for s in splits for scheme in schemes):
+            line = [base_row, *sorted((r for r in rows if r["scheme"] == scheme and r is not base_row),
+                                      key=lambda r: r["beta"])]
+            x = np.array([r["beta"] for r in line]) + (k - (n_lines - 1) / 2) * 0.012 * span  # CI bars apart
+            rel, ci = np.array([r[s]["rel"] for r in line]), np.array([r[s]["ci95"] for r in line])
+            j = schemes.index(scheme)
+            ax.errorbar(x, rel, yerr=[rel - ci[:, 0], ci[:, 1] - rel], marker="os^D"[j % 4], ms=5, capsize=3,
+                        lw=1.5, ls=("-", "--", ":", "-.")[j % 4], color=f"C{splits.index(s) % 10}",
+                        label=(s if len(schemes) == 1 else f"{s}, {scheme}")
+                        + f" ({label} at {base}: {base_row[s]['abs']:.3f})")
         ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set_xticks(betas)
         ax.set_xticklabels([f"{b:g}" for b in betas])
         ax.set(xlabel="β (oversampling exponent; 0 = natural, 1 = fully balanced)",
-               ylabel=f"Δ{label} vs β = {base_beta:g}",
+               ylabel=f"Δ{label} vs {base}",
                title=f"Fig. {fig_no}: {label} vs β (bars: 95% paired bootstrap CI)")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8, loc="best")
@@ -99,7 +110,7 @@ def delta_ap_vs_prior(path: Path, fig3: dict, splits: list[str]) -> None:
     x_all = np.array(fig3["log10_prior"], dtype=float)
     fig = _figure((5.4 * len(splits), 4.4))
     axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)
-    lo_b, hi_b = fig3["betas"]
+    lo, hi = fig3["models"]
     for j, (ax, s) in enumerate(zip(axes[0], splits)):
         d = np.array([np.nan if v is None else v for v in fig3[s]["delta_ap"]], dtype=float)
         ok = np.isfinite(d) & np.isfinite(x_all)
@@ -113,35 +124,35 @@ def delta_ap_vs_prior(path: Path, fig3: dict, splits: list[str]) -> None:
         ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set(title=f"{s}", xlabel="log10 training prior (fraction of training clips labelled)")
         if j == 0:
-            ax.set_ylabel(f"ΔAP per class: AP(β={hi_b:g}) − AP(β={lo_b:g})")
+            ax.set_ylabel(f"ΔAP per class: AP({hi}) − AP({lo})")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"Fig. 3: per-class change in AP (β = {hi_b:g} vs {lo_b:g}) against training prior; "
+    fig.suptitle(f"Fig. 3: per-class change in AP ({hi} vs {lo}) against training prior; "
                  "slope with 95% bootstrap CI over classes", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
 
 
 def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: int) -> None:
-    """One panel per beta, one colour per learning rate: raw validation d' (faint) and its centred
-    moving average (solid); a star at each beta's selected checkpoint."""
-    betas = sorted({t["beta"] for t in traces})
+    """One panel per arm (in the rows' order), one colour per learning rate: raw validation d'
+    (faint) and its centred moving average (solid); a star at each seed's selected checkpoint."""
+    arms = list(dict.fromkeys([r["label"] for r in rows] + [t["label"] for t in traces]))
     lrs = sorted({t["lr"] for t in traces})
-    ncol = min(4, len(betas))
-    nrow = math.ceil(len(betas) / ncol)
+    ncol = min(4, len(arms))
+    nrow = math.ceil(len(arms) / ncol)
     fig = _figure((3.6 * ncol + 0.6, 3.0 * nrow + 0.9))
     axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
     picks = {s["trial_id"]: s for r in rows for s in r["seeds"]}
-    for ax, b in zip(axes.flat, betas):
-        for t in (t for t in traces if t["beta"] == b):
+    for ax, arm in zip(axes.flat, arms):
+        for t in (t for t in traces if t["label"] == arm):
             _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial_id"]), window)
-        ax.set_title(f"β = {b:g}", fontsize=10)
+        ax.set_title(arm, fontsize=10)
         ax.grid(alpha=0.25)
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
-    for ax in axes.flat[len(betas):]:
+    for ax in axes.flat[len(arms):]:
         ax.set_visible(False)
-    for i, ax in enumerate(axes.flat[:len(betas)]):
-        if i + ncol >= len(betas):  # nothing below it: show its x axis
+    for i, ax in enumerate(axes.flat[:len(arms)]):
+        if i + ncol >= len(arms):  # nothing below it: show its x axis
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("training examples seen")
     for ax in axes[:, 0]:
@@ -168,18 +179,19 @@ def _trace(ax, t: dict, color: str, pick: dict | None, window: int) -> None:
 
 
 def examples_to_peak(path: Path, rows: list[dict]) -> None:
-    """Bars: training examples to each beta's selected checkpoint, labelled with its lr."""
+    """Bars: training examples to each arm's selected checkpoint (the mean over seeds), labelled
+    with its lr."""
     fig = _figure((1.2 * len(rows) + 3, 3.8))
     ax = fig.subplots()
     values = [r["examples_to_peak"] for r in rows]
-    bars = ax.bar([f"{r['beta']:g}" for r in rows], values, color="C0", width=0.6)
+    bars = ax.bar([r["label"] for r in rows], values, color="C0", width=0.6)
     for bar, r in zip(bars, rows):
         ax.annotate(f"{_si(r['examples_to_peak'])}\nlr {r['lr']:g}", (bar.get_x() + bar.get_width() / 2,
                     bar.get_height()), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                     textcoords="offset points")
     ax.yaxis.set_major_formatter(FuncFormatter(_si))
     ax.set_ylim(0, max(values) * 1.25 if max(values) > 0 else 1)
-    ax.set(xlabel="β (oversampling exponent)", ylabel="training examples seen",
+    ax.set(xlabel="arm (β: the oversampling exponent)", ylabel="training examples seen",
            title="Examples to the selected checkpoint (peak smoothed validation d')")
     ax.grid(axis="y", alpha=0.25)
     fig.tight_layout()
@@ -187,7 +199,7 @@ def examples_to_peak(path: Path, rows: list[dict]) -> None:
 
 
 def p_best(path: Path, probabilities: dict[str, float], verdict: str) -> None:
-    """Bars: the probability that each beta is best on validation (bootstrap over validation
+    """Bars: the probability that each arm is best on validation (bootstrap over validation
     clips, and seeds), the 0.95 a resolved verdict needs marked, the verdict as the title."""
     fig = _figure((1.1 * len(probabilities) + 3, 3.6))
     ax = fig.subplots()
@@ -197,7 +209,7 @@ def p_best(path: Path, probabilities: dict[str, float], verdict: str) -> None:
                     va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.axhline(0.95, color="0.3", ls="--", lw=0.8)
     ax.set_ylim(0, 1.12)
-    ax.set(xlabel="β (oversampling exponent)", ylabel="p_best")
+    ax.set(xlabel="arm (β: the oversampling exponent)", ylabel="p_best")
     ax.set_title(verdict.split(":")[0] + " (dashed: 0.95 to be resolved)", fontsize=10)
     ax.grid(axis="y", alpha=0.25)
     fig.tight_layout()

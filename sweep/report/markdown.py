@@ -10,9 +10,8 @@ __all__ = ["render"]
 
 def render(t: dict) -> str:
     """The whole report.md from the tables dict (tables.json)."""
-    base = t["baseline_beta"]
     lines = ["# Balancing sweep report", ""] + _selection(t["selection"], t["verdict"], t["confidence"]) + ["",
-             f"Baseline β = {base:g}. Changes (Δ) are paired differences from the baseline on the same "
+             f"Baseline {t['baseline']}. Changes (Δ) are paired differences from the baseline on the same "
              f"evaluation clips; [lo, hi] is the 95% bootstrap interval of that difference "
              f"({t['n_resamples']} resamples of clips)."]
     lines += _imbalance(t) + _metrics(t)
@@ -20,8 +19,8 @@ def render(t: dict) -> str:
         lines += _fig3(t["fig3"], t["eval_splits"])
     lines += _prior_shift(t["prior_shift"]) + _convergence(t["convergence"])
     if t.get("failed"):
-        lines += ["", "## Failed trials", ""] + [f"- β = {r['beta']:g}, lr = {r['lr']:g}: {r['error']}"
-                                                 for r in t["failed"]]
+        lines += ["", "## Failed trials", ""] + [f"- {r['scheme']} β = {r['beta']:g}, lr = {r['lr']:g}, seed "
+                                                 f"{r['seed']}: {r['error']}" for r in t["failed"]]
     lines += ["", "Per-class AP and AUC of every model, with training priors: "
               + ", ".join(f"[{f}]({f})" for f in t["per_class"]), ""]
     lines += [f"![{f}]({f})\n" for f in t["figures"]]
@@ -29,22 +28,22 @@ def render(t: dict) -> str:
 
 
 def _selection(sel: dict, verdict: str, conf: dict) -> list[str]:
-    """The answer first: the best β, the verdict on it with p_best per β, and whether the
+    """The answer first: the best arm, the verdict on it with p_best per arm, and whether the
     comparison is final or provisional."""
     head = "Selected" if verdict.startswith("resolved") else "Best on validation"
     seeds = f" (the mean over {len(sel['seeds'])} seeds)" if len(sel["seeds"]) > 1 else ""
-    lines = [f"**{head}: β = {sel['beta']:g}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f}"
+    lines = [f"**{head}: {sel['label']}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f}"
              f"{seeds} at its pick after {sel['examples_to_peak']:,} examples.", "",
              f"**Verdict: {verdict}**", "",
-             "p_best, the probability that a β is best on validation (paired bootstrap over the validation "
+             "p_best, the probability that an arm is best on validation (paired bootstrap over the validation "
              f"clips, {conf['resamples']:,} resamples" + (f", and over {conf['seeds']} seeds" if conf["seeds"] > 1 else "")
-             + "): " + ", ".join(f"β = {b}: {p:.2f}" for b, p in conf["p_best"].items()) + "."]
+             + "): " + ", ".join(f"{label}: {p:.2f}" for label, p in conf["p_best"].items()) + "."]
     if not sel["not_converged"]:
-        return lines + ["", "Every β's pick settled: the comparison is final."]
-    late = ", ".join(f"β = {r['beta']:g} (raise `train.max_examples` to at least {r['cap_to_settle']:,})"
+        return lines + ["", "Every arm's pick settled: the comparison is final."]
+    late = ", ".join(f"{r['label']} (raise `train.max_examples` to at least {r['cap_to_settle']:,})"
                      for r in sel["not_converged"])
-    return lines + ["", f"**Provisional**: NOT CONVERGED for {late}. A β still improving at the cap may "
-                    "overtake the selection; the comparison across β is not final until every pick settles."]
+    return lines + ["", f"**Provisional**: NOT CONVERGED for {late}. An arm still improving at the cap may "
+                    "overtake the selection; the comparison is not final until every pick settles."]
 
 
 def _f(x, spec: str = ".3f") -> str:
@@ -53,18 +52,14 @@ def _f(x, spec: str = ".3f") -> str:
     return format(x, spec)
 
 
-def _model(r: dict) -> str:
-    return r["name"] if r["beta"] is None else f"β = {r['beta']:g}"
-
-
 def _imbalance(t: dict) -> list[str]:
     lines = ["", "## Table 1: imbalance per partition", "",
              "| partition | role | clips | classes | imbalance ratio | Gini |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['partition']} | {r['role']} | {r['clips']:,} | {r['classes_present']} | "
               f"{r['imbalance_ratio']:.1f} | {r['gini']:.3f} |" for r in t["table1"]]
-    lines += ["", "## Table 2: the oversampled training set per β", "",
-              "| β | imbalance ratio | Gini | epoch length (clips) | max repeat |", "|---|---|---|---|---|"]
-    lines += [f"| {r['beta']:g} | {r['imbalance_ratio']:.1f} | {r['gini']:.3f} | {r['epoch_length']:,} | "
+    lines += ["", "## Table 2: the oversampled training set per arm", "",
+              "| arm | imbalance ratio | Gini | epoch length (clips) | max repeat |", "|---|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['imbalance_ratio']:.1f} | {r['gini']:.3f} | {r['epoch_length']:,} | "
               f"{r['max_repeat']:,} |" for r in t["table2"]]
     return lines
 
@@ -73,12 +68,12 @@ def _metrics(t: dict) -> list[str]:
     """Tables 3 and 4: 'abs (Δ [lo, hi])' per eval split, '-' where a model has no predictions."""
     splits, lines = t["eval_splits"], []
     for table, (_, _, d) in METRIC_TABLES.items():
-        lines += ["", f"## {title(table)} per β: absolute, Δ vs β = {t['baseline_beta']:g} [95% CI]", "",
+        lines += ["", f"## {title(table)} per arm: absolute, Δ vs {t['baseline']} [95% CI]", "",
                   "| model | lr | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
         for r in t[table]:
             cells = [f"{_f(c['abs'], f'.{d}f')} ({_f(c['rel'], f'+.{d}f')} [{_f(c['ci95'][0], f'+.{d}f')}, "
                      f"{_f(c['ci95'][1], f'+.{d}f')}])" if c else "-" for c in (r.get(s) for s in splits)]
-            lines.append(f"| {_model(r)} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r['name']} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
         undefined = max((c["undefined"] for r in t[table] for c in (r.get(s) for s in splits) if c), default=0)
         if undefined:
             lines += ["", f"In up to {undefined} of the {t['n_resamples']:,} resamples a model's macro AUC was 1 "
@@ -88,7 +83,7 @@ def _metrics(t: dict) -> list[str]:
 
 
 def _fig3(f3: dict, splits: list[str]) -> list[str]:
-    lines = ["", f"## Fig. 3: per-class ΔAP (β = {f3['betas'][1]:g} vs {f3['betas'][0]:g}) "
+    lines = ["", f"## Fig. 3: per-class ΔAP ({f3['models'][1]} vs {f3['models'][0]}) "
                  "regressed on log10 training prior", ""]
     for s in splits:
         f = f3[s]
@@ -105,19 +100,19 @@ def _prior_shift(rows: list[dict]) -> list[str]:
     lines = ["", "## Prior shift: mAP re-scored under another eval split's class prior (d' unchanged)", "",
              "| model | scored on | under the prior of | mAP | mAP (own prior) | min effective sample size |",
              "|---|---|---|---|---|---|"]
-    return lines + [f"| {_model(r)} | {r['split']} | {r['under_prior_of']} | {_f(r['mAP'])} | "
+    return lines + [f"| {r['name']} | {r['split']} | {r['under_prior_of']} | {_f(r['mAP'])} | "
                     f"{_f(r['mAP_own_prior'])} | {_f(r['ess_min'], '.1f')} |" for r in rows]
 
 
 def _convergence(rows: list[dict]) -> list[str]:
-    lines = ["", "## Convergence: the selected checkpoint per β", "",
+    lines = ["", "## Convergence: the selected checkpoint per arm and seed", "",
              "A pick is converged (settled) when later evaluations with full smoothing windows came "
              "after it without a better one; NOT CONVERGED means the cap on examples came first.", "",
              "The mAP pick is where the smoothed validation mAP peaks (the paper's convergence figures, "
              "33M vs 104M examples, are for mAP); selection stays on d'.", "",
-             "| β | lr | seed | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
+             "| arm | lr | seed | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
              "validation d' (raw) | converged |",
              "|---|---|---|---|---|---|---|---|"]
-    return lines + [f"| {r['beta']:g} | {r['lr']:g} | {r['seed']} | {r['examples_to_peak']:,} | "
+    return lines + [f"| {r['label']} | {r['lr']:g} | {r['seed']} | {r['examples_to_peak']:,} | "
                     f"{_f(r.get('examples_to_map_peak'), ',')} | {_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
                     f"{'yes' if r.get('converged') else '**NOT CONVERGED**'} |" for r in rows]

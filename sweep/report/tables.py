@@ -2,12 +2,14 @@
 the plain-text Tables 3-4 that `python -m sweep.run` prints.
 
     table1       imbalance per partition (data.stats.imbalance_row)
-    table2       the training set oversampled per beta (data.stats.oversampled_rows)
+    table2       the training set oversampled per arm (data.stats.oversampled_rows)
     table3/4     d' / mAP per model and eval split: {abs, rel, ci95}, rel and ci95 the paired
                  bootstrap difference from the baseline model (sweep.bootstrap.paired_difference)
-    fig3         per-class delta-AP of the largest vs the smallest beta on log10 training prior
+    fig3         per-class delta-AP of one arm over the baseline on log10 training prior
     prior_shift  each model's mAP re-scored under another eval split's class prior
-    convergence  the selected checkpoint per beta
+    convergence  the selected checkpoint per arm and seed
+
+An arm is a scheme at a beta (sweep/select.py); results.json rows are arms, named by `label`.
 """
 from __future__ import annotations
 
@@ -15,20 +17,22 @@ import warnings
 
 import numpy as np
 
+from data.balance import as_multilabels
 from data.stats import imbalance_row, oversampled_rows
 from sweep.bootstrap import paired_difference, prior_shift_metrics, prior_slope
 
-__all__ = ["METRIC_TABLES", "title", "baseline", "imbalance_tables", "metric_tables", "fig3_table", "prior_shift_rows",
+__all__ = ["METRIC_TABLES", "title", "ordered_rows", "imbalance_tables", "metric_tables", "fig3_table", "prior_shift_rows",
            "convergence_rows", "format_results"]
 
 # table -> (metric: key in results.json rows' eval and in sweep.bootstrap.METRICS, label, decimals shown)
 METRIC_TABLES = {"table3": ("dprime", "d'", 3), "table4": ("mAP", "mAP", 4)}
 
 
-def baseline(rows: list[dict]) -> dict:
-    """The results.json row every change is measured from: beta = 0 (no balancing) when it was
-    swept, else the smallest beta."""
-    return min(rows, key=lambda r: r["beta"])
+def ordered_rows(rows: list[dict], schemes: list[str]) -> list[dict]:
+    """results.json rows by scheme (in the sweep's order) then beta. The first is the baseline
+    every change is measured from: beta = 0 (no balancing, swept with the first scheme) when it
+    was swept, else the first scheme's smallest beta."""
+    return sorted(rows, key=lambda r: (schemes.index(r["scheme"]) if r["beta"] > 0 else -1, r["beta"]))
 
 
 def title(table: str) -> str:
@@ -36,22 +40,25 @@ def title(table: str) -> str:
     return f"Table {table.removeprefix('table')}: {METRIC_TABLES[table][1]}"
 
 
-def imbalance_tables(store, data_cfg: dict, betas: list[float]) -> tuple[list[dict], list[dict]]:
+def imbalance_tables(store, data_cfg: dict, arms: list[dict]) -> tuple[list[dict], list[dict]]:
     """Table 1 (train, validation and eval splits, each {partition, role, clips, classes_present,
     imbalance_ratio, gini}, from the manifest's class counts) and Table 2 (the training labels
-    oversampled at each beta)."""
+    oversampled by each arm: results.json rows' {scheme, beta, label}, label added)."""
     roles = [(data_cfg["train_split"], "train"), (data_cfg["valid_split"], "validation")]
     roles += [(s, "eval") for s in data_cfg["eval_splits"]]
     table1 = [{"partition": s, "role": role, **imbalance_row(store.class_counts(s), store.split_info(s)["clips"])}
               for s, role in roles]
-    return table1, oversampled_rows(store.labels(data_cfg["train_split"]), store.n_classes, betas)
+    labels = as_multilabels(store.labels(data_cfg["train_split"]))
+    table2 = [{"label": a["label"], **oversampled_rows(labels, store.n_classes, [a["beta"]], [a["scheme"]])[0]}
+              for a in arms]
+    return table1, table2
 
 
 def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) -> dict[str, list[dict]]:
-    """Tables 3 and 4: per model {name, beta, lr, <split>: {abs, rel, ci95, undefined (resamples left
+    """Tables 3 and 4: per model {name, scheme, beta, lr, <split>: {abs, rel, ci95, undefined (resamples left
     out of the interval: paired_difference)} or None (no predictions)}.
 
-    models: [{name, beta, lr, row}] (row: the results.json row, None for an extra model), the
+    models: [{name, scheme, beta, lr, row}] (row: the results.json row, None for an extra model), the
     first the baseline; boot: {split: {name: sweep.bootstrap.resampled_metrics or None}}, every model
     on the same resamples. abs is the results.json value (a warning if the predictions disagree),
     or the predictions' value for an extra model."""
@@ -60,7 +67,7 @@ def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) 
     for table, (key, _, _) in METRIC_TABLES.items():
         tables[table] = []
         for m in models:
-            row = {"name": m["name"], "beta": m["beta"], "lr": m["lr"]}
+            row = {"name": m["name"], "scheme": m["scheme"], "beta": m["beta"], "lr": m["lr"]}
             for s in splits:
                 b = boot[s][m["name"]]
                 row[s] = None if b is None else _cell(m, s, key, b, boot[s][base])
@@ -77,15 +84,17 @@ def _cell(model: dict, split: str, key: str, b: dict, base: dict) -> dict:
     return {"abs": float(value), "rel": d["diff"], "ci95": list(d["ci95"]), "undefined": d["undefined"]}
 
 
-def fig3_table(boot: dict[str, dict], lo: str, hi: str, betas: list[float], train_prior: np.ndarray,
-               classes: list[str], n_resamples: int, seed: int = 0) -> dict:
-    """Fig. 3: per eval split, the per-class AP change of model `hi` over model `lo` (betas: theirs)
-    regressed on log10 training prior (sweep.bootstrap.prior_slope, >= 1000 resamples of classes):
-    {betas, classes, log10_prior, <split>: {slope, intercept, r, p, slope_ci95, n_classes, delta_ap}}."""
+def fig3_table(boot: dict[str, dict], lo: dict, hi: dict, train_prior: np.ndarray, classes: list[str],
+               n_resamples: int, seed: int = 0) -> dict:
+    """Fig. 3: per eval split, the per-class AP change of arm `hi` over arm `lo` (results.json
+    rows) regressed on log10 training prior (sweep.bootstrap.prior_slope, >= 1000 resamples of
+    classes): {models (their labels), betas, classes, log10_prior, <split>: {slope, intercept, r,
+    p, slope_ci95, n_classes, delta_ap}}."""
     log_prior = np.log10(np.where(train_prior > 0, train_prior, np.nan))
-    out = {"betas": list(betas), "classes": classes, "log10_prior": log_prior.tolist()}
+    out = {"models": [lo["label"], hi["label"]], "betas": [lo["beta"], hi["beta"]], "classes": classes,
+           "log10_prior": log_prior.tolist()}
     for s, models in boot.items():
-        delta = models[hi]["ap"] - models[lo]["ap"]
+        delta = models[hi["label"]]["ap"] - models[lo["label"]]["ap"]
         reg = prior_slope(delta, train_prior, n_resamples=max(n_resamples, 1000), seed=seed)
         out[s] = {**reg, "slope_ci95": list(reg["slope_ci95"]),
                   "n_classes": int((np.isfinite(delta) & (train_prior > 0)).sum()), "delta_ap": delta.tolist()}
@@ -105,7 +114,7 @@ def prior_shift_rows(models: list[dict], preds: dict[str, list[dict] | None], bo
                 continue
             shifted = [prior_shift_metrics(q["targets"], q["scores"], prior) for q in p]
             ess = [float(np.nanmin(r["ess"])) for r in shifted if np.isfinite(r["ess"]).any()]
-            rows.append({"name": m["name"], "beta": m["beta"], "split": split, "under_prior_of": other,
+            rows.append({"name": m["name"], "scheme": m["scheme"], "beta": m["beta"], "split": split, "under_prior_of": other,
                          "mAP": float(np.mean([r["mAP"] for r in shifted])),
                          "mAP_own_prior": boot[m["name"]]["full"]["mAP"], "dprime": shifted[0]["dprime"],
                          "ess_min": min(ess) if ess else None})
@@ -113,42 +122,44 @@ def prior_shift_rows(models: list[dict], preds: dict[str, list[dict] | None], bo
 
 
 def convergence_rows(rows: list[dict]) -> list[dict]:
-    """The selected checkpoint of each beta, in each seed, from results.json rows."""
+    """The selected checkpoint of each arm, in each seed, from results.json rows."""
     keys = ("lr", "seed", "trial_id", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
             "converged", "evaluations")
-    return [{"beta": r["beta"], **{k: s.get(k) for k in keys}} for r in rows for s in r["seeds"]]
+    return [{"label": r["label"], "scheme": r["scheme"], "beta": r["beta"], **{k: s.get(k) for k in keys}}
+            for r in rows for s in r["seeds"]]
 
 
 def format_results(summary: dict) -> str:
     """results.txt: the paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals) as plain text
-    from results.json: per beta, absolute (the mean over seeds, +- their sd with several) and
-    relative to the baseline (`baseline`); a beta whose pick is not settled is marked; then
-    the verdict and the probability that each beta is best."""
-    rows, splits = summary["rows"], summary["eval_splits"]
-    base, seeds = baseline(rows), max(len(r["seeds"]) for r in rows)
+    from results.json: per arm, absolute (the mean over seeds, +- their sd with several) and
+    relative to the baseline (`ordered_rows`); an arm whose pick is not settled is marked; then
+    the verdict and the probability that each arm is best."""
+    rows, splits = ordered_rows(summary["rows"], summary["config"]["sweep"]["schemes"]), summary["eval_splits"]
+    base, seeds = rows[0], max(len(r["seeds"]) for r in rows)
+    width = max(len(r["label"]) for r in rows)
     out = []
     for table, (key, _, digits) in METRIC_TABLES.items():
-        out += [f"{title(table)} (absolute, change vs beta = {base['beta']:g})"
+        out += [f"{title(table)} (absolute, change vs {base['label']})"
                 + (f", mean +- sd over {seeds} seeds" if seeds > 1 else ""),
-                f"{'beta':>6} {'lr':>9}" + "".join(f"{s:>26}" for s in splits)]
-        out += [_text_row(r, base, splits, key, digits, seeds > 1) for r in rows] + [""]
+                f"{'arm':<{width}} {'lr':>9}" + "".join(f"{s:>26}" for s in splits)]
+        out += [_text_row(r, base, splits, key, digits, seeds > 1, width) for r in rows] + [""]
     late = [(r, s) for r in rows for s in r["seeds"] if not s["converged"]]
     if late:
-        picks = ", ".join(f"beta={r['beta']:g}" + (f" seed {s['seed']}" if seeds > 1 else "")
+        picks = ", ".join(r["label"] + (f" seed {s['seed']}" if seeds > 1 else "")
                           + f" (picked at {s['examples_to_peak']:,} examples, evaluation {s['evaluations']} was the last)"
                           for r, s in late)
         out += [f"NOT CONVERGED: {picks}: the cap (train.max_examples) came before the pick was settled; raise it", ""]
     out.append("p_best (probability of being best on validation): "
-               + ", ".join(f"beta={b} {p:.2f}" for b, p in summary["p_best"].items()))
+               + ", ".join(f"{label} {p:.2f}" for label, p in summary["p_best"].items()))
     out.append(f"verdict: {summary['verdict']}")
     return "\n".join(out)
 
 
-def _text_row(r: dict, base: dict, splits: list[str], key: str, digits: int, spread: bool) -> str:
-    """One beta of format_results: 'value (change from the baseline)' per split."""
+def _text_row(r: dict, base: dict, splits: list[str], key: str, digits: int, spread: bool, width: int) -> str:
+    """One arm of format_results: 'value (change from the baseline)' per split."""
     def cell(s: str) -> str:
         v = r["eval"][s][key]
         sd = f"+-{r['eval_sd'][s][key]:.{digits}f}" if spread else ""
         return f"{f'{v:.{digits}f}{sd}':>16} ({v - base['eval'][s][key]:+.{digits}f})"
     mark = "" if r["converged"] else "  NOT CONVERGED"
-    return f"{r['beta']:>6g} {r['lr']:>9.2g}" + "".join(cell(s) for s in splits) + mark
+    return f"{r['label']:<{width}} {r['lr']:>9.2g}" + "".join(cell(s) for s in splits) + mark
