@@ -37,7 +37,7 @@ from sweep.report.tables import format_results
 from sweep.tune import build_tuner
 from sweep.winners import SelectionError, finished_trials, summarise, traces
 
-__all__ = ["run_sweep", "Interrupted"]
+__all__ = ["run_sweep", "Interrupted", "missing_trials"]
 
 
 class Interrupted(Exception):
@@ -225,8 +225,7 @@ def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signal
     results = tuner.fit()
     signals.stop_raising()
     done = finished_trials(results, train_runs)
-    missing = [{"scheme": s, "beta": b, "lr": float(lr), "seed": seed} for s, b in cfg.sweep.arms
-               for lr in cfg.sweep.lrs for seed in cfg.sweep.seeds if (s, b, float(lr), seed) not in done]
+    missing = missing_trials(cfg, done)
     if missing and signals.received:  # Tune returns normally after Ctrl-C: half a grid is not an answer
         raise Interrupted(signals.received, missing)
     if missing:
@@ -240,6 +239,12 @@ def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signal
         print(f"warning: trial {cfg.sweep.label(d['scheme'], d['beta'])} lr={d['lr']:g} seed {d['seed']} diverged (training loss "
               f"{d['train_loss']:.3g}): left out of the selection", file=sys.stderr)
     return summarise(cfg, found, failed, diverged, train_runs)
+
+
+def missing_trials(cfg: Config, done: set[tuple[str, float, float, int]]) -> list[dict]:
+    """The grid's trials ({scheme, beta, lr, seed}) not in `done` (winners.finished_trials)."""
+    return [{"scheme": s, "beta": b, "lr": float(lr), "seed": seed} for s, b in cfg.sweep.arms
+            for lr in cfg.sweep.lrs for seed in cfg.sweep.seeds if (s, b, float(lr), seed) not in done]
 
 
 def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:

@@ -72,10 +72,11 @@ def explain(error: BaseException, uri: str) -> TrackingError | None:
     is this program's, and keeps its traceback)."""
     import sqlite3
     chain, e = [], error
-    while e is not None and e not in chain:
+    while e is not None and e not in chain:  # the chain a traceback shows
         chain.append(e)
-        e = e.__cause__ or e.__context__
-    store = [c for c in chain if isinstance(c, (sqlite3.Error, OSError)) or type(c).__module__.startswith("sqlalchemy")
+        e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
+    store = [c for c in chain if isinstance(c, (sqlite3.Error, OSError)) and _raised_by_tracking(c)
+             or type(c).__module__.startswith("sqlalchemy")
              or (isinstance(c, MlflowException) and c.error_code not in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"))]
     if not store:
         return None
@@ -85,6 +86,14 @@ def explain(error: BaseException, uri: str) -> TrackingError | None:
     hint = ("; move it away to start a new MLflow store here (or set MLFLOW_TRACKING_URI)"
             if isinstance(where, Path) else "")
     return TrackingError(f"MLflow store {where}: {message} ({type(root).__name__}){hint}")
+
+
+def _raised_by_tracking(error: BaseException) -> bool:
+    """Whether `error` was raised inside MLflow's or SQLAlchemy's code (not this program's own
+    file or socket work)."""
+    import traceback
+    return any(f"{os.sep}{package}{os.sep}" in frame.filename for frame in traceback.extract_tb(error.__traceback__)
+               for package in ("mlflow", "sqlalchemy"))
 
 
 def experiment_name(configured: str) -> str:

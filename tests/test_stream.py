@@ -206,6 +206,42 @@ def test_worker_batches_mix_like_a_random_order_on_audioset_labels(audioset, tmp
         assert old["distinct_classes_ratio"] < 0.8 and old["class_mix_ratio"] > 1.15, old
 
 
+@pytest.mark.parametrize("scheme", ["psla", "passt"])
+def test_a_sum_scheme_pass_is_exact_on_audioset_labels(audioset, scheme):
+    """AudioSet's balanced training segments (22,160 real clips) in rarest-label order, in 4-row
+    groups: under a sum scheme M_j is not monotone within a row group (a unit is not a prefix of
+    it), yet a pass emits every clip exactly M_j times, each unit's size is what the plan counts,
+    and a stream resumed mid-pass continues the same order."""
+    from data.balance import rarest_label_order
+    from data.labels import read_class_index, read_segments
+    from data.store import RowGroups
+    from data.stream import StreamPlan, _plan_blocks
+    index = read_class_index(audioset / "class_labels_indices.csv")
+    labels = read_segments([audioset / "balanced_train_segments.csv"], index, strict=False)[0].labels
+    labels = labels.take(rarest_label_order(labels, len(index)))
+    n = len(labels)
+    groups = RowGroups.from_sizes(["unread"], [[ROW_GROUP_ROWS] * (n // ROW_GROUP_ROWS) + [n % ROW_GROUP_ROWS] *
+                                               (n % ROW_GROUP_ROWS > 0)])
+    factors = oversampling_factors(labels, 1.0, method=scheme)
+    split = SplitIndex.build(groups, factors)
+    group_of = np.repeat(np.arange(len(groups.start) - 1), np.diff(groups.start))
+    assert (np.diff(factors)[group_of[1:] == group_of[:-1]] > 0).any()  # rises within a group
+    assert factors.max() > 1 and split.rows_per_pass > n
+
+    def plan(skip=0):
+        blocks = _plan_blocks(split, 3, 0, split.rows_per_pass - skip, skip, 64)
+        return StreamPlan(split, *blocks, 3, 0, 64, len(index), skip)
+    full = _order(plan())
+    np.testing.assert_array_equal(np.bincount(full, minlength=n), factors)
+    assert len(full) == split.rows_per_pass == plan().examples
+    sizes = split.unit_sizes()
+    for u in np.random.default_rng(0).choice(split.units, 300, replace=False):
+        assert sizes[u] == len(split.unit_rows(np.array([u])))
+    k = split.rows_per_pass // 3 + 5
+    resumed = plan(skip=k)
+    np.testing.assert_array_equal(_order(resumed)[k - resumed.block_start[0]:], full[k:])
+
+
 def test_duplicates_statistic_by_hand():
     assert duplicates_per_batch(np.array([1, 1, 2, 3, 4, 4, 4, 5]), 4) == pytest.approx((1 / 4 + 2 / 4) / 2)
     assert duplicates_per_batch(np.arange(10), 5) == 0.0

@@ -1,0 +1,195 @@
+"""The driver's fault paths that need no Ray sweep: signals before, during and after Tune's fit,
+an interrupted publish, an unreachable Ray, a resume with nothing to resume or nothing left to
+run, trials whose last checkpoint is gone, and the store checks made before anything starts."""
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sweep_checks import SMOKE, smoke_args
+
+from data.store import create_store, open_store
+from sweep import tracking
+from sweep.config import ConfigError, load_config, to_dict
+from sweep.driver import Interrupted, _interrupted, _publish, _resumable, _Signals, missing_trials
+from sweep.prepare import check_store, prepare
+from sweep.rundir import RunDir
+from sweep.run import main
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens here once closed
+
+
+def test_signals_raise_outside_fit_and_reach_tune_inside_it():
+    """Before and after Tune's fit either signal raises Interrupted at once; during it SIGTERM
+    reaches Tune as SIGINT (here the default handler: KeyboardInterrupt); the handlers from
+    before are back afterwards, and the signal that came is remembered."""
+    before = signal.getsignal(signal.SIGTERM)
+    with _Signals() as s:
+        with pytest.raises(Interrupted) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)  # let the handler run
+        assert e.value.signum == signal.SIGTERM and s.received == signal.SIGTERM
+        s.pass_to_tune()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)
+        s.stop_raising()  # fit returned: Tune's handler is replaced
+        with pytest.raises(Interrupted) as e:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0)
+        assert e.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupted_publish_leaves_no_answer(synth_store, tmp_path):
+    """SIGTERM while the report is written: no results.json, results.txt or report/ in the run
+    directory, nothing left staged, interrupted.json saying training had finished, the MLflow
+    parent KILLED."""
+    from test_report import write_sweep_output
+    import sweep.driver as driver
+    run_dir = RunDir(write_sweep_output(synth_store, tmp_path / "run", lrs=(1e-3,), n_evals=12))
+    summary = json.loads(run_dir.results_file.read_text())
+    run_dir.results_file.unlink()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.open_store(uri)
+    exp = client.create_experiment("t")
+    parent = tracking.start_parent(client, exp, "t", {}, {})
+    real = driver.format_results
+
+    def terminated(s):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)
+        return real(s)
+    driver.format_results = terminated
+    try:
+        with _Signals(), pytest.raises(Interrupted) as e:
+            _publish(client, run_dir, parent, summary)
+    finally:
+        driver.format_results = real
+    names = {p.name for p in run_dir.path.iterdir()}
+    assert not names & {"results.json", "results.txt", "report"} and ".publishing" in names
+    _interrupted(client, {"uri": uri, "experiment_id": exp, "parent_run_id": parent}, run_dir, e.value, "resume me")
+    assert ".publishing" not in {p.name for p in run_dir.path.iterdir()}
+    partial = json.loads(run_dir.interrupted_file.read_text())
+    assert partial["interrupted"] == "SIGTERM" and partial["selection"] is None
+    assert partial["missing"].startswith("none: stopped after training") and partial["resume"] == "resume me"
+    run = MlflowClient(uri).get_run(parent)
+    assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "SIGTERM"
+    assert "best_val_dprime" not in run.data.metrics
+
+
+def test_an_unreachable_ray_is_one_line_and_moves_nothing(smoke_store, tmp_path, monkeypatch, capsys):
+    """RAY_ADDRESS pointing nowhere: an error within seconds, naming it; the earlier sweep's
+    answer stays where it was and no MLflow parent is opened."""
+    import ray
+    if ray.is_initialized():  # the session's Ray; the next test that needs it starts it again
+        ray.shutdown()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"selection": "earlier"}')
+    assert main(smoke_args(tmp_path, smoke_store)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Ray at {address}") and "does not answer" in err and err.count("\n") == 1
+    assert (run / "results.json").read_text() == '{"selection": "earlier"}' and not (run / "previous").exists()
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_resume_with_nothing_recorded_starts_afresh_and_says_so(tmp_path, capsys):
+    cfg = load_config(SMOKE)
+    assert _resumable(RunDir(tmp_path), cfg, {}, resume=True) is False
+    assert capsys.readouterr().out == f"note: --resume: {tmp_path} holds no earlier sweep; starting afresh\n"
+    assert _resumable(RunDir(tmp_path), cfg, {}, resume=False) is False
+
+
+def test_resume_of_a_finished_sweep_prints_its_answer_and_changes_nothing(smoke_store, tmp_path, monkeypatch,
+                                                                          capsys):
+    """--resume after the answer: the answer again, no Ray, nothing logged or rewritten."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = smoke_args(tmp_path, smoke_store)
+    cfg = prepare(load_config(SMOKE, [f"data.store={smoke_store}", f"run.run_dir={tmp_path / 'run'}"]))
+    store = open_store(smoke_store)
+    fingerprints = {s: store.fingerprint(s) for s in ["train", "valid", *cfg.data.eval_splits]}
+    run_dir = RunDir(Path(cfg.run.run_dir))
+    run_dir.path.mkdir()
+    run_dir.record("parent", "0", to_dict(cfg), fingerprints)
+    answer = {"selection": {"label": "beta=1", "lr": 1e-3, "val_dprime": 1.5, "seeds": [0], "examples_to_peak": 640,
+                            "not_converged": []}, "verdict": "resolved: beta=1 is best", "failed": [], "diverged": [],
+              "wall_seconds": 12.5}
+    run_dir.results_file.write_text(json.dumps(answer))
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "has finished; its answer:\nselected: beta=1 lr=0.001" in out and "verdict: resolved: beta=1" in out
+    assert json.loads(run_dir.results_file.read_text()) == answer  # wall_seconds and all unchanged
+    assert not (run_dir.path / "ray").exists()
+
+
+def test_a_trial_whose_final_checkpoint_is_gone_is_named(tmp_path):
+    """Tune restores a trial as finished, but its last checkpoint (the one that says why it
+    stopped) was deleted: it is missing, named by its arm, lr and seed (not an interruption)."""
+    from sweep.checkpoint import checkpoint_dir, write_progress
+    from sweep.winners import finished_trials
+    cfg = load_config(SMOKE, ["sweep.betas=[0, 1]"])
+    runs = tmp_path / "train_runs"
+    for trial_id, stopped in (("a", "settled"), ("b", None)):
+        ckpt = runs / f"train-{trial_id}" / checkpoint_dir(64)
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.json").write_text(json.dumps({"examples": 64, "stopped": stopped, "history": {}}))
+        write_progress(str(runs / f"train-{trial_id}"), 64)
+    results = [SimpleNamespace(config={"arm": {"scheme": "moore", "beta": b}, "lr": 1e-3, "seed": 0},
+                               metrics={"trial_id": t}, error=None) for t, b in (("a", 0.0), ("b", 1.0))]
+    done = finished_trials(results, str(runs))
+    assert done == {("moore", 0.0, 1e-3, 0)}
+    assert missing_trials(cfg, done) == [{"scheme": "moore", "beta": 1.0, "lr": 1e-3, "seed": 0}]
+
+
+def _store(root: Path, splits: dict[str, list[list[int]]], frames: int = 16, mels: int = 16):
+    """A store of 3 classes with the given labels per split (random spectrograms)."""
+    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
+                         {"frames": frames, "mels": mels})
+    rng = np.random.default_rng(0)
+    for split, labels in splits.items():
+        w = store.writer(split)
+        w.write([f"{split}{i}" for i in range(len(labels))], [np.array(x) for x in labels],
+                rng.normal(size=(len(labels), frames, mels)).astype(np.float16), np.full(len(labels), frames))
+        w.close()
+    return store
+
+
+def _cfg(store):
+    return load_config(SMOKE, [f"data.store={store.root}", "data.synth=null", "data.eval_splits=[eval]"])
+
+
+TRAIN = [[0], [1], [2], [0, 1]] * 3
+
+
+def test_a_split_with_nothing_to_score_is_refused_before_anything_starts(tmp_path):
+    store = _store(tmp_path / "one", {"train": TRAIN, "valid": [[0]], "eval": [[0], [1], [2]]})
+    with pytest.raises(ConfigError, match=r"split 'valid' of .*: 1 clip\(s\) and no class with both positive "
+                                          r"and negative clips: nothing to score"):
+        check_store(store, _cfg(store))
+
+
+def test_spectrograms_smaller_than_a_patch_are_refused(tmp_path):
+    store = _store(tmp_path / "small", {"train": TRAIN, "valid": TRAIN, "eval": TRAIN}, frames=8, mels=8)
+    with pytest.raises(ConfigError, match=r"spectrograms of 8 frames x 8 mels; the AST needs at least 16 x 16"):
+        check_store(store, _cfg(store))
+
+
+def test_an_eval_class_without_positives_is_warned_about(tmp_path, capsys):
+    store = _store(tmp_path / "s", {"train": TRAIN, "valid": TRAIN, "eval": [[0], [1], [0, 1]]})
+    check_store(store, _cfg(store))
+    assert capsys.readouterr().err == ("warning: 1 of 3 classes have no positive clip in the evaluation split "
+                                       "'eval': they are left out of its metrics\n")
