@@ -193,3 +193,37 @@ def test_an_eval_class_without_positives_is_warned_about(tmp_path, capsys):
     check_store(store, _cfg(store))
     assert capsys.readouterr().err == ("warning: 1 of 3 classes have no positive clip in the evaluation split "
                                        "'eval': they are left out of its metrics\n")
+
+
+def _trial_on_disk(runs: Path, trial_id: str, losses: list[float], dprime: list[float]):
+    """A finished trial's checkpoints (state.json with its history) and the Tune result naming it."""
+    from sweep.checkpoint import checkpoint_dir, write_progress
+    examples = [64 * (i + 1) for i in range(len(losses))]
+    history = {"examples": examples, "train_loss": losses, "val_mAP": [d / 4 for d in dprime], "val_AUC": dprime,
+               "val_dprime": dprime}
+    for i, e in enumerate(examples):
+        ckpt = runs / f"train-{trial_id}" / checkpoint_dir(e)
+        ckpt.mkdir(parents=True)
+        stopped = "settled" if i == len(examples) - 1 else None
+        (ckpt / "state.json").write_text(json.dumps({"examples": e, "stopped": stopped, "history": history}))
+    write_progress(str(runs / f"train-{trial_id}"), examples[-1])
+    return SimpleNamespace(config={"arm": {"scheme": "moore", "beta": 1.0}, "lr": 10.0, "seed": 0},
+                           metrics={"trial_id": trial_id}, error=None)
+
+
+def test_a_diverged_trial_is_left_out_and_a_tie_at_chance_is_no_answer(tmp_path):
+    """A trial whose training loss exploded (or is not finite) is not traced; when even the best
+    pick is at chance the verdict says no trial learned, whatever p_best says."""
+    from sweep.winners import CHANCE_DPRIME, judge, traces
+    runs = tmp_path / "runs"
+    results = [_trial_on_disk(runs, "exploded", [0.7, 300.0, 2200.0], [0.0, 0.05, 0.04]),
+               _trial_on_disk(runs, "nan", [0.7, float("nan"), 0.6], [0.0, 0.1, 0.2]),
+               _trial_on_disk(runs, "fine", [0.7, 0.5, 0.4], [0.5, 1.0, 1.2])]
+    found, failed, diverged = traces(results, str(runs))
+    assert [t.trial_id for t in found] == ["fine"] and not failed
+    assert [(d["trial_id"], d["train_loss"]) for d in diverged[:1]] == [("exploded", 300.0)]
+    assert diverged[1]["trial_id"] == "nan" and np.isnan(diverged[1]["train_loss"])
+    at_chance = {"val_dprime": CHANCE_DPRIME / 2, "not_converged": []}
+    conf = {"p_best": {"beta=0": 1.0, "beta=1": 0.0}, "margin": {}, "resamples": 100, "seeds": 1}
+    assert judge(at_chance, conf, 100).startswith("unresolved: no trial rose above chance (the best smoothed "
+                                                  "validation d' is 0.050 < 0.1): check the learning rates")
