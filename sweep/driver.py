@@ -7,7 +7,7 @@ opened. Then the Tune sweep (sweep/tune.py), the winners (sweep/winners.py), and
 predictions, the report, results.txt and last results.json, each complete or absent.
 
 Ctrl-C and SIGTERM stop the sweep at any point before its answer is written: trials stop
-(Tune's own handler while it runs), the MLflow parent and unfinished children end KILLED, no
+(passed to Tune as its stop signal while it runs), the MLflow parent and unfinished children end KILLED, no
 results.json is written, interrupted.json says what is missing and how to resume, and the
 exit status is 130 (143 for SIGTERM).
 """
@@ -49,16 +49,19 @@ class Interrupted(Exception):
 
 
 class _Signals:
-    """Ctrl-C and SIGTERM, from `__enter__` until the answer is written: while Tune's `fit` runs,
-    SIGTERM is passed on as SIGINT to Tune's own handler (it stops the trials, saves the
-    experiment, and `fit` returns); before and after it (`stop_raising`), either one raises
-    Interrupted at once. Remembers which signal came."""
+    """Ctrl-C and SIGTERM, from `__enter__` until the answer is written. While Tune's `fit` runs
+    (`pass_to_tune`), the first one is remembered and passed on as SIGUSR1, Tune's own stop
+    signal (it stops the trials, saves the experiment, and `fit` returns); Tune's SIGINT handler
+    is switched off (TUNE_DISABLE_SIGINT_HANDLER), so it cannot take the signal unrecorded. A
+    second signal during `fit`, and either one before and after it (`stop_raising`), raises
+    Interrupted at once."""
 
     def __init__(self):
         self.received: int | None = None
 
     def __enter__(self):
         self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         self.stop_raising()
         return self
 
@@ -67,22 +70,29 @@ class _Signals:
         raise Interrupted(signum)
 
     def _to_tune(self, signum, frame):
+        if self.received is not None:  # the second one: stop waiting for Tune
+            self._raise(signum, frame)
         self.received = signum
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGUSR1)
 
     def stop_raising(self) -> None:
-        """Either signal raises Interrupted (Tune's handler, left installed by `fit`, replaced)."""
+        """Either signal raises Interrupted."""
         signal.signal(signal.SIGINT, self._raise)
         signal.signal(signal.SIGTERM, self._raise)
 
     def pass_to_tune(self) -> None:
-        """SIGINT for Tune's handler (installed by `fit`), SIGTERM turned into SIGINT."""
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        """Either signal reaches Tune's `fit` as SIGUSR1 (its handler is installed by `fit`)."""
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        signal.signal(signal.SIGINT, self._to_tune)
         signal.signal(signal.SIGTERM, self._to_tune)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
+        if self._old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._old_env
 
 
 def run_sweep(cfg: Config, args, argv: list[str]) -> int:

@@ -29,25 +29,36 @@ def _closed_port() -> int:
 
 
 def test_signals_raise_outside_fit_and_reach_tune_inside_it():
-    """Before and after Tune's fit either signal raises Interrupted at once; during it SIGTERM
-    reaches Tune as SIGINT (here the default handler: KeyboardInterrupt); the handlers from
-    before are back afterwards, and the signal that came is remembered."""
+    """Before and after Tune's fit either signal raises Interrupted at once; during it the first
+    one is remembered and reaches Tune as SIGUSR1 (its stop signal; here a stand-in handler),
+    with Tune's own SIGINT handler switched off, and a second one raises; the handlers and the
+    environment from before are back afterwards."""
     before = signal.getsignal(signal.SIGTERM)
-    with _Signals() as s:
-        with pytest.raises(Interrupted) as e:
-            os.kill(os.getpid(), signal.SIGTERM)
-            signal.sigtimedwait([], 0)  # let the handler run
-        assert e.value.signum == signal.SIGTERM and s.received == signal.SIGTERM
-        s.pass_to_tune()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            signal.sigtimedwait([], 0)
-        s.stop_raising()  # fit returned: Tune's handler is replaced
-        with pytest.raises(Interrupted) as e:
+    to_tune = []
+    usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: to_tune.append(signum))
+    try:
+        with _Signals() as s:
+            with pytest.raises(Interrupted) as e:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.sigtimedwait([], 0)  # let the handler run
+            assert e.value.signum == signal.SIGTERM and s.received == signal.SIGTERM
+            s.received = None
+            s.pass_to_tune()
+            assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
             os.kill(os.getpid(), signal.SIGINT)
             signal.sigtimedwait([], 0)
-        assert e.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGTERM) is before
+            assert to_tune == [signal.SIGUSR1] and s.received == signal.SIGINT
+            with pytest.raises(Interrupted):  # a second Ctrl-C does not wait for Tune
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.sigtimedwait([], 0)
+            s.stop_raising()  # fit returned
+            with pytest.raises(Interrupted) as e:
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.sigtimedwait([], 0)
+            assert e.value.signum == signal.SIGINT
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+    assert signal.getsignal(signal.SIGTERM) is before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
 def test_an_interrupted_publish_leaves_no_answer(synth_store, tmp_path):
