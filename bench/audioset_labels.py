@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data.store  # noqa: E402
+import data.shards  # noqa: E402
 from data.balance import rarest_label_order  # noqa: E402
 from data.labels import read_class_index, read_segments  # noqa: E402
-from data.store import MANIFEST, ROW_GROUP_ROWS, Store, StoreError, create_store, open_store  # noqa: E402
+from data.manifest import MANIFEST, StoreError  # noqa: E402
+from data.shards import ROW_GROUP_ROWS  # noqa: E402
+from data.store import Store, create_store, open_store  # noqa: E402
 
 AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "audioset"
 SEGMENTS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv.gz")
@@ -26,13 +28,13 @@ SEGMENTS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv.gz")
 
 @contextmanager
 def row_group_rows(rows: int):
-    """Shards written inside the block have row groups of `rows` rows (`data.store.ROW_GROUP_ROWS`,
-    which `Store.write_table` reads at each write; restored after)."""
-    kept, data.store.ROW_GROUP_ROWS = data.store.ROW_GROUP_ROWS, rows
+    """Shards written inside the block have row groups of `rows` rows (`data.shards.ROW_GROUP_ROWS`,
+    which `data.shards.write_shard_file` reads at each write; restored after)."""
+    kept, data.shards.ROW_GROUP_ROWS = data.shards.ROW_GROUP_ROWS, rows
     try:
         yield
     finally:
-        data.store.ROW_GROUP_ROWS = kept
+        data.shards.ROW_GROUP_ROWS = kept
 
 
 def check_row_groups(store: Store, split: str, rows: int) -> Store:

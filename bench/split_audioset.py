@@ -1,4 +1,4 @@
-"""Benchmark `data.split` carving the validation split out of the AudioSet training split (issue 12).
+"""Benchmark `data.split` carving the validation split out of the AudioSet training split.
 
     python bench/split_audioset.py                         # store cached under /tmp/split_bench
     python bench/split_audioset.py --cli --check           # also the CLI end to end; verify the result
@@ -16,14 +16,8 @@ split. Each run carves from a fresh copy of it (the copy is not timed) and print
 - clips, imbalance_ratio, gini: per split, as the command prints them;
 - check (--check): the copy validated (every shard's sha256 recorded and matching), the splits
   disjoint and together the original clips, the training split in ascending rarest-label order
-  against its new class counts and in row groups of data.store.ROW_GROUP_ROWS rows, no old
+  against its new class counts and in row groups of data.shards.ROW_GROUP_ROWS rows, no old
   shard left.
-
-Measured on the 2 shared cores of the development machine (other users' load average 4-10;
-wall times swing with it, CPU times much less): 1,857 validation clips, ratio 115.8, Gini 0.405;
-training 2,062,092, ratio 16,210, Gini 0.832.
-  before (bdfbe65): carve 125-279 s wall, 109-119 CPU s; CLI 115-331 s wall,  99-108 CPU s
-  after:            carve  22-53 s wall,   38-41 CPU s; CLI  33-45 s wall (120 s at load 18), 42-49 CPU s
 """
 from __future__ import annotations
 
@@ -44,7 +38,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # no progress bars in the output (t
 import data.split as split_mod  # noqa: E402
 from bench.audioset_labels import AUDIOSET, labels_only_store  # noqa: E402
 from data.balance import class_counts, rarest_label_count  # noqa: E402
-from data.store import ROW_GROUP_ROWS, close_shards, open_store  # noqa: E402
+from data.shards import ROW_GROUP_ROWS, close_shards  # noqa: E402
+from data.store import open_store  # noqa: E402
 
 
 
@@ -90,7 +85,7 @@ def check(root: Path, original_ids: np.ndarray, cfg: split_mod.SplitConfig) -> d
     """The carve's guarantees, verified on the result."""
     s = open_store(root)
     hashed = s.validate()                               # rows, schema, fingerprints, sha256
-    assert not hashed["unverifiable"] and hashed["verified"] == hashed["shards"], hashed
+    assert hashed["verified"] == hashed["shards"], hashed
     train, valid = s.clip_ids(cfg.source), s.clip_ids(cfg.target)
     assert len(np.intersect1d(train, valid)) == 0, "splits overlap"
     assert np.array_equal(np.sort(np.concatenate([train, valid])), np.sort(original_ids)), "clips lost"

@@ -5,7 +5,7 @@
     python bench/stream.py --frames 256 --clips 6000 --limit 12000   # the defaults' 2,048-row blocks, smaller rows
 
 For each --settings ROWS:UNITS (by default the AudioSet config before, 16-row groups in blocks
-of 32 units, and now, data.store.ROW_GROUP_ROWS and `default_units_per_block(128)` for 8
+of 32 units, and now, data.shards.ROW_GROUP_ROWS and `default_units_per_block(128)` for 8
 workers x 128) the same synthetic store is written in row groups of ROWS rows and streamed in
 blocks of UNITS units. Prints JSON, per setting: examples/s of `oversampled_dataset` at beta
 0, 0.5, 1.0 consumed as torch batches; examples/s of a bare pyarrow scan of the same shards
@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audioset_labels import check_row_groups, row_group_rows  # noqa: E402
 from data.cli import add_list  # noqa: E402
-from data.store import ROW_GROUP_ROWS, open_store  # noqa: E402
+from data.shards import ROW_GROUP_ROWS  # noqa: E402
+from data.store import open_store  # noqa: E402
 from data.stream import default_units_per_block, oversampled_dataset, plan_stream, sampler_audit  # noqa: E402
 from data.synth import SynthConfig, make_synthetic_store  # noqa: E402
 
@@ -163,7 +164,7 @@ def peak_memories(stores: dict, a, units: int) -> dict:
 BETAS = ("0.0", "0.5", "1.0")
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=4000, help="training clips (4000 x 256 KiB = 1 GB)")
     p.add_argument("--frames", type=int, default=1024)
@@ -177,7 +178,11 @@ def main() -> None:
     p.add_argument("--dir", default=None, help="where to build the stores (default: a temp dir)")
     add_list(p, "--settings", default=["16:32", f"{ROW_GROUP_ROWS}:{default_units_per_block(128)}"],
              help="ROWS:UNITS: rows a row group, units a block")
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    a = _args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     root = Path(a.dir or tempfile.mkdtemp(prefix="bench-stream-"))

@@ -1,4 +1,4 @@
-"""Benchmark the oversampling stream's plan and throughput at AudioSet scale (issue 14).
+"""Benchmark the oversampling stream's plan and throughput at AudioSet scale.
 
     python bench/stream_audioset.py                       # stores cached under /tmp
     python bench/stream_audioset.py --dir runs --rows 500000 --consumers 1 2
@@ -9,7 +9,7 @@ and checked when reused) a labels-only store (mel [1, 1]) of the 2,063,949 publi
 training clips (balanced + unbalanced segment CSVs, read in place from --audioset) in
 rarest-label order, written as data/ingest.py writes a training split (512 rows a shard). The
 plan, stream, consumers and budget parts use the store of --row-group-rows rows a group and
-blocks of --units-per-block units (by default data.store.ROW_GROUP_ROWS and
+blocks of --units-per-block units (by default data.shards.ROW_GROUP_ROWS and
 `default_units_per_block(128)`, what a trial of 8 workers x 128 streams). Then prints JSON:
 - mixing: for each --mix-settings ROWS:UNITS (by default the AudioSet config before, 16-row
   groups in blocks of 32 units, and now, `ROW_GROUP_ROWS` and `default_units_per_block`) and
@@ -54,11 +54,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audioset_labels import AUDIOSET, labels_only_store, store_path  # noqa: E402
 from data.cli import add_list  # noqa: E402
-from data.store import ROW_GROUP_ROWS, open_store  # noqa: E402
+from data.shards import ROW_GROUP_ROWS  # noqa: E402
+from data.store import open_store  # noqa: E402
 from data.stream import default_units_per_block, sampler_audit  # noqa: E402
 
 UDF_WARNING = "is too large"
-TARGETS = {"distinct_classes_ratio_min": 0.9, "class_mix_ratio_max": 1.15}  # issue 19
+TARGETS = {"distinct_classes_ratio_min": 0.9, "class_mix_ratio_max": 1.15}
 MIXING_KEYS = ("workers", "worker_batch_size", "audited_examples", "distinct_classes_per_batch",
                "distinct_classes_per_batch_ideal", "distinct_classes_ratio", "class_mix_distance",
                "class_mix_distance_ideal", "class_mix_ratio", "duplicates_per_batch", "duplicates_per_batch_ideal")
@@ -245,7 +246,7 @@ def session_log_warnings() -> int:
     return hits
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default="/tmp", help="where the store is built and cached")
     p.add_argument("--audioset", default=str(AUDIOSET), help="the AudioSet label files")
@@ -272,7 +273,11 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--examples", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    a = _args()
     if a.plan_only:
         print(json.dumps(measure_plan(Path(a.store), a.beta, a.examples, a.seed, a.units_per_block, a.trace)))
         return

@@ -52,7 +52,9 @@ from data.balance import class_counts, rarest_label_count, rarest_label_order
 from data.cli import InputError, add_list, add_store, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
-from data.store import HASH, MANIFEST, Store, StoreError, file_hashes, write_json, create_store, open_store
+from data.manifest import HASH, MANIFEST, StoreError, write_json
+from data.shards import file_hashes
+from data.store import Store, create_store, open_store
 
 __all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "format_summary", "main"]
 
@@ -179,8 +181,6 @@ def _check_reuse(journal: dict[str, dict], chunks: list[dict], root: Path) -> tu
             why = "missing"
         elif path.stat().st_size != entry["bytes"]:
             why = f"{path.stat().st_size} bytes, journal says {entry['bytes']}"
-        elif HASH not in entry:
-            why = f"no {HASH} in the journal (written by an older version): not verifiable"
         if why:
             redone.append({"file": entry["file"], "why": why})
         else:

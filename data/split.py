@@ -26,9 +26,8 @@ manifest write, so they never overlap. Old training shards are then deleted. The
 copied in Arrow, never row by row in Python: a task reads the rows of a few consecutive new
 shards with one `read_row_groups` call per source shard and writes each with
 `Store.write_table`; a few tasks run at once (two threads a core: the CPU work releases the
-GIL, and a busy file system makes each shard's create and rename wait). On the 2,063,949
-AudioSet training clips (labels-only store, bench/split_audioset.py) this takes about 50 CPU
-seconds in all, against about 110 before. The command prints both splits' clips, imbalance
+GIL, and a busy file system makes each shard's create and rename wait); bench/split_audioset.py
+measures it on the 2,063,949 AudioSet training clips. The command prints both splits' clips, imbalance
 ratio and Gini (`--json`: the result as JSON) and warns on stderr when validation takes more
 than half of some class's clips.
 
@@ -50,7 +49,9 @@ from tqdm import tqdm
 from data.balance import MultiLabels, as_multilabels, class_counts, rarest_label_order
 from data.cli import InputError, add_list, add_store, parser, positive_int, run
 from data.stats import format_per_class, imbalance_row, per_class_rows
-from data.store import RowGroups, Store, StoreError, close_shards, fingerprint, open_store
+from data.manifest import StoreError, fingerprint
+from data.shards import RowGroups, close_shards
+from data.store import Store, open_store
 
 __all__ = ["SplitConfig", "METHODS", "per_class_split", "valid_targets", "stratified_split",
            "check_config", "select_valid", "carve", "main"]
@@ -276,7 +277,7 @@ def _largest(shards: list[dict]) -> int:
 
 def _delete(paths: list) -> None:
     """Unlink files (missing ones are fine), several at a time: an unlink mostly waits on the
-    file system (on a busy one 1-2 ms each; 4,032 AudioSet shards take ~6 s one by one)."""
+    file system."""
     if len(paths) < 2:
         for path in paths:
             path.unlink(missing_ok=True)

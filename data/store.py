@@ -1,259 +1,30 @@
-"""The spectrogram store: Parquet shards of raw log-mel spectrograms plus a JSON manifest.
+"""The spectrogram store: a directory of Parquet shards and a JSON manifest (layout in
+data/manifest.py; shard files in data/shards.py). `Store` opens one, reads what its shards hold,
+validates them against the manifest and records splits written or edited.
 
-Layout of a store directory:
-  manifest.json              format version, feature parameters, classes in index order, and
-                             per split: shard files (rows, bytes, sha256 of the file's bytes),
-                             clip count, per-class counts, a fingerprint of the clip-id set, the
-                             row order. A shard entry without sha256 (written before content
-                             hashes were recorded) is read as before and reported "not verifiable".
-  <split>/part-00000.parquet one row a clip:
-      clip_id  string
-      labels   list<int16>                               class indices
-      mel      arrow.fixed_shape_tensor<halffloat>[T, F] raw log-mel [frames, mels], zero-padded
-      n_frames int32                                     frames before padding
 The training split is written in ascending order of each clip's rarest-label count (r_j), which
 makes "the clips repeated at least c times" a prefix of the split for every beta (see
-data/stream.py). Row groups are small (`ROW_GROUP_ROWS`) so a reader can fetch row ranges.
-Shards and the manifest are written to a temporary name and renamed: a reader never sees a
-half-written file. A shard's sha256 is computed from the bytes as they are written;
-`Store.validate` re-reads every shard and compares. A read that pyarrow cannot decode is a
-StoreError naming the file and the row group.
-
-Bulk paths stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read
-needs with one `read_row_groups` call per shard and takes the rows with one `take`;
-`Store.write_table` writes a table of the store's schema as a shard (through a 1 MiB buffer, so
-the hashing file sees few large writes); `Store.labels`, `Store.clip_ids` and `Store.row_groups`
-come from threaded passes over the shards that read only the columns asked for (the labels
-alone: ~1 ms a shard), each once per Store object.
+data/stream.py). `Store.validate` re-reads every shard and compares its sha256 with the
+manifest's. `Store.labels`, `Store.clip_ids` and `Store.row_groups` come from threaded passes
+over the shards that read only the columns asked for, each once per Store object.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import threading
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data.balance import MultiLabels, class_counts
+from data.manifest import (FORMAT_VERSION, HASH, MANIFEST, StoreError, fingerprint, read_manifest, schema,
+                           write_json)
+from data.shards import (RowGroups, check_shard, file_hashes, find_mel, labels_array, map_shards, multi_hot,
+                         read_shard, shard_batches, write_shard_file)
 
-__all__ = ["FORMAT_VERSION", "ROW_GROUP_ROWS", "StoreError", "Store", "SplitWriter", "RowGroups",
-           "open_store", "create_store", "check_new_store", "fingerprint", "schema", "write_json", "multi_hot", "close_shards",
-           "HASH", "file_hash", "file_hashes"]
-
-FORMAT_VERSION = 1
-ROW_GROUP_ROWS = 4  # rows a row group as shards are written (readers take the sizes from the files):
-                    # the stream's read unit, whose clips share labels (data/stream.py)
-MANIFEST = "manifest.json"
-MANIFEST_KEYS = ("format_version", "features", "classes", "splits")
-HASH = "sha256"          # the shard entry's key for the content hash (hex digest of the file's bytes)
-_HASH_CHUNK = 1 << 22    # files are hashed in 4 MiB reads
-_WRITE_BUFFER = 1 << 20  # shard bytes reach the hashing file in 1 MiB writes
-
-
-class StoreError(ValueError):
-    """A store that does not match its manifest; the message names the file."""
-
-
-def schema(frames: int, mels: int) -> pa.Schema:
-    return pa.schema([
-        ("clip_id", pa.string()),
-        ("labels", pa.list_(pa.int16())),
-        ("mel", pa.fixed_shape_tensor(pa.float16(), [frames, mels])),
-        ("n_frames", pa.int32()),
-    ])
-
-
-def fingerprint(clip_ids) -> str:
-    """sha256 of the sorted clip ids, newline-joined: the identity of a split's clip set.
-    A numpy str array is sorted by numpy (code-point order, as Python sorts str: same digest)."""
-    if isinstance(clip_ids, np.ndarray) and clip_ids.dtype.kind == "U":
-        ordered = np.sort(clip_ids, kind="stable").tolist()
-    else:
-        ordered = sorted(map(str, clip_ids))
-    return "sha256:" + hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:16]
-
-
-def _io_threads(tasks: int) -> int:
-    """Threads for `tasks` independent shard reads or writes (pyarrow and hashlib release the
-    GIL): one a core, at most 8."""
-    return max(1, min(tasks, os.cpu_count() or 1, 8))
-
-
-def multi_hot(labels: pa.Array, n_classes: int) -> np.ndarray:
-    """A `labels` column (list<int16> [n]) as multi-hot targets, float32 [n, n_classes]."""
-    lengths = np.diff(labels.offsets.to_numpy())
-    target = np.zeros((len(labels), n_classes), dtype=np.float32)
-    target[np.repeat(np.arange(len(labels)), lengths), labels.flatten().to_numpy()] = 1.0
-    return target
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes, read in chunks (the shard entry's `sha256`)."""
-    h = hashlib.new(HASH)
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_hashes(paths) -> list[str]:
-    """`file_hash` of each path, a few files at a time (hashlib releases the GIL)."""
-    return _map_shards(file_hash, list(paths))
-
-
-class _HashingFile:
-    """A binary file that hashes what is written to it (pyarrow writes through `write`)."""
-
-    def __init__(self, f):
-        self.f, self.hash = f, hashlib.new(HASH)
-
-    def write(self, data) -> int:
-        self.hash.update(data)
-        return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def flush(self) -> None:
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.f.closed
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-
-def _unreadable(path, pf: pq.ParquetFile | None, error: BaseException, columns=None,
-                first_group: int = 0) -> StoreError:
-    """The StoreError for a shard pyarrow failed to decode: the first row group from
-    `first_group` on that does not read is named (the file alone if none can be pinned)."""
-    what = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    if pf is not None:
-        for g in range(first_group, pf.metadata.num_row_groups):
-            try:
-                pf.read_row_group(g, columns=columns)
-            except (OSError, pa.ArrowException, IndexError, ValueError):
-                return StoreError(f"{path}: row group {g} is unreadable ({what})")
-    return StoreError(f"{path}: unreadable Parquet shard ({what})")
-
-
-def _open_parquet(path) -> pq.ParquetFile:
-    """A shard's ParquetFile; a missing file or a bad footer is a StoreError naming it."""
-    if not Path(path).is_file():
-        raise StoreError(f"{path}: shard listed in the manifest is missing")
-    try:
-        return pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
-        raise _unreadable(path, None, e) from e
-
-
-@lru_cache(maxsize=64)
-def _parquet_of_thread(path: str, thread: int) -> pq.ParquetFile:
-    return _open_parquet(path)
-
-
-def _parquet(path: str) -> pq.ParquetFile:
-    """The open shard, one ParquetFile per thread (never read by two threads at once)."""
-    return _parquet_of_thread(path, threading.get_ident())
-
-
-def close_shards() -> None:
-    """Forget the shard files `RowGroups.read` keeps open (after shards were replaced)."""
-    _parquet_of_thread.cache_clear()
-
-
-@dataclass(frozen=True)
-class RowGroups:
-    """Where the rows of a list of shards (taken in order) live, to read rows by global index.
-    Picklable: built once on a driver, read from in Ray tasks."""
-
-    paths: list[str]
-    shard: np.ndarray   # int32 [G] shard of each row group
-    index: np.ndarray   # int32 [G] row-group index within its shard
-    start: np.ndarray   # int64 [G + 1] first global row of each group
-
-    @classmethod
-    def of(cls, paths) -> "RowGroups":
-        return cls.from_sizes(paths, [_group_sizes(_open_parquet(p)) for p in paths])
-
-    @classmethod
-    def from_sizes(cls, paths, sizes: list[list[int]]) -> "RowGroups":
-        """From each shard's row-group sizes (rows), shards in order."""
-        shard = np.repeat(np.arange(len(sizes), dtype=np.int32), [len(s) for s in sizes])
-        index = np.concatenate([np.arange(len(s), dtype=np.int32) for s in sizes] or [np.zeros(0, np.int32)])
-        start = np.zeros(len(shard) + 1, dtype=np.int64)
-        np.cumsum([n for s in sizes for n in s], out=start[1:])
-        return cls([str(p) for p in paths], shard, index, start)
-
-    def group_of(self, rows: np.ndarray) -> np.ndarray:
-        """Row group of each global row, int64 [n]."""
-        return np.searchsorted(self.start, rows, side="right") - 1
-
-    def read(self, rows: np.ndarray, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
-        """Global rows in the given order (repeats allowed), read by whole row groups, each
-        group once: one `read_row_groups` call per shard for all the groups needed there, one
-        `take`. A group that cannot be read is a StoreError naming its shard and its index.
-        `use_threads`: pyarrow's, within each call (off where the caller runs reads in threads)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        groups = self.group_of(rows)
-        uniq = np.unique(groups)
-        if not len(uniq):
-            return self._read_groups(0, [], columns, use_threads)
-        shards = self.shard[uniq]
-        cuts = np.flatnonzero(shards[1:] != shards[:-1]) + 1   # runs of groups of one shard
-        table = pa.concat_tables([
-            self._read_groups(int(shards[a]), self.index[uniq[a:b]].tolist(), columns, use_threads)
-            for a, b in zip([0, *cuts], [*cuts, len(uniq)])])
-        # position of each requested row in the concatenation of the groups read
-        base = np.concatenate([[0], np.cumsum(self.start[uniq + 1] - self.start[uniq])[:-1]]).astype(np.int64)
-        return table.take(base[np.searchsorted(uniq, groups)] + rows - self.start[groups])
-
-    def _read_groups(self, s: int, indices: list[int], columns: list[str] | None,
-                     use_threads: bool = True) -> pa.Table:
-        path = self.paths[s]
-        pf = _parquet(path)
-        try:
-            return pf.read_row_groups(indices, columns=columns, use_threads=use_threads)
-        except (OSError, pa.ArrowException) as e:  # a shard damaged after validation
-            for index in indices:                  # name the group that fails
-                try:
-                    pf.read_row_group(index, columns=columns, use_threads=False)
-                except (OSError, pa.ArrowException) as e1:
-                    raise StoreError(f"{path}: row group {index} is unreadable "
-                                     f"({type(e1).__name__}: {e1})") from e1
-            raise StoreError(f"{path}: row groups {indices} are unreadable ({type(e).__name__}: {e})") from e
-
-
-def _group_sizes(pf: pq.ParquetFile) -> list[int]:
-    meta = pf.metadata
-    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+__all__ = ["Store", "SplitWriter", "open_store", "create_store", "check_new_store"]
 
 
 def create_store(root: str | Path, classes: list[dict], features: dict) -> "Store":
@@ -327,27 +98,12 @@ class SplitWriter:
 
 
 class Store:
-    """Read access to a store directory (see the module docstring for the layout)."""
+    """A store directory (layout in data/manifest.py): what its manifest says and its shards
+    hold, their validation, and the splits written or edited."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        path = self.root / MANIFEST
-        if not path.exists():
-            raise StoreError(f"{path}: no manifest (not a store directory)")
-        try:
-            self.manifest = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise StoreError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(self.manifest, dict):
-            raise StoreError(f"{path}: not a store manifest (a JSON {type(self.manifest).__name__}, not an object)")
-        missing = [k for k in MANIFEST_KEYS if k not in self.manifest]
-        if missing:
-            raise StoreError(f"{path}: not a store manifest (no {', '.join(missing)})")
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{path}: format_version {self.manifest.get('format_version')} "
-                             f"!= {FORMAT_VERSION}")
+        self.manifest = read_manifest(self.root / MANIFEST)
 
     # --- what the manifest says -------------------------------------------------------
     @property
@@ -410,7 +166,7 @@ class Store:
         missing = [c for c in columns if c not in entry] or ([] if "groups" in entry else ["labels"])
         if missing:
             paths = self.shard_paths(split)
-            parts = _map_shards(lambda p: _read_shard(p, missing), paths)
+            parts = map_shards(lambda p: read_shard(p, missing), paths)
             empty = schema(self.frames, self.mels).empty_table()
             for c in missing:
                 chunks = [ch for t, _ in parts for ch in t[c].chunks]
@@ -441,74 +197,42 @@ class Store:
     def spectrogram(self, split: str, clip_id: str) -> np.ndarray:
         """Raw log-mel of one clip, float16 [frames, mels]."""
         for path in self.shard_paths(split):
-            pf = _open_parquet(path)
-            for g in range(pf.num_row_groups):
-                try:
-                    ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
-                    if clip_id in ids:
-                        mel = pf.read_row_group(g, columns=["mel"])["mel"].combine_chunks()
-                        return mel.to_numpy_ndarray()[ids.index(clip_id)]
-                except (OSError, pa.ArrowException) as e:
-                    raise StoreError(f"{path}: row group {g} is unreadable ({type(e).__name__}: {e})") from e
+            mel = find_mel(path, clip_id)
+            if mel is not None:
+                return mel
         raise KeyError(f"clip {clip_id!r} not in split {split!r} of {self.root}")
 
     def iter_batches(self, split: str, batch_size: int) -> Iterator[dict]:
         """The split in row order, `batch_size` clips at a time: {clip_id [b] str,
         mel [b, frames, mels] float16, target [b, n_classes] float32 multi-hot}.
         A shard pyarrow cannot decode is a StoreError naming the file and the row group."""
-        columns = ["clip_id", "labels", "mel"]
+        def convert(batch: pa.RecordBatch) -> dict:
+            return {"clip_id": batch.column("clip_id").to_numpy(zero_copy_only=False),
+                    "mel": batch.column("mel").to_numpy_ndarray(),
+                    "target": multi_hot(batch.column("labels"), self.n_classes)}
         for path in self.shard_paths(split):
-            pf = _open_parquet(path)
-            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-            batches, done = pf.iter_batches(batch_size, columns=columns), 0
-            while True:
-                try:
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    out = {"clip_id": batch.column("clip_id").to_numpy(zero_copy_only=False),
-                           "mel": batch.column("mel").to_numpy_ndarray(),
-                           "target": multi_hot(batch.column("labels"), self.n_classes)}
-                except (OSError, pa.ArrowException, IndexError) as e:
-                    group = int(np.searchsorted(starts, done, side="right") - 1)
-                    raise _unreadable(path, pf, e, columns, group) from e
-                done += batch.num_rows
-                yield out
+            yield from shard_batches(path, batch_size, ["clip_id", "labels", "mel"], convert)
 
     def validate(self, split: str | None = None, checksums: bool = True) -> dict:
         """Check shards against the manifest: existence, rows, schema, the clip-id fingerprint
-        and (`checksums`) each shard's sha256 over its bytes: the cost of reading the store once,
-        a few files at a time (about 1.4 s per GB on 2 busy cores with the files in the page
-        cache; disk-bound otherwise). `checksums=False` skips the hashes.
+        and (`checksums`) each shard's sha256 over its bytes, which costs a read of the store,
+        a few files at a time. `checksums=False` skips the hashes (but not the check that each
+        shard entry records one).
 
-        Raises StoreError naming the first shard that does not match. Returns {shards, verified,
-        unverifiable: shards whose entry has no sha256 (written before hashes were recorded),
-        which are also named in a warning}.
+        Raises StoreError naming the first shard that does not match. Returns {shards, verified}.
         """
         expected = schema(self.frames, self.mels)
         names = [split] if split else self.splits
         names = list(dict.fromkeys(p for n in names for p in self._parts(n)))
         to_hash: list[tuple[Path, str]] = []
-        unverifiable: list[str] = []
         for name in names:
             info = self.split_info(name)
             for shard in info["shards"]:
                 path = self.root / shard["file"]
-                if not path.exists():
-                    raise StoreError(f"{path}: shard listed in the manifest is missing")
-                try:
-                    meta = pq.read_metadata(path)
-                    got = pq.read_schema(path)
-                except (OSError, pa.ArrowException) as e:  # a truncated or foreign file
-                    raise StoreError(f"{path}: unreadable Parquet shard ({e})") from None
-                if meta.num_rows != shard["rows"]:
-                    raise StoreError(f"{path}: {meta.num_rows} rows, manifest says {shard['rows']}")
-                if not got.remove_metadata().equals(expected):
-                    raise StoreError(f"{path}: schema {got.remove_metadata()} != expected {expected}")
-                if HASH in shard:
-                    to_hash.append((path, shard[HASH]))
-                else:
-                    unverifiable.append(str(path))
+                if HASH not in shard:
+                    raise StoreError(f"{path}: the manifest's entry for this shard has no {HASH}")
+                check_shard(path, shard["rows"], expected)
+                to_hash.append((path, shard[HASH]))
             self._index_cache.pop(name, None)
             if fingerprint(self.clip_ids(name)) != info["fingerprint"]:
                 raise StoreError(f"{self.root / name}: clip ids do not match the manifest's fingerprint")
@@ -517,12 +241,7 @@ class Store:
                 if got != want:
                     raise StoreError(f"{path}: content changed since it was written "
                                      f"({HASH} {got[:16]}..., manifest says {want[:16]}...)")
-            if unverifiable:
-                warnings.warn(f"{self.root}: {len(unverifiable)} shard(s) have no {HASH} in the manifest "
-                              f"(written before content hashes): not verifiable, e.g. {unverifiable[0]}",
-                              stacklevel=2)
-        return {"shards": len(to_hash) + len(unverifiable), "verified": len(to_hash) if checksums else 0,
-                "unverifiable": unverifiable}
+        return {"shards": len(to_hash), "verified": len(to_hash) if checksums else 0}
 
     def _parts(self, split: str) -> list[str]:
         """The splits that hold `split`'s data: itself, or the parts of a union."""
@@ -531,11 +250,12 @@ class Store:
 
     # --- writing ----------------------------------------------------------------------
     def write_shard(self, name: str, clip_ids, labels, mel: np.ndarray, n_frames) -> dict:
-        """Write one shard atomically; returns its manifest entry {file, rows, bytes, sha256}
-        (sha256 of the bytes as written)."""
+        """Write one shard atomically from ids [n], label-index arrays [n], mel [n, frames, mels]
+        and n_frames [n]; returns its manifest entry {file, rows, bytes, sha256} (sha256 of the
+        bytes as written)."""
         table = pa.table({
             "clip_id": pa.array(list(clip_ids), pa.string()),
-            "labels": _labels_array(labels),
+            "labels": labels_array(labels),
             "mel": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(mel, np.float16)),
             "n_frames": pa.array(np.asarray(n_frames, np.int32)),
         }, schema=schema(self.frames, self.mels))
@@ -553,17 +273,8 @@ class Store:
             raise StoreError(f"{path}: table schema ({line(table.schema)}) != the store's ({line(expected)})")
         # exactly the store's schema (a table read back names the list items "element", not
         # "item", which would change the Arrow schema stored in the file): a zero-copy cast
-        table = table.replace_schema_metadata(None).cast(expected)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            out = _HashingFile(f)
-            sink = pa.BufferedOutputStream(pa.PythonFile(out, mode="w"), _WRITE_BUFFER)
-            pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="none")
-            if not sink.closed:
-                sink.close()
-        os.replace(tmp, path)
-        return {"file": name, "rows": len(table), "bytes": path.stat().st_size, HASH: out.hash.hexdigest()}
+        digest = write_shard_file(path, table.replace_schema_metadata(None).cast(expected))
+        return {"file": name, "rows": len(table), "bytes": path.stat().st_size, HASH: digest}
 
     def add_split(self, split: str, shards: list[dict], clip_ids, labels, order: str) -> dict:
         """Record a written split in the manifest (atomically); returns its entry."""
@@ -609,44 +320,6 @@ class Store:
 
     def writer(self, split: str, rows_per_shard: int = 1024, order: str = "given") -> SplitWriter:
         return SplitWriter(self, split, rows_per_shard, order)
-
-
-def _read_table(path, columns: list[str], use_threads: bool = True) -> pa.Table:
-    """Columns of a whole shard; a shard pyarrow cannot decode is a StoreError naming the row group."""
-    return _read_columns(_open_parquet(path), path, columns, use_threads)
-
-
-def _read_columns(pf: pq.ParquetFile, path, columns: list[str], use_threads: bool = True) -> pa.Table:
-    try:
-        return pf.read(columns=columns, use_threads=use_threads)
-    except (OSError, pa.ArrowException) as e:
-        raise _unreadable(path, pf, e, columns) from e
-
-
-def _read_shard(path, columns: list[str]) -> tuple[pa.Table, list[int]]:
-    """`columns` of a whole shard and its row-group sizes, from one open of the file (pyarrow's
-    threads off: the shards are read a few at a time)."""
-    pf = _open_parquet(path)
-    return _read_columns(pf, path, columns, use_threads=False), _group_sizes(pf)
-
-
-def _map_shards(fn, paths: list[str]) -> list:
-    """fn(path) for each shard, a few at a time (pyarrow releases the GIL while it reads)."""
-    if _io_threads(len(paths)) < 2:
-        return [fn(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=_io_threads(len(paths))) as pool:
-        return list(pool.map(fn, paths))
-
-
-def _labels_array(labels) -> pa.Array:
-    """Per-clip label indices as list<int16>: a MultiLabels without a loop over clips."""
-    if isinstance(labels, MultiLabels):
-        offsets = np.asarray(labels.offsets, np.int64) - labels.offsets[0]
-        values = labels.indices[labels.offsets[0]:labels.offsets[-1]]
-        if offsets[-1] < 2**31:
-            return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                            pa.array(np.asarray(values, np.int16)), pa.list_(pa.int16()))
-    return pa.array([np.asarray(l, np.int16) for l in labels], pa.list_(pa.int16()))
 
 
 def open_store(path: str | Path) -> Store:

@@ -39,7 +39,8 @@ import numpy as np
 import pyarrow as pa
 
 from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
-from data.store import RowGroups, Store, multi_hot, open_store
+from data.shards import RowGroups, multi_hot
+from data.store import Store, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
            "read_block", "read_blocks", "oversampled_dataset", "stream_execution_options",
@@ -117,12 +118,6 @@ class SplitIndex:
         first, n = self.groups.start[g], self.groups.start[g + 1] - self.groups.start[g]
         rows = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(first - (np.cumsum(n) - n), n)
         return rows[self.factors[rows] >= np.repeat(copy, n)]
-
-    def unit_of(self, units: np.ndarray) -> np.ndarray:
-        """(group, copy) of each unit, int64 [n, 2]."""
-        units = np.asarray(units, dtype=np.int64)
-        g = np.searchsorted(self.unit_start, units, side="right") - 1
-        return np.stack([g, units - self.unit_start[g] + 1], axis=1)
 
     def unit_sizes(self) -> np.ndarray:
         """Rows in each unit, [U] (the smallest unsigned dtype that holds a row group's rows).
@@ -220,20 +215,6 @@ class StreamPlan:
         """int64 [B, 2] (pass, position in the pass) of each block: what seeds its order."""
         q = self.first_block + np.arange(len(self.block_rows))
         return np.stack([self.epoch + q // self.blocks_per_pass, q % self.blocks_per_pass], axis=1)
-
-    def units(self, b: int) -> np.ndarray:
-        """Unit numbers of block b, in block order."""
-        return _block_units(self.index, self.seed, self.epoch, self.units_per_block, self.first_block + b)
-
-    @property
-    def blocks(self) -> np.ndarray:
-        """int64 [B, units_per_block, 2] (group, copy) of each block's units, -1 = empty slot.
-        Materialised on request (the plan itself does not hold it)."""
-        out = np.full((len(self.block_rows), self.units_per_block, 2), -1, dtype=np.int64)
-        for b in range(len(self.block_rows)):
-            u = self.units(b)
-            out[b, :len(u)] = self.index.unit_of(u)
-        return out
 
 
 def _block_units(index: SplitIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:

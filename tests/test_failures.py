@@ -1,4 +1,4 @@
-"""A damaged store (DESIGN.md section 7): a train shard damaged inside a column (same size,
+"""A damaged store: a train shard damaged inside a column (same size,
 intact footer) stops the sweep before anything trains, naming the shard (its content hash no
 longer matches the manifest). Failures during a sweep - Ctrl-C, a killed Train worker, an
 unreachable MLflow server - are in tests/test_sweep.py."""
@@ -30,7 +30,8 @@ def test_damaged_shard_stops_the_sweep_before_training(tmp_path, smoke_store, mo
     """The spectrograms of one row group are garbage in a shard of the right size whose footer,
     ids and labels are intact: the sweep fails at once with one line naming the shard, starts
     no Ray and no MLflow run, and leaves the store as it was."""
-    from data.store import StoreError, open_store
+    from data.manifest import StoreError
+    from data.store import open_store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store_dir = tmp_path / "store"
     shutil.copytree(smoke_store, store_dir)

@@ -7,7 +7,8 @@ import pytest
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, rarest_label_count
 from data.labels import read_class_index, read_segments
 from data.split import SplitConfig, main, per_class_split, select_valid, stratified_split, valid_targets
-from data.store import StoreError, create_store, fingerprint, open_store
+from data.manifest import StoreError, fingerprint
+from data.store import create_store, open_store
 
 
 def _valid_counts(labels, valid, k):
@@ -265,7 +266,7 @@ def test_shards_copied_by_threads_are_the_shards_copied_in_order(store, monkeypa
     rows, sha256) as one thread a shard at a time; a row group that cannot be read stops it
     with the error naming file and group."""
     from data import split as split_mod
-    from data.store import close_shards
+    from data.shards import close_shards
     source = store.row_groups("train")
     rows = np.random.default_rng(0).permutation(900)[:700]
     one = split_mod._write(store, source, rows, "one", 64, threads=1)

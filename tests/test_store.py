@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data.balance import class_counts, rarest_label_count
-from data.store import StoreError, create_store, open_store
+from data.manifest import StoreError
+from data.store import create_store, open_store
 from data.synth import SynthConfig, make_synthetic_store
 
 
@@ -121,11 +122,12 @@ def _mel_chunk(path, group):
 
 
 def test_shard_hashes_are_recorded_from_the_bytes_written(tmp_path):
-    from data.store import HASH, file_hash
+    from data.manifest import HASH
+    from data.shards import file_hash
     store = _mel_store(tmp_path / "s")
     [entry] = store.split_info("train")["shards"]
     assert entry[HASH] == file_hash(store.root / entry["file"]) and len(entry[HASH]) == 64
-    assert store.validate() == {"shards": 1, "verified": 1, "unverifiable": []}
+    assert store.validate() == {"shards": 1, "verified": 1}
 
 
 def test_validate_finds_64_bytes_overwritten_in_the_mel_column(tmp_path):
@@ -142,7 +144,7 @@ def test_validate_finds_64_bytes_overwritten_in_the_mel_column(tmp_path):
 
 
 def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
-    from data.store import ROW_GROUP_ROWS, RowGroups, close_shards
+    from data.shards import ROW_GROUP_ROWS, RowGroups, close_shards
     store = _mel_store(tmp_path / "s")
     [shard] = store.shard_paths("train")
     start, size = _mel_chunk(shard, 1)
@@ -168,17 +170,14 @@ def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
     close_shards()
 
 
-def test_manifest_without_hashes_is_read_and_reported_unverifiable(tmp_path):
+def test_a_shard_entry_without_its_hash_is_named(tmp_path):
     store, _ = _small_store(tmp_path / "s")
     manifest = json.loads((store.root / "manifest.json").read_text())
-    for shard in manifest["splits"]["train"]["shards"]:
-        del shard["sha256"]  # as written before content hashes
+    del manifest["splits"]["train"]["shards"][1]["sha256"]
     (store.root / "manifest.json").write_text(json.dumps(manifest))
-    s = open_store(store.root)
-    assert s.clip_ids("train").tolist() == [f"id{i}" for i in range(10)]
-    with pytest.warns(UserWarning, match=r"3 shard\(s\) have no sha256 in the manifest .*not verifiable"):
-        out = s.validate()
-    assert out["verified"] == 0 and len(out["unverifiable"]) == 3
+    for checksums in (True, False):
+        with pytest.raises(StoreError, match=r"part-00001\.parquet: the manifest's entry for this shard has no sha256$"):
+            open_store(store.root).validate(checksums=checksums)
 
 
 def test_a_bad_manifest_is_named(tmp_path):
@@ -227,7 +226,7 @@ def _shards_store(root, n=150, rows_per_shard=40):
 def test_row_groups_read_one_call_per_shard(tmp_path, monkeypatch):
     """Rows in any order, repeats included, across shards: one `read_row_groups` call per shard
     touched, the rows as a row-by-row read gives them."""
-    from data.store import ROW_GROUP_ROWS, RowGroups, close_shards
+    from data.shards import ROW_GROUP_ROWS, RowGroups, close_shards
     store, mel = _shards_store(tmp_path / "s")
     groups = RowGroups.of(store.shard_paths("train"))
     g = ROW_GROUP_ROWS
@@ -263,7 +262,8 @@ def test_write_table_writes_the_bytes_write_shard_writes(tmp_path):
     `write_shard` writes from the same rows (so the same sha256), in row groups of
     `ROW_GROUP_ROWS` rows; labels given as MultiLabels write the same bytes as a list of arrays."""
     from data.balance import as_multilabels
-    from data.store import HASH, ROW_GROUP_ROWS, RowGroups, file_hash, schema
+    from data.manifest import HASH, schema
+    from data.shards import ROW_GROUP_ROWS, RowGroups, file_hash
     store, mel = _shards_store(tmp_path / "s")
     rows = np.array([5, 70, 71, 72, 149, 0, 33, 34, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111])
     table = RowGroups.of(store.shard_paths("train")).read(rows)
@@ -288,7 +288,7 @@ def test_write_table_writes_the_bytes_write_shard_writes(tmp_path):
 
 
 def test_fingerprint_of_a_numpy_array_is_the_fingerprint_of_its_strings():
-    from data.store import fingerprint
+    from data.manifest import fingerprint
     ids = np.array(["b", "a", "Zz", "é", "a1", "ä", "", "B", "😀", "ab"])
     assert fingerprint(ids) == fingerprint(ids.tolist()) == fingerprint(list(reversed(ids.tolist())))
     assert fingerprint(ids[:3]) != fingerprint(ids)
@@ -297,7 +297,7 @@ def test_fingerprint_of_a_numpy_array_is_the_fingerprint_of_its_strings():
 def test_labels_are_read_alone_once_per_store(tmp_path, monkeypatch):
     """`labels` reads only the labels column (one read a shard, kept by the Store object, which
     also gives `row_groups`); `clip_ids` then reads only the clip ids, and first reads both."""
-    from data.store import RowGroups
+    from data.shards import RowGroups
     _shards_store(tmp_path / "s")
     reads = []
     real = pq.ParquetFile.read

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from data.balance import oversampled_counts, oversampling_factors
-from data.store import ROW_GROUP_ROWS
+from data.shards import ROW_GROUP_ROWS
 from data.stream import (SplitIndex, block_rows, class_mix_distance, deal_blocks, default_units_per_block,
                          distinct_classes_per_batch, duplicates_per_batch, oversampled_dataset, plan_stream,
                          read_blocks, sampler_audit, split_labels, stream_execution_options, unit_order)
 
 
 def _order(plan):
-    return np.concatenate([block_rows(plan, b) for b in range(len(plan.blocks))])
+    return np.concatenate([block_rows(plan, b) for b in range(len(plan.block_rows))])
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
@@ -61,7 +61,7 @@ def test_unit_order_is_a_permutation_that_changes_with_the_pass(n):
 
 
 def test_split_labels_match_the_store(synth_store):
-    from data.store import RowGroups
+    from data.shards import RowGroups
     labels, groups = split_labels(synth_store, "train")
     ref, ref_groups = synth_store.labels("train"), RowGroups.of(synth_store.shard_paths("train"))
     np.testing.assert_array_equal(labels.offsets, ref.offsets)
@@ -185,7 +185,7 @@ def test_worker_batches_mix_like_a_random_order_on_audioset_labels(audioset, tmp
 
     from data.balance import rarest_label_order
     from data.labels import read_class_index, read_segments
-    from data.store import RowGroups
+    from data.shards import RowGroups
     from data.stream import StreamPlan, _plan_blocks, mixing_audit
     with gzip.open(audioset / "unbalanced_train_segments.csv.gz", "rt") as f:
         (tmp_path / "part.csv").write_text("".join(itertools.islice(f, 200_003)))  # 3 header lines
@@ -214,7 +214,7 @@ def test_a_sum_scheme_pass_is_exact_on_audioset_labels(audioset, scheme):
     and a stream resumed mid-pass continues the same order."""
     from data.balance import rarest_label_order
     from data.labels import read_class_index, read_segments
-    from data.store import RowGroups
+    from data.shards import RowGroups
     from data.stream import StreamPlan, _plan_blocks
     index = read_class_index(audioset / "class_labels_indices.csv")
     labels = read_segments([audioset / "balanced_train_segments.csv"], index, strict=False)[0].labels
