@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from data.balance import MultiLabels, class_counts
+from data.balance import MultiLabels, class_counts, priors_from_counts
 from data.manifest import (FORMAT_VERSION, HASH, MANIFEST, StoreError, fingerprint, read_manifest, schema,
                            write_json)
 from data.shards import (RowGroups, check_shard, file_hashes, find_mel, labels_array, map_shards, multi_hot,
@@ -150,6 +150,10 @@ class Store:
 
     def class_counts(self, split: str) -> np.ndarray:
         return np.asarray(self.split_info(split)["class_counts"], dtype=np.int64)
+
+    def priors(self, split: str) -> np.ndarray:
+        """The split's class priors (eq. 1: clips labelled k / clips), float64 [classes]."""
+        return priors_from_counts(self.class_counts(split), self.split_info(split)["clips"])
 
     # --- what the shards hold ---------------------------------------------------------
     @cached_property

@@ -118,7 +118,7 @@ def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_spli
         if store is None:
             raise ValueError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
         split = train_split if spec == "train" else spec
-        prior = priors_from_counts(store.class_counts(split), store.split_info(split)["clips"])
+        prior = store.priors(split)
     if prior.shape != (k,):
         raise ValueError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
     bad = ~(np.isfinite(prior) & (prior >= 0) & (prior <= 1))

@@ -108,7 +108,7 @@ def test_a_nan_window_is_not_patience():
 
 def test_latest_settled_pick():
     rule = StoppingRule(7, 5, 2.0)
-    # the demo's cap: 60 evaluations; by patience a pick at evaluation 52 could settle, by ratio 30
+    # a 60k cap at one evaluation per 1,000: by patience a pick at evaluation 52 could settle, by ratio 30
     assert latest_settled_pick(60_000, 1_000, rule) == 30_000
     assert latest_settled_pick(60_000, 1_000, StoppingRule(7, 5, 1.0)) == 52_000
     # a user's 10k cap at 500 a evaluation: 5,000 examples (10 evaluations) at ratio 2

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data.balance import priors_from_counts
 from data.store import open_store
 from sweep.report import markdown
 from sweep.report.figures import FIGURES, draw_figures
@@ -170,10 +169,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
         raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     store, train = open_store(cfg["data"]["store"]), cfg["data"]["train_split"]
     models = _models(rows, extras)
-    def split_prior(s: str) -> np.ndarray:
-        return priors_from_counts(store.class_counts(s), store.split_info(s)["clips"])
-
-    eval_priors, boot, shift = {s: split_prior(s) for s in splits}, {}, []
+    eval_priors, boot, shift = {s: store.priors(s) for s in splits}, {}, []
     for s in splits:
         boot[s], split_shift = _score_split(run_dir, s, models, extras, n_resamples, eval_priors)
         shift += split_shift
@@ -187,7 +183,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     tables["table1"], tables["table2"] = imbalance_tables(store, cfg["data"], rows)
     tables.update(metric_tables(models, boot, splits))
     top = max((r for r in rows if r["scheme"] == rows[0]["scheme"]), key=lambda r: r["beta"])
-    tables["fig3"] = fig3_table(boot, rows[0], top, split_prior(train), store.classes, n_resamples,
+    tables["fig3"] = fig3_table(boot, rows[0], top, store.priors(train), store.classes, n_resamples,
                                 SEED) if top is not rows[0] else None
     order = {m["name"]: i for i, m in enumerate(models)}
     tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data.balance import priors_from_counts
 
 __all__ = ["write_per_class_csv"]
 
@@ -17,7 +16,7 @@ def write_per_class_csv(path: Path, store, train: str, split: str, scored: dict[
     'AP <model>' and 'AUC <model>' for each model of `scored` ({name: sweep.bootstrap.resampled_metrics,
     or None: no predictions of the split, no column}); '' = undefined (no positives or negatives)."""
     train_clips = store.class_counts(train)
-    prior = priors_from_counts(train_clips, store.split_info(train)["clips"])
+    prior = store.priors(train)
     scored = {name: b for name, b in scored.items() if b is not None}
     with path.open("w", newline="") as f:
         w = csv.writer(f)
