@@ -48,7 +48,7 @@ def format_progress(rows: list[dict], elapsed_s: float, eta_s: float | None) -> 
         f"ETA <= {math.ceil(eta_s / 60)} min (less if picks settle)"
     width = max([7] + [len(r["trial"]) for r in rows])
     lines = [f"{_clock(elapsed_s)} elapsed, {done}/{len(rows)} trials done, {eta}",
-             f"{'trial':>{width}} {'lr':>7} {'examples':>11} {'val d':>7}' {'smoothed':>8} {'pick@examples':>14}  status"]
+             f"{'beta':>{width}} {'lr':>7} {'examples':>11} {'val d':>7}' {'smoothed':>8} {'pick@examples':>14}  status"]
     picks = [r["pick"] for r in rows if r.get("pick") is not None and math.isfinite(r["pick"])]
     best = max(picks) if picks else None
 

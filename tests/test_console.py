@@ -45,7 +45,7 @@ def test_progress_table_fits_80_columns_and_marks_the_best_pick(capsys):
     assert f"ETA <= {-(-(168_000 / 500 + 2 * 30) // 60):.0f} min" in out[0]
     rows = {line.split()[0]: line for line in out[2:]}
     assert rows["0"].rstrip().endswith("3.480@38k* settled") and "46,000" in rows["0"]
-    assert out[1].split() == ["trial", "lr", "examples", "val", "d'", "smoothed", "pick@examples", "status"]
+    assert out[1].split() == ["beta", "lr", "examples", "val", "d'", "smoothed", "pick@examples", "status"]
     assert rows["0.5"].split()[-1] == "running" and " - " in rows["0.5"]
     assert rows["1"].split()[-1] == rows["2"].split()[-1] == "pending"
 
