@@ -7,9 +7,9 @@ opened. Then the Tune sweep (sweep/tune.py), the winners (sweep/winners.py), and
 predictions, the report, results.txt and last results.json, each complete or absent.
 
 Ctrl-C and SIGTERM stop the sweep at any point before its answer is written: trials stop
-(passed to Tune as its stop signal while it runs), the MLflow parent and unfinished children end KILLED, no
-results.json is written, interrupted.json says what is missing and how to resume, and the
-exit status is 130 (143 for SIGTERM).
+(the signal is passed to Tune as its stop signal while it runs), the MLflow parent and
+unfinished children end KILLED, no results.json is written, interrupted.json says what is
+missing and how to resume, and the exit status is 130 (143 for SIGTERM).
 """
 from __future__ import annotations
 
