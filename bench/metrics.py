@@ -3,9 +3,11 @@
     python bench/metrics.py
 
 Prints JSON: seconds for `classification_metrics` on AudioSet's evaluation size (20,000 clips
-x 527 classes) and for `paired_bootstrap` (1,000 resamples of 2,000 clips x 50 classes), each
-the median of 3 runs, with the time of sklearn's per-class AP + AUC loop on the same data as
-the baseline of the first.
+x 527 classes), for `paired_bootstrap` (1,000 resamples of 2,000 clips x 50 classes) and for
+one trial's share of the selection confidence at AudioSet's validation size
+(`resampled_pick_dprime`: a 7-evaluation window of 1,836 clips x 527 classes, 1,000 resamples),
+the first two the median of 3 runs, the last one run (with its peak memory, tracemalloc);
+sklearn's per-class AP + AUC loop on the same data is the baseline of the first.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep.bootstrap import paired_bootstrap  # noqa: E402
+from sweep.bootstrap import bootstrap_counts, paired_bootstrap  # noqa: E402
+from sweep.confidence import resampled_pick_dprime  # noqa: E402
 from sweep.metrics import classification_metrics  # noqa: E402
 
 
@@ -36,7 +40,7 @@ def _median_seconds(fn, runs: int = 3) -> float:
 def main() -> int:
     rng = np.random.default_rng(0)
     y = rng.random((20_000, 527)) < np.geomspace(0.3, 5e-4, 527)
-    y[:2] = [True, False]  # every class has positives and negatives
+    y[:2] = [[True], [False]]  # every class has positives and negatives
     s = (rng.random((20_000, 527)) + 0.5 * y).astype(np.float32)
     ours = _median_seconds(lambda: classification_metrics(y, s))
     sk = _median_seconds(lambda: [(average_precision_score(y[:, k], s[:, k]), roc_auc_score(y[:, k], s[:, k]))
@@ -44,9 +48,17 @@ def main() -> int:
     yb = rng.random((2000, 50)) < 0.2
     a, b = rng.random((2000, 50)) + 0.4 * yb, rng.random((2000, 50)) + 0.6 * yb
     boot = _median_seconds(lambda: paired_bootstrap(yb, a, b, "dprime"))
+    yv = y[:1836]
+    window = np.stack([(rng.random(yv.shape) + 0.5 * yv).astype(np.float16) for _ in range(7)])
+    tracemalloc.start()
+    pick = _median_seconds(lambda: resampled_pick_dprime(yv, window, bootstrap_counts(1836, 1000, seed=0)), runs=1)
+    pick_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     print(json.dumps({"classification_metrics_20000x527_s": ours, "sklearn_per_class_loop_s": sk,
                       "ratio_vs_sklearn": round(ours / sk, 3),
-                      "paired_bootstrap_1000x2000x50_s": boot}, indent=1))
+                      "paired_bootstrap_1000x2000x50_s": boot,
+                      "selection_confidence_per_trial_7x1836x527x1000_s": pick,
+                      "selection_confidence_per_trial_peak_MiB": round(pick_peak / 2**20, 1)}, indent=1))
     return 0
 
 

@@ -13,7 +13,7 @@ from scipy.stats import linregress
 from tqdm import tqdm
 
 from data.balance import priors_from_counts
-from sweep.metrics import WORK_ELEMENTS, Ranking, check_inputs, classification_metrics, macro_metrics
+from sweep.metrics import WEIGHTINGS_PER_PRODUCT, Ranking, check_inputs, classification_metrics, macro_metrics
 
 __all__ = ["METRICS", "weighted_average_precision", "bootstrap_counts", "resampled_metrics", "paired_difference",
            "paired_bootstrap", "prior_shift_metrics", "prior_slope"]
@@ -52,9 +52,9 @@ def resampled_metrics(targets: np.ndarray, scores: np.ndarray, counts: np.ndarra
     r = Ranking(targets, scores)
     ap, auc = r.ap_auc()
     full = macro_metrics(ap, auc)
-    n_res, n = counts.shape
+    n_res = len(counts)
     samples = {m: np.empty(n_res) for m in METRICS}
-    step = max(1, WORK_ELEMENTS // (n * r.block_classes))  # resamples per pass
+    step = WEIGHTINGS_PER_PRODUCT  # resamples per pass (Ranking bounds the memory of each)
     with tqdm(total=n_res, desc=desc, unit="resample", leave=False, disable=True if desc is None else None) as bar:
         for lo in range(0, n_res, step):
             m = macro_metrics(*r.ap_auc(counts[lo:lo + step, :, None]))

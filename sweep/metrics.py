@@ -2,8 +2,11 @@
 
 Everything is vectorised over classes: each score column is sorted once, and AP and AUC are
 read off cumulative sums of (optionally weighted) positives and negatives at the ends of tie
-groups. Per class the numbers equal sklearn's `average_precision_score` (the step-function
-definition, ties forming one threshold) and `roc_auc_score` (tied positive/negative pairs count
+groups. A class with few positives (most of AudioSet's, in a validation split) is scored instead
+by matrix products over its positives, many weightings (bootstrap resamples) at a time: the
+weight of the negatives below each positive (AUC) and of all clips at or above it (AP). Per
+class the numbers equal sklearn's `average_precision_score` (the step-function definition, ties
+forming one threshold) and `roc_auc_score` (tied positive/negative pairs count
 one half, i.e. the Mann-Whitney statistic with average ranks). Weights (integer multiplicities
 for a bootstrap, prior-shift weights) are the same as sklearn's `sample_weight`.
 
@@ -19,6 +22,11 @@ from scipy.stats import norm
 
 # elements per work array (2 MiB of int64): blocks this size stay in cache, ~2x faster than large
 WORK_ELEMENTS = 262_144
+# with at least PRODUCTS_FROM weightings, a class with at most FEW_POSITIVES positives is scored
+# by matrix products (_FewPositives), WEIGHTINGS_PER_PRODUCT weightings at a time
+FEW_POSITIVES = 256
+PRODUCTS_FROM = 32
+WEIGHTINGS_PER_PRODUCT = 256
 
 
 def dprime_from_auc(auc: float | np.ndarray) -> float | np.ndarray:
@@ -109,30 +117,95 @@ class _RankedBlock:
         return np.where(valid, ap, np.nan), np.where(valid, auc, np.nan)
 
 
+@dataclass(frozen=True)
+class _FewPositives:
+    """One class with few positives, scored under any weightings by products with its pairs:
+    for each positive i, the negative weight ranked below it (a tie one half: AUC) and the
+    positive and negative weight at or above its score (a tie one threshold: AP)."""
+    positive: np.ndarray  # clip indices of the positives [p]
+    negative: np.ndarray  # clip indices of the negatives [q]
+    pos_scores: np.ndarray
+    neg_scores: np.ndarray
+
+    @classmethod
+    def from_scores(cls, y: np.ndarray, s: np.ndarray) -> _FewPositives:
+        """One class's checked bool targets / float scores [clips]."""
+        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+        return cls(pos, neg, s[pos], s[neg])
+
+    def ap_auc(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(AP, AUC) [weightings] under weights w [weightings, clips] (integer or float64); NaN
+        where the class has no positive or no negative weight."""
+        # integer weights (and the halves of ties) sum exactly in float32 below 2^24
+        exact32 = w.dtype.kind in "iu" and w.shape[1] * int(w.max(initial=0)) < 2 ** 24
+        dt = np.float32 if exact32 else np.float64
+        sp, sn = self.pos_scores, self.neg_scores
+        pos_at_or_above = (sp[:, None] >= sp[None, :]).astype(dt)    # [p, p]: j at or above i
+        neg_at_or_above = (sn[:, None] >= sp[None, :]).astype(dt)    # [q, p]
+        neg_below = 1 - neg_at_or_above + 0.5 * (sn[:, None] == sp[None, :])
+        ap, auc = np.empty(len(w)), np.empty(len(w))
+        for lo in range(0, len(w), WEIGHTINGS_PER_PRODUCT):
+            wp = w[lo:lo + WEIGHTINGS_PER_PRODUCT, self.positive].astype(dt)
+            wn = w[lo:lo + WEIGHTINGS_PER_PRODUCT, self.negative].astype(dt)
+            tp = (wp @ pos_at_or_above).astype(np.float64)
+            at_or_above = tp + wn @ neg_at_or_above
+            below = (wn @ neg_below).astype(np.float64)
+            wp = wp.astype(np.float64)
+            n_pos, n_neg = wp.sum(axis=1), wn.sum(axis=1, dtype=np.float64)
+            at_or_above[at_or_above == 0] = 1  # nothing at or above: tp = 0, and wp = 0 here
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a = np.einsum("ri,ri->r", wp, tp / at_or_above) / n_pos
+                u = np.einsum("ri,ri->r", wp, below) / (n_pos * n_neg)
+            valid = (n_pos > 0) & (n_neg > 0)
+            ap[lo:lo + len(wp)], auc[lo:lo + len(wp)] = np.where(valid, a, np.nan), np.where(valid, u, np.nan)
+        return ap, auc
+
+
 class Ranking:
     """Scores [clips, classes] sorted once per class (in blocks of classes sized to stay in
-    cache), then scored under any number of weightings of the clips. Weights are sklearn's
-    sample_weight; integer weights (bootstrap counts) stay integer: exact, and faster sums."""
+    cache), then scored under any number of weightings of the clips. With many weightings (a
+    bootstrap) a class with at most FEW_POSITIVES positives is scored by matrix products over
+    its positives instead (_FewPositives). Weights are sklearn's sample_weight; integer weights
+    (bootstrap counts) stay integer: exact, and faster sums."""
 
     def __init__(self, targets: np.ndarray, scores: np.ndarray):
         y, s = check_inputs(targets, scores)
         n, k = y.shape
-        self.block_classes = max(1, min(k, WORK_ELEMENTS // n))
-        self._blocks = [(c, _RankedBlock.from_scores(y[:, c], s[:, c]))
-                        for c in (slice(lo, lo + self.block_classes)
-                                  for lo in range(0, k, self.block_classes))]
+        self.n_classes = k
+        few = y.sum(axis=0) <= FEW_POSITIVES
+        per_block = max(1, min(k, WORK_ELEMENTS // n))
+        self._blocks = {}
+        for name, classes in (("many", np.flatnonzero(~few)), ("few", np.flatnonzero(few))):
+            self._blocks[name] = [(c, _RankedBlock.from_scores(y[:, c], s[:, c]))
+                                  for c in (classes[lo:lo + per_block] for lo in range(0, len(classes), per_block))]
+        self._few_classes = (np.flatnonzero(few), y[:, few], s[:, few])
+        self._few = None  # [(class, _FewPositives)], built on the first call with many weightings
 
     def ap_auc(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-class (AP, AUC), each [..., classes], NaN for a class with no positive or no
         negative weight. weights: None (all 1), or non-negative in clip order [..., clips, 1]
-        (one per clip) or [..., clips, classes]; leading dimensions are separate weightings."""
+        (one per clip) or [..., clips, classes]; leading dimensions are separate weightings,
+        scored a few at a time (memory stays bounded however many there are)."""
+        lead, w = (), None
         if weights is not None:
-            weights = np.asarray(weights)
-            weights = weights if weights.dtype.kind in "iu" else weights.astype(np.float64)
-        out = [b.ap_auc(None if weights is None else
-                        b.sort_weights(weights if weights.shape[-1] == 1 else weights[..., c]))
-               for c, b in self._blocks]
-        return np.concatenate([o[0] for o in out], -1), np.concatenate([o[1] for o in out], -1)
+            w = np.asarray(weights)
+            w = w if w.dtype.kind in "iu" else w.astype(np.float64)
+            lead, w = w.shape[:-2], w.reshape(-1, *w.shape[-2:])     # [R, clips, 1 or classes]
+        r = 1 if w is None else len(w)
+        products = r >= PRODUCTS_FROM
+        ap, auc = np.full((r, self.n_classes), np.nan), np.full((r, self.n_classes), np.nan)
+        for c, b in self._blocks["many"] + ([] if products else self._blocks["few"]):
+            step = max(1, WORK_ELEMENTS // b.positive.size)
+            for lo in range(0, r, step):
+                part = None if w is None else w[lo:lo + step] if w.shape[-1] == 1 else w[lo:lo + step][..., c]
+                ap[lo:lo + step, c], auc[lo:lo + step, c] = b.ap_auc(None if part is None else b.sort_weights(part))
+        if products:
+            if self._few is None:
+                classes, y, s = self._few_classes
+                self._few = [(c, _FewPositives.from_scores(y[:, j], s[:, j])) for j, c in enumerate(classes)]
+            for c, f in self._few:
+                ap[:, c], auc[:, c] = f.ap_auc(w[..., 0 if w.shape[-1] == 1 else c])
+        return ap.reshape(*lead, self.n_classes), auc.reshape(*lead, self.n_classes)
 
 
 def macro_metrics(ap: np.ndarray, auc: np.ndarray) -> dict[str, np.ndarray | float]:

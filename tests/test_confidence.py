@@ -40,6 +40,24 @@ def test_the_resampled_pick_is_the_smoothed_dprime_on_each_resample():
         assert got[r] == pytest.approx(want, abs=1e-9)
 
 
+def test_the_resampled_pick_takes_bounded_memory():
+    """2,000 clips x 100 classes, 200 resamples: scored all at once the work arrays would be
+    [200, 100, 2000] int64 (320 MB each, several alive at once); a few resamples at a time they
+    stay small."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    y = rng.random((2000, 100)) < 0.1
+    window = (rng.random((1, 2000, 100)) + 0.5 * y).astype(np.float16)
+    counts = bootstrap_counts(2000, 200, seed=0)
+    tracemalloc.start()
+    try:
+        resampled_pick_dprime(y, window, counts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6, f"{peak / 1e6:.0f} MB"
+
+
 def test_identical_trials_are_never_resolved():
     """beta 0 and beta 0.001 stream the same clips (every M_j rounds to 1) from the same
     initialisation: the same scores. Every resample ties, so neither is best more than half the

@@ -61,6 +61,29 @@ def test_blocks_of_classes_give_the_same_answer(monkeypatch):
     np.testing.assert_array_equal(whole["auc"], blocked["auc"])
 
 
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_products_over_few_positives_equal_the_sorted_sums(monkeypatch, decimals):
+    """Every class scored by matrix products over its positives (FEW_POSITIVES huge) or every
+    class sorted (FEW_POSITIVES -1): the same AP and AUC under bootstrap counts (more weightings
+    than one product takes) and under per-class float weights (as many weightings, so that the
+    products are used for them too)."""
+    import sweep.metrics as metrics
+    y, s = _data(250, 7, seed=5, decimals=decimals)
+    y[:, 0] = 0  # no positives: NaN both ways
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 3, size=(300, 250))[..., None]
+    per_class = rng.random((40, 250, 7))
+    got = {}
+    for few in (10**9, -1):
+        monkeypatch.setattr(metrics, "FEW_POSITIVES", few)
+        r = Ranking(y, s)
+        got[few] = [r.ap_auc(counts), r.ap_auc(per_class)]
+    for products, sorted_ in zip(got[10**9], got[-1]):
+        for a, b in zip(products, sorted_):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+            assert np.isnan(a[..., 0]).all()
+
+
 def test_dprime_from_auc():
     assert dprime_from_auc(0.5) == 0.0
     assert dprime_from_auc(norm.cdf(1.0)) == pytest.approx(np.sqrt(2))
