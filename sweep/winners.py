@@ -110,6 +110,19 @@ def _evaluate_checkpoint(checkpoint: str, store_dir: str, splits: list[str], bat
     return {"examples": examples, "splits": {s: evaluate_split(model, store, s, batch_size, device) for s in splits}}
 
 
+def _gather(futures: dict, desc: str, unit: str) -> dict:
+    """The results of Ray futures {future: key} as {key: result}, collected as they finish
+    under a progress bar."""
+    done = {}
+    with tqdm(total=len(futures), desc=desc, unit=unit) as bar:
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done[futures[ready[0]]] = ray.get(ready[0])
+            bar.update()
+    return done
+
+
 def predictions_path(run_dir: str | Path, scheme: str, beta: float, seed: int, split: str) -> Path:
     """Where an arm's pick in one seed saves its scores on an evaluation split."""
     return Path(run_dir) / "predictions" / f"{scheme}-beta={beta:g}" / f"seed={seed}" / f"{split}.npz"
@@ -123,13 +136,7 @@ def evaluate_winners(cfg: Config, per_arm: dict[tuple[str, float], ArmSelection]
     picks = [sel for a in arms for sel in per_arm[a].picks]
     futures = {task.remote(sel.checkpoint, cfg.data.store, cfg.data.eval_splits, cfg.train.eval_batch_size): i
                for i, sel in enumerate(picks)}
-    done = {}
-    with tqdm(total=len(futures), desc="evaluating the selected checkpoints", unit="pick") as bar:
-        pending = list(futures)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done[futures[ready[0]]] = ray.get(ready[0])
-            bar.update()
+    done = _gather(futures, "evaluating the selected checkpoints", "pick")
     evaluated = {}
     for i, sel in enumerate(picks):
         result = done[i]
@@ -185,12 +192,14 @@ def selection_summary(best: ArmSelection, per_arm: dict[tuple[str, float], ArmSe
 
 def selection_confidence(cfg: Config, found: list[TrialTrace], train_runs: str) -> dict:
     """sweep.confidence.confidence of the sweep's selection, from the validation scores each
-    trial kept for its pick's window (the same resamples of the validation clips for all)."""
+    trial kept for its pick's window (the same resamples of the validation clips for all); one
+    Ray task a trial, spread over the cluster's CPUs."""
     store = open_store(cfg.data.store)
-    targets = store.labels(cfg.data.valid_split).multi_hot(store.n_classes)
-    counts = bootstrap_counts(len(targets), cfg.sweep.confidence_resamples, seed=0)
+    valid = store.labels(cfg.data.valid_split).multi_hot(store.n_classes)
+    targets, counts = ray.put(valid), ray.put(bootstrap_counts(len(valid), cfg.sweep.confidence_resamples, seed=0))
+    task = ray.remote(num_cpus=1)(resampled_pick_dprime)
     w, h = cfg.sweep.smoothing_window, cfg.sweep.smoothing_window // 2
-    trials = []
+    trials, futures = [], {}
     for t in found:
         sel = select_trial(t, cfg.sweep.rule)
         if sel is None:
@@ -203,9 +212,11 @@ def selection_confidence(cfg: Config, found: list[TrialTrace], train_runs: str) 
                 raise SelectionError(f"{path}: the validation scores of trial {t.trial_id} ({cfg.sweep.label(t.scheme, t.beta)}) "
                                      "at its pick's window were not kept; the selection's confidence needs them")
             window.append(scores)
+        futures[task.remote(targets, np.stack(window), counts)] = len(trials)
         trials.append({"arm": cfg.sweep.label(t.scheme, t.beta), "beta": t.beta, "lr": t.lr, "seed": t.seed,
-                       "full": float(smoothed(t.dprime, w)[sel.index]),
-                       "samples": resampled_pick_dprime(targets, np.stack(window), counts)})
+                       "full": float(smoothed(t.dprime, w)[sel.index])})
+    for i, samples in _gather(futures, "resampling the validation clips", "trial").items():
+        trials[i]["samples"] = samples
     return confidence(trials, cfg.sweep.confidence_resamples)
 
 
