@@ -133,12 +133,10 @@ class _FewPositives:
         pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
         return cls(pos, neg, s[pos], s[neg])
 
-    def ap_auc(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(AP, AUC) [weightings] under weights w [weightings, clips] (integer or float64); NaN
-        where the class has no positive or no negative weight."""
-        # integer weights (and the halves of ties) sum exactly in float32 below 2^24
-        exact32 = w.dtype.kind in "iu" and w.shape[1] * int(w.max(initial=0)) < 2 ** 24
-        dt = np.float32 if exact32 else np.float64
+    def ap_auc(self, w: np.ndarray, dt: type) -> tuple[np.ndarray, np.ndarray]:
+        """(AP, AUC) [weightings] under weights w [weightings, clips], the products in dtype dt
+        (float32 only where they are exact); NaN where the class has no positive or no negative
+        weight."""
         sp, sn = self.pos_scores, self.neg_scores
         pos_at_or_above = (sp[:, None] >= sp[None, :]).astype(dt)    # [p, p]: j at or above i
         neg_at_or_above = (sn[:, None] >= sp[None, :]).astype(dt)    # [q, p]
@@ -203,8 +201,10 @@ class Ranking:
             if self._few is None:
                 classes, y, s = self._few_classes
                 self._few = [(c, _FewPositives.from_scores(y[:, j], s[:, j])) for j, c in enumerate(classes)]
+            # integer weights (and the halves of ties) sum exactly in float32 below 2^24
+            exact32 = w.dtype.kind in "iu" and w.shape[1] * int(w.max(initial=0)) < 2 ** 24
             for c, f in self._few:
-                ap[:, c], auc[:, c] = f.ap_auc(w[..., 0 if w.shape[-1] == 1 else c])
+                ap[:, c], auc[:, c] = f.ap_auc(w[..., 0 if w.shape[-1] == 1 else c], np.float32 if exact32 else np.float64)
         return ap.reshape(*lead, self.n_classes), auc.reshape(*lead, self.n_classes)
 
 

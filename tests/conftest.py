@@ -14,7 +14,6 @@ neither torch nor Ray Train offers a bind address for it.)
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,9 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from sweep_checks import SMOKE, free_port  # noqa: E402 - after the settings above
+
 AUDIOSET = Path(os.environ.get("AUDIOSET_LABELS") or Path(__file__).resolve().parents[2] / "shared" / "audioset")
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +118,7 @@ def one_thread():
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (a free port, sqlite store); yields its URI once
     healthy; SIGTERM (then SIGKILL) to its process group afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",

@@ -1,7 +1,9 @@
 """What the end-to-end sweep tests (tests/test_sweep.py, tests/test_multinode.py) share: the
 smoke config's arguments, the MLflow children of a sweep, Ray actors by class, the checkpoints
-Train has registered, and the check that selection evaluated exactly what it picked."""
+Train has registered, the check that selection evaluated exactly what it picked, and a free
+port on the loopback."""
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,13 @@ from sweep.checkpoint import MODEL, load_state
 from sweep.select import StoppingRule, pick, settled, smoothed
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def smoke_args(tmp_path: Path, store: Path, *overrides: str) -> list[str]:

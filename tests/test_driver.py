@@ -4,14 +4,13 @@ run, trials whose last checkpoint is gone, and the store checks made before anyt
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_checks import SMOKE, smoke_args
+from sweep_checks import SMOKE, free_port, smoke_args
 
 from data.store import create_store, open_store
 from sweep import tracking
@@ -20,12 +19,6 @@ from sweep.driver import Interrupted, _interrupted, _publish, _resumable, _Signa
 from sweep.prepare import check_store, prepare
 from sweep.rundir import RunDir
 from sweep.run import main
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens here once closed
 
 
 def test_signals_raise_outside_fit_and_reach_tune_inside_it():
@@ -105,7 +98,7 @@ def test_an_unreachable_ray_is_one_line_and_moves_nothing(smoke_store, tmp_path,
     if ray.is_initialized():  # the session's Ray; the next test that needs it starts it again
         ray.shutdown()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)
     run = tmp_path / "run"
     run.mkdir()

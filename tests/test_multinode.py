@@ -6,13 +6,12 @@ test that asks for `ray_local` starts it again (tests/conftest.py). The sweep co
 would to a `ray up` cluster: `--set run.ray_address=<head>`.
 """
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_checks import actors, check_selection_is_exact, children, smoke_args
+from sweep_checks import actors, check_selection_is_exact, children, free_port, smoke_args
 
 from sweep.checkpoint import MODEL, list_checkpoints
 from sweep.run import main
@@ -28,11 +27,9 @@ def cluster():
         ray.shutdown()
     # Every node on the loopback address only (cluster mode is off for the tests: conftest.py)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-    with socket.socket() as s:  # not Ray's default 8265: another Ray on a shared machine may hold it
-        s.bind(("127.0.0.1", 0))
-        dashboard_port = s.getsockname()[1]
+    # a free dashboard port, not Ray's default 8265: another Ray on a shared machine may hold it
     c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                                      "dashboard_port": dashboard_port})
+                                                      "dashboard_port": free_port()})
     try:
         # Cluster records its address as "the" local Ray: a plain ray.init() anywhere on this
         # shared machine would join it. Forget it; the test names the address.

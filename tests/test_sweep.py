@@ -6,7 +6,6 @@ the stopping rule and checkpoint pruning: tests/test_multinode.py."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_checks import SMOKE, actors, check_selection_is_exact, children, registered_examples, smoke_args
+from sweep_checks import SMOKE, actors, check_selection_is_exact, children, free_port, registered_examples, smoke_args
 
 from sweep.run import main
 from sweep.select import StoppingRule
@@ -222,9 +221,7 @@ def test_trial_concurrency_follows_the_cluster(caplog):
 
 
 def test_unreachable_mlflow_server_fails_before_training(tmp_path, smoke_store, monkeypatch, capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     assert main(smoke_args(tmp_path, smoke_store)) == 2
     err = capsys.readouterr().err
