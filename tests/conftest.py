@@ -30,6 +30,13 @@ from sweep_checks import SMOKE, free_port  # noqa: E402 - after the settings abo
 AUDIOSET = Path(os.environ.get("AUDIOSET_LABELS") or Path(__file__).resolve().parents[2] / "shared" / "audioset")
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end sweeps first (`@pytest.mark.end_to_end`), in collection order otherwise:
+    the suite runs on two pytest-xdist workers, a test file at a time each, and the two longest
+    files then start at once, one on each worker, with the short files filling in beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("end_to_end") is None)
+
+
 @pytest.fixture(scope="session")
 def audioset() -> Path:
     """The directory of the real AudioSet label files (class_labels_indices.csv, the segment CSVs)."""

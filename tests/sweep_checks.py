@@ -1,4 +1,4 @@
-"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_multinode.py) share: the
+"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_grid.py, tests/test_multinode.py) share: the
 smoke config's arguments, the MLflow children of a sweep, Ray actors by class, the checkpoints
 Train has registered, the check that selection evaluated exactly what it picked, and a free
 port on the loopback."""
