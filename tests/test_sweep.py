@@ -64,8 +64,9 @@ def _interrupt_once_both_trials_train(args: list[str], train_runs: Path) -> str:
 
 class _WorkerKiller(threading.Thread):
     """SIGKILLs one resumed Train worker once a resumed trial has registered a new checkpoint and
-    both are still short of the cap. The live workers' pids are learnt early (the state API is
-    slow on 2 busy cores); the checkpoint snapshots on disk are polled fast."""
+    both are still short of the cap. The live workers' pids are learnt early from the state API
+    (slow on 2 busy cores), and it is asked no more once both are known; the checkpoint snapshots
+    on disk are polled fast."""
 
     def __init__(self, address: str, train_runs: Path):
         super().__init__(daemon=True)
@@ -79,7 +80,7 @@ class _WorkerKiller(threading.Thread):
         alive, last_poll = {}, 0.0
         try:
             while not self.stop.is_set() and not self.killed:
-                if time.time() - last_poll > 0.5:
+                if len(alive) < 2 and time.time() - last_poll > 0.5:
                     alive = {a.actor_id: a.pid for a in actors(self.address, "RayTrainWorker", timeout=10)
                              if a.state == "ALIVE" and a.pid and a.actor_id not in self.workers_before}
                     last_poll = time.time()
