@@ -1,7 +1,7 @@
-"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_grid.py, tests/test_multinode.py) share: the
-smoke config's arguments, the MLflow children of a sweep, Ray actors by class, the checkpoints
-Train has registered, the check that selection evaluated exactly what it picked, and a free
-port on the loopback."""
+"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_grid.py,
+tests/test_multinode.py) share: the smoke config's arguments, the MLflow children of a sweep,
+Ray actors by class, the checkpoints Train has registered, the check that selection evaluated
+exactly what it picked, and a free port on the loopback."""
 import json
 import socket
 from pathlib import Path
