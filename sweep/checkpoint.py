@@ -1,4 +1,4 @@
-"""The trial checkpoint format: save, restore, list, prune, load.
+"""The trial checkpoint format: save, restore, list, prune, read.
 
 A trial's Train run directory (local, or a URI such as s3://...) holds one checkpoint
 directory per validation, named by the examples seen (`checkpoint_dir(examples)`, passed to
@@ -32,12 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.ast import ASTConfig, create_ast
-from model.step import unwrap
+from model.config import ASTConfig
 
 __all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "SCORES", "checkpoint_dir", "load_scores", "save_checkpoint", "load_state",
            "restore_checkpoint", "write_progress", "registered_examples", "list_checkpoints", "has_weights",
-           "prune", "load_model", "record_failure", "recorded_failures", "clear_failures"]
+           "prune", "load_weights", "record_failure", "recorded_failures", "clear_failures"]
 
 MODEL, OPTIMIZER, STATE, PROGRESS = "model.pt", "optimizer.pt", "state.json", "progress.json"
 SCORES = "val_scores.npy"
@@ -48,11 +47,12 @@ def checkpoint_dir(examples: int) -> str:
     return f"checkpoint_{examples:012d}"
 
 
-def save_checkpoint(directory: str | Path, model, optimizer, state: dict, model_cfg: ASTConfig,
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: dict, model_cfg: ASTConfig,
                     val_scores: np.ndarray | None = None) -> None:
-    """A checkpoint directory (see the module docstring); val_scores [clips, classes] if given."""
+    """A checkpoint directory (see the module docstring) of `model` (the module itself, not its
+    DistributedDataParallel wrapper); val_scores [clips, classes] if given."""
     d = Path(directory)
-    torch.save(unwrap(model).state_dict(), d / MODEL)
+    torch.save(model.state_dict(), d / MODEL)
     torch.save(optimizer.state_dict(), d / OPTIMIZER)
     if val_scores is not None:
         np.save(d / SCORES, np.asarray(val_scores, dtype=np.float16))
@@ -84,10 +84,11 @@ def _load_tensors(path: Path, device) -> dict:
         raise ValueError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {e})") from e
 
 
-def restore_checkpoint(directory: str | Path, model, optimizer, device) -> dict:
-    """Load weights and optimizer state into `model` and `optimizer`; returns the state."""
+def restore_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, device) -> dict:
+    """Load weights and optimizer state into `model` (unwrapped, as saved) and `optimizer`;
+    returns the state."""
     d = Path(directory)
-    unwrap(model).load_state_dict(_load_tensors(d / MODEL, device))
+    model.load_state_dict(_load_tensors(d / MODEL, device))
     optimizer.load_state_dict(_load_tensors(d / OPTIMIZER, device))
     return load_state(d)
 
@@ -221,12 +222,10 @@ def prune(run_path: str, history: dict, window: int, keep: int) -> int:
     return removed
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the AST a trial checkpoint holds (no weights file other than model.pt is read)."""
+def load_weights(directory: str | Path) -> dict:
+    """The model state dict a trial checkpoint holds (on the CPU); FileNotFoundError once its
+    model.pt was pruned."""
     d = Path(directory)
     if not (d / MODEL).is_file():
         raise FileNotFoundError(f"{d}: the checkpoint's weights ({MODEL}) were not kept")
-    cfg = ASTConfig(**{**load_state(d)["model"], "weights": None})
-    model = create_ast(cfg)
-    model.load_state_dict(_load_tensors(d / MODEL, "cpu"))
-    return model.to(device).eval()
+    return _load_tensors(d / MODEL, "cpu")

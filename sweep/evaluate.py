@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from data.balance import priors_from_counts
 from data.store import Store
+from model.ast import ASTConfig, create_ast, load_ast_checkpoint
 from model.step import predict
-from sweep.checkpoint import load_model, load_state
+from sweep.checkpoint import load_state, load_weights
 from sweep.metrics import classification_metrics
 
-__all__ = ["load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "load_predictions", "save_predictions",
-           "target_prior", "rescore", "format_eval", "format_rescore", "main"]
+__all__ = ["load_model", "load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "load_predictions",
+           "save_predictions", "target_prior", "rescore", "format_eval", "format_rescore", "main"]
 
 
 def score_split(model, store: Store, split: str, batch_size: int, device: str | torch.device = "cpu",
@@ -159,6 +160,15 @@ def rescore(predictions: str | Path, spec: str, store: Store | None = None, trai
                            "ess": nan(shifted["ess"][i])} for i in range(targets.shape[1])]}
 
 
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the AST a trial checkpoint holds, from its state.json's model config and its
+    model.pt (no other weights file is read), in eval mode."""
+    weights = load_weights(directory)
+    model = create_ast(ASTConfig(**{**load_state(directory)["model"], "weights": None}))
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
 def load_any_checkpoint(path: str | Path, store: Store, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str]:
     """A trial checkpoint directory (model.pt + state.json) or a published AST AudioSet .pth, as a
     model for `store`'s spectrograms; returns (model, "trial" | "published"). A model whose input
@@ -173,7 +183,6 @@ def load_any_checkpoint(path: str | Path, store: Store, device: str | torch.devi
         if got != want:
             raise ValueError(f"{path}: the checkpoint's model takes {got}, the store {store.root} has {want}")
         return load_model(path, device), "trial"
-    from model.ast import load_ast_checkpoint
     model = load_ast_checkpoint(path, frames=store.frames, mels=store.mels)
     if model.n_classes != store.n_classes:
         raise ValueError(f"{path}: {model.n_classes} classes, the store {store.root} {store.n_classes}; "

@@ -36,7 +36,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data.store import Store, open_store
 from model.ast import create_ast
-from model.step import make_optimizer, train_step
+from model.step import make_optimizer, train_step, unwrap
 from sweep.checkpoint import (checkpoint_dir, clear_failures, prune, record_failure, restore_checkpoint,
                               save_checkpoint, write_progress)
 from sweep.config import Config, from_dict
@@ -160,7 +160,7 @@ def _restored(w: _Worker) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return restore_checkpoint(d, w.model, w.optimizer, w.device)
+        return restore_checkpoint(d, unwrap(w.model), w.optimizer, w.device)
 
 
 def _evaluate(w: _Worker, state: dict, losses: list[float], end: bool) -> dict:
@@ -181,7 +181,7 @@ def _evaluate(w: _Worker, state: dict, losses: list[float], end: bool) -> dict:
             rows = np.array([w.valid_rows[c] for c in scored["clip_ids"]])
             scores = np.empty_like(scored["scores"])
             scores[rows] = scored["scores"]  # in the split's row order, whatever the ranks' shares
-            save_checkpoint(tmp, w.model, w.optimizer, state, cfg.model, scores)
+            save_checkpoint(tmp, unwrap(w.model), w.optimizer, state, cfg.model, scores)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(summary_metrics(state, cfg.sweep.rule), checkpoint=checkpoint,
                          checkpoint_dir_name=checkpoint_dir(state["examples"]))

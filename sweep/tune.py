@@ -3,7 +3,8 @@ fits a TorchTrainer.
 
 `trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
 MLflow child run, logs the sampler audit, and fits a `TorchTrainer` running
-`sweep.train.train_func` on the trial's oversampled stream. The Train run name is stable per
+`sweep.train.train_func` on the trial's oversampled stream (imported in the workers only: the
+trial driver and Train's controller never load the model code). The Train run name is stable per
 trial (`train-<trial id>`), so a restarted trial finds its checkpoints. `build_tuner` makes
 (or restores) the Tuner; concurrency is derived from the cluster: a Train run starts only when
 all its workers fit, and Ray Data's reads need CPUs of their own, so on a 2-CPU machine one
@@ -30,12 +31,17 @@ from sweep.progress import SweepProgress
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
 from sweep.history import summary_metrics
 from sweep.select import settled
-from sweep.train import train_func
 
 __all__ = ["trial_driver", "trial_name", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The TorchTrainer's loop: sweep.train.train_func, imported here, in the Train worker."""
+    from sweep.train import train_func
+    train_func(config)
 
 
 def units_per_block(cfg: Config) -> int:
@@ -138,7 +144,7 @@ def trial_driver(config: dict, sweep: dict) -> None:
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
     trainer = TorchTrainer(
-        train_func,
+        train_loop_per_worker,
         train_loop_config={"cfg": config["cfg"], "scheme": scheme, "beta": beta, "lr": lr, "seed": seed,
                            "tracking": {**config["tracking"], "run_id": run_id} if run_id else None,
                            "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},

@@ -24,10 +24,10 @@ import numpy as np
 from data.cli import Failure
 from data.store import open_store
 from sweep.bootstrap import bootstrap_counts
-from sweep.checkpoint import checkpoint_dir, has_weights, list_checkpoints, load_model, load_scores, load_state
+from sweep.checkpoint import checkpoint_dir, has_weights, list_checkpoints, load_scores, load_state
 from sweep.confidence import confidence, resampled_pick_dprime, verdict
 from sweep.config import Config, to_dict, trial_point
-from sweep.evaluate import evaluate_split, save_predictions
+from sweep.evaluate import evaluate_split, load_model, save_predictions
 from sweep.select import (ArmSelection, TrialTrace, cap_to_settle, select_overall, select_per_arm, select_trial,
                           smoothed)
 

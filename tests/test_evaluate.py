@@ -216,8 +216,7 @@ def test_published_ast_checkpoint(synth_store, tmp_path, capsys):
 
 def test_files_cut_short_are_named(tmp_path, synth_store, capsys):
     """A truncated model.pt, predictions .npz or published .pth: one line naming the file."""
-    from sweep.checkpoint import load_model
-    from sweep.evaluate import load_predictions
+    from sweep.evaluate import load_model, load_predictions
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     cfg = ASTConfig(frames=synth_store.frames, mels=synth_store.mels, fstride=16, tstride=16,

@@ -109,8 +109,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, smoke_store, tmp_path, monkey
 
     # validation sharded over the two ranks gives the metrics one process computes alone
     from data.store import open_store
-    from sweep.checkpoint import load_model
-    from sweep.evaluate import evaluate_split
+    from sweep.evaluate import evaluate_split, load_model
     alone = evaluate_split(load_model(pick_["checkpoint"]), open_store(smoke_store),
                            "valid", 256)["metrics"]
     sharded = trace["dprime"][trace["examples"].index(pick_["examples_to_peak"])]
