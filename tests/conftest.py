@@ -50,6 +50,17 @@ def audioset() -> Path:
 
 
 @pytest.fixture(scope="session")
+def published_train(audioset):
+    """The 2,063,949 published training clips (balanced + unbalanced segments), read once a
+    session (about 8 CPU-seconds): the tests only read them."""
+    from data.labels import read_class_index, read_segments
+    seg = read_segments([audioset / "balanced_train_segments.csv", audioset / "unbalanced_train_segments.csv.gz"],
+                        read_class_index(audioset / "class_labels_indices.csv"))
+    assert len(seg) == 2_063_949
+    return seg
+
+
+@pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> Path:
     """The smoke config's synthetic store, built once for the session's sweeps."""
     from data.synth import make_synthetic_store

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, rarest_label_count
-from data.labels import read_class_index, read_segments
 from data.split import SplitConfig, main, per_class_split, select_valid, stratified_split, valid_targets
 from data.manifest import StoreError, fingerprint
 from data.store import create_store, open_store
@@ -42,15 +41,6 @@ def test_select_valid_methods():
     assert select_valid(labels, 2, SplitConfig(method="stratified")).sum() == 35   # 10 % of 300 + 5
     with pytest.raises(ValueError, match="--fraction applies to --method stratified only"):
         select_valid(labels, 2, SplitConfig(fraction=0.1))
-
-
-@pytest.fixture(scope="module")
-def published_train(audioset):
-    seg = read_segments([audioset / "balanced_train_segments.csv",
-                         audioset / "unbalanced_train_segments.csv.gz"],
-                        read_class_index(audioset / "class_labels_indices.csv"))
-    assert len(seg) == 2_063_949
-    return seg
 
 
 def test_paper_validation_split_on_the_published_labels(published_train):
