@@ -32,7 +32,7 @@ from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registe
 from sweep.history import summary_metrics
 from sweep.select import settled
 
-__all__ = ["trial_driver", "trial_name", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
+__all__ = ["trial_driver", "trial_name", "param_space", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
@@ -221,6 +221,12 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     return min(fit, grid)
 
 
+def param_space(cfg: Config) -> dict:
+    """What Tune searches: every arm (scheme, beta) x learning rate x seed, one trial each."""
+    return {"arm": tune.grid_search([{"scheme": scheme, "beta": beta} for scheme, beta in cfg.sweep.arms]),
+            "lr": tune.grid_search(list(cfg.sweep.lrs)), "seed": tune.grid_search(list(cfg.sweep.seeds))}
+
+
 def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
                 resume: bool, verbose: bool = False) -> tune.Tuner:
     """A new Tuner over the arm x lr x seed grid, or the interrupted one restored (`resume`); each
@@ -244,8 +250,7 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
     console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(cfg, grid, concurrency)]}
     return tune.Tuner(
         trainable,
-        param_space={"arm": tune.grid_search([{"scheme": scheme, "beta": beta} for scheme, beta in cfg.sweep.arms]),
-                     "lr": tune.grid_search(list(cfg.sweep.lrs)), "seed": tune.grid_search(list(cfg.sweep.seeds))},
+        param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),

@@ -78,12 +78,12 @@ def synth_store(tmp_path_factory):
     return make_synthetic_store(out, SynthConfig(clips=1000, classes=24, frames=32, mels=16, seed=3))
 
 
-def start_local_ray(num_cpus: int = 2):
-    """The session's local Ray: 2 CPUs like CI, the dashboard on (Train V2 needs it), every
+def start_local_ray():
+    """The session's local Ray: 4 logical CPUs on this 2-core machine, as a laptop with more cores
+    would report (two smoke trials fit at once), the dashboard on (Train V2 needs it), every
     server on 127.0.0.1."""
     import ray
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False)
     nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
     gcs = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
     assert nodes == ["127.0.0.1"] and gcs == "127.0.0.1", \
@@ -101,25 +101,13 @@ def _ray_session():
 
 @pytest.fixture
 def ray_local(_ray_session):
-    """One local Ray shared by the session's tests, started by the first test that asks for it,
-    and again after a module that needs its own cluster (tests/test_multinode.py) shut it down."""
+    """One local Ray shared by the session's tests (the end-to-end sweeps and the streams alike),
+    started by the first test that asks for it, and again after a test that needed none or its
+    own cluster (tests/test_driver.py, tests/test_multinode.py) shut it down."""
     import ray
     if not ray.is_initialized():
         start_local_ray()
     return ray
-
-
-@pytest.fixture
-def ray_4_cpus(_ray_session):
-    """A local Ray that reports 4 logical CPUs on this 2-core machine, as a laptop with more
-    cores would (more trials fit at once). It replaces the session's Ray for one test; the next
-    test that asks for `ray_local` starts that again."""
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    start_local_ray(num_cpus=4)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -141,6 +129,8 @@ def mlflow_server(tmp_path):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        # tracking only: without MLflow's job runner and its Huey consumer processes
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -1,8 +1,5 @@
 """model/step.py: schedule, optimizer, training step (learning, micro-batch accumulation,
 DDP unwrapping, torch.compile) and prediction, on a tiny AST on CPU."""
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -111,17 +108,12 @@ def test_resumed_steps_repeat_exactly():
     assert len({step_seed(0, r, s) for r in range(4) for s in range(10_000)}) == 40_000
 
 
-def _cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) would build kernels with."""
-    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
-
-
 def test_compiled_step_matches_eager_and_keeps_state_dict_keys(monkeypatch):
     """OptimConfig(compile=True) (configs/audioset.yaml): the model is compiled in place once,
     runs through the compiler, gives eager's losses, and its checkpoint loads strictly into an
-    uncompiled model. Costs ~15 s CPU with a warm inductor cache, ~50 s cold (g++)."""
-    if _cpp_compiler() is None:
-        pytest.skip("torch.compile on CPU needs a C++ compiler (no $CXX, g++, c++ or clang++ found)")
+    uncompiled model. The compile goes through TorchDynamo and AOTAutograd with eager kernels
+    (backend "aot_eager"): what this tests is model/step.py's use of torch.compile, and
+    inductor's C++ code generation would add half a minute of g++ on CPU to it."""
     x, y = toy_batch(8)
     keys = list(tiny().state_dict())
     losses, compiling, compiles = {}, {}, []
@@ -129,7 +121,8 @@ def test_compiled_step_matches_eager_and_keeps_state_dict_keys(monkeypatch):
         for flag in (False, True):
             model = tiny()
             real_compile = model.compile
-            monkeypatch.setattr(model, "compile", lambda *a, **k: (compiles.append(1), real_compile(*a, **k)))
+            monkeypatch.setattr(model, "compile", lambda **k: (compiles.append(1),
+                                                               real_compile(**k, backend="aot_eager")))
             seen = compiling[flag] = []
             model.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(torch.compiler.is_compiling()))
             cfg = OptimConfig(lr=1e-3, compile=flag)
