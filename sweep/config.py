@@ -95,6 +95,11 @@ class SweepConfig:
         the same stream whatever the scheme) once, with the first scheme."""
         return [(s, float(b)) for s in self.schemes for b in self.betas if b > 0 or s == self.schemes[0]]
 
+    @property
+    def trials(self) -> list[tuple[str, float, float, int]]:
+        """(scheme, beta, lr, seed) of every trial: each arm x learning rate x seed."""
+        return [(s, b, float(lr), int(seed)) for s, b in self.arms for lr in self.lrs for seed in self.seeds]
+
     def label(self, scheme: str, beta: float) -> str:
         """An arm's name in this sweep (sweep/select.py arm_label)."""
         return arm_label(scheme, beta, len(self.schemes) > 1)

@@ -101,7 +101,7 @@ def stopping_statement(cfg: Config) -> tuple[str, str | None]:
 def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
     m, r = cfg.model, cfg.resources
-    grid = len(cfg.sweep.arms) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
+    grid = len(cfg.sweep.trials)
     return "\n".join([
         f"config     {config_path}  (--print-config shows every value)",
         f"store      {cfg.data.store}  train {fingerprint}",

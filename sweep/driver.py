@@ -253,8 +253,8 @@ def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signal
 
 def missing_trials(cfg: Config, done: set[tuple[str, float, float, int]]) -> list[dict]:
     """The grid's trials ({scheme, beta, lr, seed}) not in `done` (winners.finished_trials)."""
-    return [{"scheme": s, "beta": b, "lr": float(lr), "seed": seed} for s, b in cfg.sweep.arms
-            for lr in cfg.sweep.lrs for seed in cfg.sweep.seeds if (s, b, float(lr), seed) not in done]
+    return [{"scheme": s, "beta": b, "lr": lr, "seed": seed} for s, b, lr, seed in cfg.sweep.trials
+            if (s, b, lr, seed) not in done]
 
 
 def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:

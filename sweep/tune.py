@@ -207,7 +207,7 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     drivers; never more than the grid. An explicit `resources.max_concurrent_trials` wins, with
     a warning when it oversubscribes the CPUs (trials then wait on each other's reads)."""
     r = cfg.resources
-    grid = len(cfg.sweep.arms) * len(cfg.sweep.lrs) * len(cfg.sweep.seeds)
+    grid = len(cfg.sweep.trials)
     if r.use_gpu:  # no GPU yet: an autoscaling cluster adds nodes as trials ask for them
         fit = int(resources.get("GPU", 0) // r.num_workers) or grid
     else:  # each trial: its Train workers plus one 0.5-CPU read task
@@ -245,9 +245,7 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
         scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
                                   grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
-    grid = [(scheme, beta, float(lr), int(s)) for scheme, beta in cfg.sweep.arms for lr in cfg.sweep.lrs
-            for s in cfg.sweep.seeds]
-    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(cfg, grid, concurrency)]}
+    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(cfg, cfg.sweep.trials, concurrency)]}
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),

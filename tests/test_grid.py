@@ -23,7 +23,7 @@ def test_the_search_space_is_the_product_of_its_axes():
                               "sweep.lrs=[0.001, 0.0003]", "sweep.seeds=[0, 1]"])
     points = [trial_point(config) for _, config in generate_variants(param_space(cfg))]
     want = {(s, b, lr, seed) for s, b in cfg.sweep.arms for lr in (1e-3, 3e-4) for seed in (0, 1)}
-    assert len(points) == len(set(points)) == len(want) and set(points) == want
+    assert len(points) == len(set(points)) == len(want) and set(points) == want == set(cfg.sweep.trials)
     assert {s for s, _, _, _ in points} == {"moore", "psla"}
 
 
