@@ -6,11 +6,16 @@ and the compute it saves, for fast (balanced-like) and slow (unbalanced-like) tr
 
 A trace is a true validation curve d(t) = 0.30 * shape(t / t_peak) plus iid noise sigma on every
 raw evaluation, evaluated every 3,072,000 examples (the paper's cadence) up to a cap of 4x the
-slow trial's peak. Fast trials peak after 11 evaluations (33.8M examples, the paper's balanced
-model), slow ones after 34 (104M, its unbalanced one). Each trace is replayed through the
+slow trial's peak; d = 0 is chance, and the trial's d' before training (its start) is measured
+once, with the same noise. Fast trials peak after 11 evaluations (33.8M examples, the paper's
+balanced model), slow ones after 34 (104M, its unbalanced one). Shapes: a peak, a broad peak, a
+plateau then a second rise, late starters (at chance for 10%, 40% or 50% of the time to their
+peak, then the peak's rise), and a trial that never learns. Each trace is replayed through the
 project's own `sweep.select.settled`, one evaluation at a time, until the rule stops it; the
 loss is the true d' at the pick of the whole trace (training to the cap) minus the true d' at
-the pick where the rule stopped; compute is the share of the cap's evaluations the rule ran.
+the pick where the rule stopped; compute is the share of the cap's evaluations the rule ran;
+`settled` is the share of traces the rule stopped before the cap (for a trace that never
+learns it must be 0: such a trial trains to the cap and is reported as not having learned).
 """
 from __future__ import annotations
 
@@ -50,7 +55,21 @@ def _plateau_rise(x: np.ndarray) -> np.ndarray:
     return first + 0.4 * second
 
 
-SHAPES = {"peak": _peak, "broad": _broad, "plateau_rise": _plateau_rise}
+def _late(onset: float):
+    """At chance until x = onset, then the peak's rise and fall, squeezed into the time left
+    before x = 1: a trial that starts learning late."""
+    def shape(x: np.ndarray) -> np.ndarray:
+        return np.where(x <= onset, 0.0, _peak(np.clip(x - onset, 0.0, None) / (1 - onset)))
+    return shape
+
+
+def _never(x: np.ndarray) -> np.ndarray:
+    """At chance throughout."""
+    return np.zeros_like(x, dtype=float)
+
+
+SHAPES = {"peak": _peak, "broad": _broad, "plateau_rise": _plateau_rise, "late_10": _late(0.1),
+          "late_40": _late(0.4), "late_50": _late(0.5), "never": _never}
 
 
 def true_curve(shape: str, peak_evals: int, n_evals: int = CAP_EVALS) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +78,11 @@ def true_curve(shape: str, peak_evals: int, n_evals: int = CAP_EVALS) -> tuple[n
     return examples, GAIN * SHAPES[shape](np.arange(1, n_evals + 1) / peak_evals)
 
 
-def stop_at(values: np.ndarray, examples: np.ndarray, rule: StoppingRule) -> int:
+def stop_at(values: np.ndarray, examples: np.ndarray, rule: StoppingRule, start: float | None = None) -> int:
     """The evaluations a trial runs under `rule`: the first n at which its first n evaluations are
     settled (the trial stops there), or all of them (the cap)."""
     for n in range(1, len(values) + 1):
-        if settled(values[:n], examples[:n], rule):
+        if settled(values[:n], examples[:n], rule, start):
             return n
     return len(values)
 
@@ -72,20 +91,23 @@ def simulate(shape: str, peak_evals: int, sigma: float, rule: StoppingRule, reps
              seed: int = 0) -> dict:
     """`reps` noisy traces of one true curve through `rule`: the true d' lost against training to
     the cap (mean, 90th percentile), the share of traces whose pick came before 80% of the true
-    peak's examples, and the mean share of the cap's evaluations trained."""
+    peak's examples, the share the rule stopped before the cap (`settled`), and the mean share of
+    the cap's evaluations trained."""
     examples, true = true_curve(shape, peak_evals)
     rng = np.random.default_rng(seed)
-    lost, early, compute = [], [], []
+    lost, early, compute, stopped = [], [], [], []
     for _ in range(reps):
         d = true + rng.normal(0.0, sigma, true.size)
-        n = stop_at(d, examples, rule)
+        n = stop_at(d, examples, rule, start=float(rng.normal(0.0, sigma)))  # d' before training, measured
         i_rule, i_cap = pick(d[:n], rule.window), pick(d, rule.window)
         lost.append(true[i_cap] - true[i_rule])
         early.append(i_rule + 1 < 0.8 * int(np.argmax(true) + 1))
         compute.append(n / true.size)
+        stopped.append(n < true.size)
     lost = np.asarray(lost)
     return {"loss_mean": float(lost.mean()), "loss_p90": float(np.percentile(lost, 90)),
-            "picked_early": float(np.mean(early)), "compute": float(np.mean(compute))}
+            "picked_early": float(np.mean(early)), "settled": float(np.mean(stopped)),
+            "compute": float(np.mean(compute))}
 
 
 def main(argv=None) -> int:
@@ -93,11 +115,14 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=400, help="noisy traces per row (default 400)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     a = p.parse_args(argv)
-    rules = {"patience only (ratio 1)": StoppingRule(7, 5, 1.0), "ratio 2 (default)": StoppingRule(7, 5, 2.0)}
+    rules = {"patience only (ratio 1)": StoppingRule(7, 5, 1.0),
+             "ratio 2, no learned guard": StoppingRule(7, 5, 2.0, chance=-np.inf, learn_z=0.0),
+             "ratio 2 (default)": StoppingRule(7, 5, 2.0)}
     rows = [{"shape": shape, "speed": speed, "peak_examples": peak * EVERY, "sigma": sigma, "rule": name,
              **{k: round(v, 4) for k, v in simulate(shape, peak, sigma, rule, a.reps).items()}}
-            for shape in SHAPES for speed, peak in SPEEDS.items() for sigma in a.sigmas
+            for shape in a.shapes for speed, peak in SPEEDS.items() for sigma in a.sigmas
             for name, rule in rules.items()]
     print(json.dumps({"every_examples": EVERY, "cap_examples": CAP_EVALS * EVERY, "gain": GAIN,
                       "rows": rows}, indent=1))

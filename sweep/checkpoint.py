@@ -10,8 +10,9 @@ writes the same directory again and an evaluation never has two. Each holds:
   val_scores.npy  the validation scores, float16 [clips, classes] in the split's row order;
                 removed once no smoothing window selection may still use holds this
                 evaluation (the confidence of the selection recomputes the pick's window)
-  state.json    {examples, step, history, beta, lr, stopped, model: ASTConfig as a dict};
-                always kept, so the trace survives pruning
+  state.json    the trial's state (sweep/history.py TrialState: trial, examples, step, stopped,
+                start, history, ...) and `model`, its ASTConfig as a dict; always kept, so the
+                trace survives pruning
 so a checkpoint rebuilds its model without the sweep's configuration. A worker whose training
 fails writes `failure-rank<r>.json` ({rank, type, message} of the exception) before it ends,
 so the trial driver can name the root error of each rank. Beside them,
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from model.config import ASTConfig
+from sweep.history import TrialState
 
 __all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "SCORES", "checkpoint_dir", "load_scores", "save_checkpoint", "load_state",
            "restore_checkpoint", "write_progress", "registered_examples", "list_checkpoints", "has_weights",
@@ -47,7 +49,7 @@ def checkpoint_dir(examples: int) -> str:
     return f"checkpoint_{examples:012d}"
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: dict, model_cfg: ASTConfig,
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: TrialState, model_cfg: ASTConfig,
                     val_scores: np.ndarray | None = None) -> None:
     """A checkpoint directory (see the module docstring) of `model` (the module itself, not its
     DistributedDataParallel wrapper); val_scores [clips, classes] if given."""
@@ -56,7 +58,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, st
     torch.save(optimizer.state_dict(), d / OPTIMIZER)
     if val_scores is not None:
         np.save(d / SCORES, np.asarray(val_scores, dtype=np.float16))
-    (d / STATE).write_text(json.dumps({**state, "model": asdict(model_cfg)}))
+    (d / STATE).write_text(json.dumps({**state.to_json(), "model": asdict(model_cfg)}))
 
 
 def load_scores(checkpoint: str) -> np.ndarray | None:
@@ -72,7 +74,13 @@ def load_scores(checkpoint: str) -> np.ndarray | None:
 
 
 def load_state(directory: str | Path) -> dict:
-    return json.loads((Path(directory) / STATE).read_text())
+    """A checkpoint directory's state.json as it is written (TrialState.from_json reads the
+    trial's state out of it); one that cannot be read is a ValueError naming it."""
+    path = Path(directory) / STATE
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable checkpoint state ({e})") from None
 
 
 def _load_tensors(path: Path, device) -> dict:
@@ -168,16 +176,17 @@ def registered_examples(run_path: str) -> int:
     return int(progress["examples"]) if progress else 0
 
 
-def list_checkpoints(run_path: str) -> list[tuple[str, dict]]:
+def list_checkpoints(run_path: str) -> list[tuple[str, TrialState]]:
     """(path, state) of the checkpoints of a Train run up to the latest registered one, in order
-    of examples seen (a path as the run path is given: local, or a URI)."""
+    of examples seen (a path as the run path is given: local, or a URI); a state.json that is
+    not whole is passed over."""
     fs, base, scheme = _filesystem(run_path)
     last = registered_examples(run_path)
     found = []
     for examples in _checkpoint_examples(fs, base):
         state = _read_json(fs, f"{base}/{checkpoint_dir(examples)}/{STATE}") if examples <= last else None
         if state is not None:
-            found.append((f"{scheme}{base}/{checkpoint_dir(examples)}", state))
+            found.append((f"{scheme}{base}/{checkpoint_dir(examples)}", TrialState.from_json(state)))
     return found
 
 

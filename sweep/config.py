@@ -23,10 +23,11 @@ import yaml
 from data.synth import SynthConfig
 from model.config import ASTConfig, AugmentConfig, OptimConfig
 from data.balance import SCHEMES
-from sweep.select import StoppingRule, arm_label
+from sweep.select import StoppingRule
+from sweep.trial import Arm, Trial
 
 __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunConfig", "Config",
-           "load_config", "check", "to_dict", "flatten", "trial_point", "ConfigError"]
+           "load_config", "check", "to_dict", "flatten", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -90,19 +91,25 @@ class SweepConfig:
         return StoppingRule(self.smoothing_window, self.patience, self.settle_ratio)
 
     @property
-    def arms(self) -> list[tuple[str, float]]:
-        """(scheme, beta) of every arm swept: each scheme at each beta, beta = 0 (no balancing,
+    def arms(self) -> list[Arm]:
+        """Every arm swept, in the grid's order: each scheme at each beta, beta = 0 (no balancing,
         the same stream whatever the scheme) once, with the first scheme."""
-        return [(s, float(b)) for s in self.schemes for b in self.betas if b > 0 or s == self.schemes[0]]
+        return [Arm(s, float(b)) for s in self.schemes for b in self.betas if b > 0 or s == self.schemes[0]]
 
     @property
-    def trials(self) -> list[tuple[str, float, float, int]]:
-        """(scheme, beta, lr, seed) of every trial: each arm x learning rate x seed."""
-        return [(s, b, float(lr), int(seed)) for s, b in self.arms for lr in self.lrs for seed in self.seeds]
+    def trials(self) -> list[Trial]:
+        """Every trial, in the grid's order: each arm x learning rate x seed."""
+        return [Trial(a.scheme, a.beta, lr, seed) for a in self.arms for lr in self.lrs for seed in self.seeds]
 
-    def label(self, scheme: str, beta: float) -> str:
-        """An arm's name in this sweep (sweep/select.py arm_label)."""
-        return arm_label(scheme, beta, len(self.schemes) > 1)
+    @property
+    def several_schemes(self) -> bool:
+        """Arms are named with their scheme (sweep/trial.py Arm.label)."""
+        return len(self.schemes) > 1
+
+    @property
+    def several_seeds(self) -> bool:
+        """Trials are named with their seed (sweep/trial.py Trial.name)."""
+        return len(self.seeds) > 1
 
 
 @dataclass
@@ -132,13 +139,6 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-def trial_point(tune_config: dict) -> tuple[str, float, float, int]:
-    """(scheme, beta, lr, seed) of a trial from the config Tune gives it (sweep/tune.py's grid:
-    {arm: {scheme, beta}, lr, seed})."""
-    arm = tune_config["arm"]
-    return arm["scheme"], float(arm["beta"]), float(tune_config["lr"]), int(tune_config["seed"])
 
 
 def _dataclass_of(tp):

@@ -13,7 +13,7 @@ import math
 from sweep.config import Config
 from sweep.select import latest_settled_pick
 
-__all__ = ["eta_seconds", "format_progress", "trial_short_name", "stopping_statement", "header", "answer"]
+__all__ = ["eta_seconds", "format_progress", "stopping_statement", "header", "answer_lines"]
 
 
 def eta_seconds(remaining: list[float], rate: float | None, pending: int, startup_s: float,
@@ -40,15 +40,15 @@ def _si(x: float) -> str:
 
 
 def format_progress(rows: list[dict], elapsed_s: float, eta_s: float | None) -> str:
-    """The progress table. rows: trial (its short name: beta, `<scheme> <beta>` with several
-    schemes, `/s<seed>` with several seeds), lr, status, and when known examples, dprime,
-    smoothed, pick (smoothed d' at the pick), pick_examples; the best pick is marked with '*'."""
+    """The progress table. rows: trial (its arm's label, ` s<seed>` with several seeds), lr,
+    status, and when known examples, dprime, smoothed, pick (smoothed d' at the pick),
+    pick_examples; the best pick is marked with '*' (said under the table)."""
     done = sum(r["status"] not in ("running", "pending", "paused") for r in rows)
     eta = "ETA after the first evaluation" if eta_s is None else "ETA < 1 min" if eta_s < 60 else \
         f"ETA <= {math.ceil(eta_s / 60)} min (less if picks settle)"
     width = max([7] + [len(r["trial"]) for r in rows])
     lines = [f"{_clock(elapsed_s)} elapsed, {done}/{len(rows)} trials done, {eta}",
-             f"{'beta':>{width}} {'lr':>7} {'examples':>11} {'val d':>7}' {'smoothed':>8} {'pick@examples':>14}  status"]
+             f"{'arm':>{width}} {'lr':>7} {'examples':>11} {'val d':>7}' {'smoothed':>8} {'pick@examples':>14}  status"]
     picks = [r["pick"] for r in rows if r.get("pick") is not None and math.isfinite(r["pick"])]
     best = max(picks) if picks else None
 
@@ -62,14 +62,9 @@ def format_progress(rows: list[dict], elapsed_s: float, eta_s: float | None) -> 
         examples = "-" if r.get("examples") is None else f"{r['examples']:,}"
         lines.append(f"{r['trial']:>{width}} {r['lr']:>7g} {examples:>11} {num(r.get('dprime'), '.3f'):>8} "
                      f"{num(r.get('smoothed'), '.3f'):>8} {pick:>14}{mark} {r['status']}")
+    if best is not None:
+        lines.append("* the best pick so far (smoothed validation d' at the pick @ examples there)")
     return "\n".join(lines)
-
-
-def trial_short_name(cfg: Config, scheme: str, beta: float, seed: int) -> str:
-    """A trial on the progress table: its beta (`<scheme> <beta>` with several schemes), and
-    `/s<seed>` with several seeds."""
-    name = f"{scheme} {beta:g}" if len(cfg.sweep.schemes) > 1 and beta > 0 else f"{beta:g}"
-    return name + (f"/s{seed}" if len(cfg.sweep.seeds) > 1 else "")
 
 
 def stopping_statement(cfg: Config) -> tuple[str, str | None]:
@@ -117,20 +112,25 @@ def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str
     ])
 
 
-def answer(summary: dict) -> str:
-    """The selection in one line: stated as selected only when the verdict (results.txt, above
-    it on the console) is resolved; else the best on validation, provisional while an arm's pick
-    has not settled, with the cap each would need."""
-    best, late = summary["selection"], summary["selection"]["not_converged"]
-    resolved = summary["verdict"].startswith("resolved")
-    head = "selected" if resolved else "provisional: best on validation" if late else "best on validation"
+def answer_lines(summary: dict) -> list[str]:
+    """p_best (provisional while the verdict is), the verdict, and the best arm on validation:
+    how results.txt and the console end."""
+    v, best = summary["verdict"], summary["selection"]
+    p_best = ", ".join(f"{label} {p:.2f}" for label, p in summary["p_best"].items())
+    provisional = " - PROVISIONAL, an arm is unsettled" if v["provisional"] else ""
+    lines = [f"p_best (probability of being best on validation{provisional}): {p_best}",
+             f"verdict: {v['word']}: {v['text']}"]
+    head = ("no answer (no arm learned): highest on validation" if not any(r["learned"] for r in summary["rows"])
+            else "selected" if v["resolved"] else "provisional: best on validation" if v["provisional"]
+            else "best on validation")
     seeds = f" over {len(best['seeds'])} seeds" if len(best["seeds"]) > 1 else ""
-    line = (f"{head}: {best['label']} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f}"
-            f"{seeds} after {best['examples_to_peak']:,} examples")
+    line = (f"{head}: {best['label']} lr={best['lr']:g} (smoothed validation d' {best['val_dprime']:.3f}{seeds} at its "
+            f"pick after {best['examples_to_peak']:,} examples")
+    late = best["not_converged"]
     if late:
-        line += "; NOT CONVERGED for " + ", ".join(f"{r['label']} (needs train.max_examples >= "
-                                                   f"{r['cap_to_settle']:,})" for r in late)
+        line += "; " + ", ".join(f"{r['label']} {r['status']} (needs train.max_examples >= {r['cap_to_settle']:,})"
+                                 for r in late)
     else:
         line += "; every pick settled"
     failed = len(summary["failed"]) + len(summary["diverged"])
-    return line + f"; {failed} failed or diverged trial(s))"
+    return lines + [line + f"; {failed} failed or diverged trial(s))"]

@@ -6,21 +6,28 @@ earlier sweep in the run directory moved aside (sweep/rundir.py) and the MLflow 
 opened. Then the Tune sweep (sweep/tune.py), the winners (sweep/winners.py), and publishing:
 predictions, the report, results.txt and last results.json, each complete or absent.
 
-Ctrl-C and SIGTERM stop the sweep at any point before its answer is written: trials stop
-(the signal is passed to Tune as its stop signal while it runs), the MLflow parent and
-unfinished children end KILLED, no results.json is written, interrupted.json says what is
-missing and how to resume, and the exit status is 130 (143 for SIGTERM).
+Ctrl-C, SIGTERM and SIGHUP (a terminal closed) stop the sweep at any point before its answer is
+written: trials stop (the signal is passed to Tune as its stop signal while it runs), the MLflow
+parent and unfinished children end KILLED, no results.json is written, interrupted.json says
+what is missing and how to resume, and the exit status is 128 + the signal's number.
+
+`--resume` with a higher `train.max_examples` continues the recorded sweep to that cap: every
+trial not finished under it (NOT CONVERGED, or did not learn) trains on from its latest
+checkpoint, settled trials stay as they are, the MLflow runs continue, and the answer is rebuilt
+(the one at the lower cap is kept under previous/).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import ray
@@ -29,19 +36,22 @@ from mlflow.entities import RunStatus
 from data.store import open_store
 from sweep import tracking
 from sweep.config import Config, ConfigError, flatten, to_dict
-from sweep.console import answer, header, stopping_statement
+from sweep.console import answer_lines, header, stopping_statement
 from sweep.prepare import prepare
 from sweep.report import build_report
 from sweep.rundir import RunDir
 from sweep.report.tables import format_results
+from sweep.trial import Trial
 from sweep.tune import build_tuner
-from sweep.winners import SelectionError, finished_trials, summarise, traces
+from sweep.winners import SelectionError, finished, summarise, traces
 
-__all__ = ["run_sweep", "Interrupted", "missing_trials"]
+__all__ = ["run_sweep", "Interrupted", "missing_trials", "resume_command"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each stops the sweep without an answer
 
 
 class Interrupted(Exception):
-    """The sweep was stopped (Ctrl-C or SIGTERM) before its answer was written."""
+    """The sweep was stopped (SIGNALS) before its answer was written."""
 
     def __init__(self, signum: int, missing: list[dict] | None = None):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
@@ -49,7 +59,7 @@ class Interrupted(Exception):
 
 
 class _Signals:
-    """Ctrl-C and SIGTERM, from `__enter__` until the answer is written. While Tune's `fit` runs
+    """Ctrl-C, SIGTERM and SIGHUP (SIGNALS), from `__enter__` until the answer is written. While Tune's `fit` runs
     (`pass_to_tune`), the first one is remembered and passed on as SIGUSR1, Tune's own stop
     signal (it stops the trials, saves the experiment, and `fit` returns); Tune's SIGINT handler
     is switched off (TUNE_DISABLE_SIGINT_HANDLER), so it cannot take the signal unrecorded. A
@@ -60,7 +70,7 @@ class _Signals:
         self.received: int | None = None
 
     def __enter__(self):
-        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {s: signal.getsignal(s) for s in SIGNALS}
         self._old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         self.stop_raising()
         return self
@@ -76,15 +86,15 @@ class _Signals:
         os.kill(os.getpid(), signal.SIGUSR1)
 
     def stop_raising(self) -> None:
-        """Either signal raises Interrupted."""
-        signal.signal(signal.SIGINT, self._raise)
-        signal.signal(signal.SIGTERM, self._raise)
+        """Each signal raises Interrupted."""
+        for s in SIGNALS:
+            signal.signal(s, self._raise)
 
     def pass_to_tune(self) -> None:
-        """Either signal reaches Tune's `fit` as SIGUSR1 (its handler is installed by `fit`)."""
+        """Each signal reaches Tune's `fit` as SIGUSR1 (its handler is installed by `fit`)."""
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        signal.signal(signal.SIGINT, self._to_tune)
-        signal.signal(signal.SIGTERM, self._to_tune)
+        for s in SIGNALS:
+            signal.signal(s, self._to_tune)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -95,44 +105,43 @@ class _Signals:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._old_env
 
 
-def run_sweep(cfg: Config, args, argv: list[str]) -> int:
-    """The sweep (see the module docstring); the exit status."""
+def run_sweep(cfg: Config, config_path: str, argv: list[str], resume: bool = False, verbose: bool = False) -> int:
+    """The sweep (see the module docstring) of `cfg` (loaded from `config_path` with the command
+    line `argv`, which the resume command repeats); the exit status."""
     t0 = time.time()
     run_dir = RunDir(Path(cfg.run.run_dir).resolve())
     uri = tracking.tracking_uri(run_dir.path)
     tracking.check_reachable(uri)  # before anything is built or trained
-    if not args.verbose:
+    if not verbose:
         _quiet_console()
     cfg = prepare(cfg)
     store = open_store(cfg.data.store)
     splits = [cfg.data.train_split, cfg.data.valid_split, *cfg.data.eval_splits]
     fingerprints = {s: store.fingerprint(s) for s in splits}
     experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
-    print(header(cfg, args.config, fingerprints[cfg.data.train_split], uri, experiment))
+    print(header(cfg, config_path, fingerprints[cfg.data.train_split], uri, experiment))
     warning = stopping_statement(cfg)[1]
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    storage = cfg.run.storage_path or str(run_dir.path / "ray")
     with run_dir.lock(), _Signals() as signals:
         client, info, owns_ray = None, None, False
         try:
             client = tracking.open_store(uri)
-            resume = _resumable(run_dir, cfg, fingerprints, args.resume)
-            if resume and run_dir.results_file.exists():  # finished: nothing to run or log again
-                summary = json.loads(run_dir.results_file.read_text())
-                print(f"the sweep in {run_dir.path} has finished; its answer:\n{answer(summary)}\n"
-                      f"verdict: {summary['verdict']}")
-                return 0
-            owns_ray = _start_ray(cfg, args.verbose)
+            caps = _resumable(run_dir, cfg, fingerprints, resume)
+            recorded = json.loads(run_dir.results_file.read_text()) if caps and run_dir.results_file.exists() else None
+            if recorded and recorded["config"]["train"]["max_examples"] == cfg.train.max_examples:
+                print(f"the sweep in {run_dir.path} has finished; its answer:\n" + "\n".join(answer_lines(recorded)))
+                return 0  # nothing to run or log again
+            owns_ray = _start_ray(cfg, verbose)
             exp_id = tracking.experiment_id(client, experiment, run_dir.path)
-            parent_id = _open_parent(client, run_dir, cfg, exp_id, fingerprints, resume, storage)
+            parent_id = _open_parent(client, run_dir, cfg, exp_id, fingerprints, caps)
             info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
-            summary = _sweep(cfg, args, client, info, storage, signals)
+            summary = _sweep(cfg, run_dir, client, info, signals, resume=bool(caps), verbose=verbose)
             summary["wall_seconds"] = round(time.time() - t0, 1)
             table = _publish(client, run_dir, parent_id, summary)
         except (Interrupted, KeyboardInterrupt) as e:
             e = e if isinstance(e, Interrupted) else Interrupted(signals.received or signal.SIGINT)
-            _interrupted(client, info, run_dir, e, _resume_command(argv))
+            _interrupted(client, info, run_dir, e, resume_command(argv))
             return 128 + e.signum
         except BaseException as e:
             explained = tracking.explain(e, uri)  # the tracking store failed: one line, and no run to end
@@ -144,7 +153,10 @@ def run_sweep(cfg: Config, args, argv: list[str]) -> int:
         finally:
             if owns_ray:
                 ray.shutdown()
-    print(f"{table}\n{answer(summary)}")
+    print(table, end="")
+    cap = summary["selection"]["cap_to_finish"]
+    if cap:
+        print(f"to make it final, continue every unsettled trial to {cap:,} examples:\n  {resume_command(argv, cap)}")
     print(f"results: {run_dir.results_file}  ({time.time() - t0:.0f} s)")
     print("browse every trial in MLflow:\n  " + tracking.ui_command(uri, exp_id))
     return 0
@@ -160,16 +172,19 @@ def _quiet_console() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def _resumable(run_dir: RunDir, cfg: Config, fingerprints: dict[str, str], resume: bool) -> bool:
-    """Whether this run continues the sweep recorded in the run directory (`--resume`, the same
-    config and store); --resume with nothing recorded starts afresh, and says so."""
+def _resumable(run_dir: RunDir, cfg: Config, fingerprints: dict[str, str], resume: bool) -> list[int]:
+    """The caps the sweep recorded in the run directory was run to, this one's last, when this
+    run continues it (`--resume`, the same config and store, perhaps a higher cap); else [].
+    --resume with nothing recorded starts afresh, and says so."""
     if not resume:
-        return False
-    if run_dir.recorded() is None:
+        return []
+    state = run_dir.recorded()
+    if state is None:
         print(f"note: --resume: {run_dir.path} holds no earlier sweep; starting afresh")
-        return False
+        return []
     run_dir.check_resumable(to_dict(cfg), fingerprints)
-    return True
+    caps = state.get("caps") or [state["config"]["train"]["max_examples"]]
+    return caps if caps[-1] == cfg.train.max_examples else [*caps, cfg.train.max_examples]
 
 
 def _start_ray(cfg: Config, verbose: bool) -> bool:
@@ -203,17 +218,26 @@ def _check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
                           "start it (ray start --head, ray up) or unset RAY_ADDRESS to start a local Ray") from None
 
 
-def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints: dict[str, str], resume: bool,
-                 storage: str) -> str:
-    """The sweep's MLflow parent run: the recorded one again (`resume`), or a new one, with an
-    earlier sweep in the run directory moved to previous/ first."""
-    if resume:
-        parent_id = run_dir.recorded()["parent_run_id"]
+def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints: dict[str, str],
+                 caps: list[int]) -> str:
+    """The sweep's MLflow parent run: the recorded one again (when `caps` says this run continues
+    it: resumed, or continued to a higher cap, its answer at the lower cap set aside first), or a
+    new one, with an earlier sweep in the run directory moved to previous/ first."""
+    if caps:
+        recorded = run_dir.recorded()
+        parent_id = recorded["parent_run_id"]
+        if len(caps) > len(recorded.get("caps") or [recorded["config"]["train"]["max_examples"]]):
+            aside = run_dir.set_aside_answer(caps[-2])
+            if aside:
+                print(f"the answer at the cap of {caps[-2]:,} examples moved to {aside}")
+            run_dir.record(parent_id, recorded["experiment_id"], to_dict(cfg), fingerprints, caps)
         client.update_run(parent_id, status="RUNNING")
-        if "error" in client.get_run(parent_id).data.tags:  # from the attempt this one resumes
-            client.delete_tag(parent_id, "error")
+        tags = client.get_run(parent_id).data.tags
+        for key in ("error", "interrupted"):  # from the attempt this one continues
+            if key in tags:
+                client.delete_tag(parent_id, key)
     else:
-        moved = run_dir.retire(storage, cfg.run.name)
+        moved = run_dir.retire(run_dir.storage(cfg), cfg.run.name)
         if moved:
             print(f"the earlier sweep in {run_dir.path} (its results, report, predictions and checkpoints) "
                   f"moved to {moved}")
@@ -222,39 +246,40 @@ def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints
         tracking.log_store_inputs(client, parent_id, open_store(cfg.data.store),
                                   {cfg.data.train_split: "training", cfg.data.valid_split: "validation",
                                    **{s: "evaluation" for s in cfg.data.eval_splits}})
-        run_dir.record(parent_id, exp_id, to_dict(cfg), fingerprints)
+        run_dir.record(parent_id, exp_id, to_dict(cfg), fingerprints, [cfg.train.max_examples])
     run_dir.interrupted_file.unlink(missing_ok=True)  # this sweep's own, from before --resume
     return parent_id
 
 
-def _sweep(cfg: Config, args, client, info: dict, storage: str, signals: _Signals) -> dict:
+def _sweep(cfg: Config, run_dir: RunDir, client, info: dict, signals: _Signals, resume: bool, verbose: bool) -> dict:
     """Fit the Tune sweep, then select and evaluate the winners: what results.json holds."""
-    train_runs = os.path.join(storage, "train_runs", cfg.run.name)
-    tuner = build_tuner(cfg, storage, train_runs, info, args.resume, args.verbose)
+    train_runs = run_dir.train_runs(cfg)
+    tuner = build_tuner(cfg, run_dir.storage(cfg), run_dir.tune_experiment(cfg), train_runs, info, resume, verbose)
     signals.pass_to_tune()
     results = tuner.fit()
     signals.stop_raising()
-    done = finished_trials(results, train_runs)
-    missing = missing_trials(cfg, done)
+    errors = {Trial.from_tune(r.config): str(r.error) for r in results if r.error}
+    trials = cfg.sweep.trials
+    missing = missing_trials(trials, finished(cfg, trials, errors, train_runs))
+    names = {t: t.name(cfg.sweep.several_schemes, cfg.sweep.several_seeds) for t in trials}
     if missing and signals.received:  # Tune returns normally after Ctrl-C: half a grid is not an answer
-        raise Interrupted(signals.received, missing)
+        raise Interrupted(signals.received, [{"trial": t.key, "name": names[t], **asdict(t)} for t in missing])
     if missing:
-        named = ", ".join(f"{cfg.sweep.label(m['scheme'], m['beta'])} lr={m['lr']:g} seed {m['seed']}" for m in missing)
-        raise SelectionError(f"trial(s) {named} ended without a final checkpoint in {train_runs}: it was removed "
-                             "or is incomplete; start the sweep afresh (without --resume)")
+        raise SelectionError(f"trial(s) {', '.join(names[t] for t in missing)} ended without a final checkpoint in "
+                             f"{train_runs}: it was removed or is incomplete; start the sweep afresh (without --resume)")
     tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
-    found, failed, diverged = traces(results, train_runs)
+    found, failed, diverged = traces(cfg, trials, errors, train_runs)
     tracking.fail_children(client, info["experiment_id"], info["parent_run_id"], failed)
+    by_key = {t.key: t for t in trials}
     for d in diverged:
-        print(f"warning: trial {cfg.sweep.label(d['scheme'], d['beta'])} lr={d['lr']:g} seed {d['seed']} diverged (training loss "
-              f"{d['train_loss']:.3g}): left out of the selection", file=sys.stderr)
+        print(f"warning: trial {names[by_key[d['trial']]]} diverged (training loss {d['train_loss']:.3g}): left out of "
+              "the selection", file=sys.stderr)
     return summarise(cfg, found, failed, diverged, train_runs)
 
 
-def missing_trials(cfg: Config, done: set[tuple[str, float, float, int]]) -> list[dict]:
-    """The grid's trials ({scheme, beta, lr, seed}) not in `done` (winners.finished_trials)."""
-    return [{"scheme": s, "beta": b, "lr": lr, "seed": seed} for s, b, lr, seed in cfg.sweep.trials
-            if (s, b, lr, seed) not in done]
+def missing_trials(trials: list[Trial], done: set[Trial]) -> list[Trial]:
+    """The trials not in `done` (winners.finished), in the grid's order."""
+    return [t for t in trials if t not in done]
 
 
 def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
@@ -271,15 +296,18 @@ def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
     client.log_artifact(parent_id, str(staging / "results.json"))
     client.log_artifact(parent_id, str(staging / "results.txt"))
     client.log_artifacts(parent_id, str(staging / "report"), "report")
-    best = summary["selection"]
-    tracking.log_metrics(client, parent_id, {"best_beta": best["beta"], "best_lr": best["lr"],
-                                             "best_val_dprime": best["val_dprime"],
-                                             **{f"p_best.{_metric_key(label)}": p for label, p in summary["p_best"].items()}}, 0)
-    client.set_tag(parent_id, "verdict", summary["verdict"][:5000])
+    best, v = summary["selection"], summary["verdict"]
+    p_best = "provisional_p_best" if v["provisional"] else "p_best"  # named so in the runs table too
+    tracking.log_metrics(client, parent_id, {
+        "best_beta": best["beta"], "best_lr": best["lr"], "best_val_dprime": best["val_dprime"],
+        **{f"{p_best}.{_metric_key(label)}": p for label, p in summary["p_best"].items()}}, 0)
+    client.set_tag(parent_id, "verdict", f"{v['word']}: {v['text']}"[:5000])
+    tracking.name_parent(client, parent_id, f"{best['label']}, {v['word']}")
+    client.set_tag(parent_id, "p_best", "provisional" if v["provisional"] else "final")
     client.set_tag(parent_id, "converged", str(best["all_converged"]).lower())
     client.set_tag(parent_id, "selection", best["status"])
     if best["not_converged"]:
-        client.set_tag(parent_id, "not_converged", ", ".join(r["label"] for r in best["not_converged"]))
+        client.set_tag(parent_id, "not_converged", ", ".join(f"{r['label']} ({r['status']})" for r in best["not_converged"]))
     for name in ("report", "results.txt", "results.json"):  # the answer last
         target = run_dir.path / name
         if target.is_dir():
@@ -295,9 +323,13 @@ def _metric_key(label: str) -> str:
     return label.replace(" ", "_").replace("=", "_")
 
 
-def _resume_command(argv: list[str]) -> str:
+def resume_command(argv: list[str], cap: int | None = None) -> str:
+    """The command that resumes this sweep, pasteable into a shell from anywhere: the working
+    directory named, every argument shell-quoted; with `cap`, continued to that train.max_examples."""
     args = [a for a in argv if a != "--resume"]
-    return " ".join(["python -m sweep.run", *args, "--resume"])
+    if cap is not None:
+        args += ["--set", f"train.max_examples={cap}"]  # the last --set of a key wins
+    return f"cd {shlex.quote(os.getcwd())} && " + shlex.join(["python", "-m", "sweep.run", *args, "--resume"])
 
 
 def _interrupted(client, info: dict | None, run_dir: RunDir, e: Interrupted, resume: str) -> None:

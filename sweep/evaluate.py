@@ -1,5 +1,6 @@
 """Evaluation of trial checkpoints (sweep/checkpoint.py) and published AST weights on store
-splits, and re-scoring of saved predictions under another class prior.
+splits; the command also re-scores saved predictions under another class prior
+(sweep/predictions.py).
 
     python -m sweep.evaluate --predictions P.npz --target-prior {train|uniform|<split>|file.csv} [--store DIR] [--json]
     python -m sweep.evaluate --checkpoint PATH --store DIR --split NAME [NAME ...] [--out DIR|F.npz] [--json]
@@ -13,22 +14,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.balance import priors_from_counts
 from data.store import Store
 from model.ast import ASTConfig, create_ast, load_ast_checkpoint
 from model.step import predict
 from sweep.checkpoint import load_state, load_weights
 from sweep.metrics import classification_metrics
+from sweep.predictions import format_rescore, rescore, save_predictions
 
-__all__ = ["load_model", "load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "load_predictions",
-           "save_predictions", "target_prior", "rescore", "format_eval", "format_rescore", "main"]
+__all__ = ["load_model", "load_any_checkpoint", "score_split", "with_metrics", "evaluate_split", "format_eval", "main"]
 
 
 def score_split(model, store: Store, split: str, batch_size: int, device: str | torch.device = "cpu",
@@ -70,94 +69,6 @@ def evaluate_split(model, store: Store, split: str, batch_size: int,
     """Scores of `model` on a whole split: {scores [N, K], targets [N, K], clip_ids [N],
     metrics (classification_metrics)}, with a progress bar on a terminal."""
     return with_metrics([score_split(model, store, split, batch_size, device, desc=f"score {split}")])
-
-
-def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a predictions .npz (scores, targets, clip_ids); a file that cannot be read
-    (cut short, not an npz) is a ValueError naming it."""
-    try:
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable predictions file ({type(e).__name__}: {e})") from e
-
-
-def save_predictions(path: str | Path, result: dict) -> None:
-    """`path`.npz with scores, targets, clip_ids."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, scores=result["scores"], targets=result["targets"],
-                        clip_ids=result["clip_ids"])
-
-
-def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_split: str = "train") -> np.ndarray:
-    """A class prior [K] named on the command line: `train` (the store's training split), `uniform`
-    (every class at the set's mean prior, so the expected labels per clip stay the same), a store
-    split's name, or a CSV file with a `prior` column, one row per class in class order (or in any
-    order with an `index` column)."""
-    k = targets.shape[1]
-    if spec == "uniform":
-        return np.full(k, _own_priors(targets).mean())
-    if spec.endswith(".csv"):
-        import csv
-        with open(spec, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "prior" not in rows[0]:
-            raise ValueError(f"{spec}: expected a CSV with a 'prior' column, one row per class")
-        try:
-            values = [float(r["prior"]) for r in rows]
-            index = [int(r["index"]) for r in rows] if "index" in rows[0] else list(range(len(rows)))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{spec}: {e}") from None
-        if sorted(index) != list(range(len(rows))):
-            raise ValueError(f"{spec}: the 'index' column must hold 0..{len(rows) - 1} once each")
-        prior = np.empty(len(rows))
-        prior[index] = values
-    else:
-        if store is None:
-            raise ValueError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
-        split = train_split if spec == "train" else spec
-        prior = store.priors(split)
-    if prior.shape != (k,):
-        raise ValueError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
-    bad = ~(np.isfinite(prior) & (prior >= 0) & (prior <= 1))
-    if bad.any():
-        raise ValueError(f"target prior {spec}: class {int(np.flatnonzero(bad)[0])} has prior "
-                         f"{prior[bad][0]!r}, not in [0, 1]")
-    return prior
-
-
-def _own_priors(targets: np.ndarray) -> np.ndarray:
-    """The class priors of 0/1 targets [clips, classes], float64 [classes]."""
-    return priors_from_counts(np.count_nonzero(targets, axis=0), len(targets))
-
-
-def rescore(predictions: str | Path, spec: str, store: Store | None = None, train_split: str = "train") -> dict:
-    """Saved predictions re-scored under the class prior `spec` (see target_prior): per-class AP
-    with the negatives of class k weighted to make its prior pi'_k (sweep.bootstrap.prior_shift_metrics),
-    its mAP, d' and macro AUC (unchanged by design: they do not depend on the prior), and per class
-    the effective sample size of the weighted set. Classes whose own or target prior is 0 or 1
-    have no shifted AP and are listed in `excluded`."""
-    from sweep.bootstrap import prior_shift_metrics
-    f = load_predictions(predictions)
-    scores, targets = f["scores"], f["targets"]
-    prior = target_prior(spec, targets, store, train_split)
-    own = classification_metrics(targets, scores)
-    shifted = prior_shift_metrics(targets, scores, prior)
-    names = store.classes if store is not None and store.n_classes == targets.shape[1] \
-        else [str(i) for i in range(targets.shape[1])]
-    nan = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731 (strict JSON: no NaN)
-    own_prior = _own_priors(targets)
-    return {"predictions": str(predictions), "target_prior": spec, "clips": int(targets.shape[0]),
-            "classes": int(targets.shape[1]), "mAP_own_prior": own["mAP"], "mAP_target_prior": nan(shifted["mAP"]),
-            "dprime": nan(own["dprime"]), "AUC": own["mAUC"],
-            "ess_min": nan(np.nanmin(shifted["ess"])) if np.isfinite(shifted["ess"]).any() else None,
-            "excluded": [names[i] for i in np.flatnonzero(~np.isfinite(shifted["ap"]))],
-            "per_class": [{"class": names[i], "prior_own": nan(own_prior[i]), "prior_target": nan(prior[i]),
-                           "ap_own_prior": nan(own["ap"][i]), "ap_target_prior": nan(shifted["ap"][i]),
-                           "ess": nan(shifted["ess"][i])} for i in range(targets.shape[1])]}
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -206,20 +117,6 @@ def format_eval(out: dict) -> str:
     return "\n".join(lines)
 
 
-def format_rescore(r: dict) -> str:
-    """The re-scored predictions (rescore), readable."""
-    shifted = "n/a" if r["mAP_target_prior"] is None else f"{r['mAP_target_prior']:.4f}"
-    dprime = "n/a" if r["dprime"] is None else f"{r['dprime']:.3f}"
-    lines = [f"{r['predictions']} ({r['clips']:,} clips, {r['classes']} classes) under the prior {r['target_prior']}:",
-             f"  mAP {r['mAP_own_prior']:.4f} under its own prior, {shifted} under the target prior; "
-             f"d' {dprime} and AUC {r['AUC']:.4f} do not depend on it"]
-    if r["ess_min"] is not None:
-        lines.append(f"  smallest effective sample size of a class: {r['ess_min']:.1f}")
-    if r["excluded"]:
-        lines.append(f"  without a shifted AP (prior 0 or 1): {', '.join(r['excluded'])}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     from data.cli import add_list, add_store, parser, run
     p = parser("python -m sweep.evaluate", description=(
@@ -227,7 +124,7 @@ def main(argv=None) -> int:
         "prior (AP changes with the prior, AUC and d' do not). Prints a summary; --json prints "
         "JSON."), epilog=(
         "examples:\n"
-        "  python -m sweep.evaluate --predictions runs/demo/predictions/beta=0/seed=0/eval_public.npz "
+        "  python -m sweep.evaluate --predictions runs/demo/predictions/moore-beta=0/seed=0/eval_public.npz "
         "--target-prior eval_internal --store runs/demo/store\n"
         "  python -m sweep.evaluate --checkpoint audioset_10_10_0.4593.pth --store DIR "
         "--split eval_public eval_internal --out runs/ast_preds\n"

@@ -1,15 +1,19 @@
 """The progress table while the sweep runs: a Tune callback (Tune's own tables are off,
 `verbose=0`; `--verbose` brings them back) that prints sweep/console.py's table every `every_s`
-seconds and whenever a trial ends, from Tune's trial states."""
+seconds and whenever a trial ends, from Tune's trial states. When the output is not a terminal
+(a log file, a CI job) it is a log: the table's first line and only the rows that changed since
+the last print, nothing when nothing did."""
 from __future__ import annotations
 
+import sys
 import time
 from types import SimpleNamespace
 
 from ray.tune import Callback
 
-from sweep.config import Config, trial_point
-from sweep.console import eta_seconds, format_progress, trial_short_name
+from sweep.config import Config
+from sweep.console import eta_seconds, format_progress
+from sweep.trial import Trial
 
 __all__ = ["SweepProgress"]
 
@@ -17,14 +21,18 @@ __all__ = ["SweepProgress"]
 class SweepProgress(Callback):
     """Prints the sweep's progress table (see the module docstring) from Tune's trial states."""
 
-    def __init__(self, cfg: Config, grid: list[tuple[str, float, float, int]], concurrency: int,
-                 every_s: float = 30.0):
-        """grid: every (scheme, beta, lr, seed) of the sweep (Tune creates trials as it starts them)."""
+    def __init__(self, cfg: Config, grid: list[Trial], concurrency: int, every_s: float = 30.0,
+                 log: bool | None = None):
+        """grid: every trial of the sweep, in order (Tune creates trials as it starts them); log:
+        print as to a log (only what changed), or the whole table (None: a log unless stdout is a
+        terminal)."""
         self.cfg, self.grid, self.concurrency, self.every_s = cfg, grid, concurrency, every_s
+        self.log = log
         self.max_examples = cfg.train.max_examples
         self.started = time.time()
         self.last_print = 0.0
         self.first: dict[str, tuple[float, float]] = {}  # trial id -> (time_total_s, examples) at its first result
+        self.printed: list[str] = []  # the rows of the last table printed
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.first:
@@ -52,18 +60,13 @@ class SweepProgress(Callback):
     def _print(self, trials, ended: dict[str, str] | None = None) -> None:
         self.last_print = time.time()
         rows, remaining, pending = [], [], 0
-        by_point = {trial_point(t.config): t for t in trials}
+        by_trial = {Trial.from_tune(t.config): t for t in trials}
         order = {p: i for i, p in enumerate(self.grid)}
-        for point in sorted(set(self.grid) | by_point.keys(), key=lambda p: (order.get(p, len(order)), p)):
-            scheme, beta, lr, seed = point
-            t = by_point.get(point, SimpleNamespace(status="PENDING", last_result=None))
+        for trial in sorted(set(self.grid) | by_trial.keys(), key=lambda p: (order.get(p, len(order)), p.key)):
+            t = by_trial.get(trial, SimpleNamespace(status="PENDING", last_result=None))
             r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
-            status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused",
-                      "ERROR": "failed"}.get(state)
-            if status is None:  # TERMINATED: stopped by its own rule, at the cap, or by a scheduler
-                status = {"settled": "settled", "cap": "settled" if r.get("converged") else "NOT CONVERGED"
-                          }.get(r.get("stopped"), "stopped")
-            row = {"trial": trial_short_name(self.cfg, scheme, beta, seed), "lr": lr, "status": status}
+            name = trial.arm.label(self.cfg.sweep.several_schemes) + (f" s{trial.seed}" if self.cfg.sweep.several_seeds else "")
+            row = {"trial": name, "lr": trial.lr, "status": _status(state, r)}
             if "examples" in r:
                 row.update(examples=int(r["examples"]), dprime=r.get("val_dprime"), smoothed=r.get("val_dprime_smoothed"),
                            pick=r.get("val_dprime_pick"), pick_examples=int(r.get("examples_to_pick") or 0))
@@ -76,4 +79,25 @@ class SweepProgress(Callback):
         # a trial's start-up: the seconds to its first result
         startup = sum(t for t, _ in self.first.values()) / len(self.first) if self.first else 30.0
         eta = eta_seconds(remaining, self._rate(trials), pending, startup, self.concurrency)
-        print(format_progress(rows, time.time() - self.started, eta), flush=True)
+        table = format_progress(rows, time.time() - self.started, eta).splitlines()
+        if self.log if self.log is not None else not sys.stdout.isatty():  # a log: only what changed
+            changed = [line for line in table[2:2 + len(rows)] if line not in self.printed]
+            self.printed = table[2:2 + len(rows)]
+            if not changed:
+                return
+            table = table[:2] + changed
+        print("\n".join(table), flush=True)
+
+
+def _status(state: str, result: dict) -> str:
+    """A trial's status on the table from Tune's state and its last result: running, pending,
+    paused, failed; once terminated, settled, NOT CONVERGED or did not learn (at the cap), or
+    stopped (by a scheduler)."""
+    status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused", "ERROR": "failed"}.get(state)
+    if status is not None:
+        return status
+    if result.get("stopped") == "settled" or (result.get("stopped") == "cap" and result.get("converged")):
+        return "settled"
+    if result.get("stopped") == "cap":
+        return "NOT CONVERGED" if result.get("learned") else "did not learn"
+    return "stopped"

@@ -4,13 +4,16 @@
     python -m sweep.run --config configs/audioset.yaml    # paper scale, on a `ray up` cluster
     python -m sweep.run --set sweep.betas=[0,1] train.max_examples=8000
     python -m sweep.run --resume                          # continue an interrupted sweep
+    python -m sweep.run --resume --set train.max_examples=300000   # continue it to a higher cap
     python -m sweep.run --print-config                    # what would run, and how trials stop
 
 Steps (sweep/driver.py): build the synthetic store if the config asks for one and it is
 missing; open the MLflow parent run; fit the Tune sweep (one TorchTrainer per trial); select
 per beta the learning rate and checkpoint with the best smoothed validation d' (paper 3.2);
 evaluate each winner on every evaluation split; write <run_dir>/results.json, results.txt,
-report/ and predictions/beta=<b>/<split>.npz; print the paper's Table 3/4 layout.
+report/ and predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz; print the paper's Table 3/4
+layout, how sure the selection is, and, while an arm is unsettled, the command that continues
+the sweep to the cap it needs.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ def _parser():
     add_list(p, "--set", dest="overrides", default=[], metavar="KEY=VALUE",
              help="override config values, e.g. --set train.max_examples=4000 sweep.betas=[0,1]")
     p.add_argument("--run-dir", metavar="DIR", help="where results, predictions and MLflow go (run.run_dir)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run dir")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in the run dir: an interrupted one, "
+                   "or, with a higher --set train.max_examples, its unsettled trials to that cap")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--verbose", action="store_true",
                    help="Tune's own tables and every Ray worker's log lines instead of the progress table")
@@ -58,7 +62,7 @@ def _main(a, argv: list[str]) -> int:
         # a Ray at another address is the user's to name.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from sweep.driver import run_sweep  # imports Ray
-    return run_sweep(cfg, a, argv)
+    return run_sweep(cfg, a.config, argv, resume=a.resume, verbose=a.verbose)
 
 
 def _print_config(cfg: Config) -> int:

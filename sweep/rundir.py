@@ -1,11 +1,18 @@
 """A sweep's run directory: what it holds, who holds it, and what becomes of an earlier sweep.
 
-    <run_dir>/sweep.json         the sweep this directory holds: its MLflow parent run, config
-                                 and dataset fingerprints (what --resume continues)
+    <run_dir>/sweep.json         the sweep this directory holds: its MLflow parent run, config,
+                                 dataset fingerprints and the caps it was run to (what --resume
+                                 continues)
     <run_dir>/results.json|txt   the answer (written only by a finished sweep)
     <run_dir>/interrupted.json   what an interrupted sweep left undone, and the resume command
-    <run_dir>/predictions/, report/, ray/ (Tune and Train storage, unless run.storage_path)
-    <run_dir>/previous/<id>/     earlier sweeps, each whole (the MLflow store stays shared)
+    <run_dir>/report/
+    <run_dir>/predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz   each pick's scores
+    <run_dir>/ray/               Tune and Train storage (or run.storage_path):
+        <name>/                  the Tune experiment (<name>.cap-<B>/: continued to cap B)
+        train_runs/<name>/<trial key>/   each trial's Train run: its checkpoints
+    <run_dir>/previous/<id>/     earlier sweeps, each whole (the MLflow store stays shared);
+                                 <id>.cap-<A>/: the answer a sweep gave at cap A before it was
+                                 continued to a higher one
     <run_dir>/.lock              held (flock) by the sweep running here
 
 A new sweep in a directory that holds an earlier one moves all of the earlier sweep's files,
@@ -22,11 +29,18 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sweep.config import ConfigError, flatten
+from sweep.config import Config, ConfigError, flatten
+from sweep.trial import Arm
 
-__all__ = ["RunDir", "SWEEP_FILES"]
+__all__ = ["RunDir", "SWEEP_FILES", "ANSWER_FILES", "predictions_path"]
 
-SWEEP_FILES = ("sweep.json", "results.json", "results.txt", "interrupted.json", "predictions", "report")
+ANSWER_FILES = ("results.json", "results.txt", "predictions", "report")
+SWEEP_FILES = ("sweep.json", "interrupted.json", *ANSWER_FILES)
+
+
+def predictions_path(run_dir: str | Path, arm: Arm, seed: int, split: str) -> Path:
+    """Where an arm's pick in one seed saves its scores on an evaluation split."""
+    return Path(run_dir) / "predictions" / arm.key / f"seed={seed}" / f"{split}.npz"
 
 
 class RunDir:
@@ -66,27 +80,51 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
+    def storage(self, cfg: Config) -> str:
+        """Tune's and Train's storage: run.storage_path (a path or an s3:// URI), else <run_dir>/ray."""
+        return cfg.run.storage_path or str(self.path / "ray")
+
+    def train_runs(self, cfg: Config) -> str:
+        """The directory of the sweep's Train runs, one per trial (named by Trial.key)."""
+        return os.path.join(self.storage(cfg), "train_runs", cfg.run.name)
+
+    def tune_experiment(self, cfg: Config) -> str:
+        """The Tune experiment's name under the storage: run.name, or `<name>.cap-<B>` for the
+        attempt that continues the recorded sweep to a cap B above the one it started with."""
+        caps = (self.recorded() or {}).get("caps") or [cfg.train.max_examples]
+        return cfg.run.name if cfg.train.max_examples == caps[0] else f"{cfg.run.name}.cap-{cfg.train.max_examples}"
+
     def recorded(self) -> dict | None:
         """sweep.json of the sweep this directory holds, or None."""
         return json.loads(self.state_file.read_text()) if self.state_file.exists() else None
 
-    def record(self, parent_run_id: str, experiment_id: str, config: dict, fingerprints: dict[str, str]) -> None:
-        self.state_file.write_text(json.dumps({"parent_run_id": parent_run_id, "experiment_id": experiment_id,
-                                               "config": config, "fingerprints": fingerprints}))
+    def record(self, parent_run_id: str, experiment_id: str, config: dict, fingerprints: dict[str, str],
+               caps: list[int]) -> None:
+        """sweep.json: the sweep this directory holds, and the caps it was run to (first to last)."""
+        partial = self.state_file.with_suffix(".json.partial")
+        partial.write_text(json.dumps({"parent_run_id": parent_run_id, "experiment_id": experiment_id,
+                                       "config": config, "fingerprints": fingerprints, "caps": caps}))
+        partial.rename(self.state_file)
 
     def check_resumable(self, config: dict, fingerprints: dict[str, str]) -> dict:
-        """The recorded sweep, when --resume may continue it: the same config and the same clips
-        in every split it uses; else a ConfigError naming the first difference."""
+        """The recorded sweep, when --resume may continue it: the same config (a higher
+        train.max_examples continues it to that cap) and the same clips in every split it uses;
+        else a ConfigError naming the first difference."""
         state = self.recorded()
         if state is None:
             raise ConfigError(f"--resume: {self.path} holds no earlier sweep to continue (no sweep.json); "
                               "run without --resume to start one")
         was, new = (flatten(json.loads(json.dumps(c))) for c in (state["config"], config))  # tuples as lists
-        changed = sorted(k for k in set(was) | set(new) if was.get(k) != new.get(k))
+        if new["train.max_examples"] < was["train.max_examples"]:
+            raise ConfigError(f"--resume: train.max_examples is {new['train.max_examples']:,}, below the "
+                              f"{was['train.max_examples']:,} the sweep in {self.path} ran to: a cap can only be "
+                              "raised on resume")
+        changed = sorted(k for k in set(was) | set(new) if was.get(k) != new.get(k) and k != "train.max_examples")
         if changed:
             k = changed[0]
             raise ConfigError(f"--resume: {k} is {new.get(k)!r}, the sweep in {self.path} started with "
-                              f"{was.get(k)!r} ({len(changed)} value(s) differ); resume with the same config")
+                              f"{was.get(k)!r} ({len(changed)} value(s) differ); resume with the same config "
+                              "(only train.max_examples may be raised)")
         for split, fp in fingerprints.items():
             old = state.get("fingerprints", {}).get(split)
             if old != fp:
@@ -94,16 +132,30 @@ class RunDir:
                                   f"started on {old}: the store changed; start a new sweep (without --resume)")
         return state
 
+    def set_aside_answer(self, cap: int) -> Path | None:
+        """Before a sweep is continued to a higher cap: its answer at `cap` (ANSWER_FILES) moved to
+        previous/<parent run id>.cap-<cap>/, nothing deleted; None when it had none."""
+        files = [self.path / n for n in ANSWER_FILES if (self.path / n).exists()]
+        if not files:
+            return None
+        aside = self.path / "previous" / f"{self.recorded()['parent_run_id']}.cap-{cap}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            f.rename(aside / f.name)
+        return aside
+
     def retire(self, storage: str, name: str) -> Path | None:
         """Move an earlier sweep's files (SWEEP_FILES, and its Tune and Train runs
-        <storage>/<name> and <storage>/train_runs/<name>) to previous/<id>/; returns that folder,
-        None when there was nothing to move. Ray storage at a URI (s3://...) cannot be moved:
-        a ConfigError if it holds this sweep's name already."""
+        <storage>/<name>, <storage>/<name>.cap-*, <storage>/train_runs/<name>) to previous/<id>/;
+        returns that folder, None when there was nothing to move. Ray storage at a URI (s3://...)
+        cannot be moved: a ConfigError if it holds this sweep's name already."""
         if "://" in storage:
             _refuse_remote(storage, name)
             runs = []
         else:
-            candidates = ((Path(storage) / name, _is_tune_experiment), (Path(storage) / "train_runs" / name, _is_train_runs))
+            continued = sorted(Path(storage).glob(f"{name}.cap-*")) if Path(storage).is_dir() else []
+            candidates = ((Path(storage) / name, _is_tune_experiment), *((c, _is_tune_experiment) for c in continued),
+                          (Path(storage) / "train_runs" / name, _is_train_runs))
             runs = [r for r, _ in candidates if r.exists()]
             for r, looks_right in candidates:
                 if r.exists() and not looks_right(r):
@@ -130,7 +182,9 @@ def _is_tune_experiment(path: Path) -> bool:
 
 
 def _is_train_runs(path: Path) -> bool:
-    return path.is_dir() and all(p.name.startswith("train-") for p in path.iterdir())
+    """Every entry a Train run directory (one with checkpoints or Train's snapshot)."""
+    return path.is_dir() and all(p.is_dir() and (any(p.glob("checkpoint_*")) or (p / "checkpoint_manager_snapshot.json").exists()
+                                                 or not any(p.iterdir())) for p in path.iterdir())
 
 
 def _refuse_remote(storage: str, name: str) -> None:
@@ -142,11 +196,12 @@ def _refuse_remote(storage: str, name: str) -> None:
 
 
 def _rewrite_paths(results: Path, old: str, new: str) -> None:
-    """The checkpoint paths of a moved sweep's results.json, pointed at where they went."""
+    """The checkpoint paths of a moved sweep's results.json (each pick's, rows[].seeds[]),
+    pointed at where they went."""
     if not results.exists():
         return
     summary = json.loads(results.read_text())
-    for row in [*summary.get("rows", []), summary.get("selection") or {}]:
-        if isinstance(row.get("checkpoint"), str) and row["checkpoint"].startswith(old):
-            row["checkpoint"] = new + row["checkpoint"][len(old):]
+    for pick in (s for row in summary.get("rows", []) for s in row.get("seeds", [])):
+        if isinstance(pick.get("checkpoint"), str) and pick["checkpoint"].startswith(old):
+            pick["checkpoint"] = new + pick["checkpoint"][len(old):]
     results.write_text(json.dumps(summary, indent=1))

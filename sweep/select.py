@@ -13,6 +13,12 @@ evaluations is long for a fast (balanced) trial and short for a slow (unbalanced
 noisy trace would stop on a plateau it was about to leave (the paper's Discussion: a budget
 tuned to the balanced model favours balancing).
 
+A trial that has not learned cannot settle: its pick must have clearly left the trace's
+starting level (`learned`: above both the chance floor `rule.chance` and the trial's own d'
+before its first training step, by `rule.learn_z` standard errors of the trace's own
+evaluation-to-evaluation noise). A trace flat at chance, or one still on the level it started from, trains on; at the cap
+it did not learn, which is reported as such, never as a measured effect of balancing.
+
 The same functions decide when a trial stops (sweep/train.py), what MLflow logs as
 `val_dprime_smoothed`, which checkpoints are kept, and what is selected, so the four agree.
 An *arm* is one way of balancing: a scheme (data/balance.py) at an exponent beta; beta = 0, no
@@ -27,34 +33,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StoppingRule", "TrialTrace", "Selection", "ArmSelection", "smoothed", "pick", "settled", "latest_settled_pick",
-           "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial", "arm_label", "select_per_arm",
-           "select_overall"]
+from sweep.trial import Arm, Trial
+
+__all__ = ["StoppingRule", "TrialTrace", "Selection", "ArmSelection", "smoothed", "pick", "noise", "learned",
+           "settled", "latest_settled_pick", "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial",
+           "arm_values", "select_per_arm", "best_arm", "select_overall"]
 
 
 @dataclass(frozen=True)
 class StoppingRule:
     """When a pick is settled: `window` (odd) evaluations smoothed, `patience` full-window
-    evaluations after the pick without a better one, and at least `ratio` times the pick's
-    examples seen."""
+    evaluations after the pick without a better one, at least `ratio` times the pick's examples
+    seen, and the trace learned: its pick's smoothed d' `learn_z` standard errors above both the
+    chance floor `chance` (0.1: macro AUC 0.528) and the trial's d' before training."""
     window: int = 7
     patience: int = 5
     ratio: float = 2.0
+    chance: float = 0.1
+    learn_z: float = 3.0
 
 
 @dataclass
 class TrialTrace:
-    """One trial's validation trace: examples seen [evals], d' and mAP [evals], and per
-    evaluation the path of its checkpoint (None where its weights were not kept)."""
-    trial_id: str
-    scheme: str
-    beta: float
-    lr: float
-    seed: int
+    """One trial's validation trace: examples seen [evals], d' and mAP [evals], per evaluation
+    the path of its checkpoint (None where its weights were not kept), and its d' before
+    training (`start`; None if unknown)."""
+    trial: Trial
     examples: np.ndarray
     dprime: np.ndarray
     mAP: np.ndarray
     checkpoints: list[str | None]
+    start: float | None = None
 
     def __post_init__(self) -> None:
         self.examples = np.asarray(self.examples)
@@ -62,27 +71,25 @@ class TrialTrace:
         self.mAP = np.asarray(self.mAP, dtype=np.float64)
         lengths = {len(self.examples), len(self.dprime), len(self.mAP), len(self.checkpoints)}
         if len(lengths) != 1 or self.dprime.ndim != 1:
-            raise ValueError(f"trial {self.trial_id}: examples, dprime, mAP and checkpoints must be "
+            raise ValueError(f"trial {self.trial.key}: examples, dprime, mAP and checkpoints must be "
                              f"1-D of one length, got {len(self.examples)}, {self.dprime.shape}, "
                              f"{len(self.mAP)}, {len(self.checkpoints)}")
 
 
 @dataclass
 class Selection:
-    """The pick of one trial: evaluation index, examples seen there, smoothed and raw d',
-    its checkpoint, whether the pick is settled (`converged`) or the trial ran out of
-    examples first, and the examples at the smoothed validation mAP's own pick (the paper's
-    convergence figures are for mAP; selection stays on d'; None without a full mAP window)."""
-    trial_id: str
-    scheme: str
-    beta: float
-    lr: float
-    seed: int
+    """The pick of one trial: evaluation index, examples seen there, smoothed and raw d', its
+    checkpoint, whether the trace learned (`learned`) and whether the pick is settled
+    (`converged`; never without learning) or the trial ran out of examples first, and the
+    examples at the smoothed validation mAP's own pick (the paper's convergence figures are for
+    mAP; selection stays on d'; None without a full mAP window)."""
+    trial: Trial
     index: int
     examples_to_peak: int
     val_dprime: float
     val_dprime_raw: float
     checkpoint: str | None
+    learned: bool
     converged: bool
     evaluations: int
     examples_to_map_peak: int | None
@@ -92,8 +99,7 @@ class Selection:
 class ArmSelection:
     """One arm's answer: the learning rate chosen on the mean over seeds of the smoothed d' at
     the picks, and its pick in every seed (by seed)."""
-    scheme: str
-    beta: float
+    arm: Arm
     lr: float
     picks: list[Selection]
 
@@ -101,6 +107,11 @@ class ArmSelection:
     def val_dprime(self) -> float:
         """The mean over seeds of the smoothed validation d' at the picks."""
         return float(np.mean([p.val_dprime for p in self.picks]))
+
+    @property
+    def learned(self) -> bool:
+        """Every seed's trace learned (left its starting level)."""
+        return all(p.learned for p in self.picks)
 
     @property
     def converged(self) -> bool:
@@ -135,17 +146,48 @@ def pick(values: np.ndarray, window: int = 7) -> int | None:
     return None if np.isnan(s).all() else int(np.nanargmax(s))
 
 
-def settled(values: np.ndarray, examples: np.ndarray, rule: StoppingRule = StoppingRule()) -> bool:
-    """True once the pick of `values` [evals] (d', at `examples` [evals] seen) has `rule.patience`
-    later evaluations with full windows, none higher (or one of them would be the pick), and
-    the trial has seen `rule.ratio` times the pick's examples: training longer can no longer
-    move it without a new peak. Windows blanked by a NaN evaluation do not count."""
+def noise(values: np.ndarray) -> float:
+    """The standard deviation of one evaluation's value about the trace's local trend, robustly:
+    the median absolute second difference (for iid noise sigma, d[i-1] - 2 d[i] + d[i+1] has sd
+    sqrt(6) sigma; a linear trend cancels), scaled to a normal's sd. NaN with fewer than three
+    consecutive finite evaluations."""
+    v = np.asarray(values, dtype=np.float64)
+    second = v[:-2] - 2 * v[1:-1] + v[2:] if v.size >= 3 else np.zeros(0)
+    second = second[np.isfinite(second)]
+    return float(1.4826 * np.median(np.abs(second)) / math.sqrt(6)) if second.size else float("nan")
+
+
+def learned(values: np.ndarray, rule: StoppingRule = StoppingRule(), start: float | None = None) -> bool:
+    """Whether the trace [evals] has clearly left its starting level: its best full-window
+    smoothed value exceeds the chance floor `rule.chance` by `rule.learn_z` standard errors of a
+    window's mean (noise x sqrt(2 / window), the 2 for the max over windows), and the trial's
+    `start` (d' before its first training step; None: unknown, the floor alone) by as many
+    standard errors of one evaluation against a window's mean (noise x sqrt(1 + 1 / window)), the
+    noise being the trace's own (`noise`). False until a window is full."""
+    s = smoothed(values, rule.window)
+    if np.isnan(s).all():
+        return False
+    sigma = noise(values)
+    sigma = sigma if math.isfinite(sigma) else 0.0
+    level = rule.chance + rule.learn_z * sigma * math.sqrt(2 / rule.window)
+    if start is not None and math.isfinite(start):
+        level = max(level, start + rule.learn_z * sigma * math.sqrt(1 + 1 / rule.window))
+    return bool(np.nanmax(s) >= level)
+
+
+def settled(values: np.ndarray, examples: np.ndarray, rule: StoppingRule = StoppingRule(),
+            start: float | None = None) -> bool:
+    """True once the trace `values` [evals] (d', at `examples` [evals] seen) has learned
+    (`learned`, from `start`), and its pick has `rule.patience` later evaluations with full
+    windows, none higher (or one of them would be the pick), and the trial has seen `rule.ratio`
+    times the pick's examples: training longer can no longer move it without a new peak. Windows
+    blanked by a NaN evaluation do not count."""
     s = smoothed(values, rule.window)
     if np.isnan(s).all():
         return False
     i = int(np.nanargmax(s))
     after = int(np.count_nonzero(~np.isnan(s[i + 1:])))
-    return bool(after >= rule.patience and examples[-1] >= rule.ratio * examples[i])
+    return bool(after >= rule.patience and examples[-1] >= rule.ratio * examples[i] and learned(values, rule, start))
 
 
 def latest_settled_pick(cap: int, every: int, rule: StoppingRule = StoppingRule()) -> int:
@@ -197,42 +239,54 @@ def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Sele
     if i is None:
         return None
     i_map = pick(trace.mAP, rule.window)
-    return Selection(trace.trial_id, trace.scheme, trace.beta, trace.lr, trace.seed, i, int(trace.examples[i]),
-                     float(smoothed(trace.dprime, rule.window)[i]), float(trace.dprime[i]),
-                     trace.checkpoints[i], settled(trace.dprime, trace.examples, rule), len(trace.dprime),
+    return Selection(trace.trial, i, int(trace.examples[i]), float(smoothed(trace.dprime, rule.window)[i]),
+                     float(trace.dprime[i]), trace.checkpoints[i], learned(trace.dprime, rule, trace.start),
+                     settled(trace.dprime, trace.examples, rule, trace.start), len(trace.dprime),
                      int(trace.examples[i_map]) if i_map is not None else None)
 
 
-def arm_label(scheme: str, beta: float, several_schemes: bool) -> str:
-    """How an arm is named in tables, on the console and in p_best: `beta=<b>`, with its scheme
-    first (`psla beta=<b>`) when the sweep has several and beta > 0."""
-    return f"beta={beta:g}" if not several_schemes or beta == 0 else f"{scheme} beta={beta:g}"
-
-
-def select_per_arm(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[tuple[str, float], ArmSelection]:
-    """Per arm (scheme, beta), the learning rate whose picks have the highest mean smoothed
-    validation d' over seeds (on ties the one whose traces come first), with its picks. A trace
-    without a full window cannot be selected: it is skipped with a warning that says so."""
-    arms: dict[tuple[str, float, float], list[Selection]] = {}
-    for trace in traces:
-        sel = select_trial(trace, rule)
-        if sel is None:
-            warnings.warn(f"trial {trace.trial_id} ({trace.scheme} beta={trace.beta:g}, lr={trace.lr:g}, seed "
-                          f"{trace.seed}) has no {rule.window}-evaluation window free of NaN ({len(trace.dprime)} "
-                          "evaluations): it cannot be selected")
-            continue
-        arms.setdefault((trace.scheme, trace.beta, trace.lr), []).append(sel)
-    best: dict[tuple[str, float], ArmSelection] = {}
-    for (scheme, beta, lr), picks in arms.items():
-        candidate = ArmSelection(scheme, beta, lr, sorted(picks, key=lambda p: p.seed))
-        if (scheme, beta) not in best or candidate.val_dprime > best[scheme, beta].val_dprime:
-            best[scheme, beta] = candidate
+def arm_values(values: dict[Trial, np.ndarray]) -> dict[Arm, tuple[float, np.ndarray]]:
+    """The per-arm rule, on the full data or on every resample at once: per arm, each learning
+    rate's mean over seeds of `values` (a trial's smoothed d' at its pick: [1], or [resamples]),
+    and the learning rate whose mean is highest on the first entry (on ties the one whose trials
+    come first) with its means."""
+    by_lr: dict[tuple[Arm, float], list[np.ndarray]] = {}
+    for trial in sorted(values, key=lambda t: t.seed):
+        by_lr.setdefault((trial.arm, trial.lr), []).append(np.atleast_1d(values[trial]))
+    best: dict[Arm, tuple[float, np.ndarray]] = {}
+    for (arm, lr), seeds in by_lr.items():
+        mean = np.mean(seeds, axis=0)
+        if arm not in best or mean[0] > best[arm][1][0]:
+            best[arm] = (lr, mean)
     return best
 
 
-def select_overall(per_arm: dict[tuple[str, float], ArmSelection]) -> ArmSelection:
-    """The arm with the highest mean smoothed validation d' at its picks; on ties the smallest
-    beta (then the scheme that comes first)."""
-    if not per_arm:
-        raise ValueError("no selections to choose from")
-    return max((per_arm[k] for k in sorted(per_arm, key=lambda k: k[1])), key=lambda s: s.val_dprime)
+def select_per_arm(traces: list[TrialTrace], rule: StoppingRule = StoppingRule()) -> dict[Arm, ArmSelection]:
+    """Per arm, the learning rate whose picks have the highest mean smoothed validation d' over
+    seeds (arm_values), with its picks. A trace without a full window cannot be selected: it is
+    skipped with a warning that says so."""
+    picks: dict[Trial, Selection] = {}
+    for trace in traces:
+        sel = select_trial(trace, rule)
+        if sel is None:
+            warnings.warn(f"trial {trace.trial.key} has no {rule.window}-evaluation window free of NaN "
+                          f"({len(trace.dprime)} evaluations): it cannot be selected")
+            continue
+        picks[trace.trial] = sel
+    chosen = arm_values({t: np.array([p.val_dprime]) for t, p in picks.items()})
+    return {arm: ArmSelection(arm, lr, sorted((p for t, p in picks.items() if t.arm == arm and t.lr == lr),
+                                             key=lambda p: p.trial.seed))
+            for arm, (lr, _) in chosen.items()}
+
+
+def best_arm(values: dict[Arm, float]) -> Arm:
+    """The arm with the highest value; on ties the smallest beta, then the arm that comes first:
+    the one overall rule (select_overall; sweep/confidence.py's selected arm and runner-up)."""
+    if not values:
+        raise ValueError("no arms to choose from")
+    return max(sorted(values, key=lambda a: a.beta), key=lambda a: values[a])
+
+
+def select_overall(per_arm: dict[Arm, ArmSelection]) -> ArmSelection:
+    """The arm with the highest mean smoothed validation d' at its picks (best_arm)."""
+    return per_arm[best_arm({a: s.val_dprime for a, s in per_arm.items()})]

@@ -130,34 +130,51 @@ def _params(values: dict) -> list[Param]:
     return [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(values.items())]
 
 
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Params, 100 to a request (values cut to MLflow's limit); logging a param again with the
+    value it has is a no-op."""
+    items = _params(params)
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
 def start_parent(client: MlflowClient, exp_id: str, name: str, params: dict, tags: dict) -> str:
     """The sweep's parent run, named by its config's run.name and its start (`sweep-<name>
-    <date> <time>`: sweeps of one config stay apart in the runs table)."""
+    <date> <time>`: sweeps of one config stay apart in the runs table; `name_parent` adds the
+    answer once there is one)."""
     run = client.create_run(exp_id, run_name=f"sweep-{name} {time.strftime('%Y-%m-%d %H:%M')}",
                             tags={**tags, "sweep.name": name})
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=_params(dict(list(params.items())[i:i + 100])))
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
-def _children_of_trial(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str) -> list:
-    return client.search_runs([exp_id], f"tags.ray_trial_id = '{trial_id}' and "
-                                        f"tags.`mlflow.parentRunId` = '{parent_id}'")
+def name_parent(client: MlflowClient, run_id: str, answer: str) -> None:
+    """The parent's name with the sweep's answer after it (`sweep-demo 2026-12-07 10:00:
+    beta=0, unresolved`), so the runs table says what each sweep found."""
+    base = client.get_run(run_id).info.run_name.split(": ")[0]
+    client.update_run(run_id, name=f"{base}: {answer}")
 
 
-def child_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str, name: str,
+def _children_of_trial(client: MlflowClient, exp_id: str, parent_id: str, key: str) -> list:
+    return client.search_runs([exp_id], f"tags.trial = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def child_run(client: MlflowClient, exp_id: str, parent_id: str, key: str, name: str,
               params: dict, tags: dict) -> str:
-    """The trial's child run: found again by its trial id after a restart, else created."""
-    found = _children_of_trial(client, exp_id, parent_id, trial_id)
+    """The trial's child run: found again by its key (sweep/trial.py Trial.key, tag `trial`)
+    after a restart, a resume or a higher cap (its `tags` set again), else created."""
+    found = _children_of_trial(client, exp_id, parent_id, key)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+        for k in ("stopped", "learned", "converged", "stopped_by"):  # an earlier attempt's outcome
+            if k in found[0].data.tags:
+                client.delete_tag(run_id, k)
         return run_id
-    run = client.create_run(exp_id, run_name=name, tags={
-        **tags, "mlflow.parentRunId": parent_id, "ray_trial_id": trial_id})
-    items = _params(params)
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    run = client.create_run(exp_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, "trial": key})
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -230,9 +247,9 @@ def close_running_children(client: MlflowClient, exp_id: str, parent_id: str) ->
 
 
 def fail_children(client: MlflowClient, exp_id: str, parent_id: str, failed: list[dict]) -> None:
-    """Mark the child runs of trials Tune gave up on (`failed`: trial_id, error) as FAILED."""
+    """Mark the child runs of trials Tune gave up on (`failed`: {trial: its key, error}) as FAILED."""
     for f in failed:
-        for r in _children_of_trial(client, exp_id, parent_id, f["trial_id"]):
+        for r in _children_of_trial(client, exp_id, parent_id, f["trial"]):
             if r.info.status != "FAILED":
                 client.set_tag(r.info.run_id, "error", f["error"][:5000])
                 client.set_terminated(r.info.run_id, "FAILED")

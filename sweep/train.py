@@ -41,8 +41,9 @@ from sweep.checkpoint import (checkpoint_dir, clear_failures, prune, record_fail
                               save_checkpoint, write_progress)
 from sweep.config import Config, from_dict
 from sweep.evaluate import score_split, with_metrics
-from sweep.history import evaluated, new_state, next_evaluation, step_seed, summary_metrics
+from sweep.history import TrialState, evaluated, next_evaluation, reopened, step_seed, summary_metrics
 from sweep.tracking import log_history, log_metrics
+from sweep.trial import Trial
 
 __all__ = ["train_func"]
 
@@ -65,7 +66,8 @@ class _Collate(NumpyBatchCollateFn):
 @dataclass(frozen=True)
 class _Worker:
     """What one Train worker trains, validates and reports with."""
-    cfg: Config
+    cfg: Config            # the trial's learning rate in cfg.train.optim.lr
+    trial: Trial
     rank: int
     world: int
     device: torch.device
@@ -77,9 +79,9 @@ class _Worker:
 
 
 def train_func(config: dict) -> None:
-    """Ray Train worker entry point. config: {cfg (Config as a dict), scheme, beta, lr, seed, tracking
-    (MLflow {uri, run_id}, or None), train_run_path, started (times the trial driver started and
-    called fit)}.
+    """Ray Train worker entry point. config: {cfg (Config as a dict, the trial's learning rate in
+    train.optim.lr), trial (sweep/trial.py Trial as a dict), tracking (MLflow {uri, run_id}, or
+    None), train_run_path, started (times the trial driver started and called fit)}.
     A failure is recorded in the run directory (type and message) before it ends the worker."""
     rank = ray.train.get_context().get_world_rank()
     clear_failures(config["train_run_path"], rank)  # an earlier attempt's
@@ -91,58 +93,63 @@ def train_func(config: dict) -> None:
 
 
 def _train(config: dict) -> None:
-    """Build, restore, loop, evaluate, report, stop."""
+    """Build, restore (or measure the start), loop, evaluate, report, stop."""
     started = {**config["started"], "worker": time.time()}
     _quiet_train_logs()
-    cfg: Config = from_dict(Config, config["cfg"])
-    rule, every, cap = cfg.sweep.rule, cfg.train.eval_every_examples, cfg.train.max_examples
-    optim = replace(cfg.train.optim, lr=config["lr"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    tracking = config["tracking"] if rank == 0 else None
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-
-    seed = config["seed"]
-    torch.manual_seed(seed)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(create_ast(cfg.model))
-    optimizer = make_optimizer(model, optim)
-    store = open_store(cfg.data.store)
-    valid_rows = {c: i for i, c in enumerate(store.clip_ids(cfg.data.valid_split))}
-    w = _Worker(cfg, rank, world, device, model, optimizer, store, config["train_run_path"], valid_rows)
-    state = _restored(w) or new_state(config["scheme"], config["beta"], config["lr"], seed)
-    _log_history(tracking, state["history"], rule.window)  # evaluations lost between a report and its log
-    if state["stopped"]:  # restarted after the last evaluation: nothing left to do
+    w = _build(config)
+    cfg, rule, every, cap = w.cfg, w.cfg.sweep.rule, w.cfg.train.eval_every_examples, w.cfg.train.max_examples
+    tracking = config["tracking"] if w.rank == 0 else None
+    state, losses = reopened(_restored(w) or TrialState(w.trial), cap)
+    _log_history(tracking, state.history, rule.window)  # evaluations lost between a report and its log
+    if state.stopped:  # restarted after the last evaluation: nothing left to do
         ray.train.report(summary_metrics(state, rule))
         return
+    if state.start is None:
+        m = _score_valid(w)["metrics"]
+        state = replace(state, start={k: float(m[k]) for k in ("mAP", "mAUC", "dprime")})
     started["model"] = time.time()
 
-    generator = torch.Generator(device=device)  # re-seeded every step (step_seed)
-    resume_at, due, losses = state["examples"], next_evaluation(state["examples"], every), []
-    model.train()
+    generator = torch.Generator(device=w.device)  # re-seeded every step (step_seed)
+    resume_at, due = state.examples, next_evaluation(state.examples, every)
+    w.model.train()
     batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=max(1, cfg.train.batch_size // world), collate_fn=_Collate())
+        batch_size=max(1, cfg.train.batch_size // w.world), collate_fn=_Collate())
     for mel, target, position in batches:
         if int(position.max()) < resume_at:  # before the restored checkpoint (module docstring)
             continue
         if started:
-            _log_startup(tracking, started, state["examples"])
+            _log_startup(tracking, started, state.examples)
             started = None
-        generator.manual_seed(step_seed(seed, rank, state["step"]))
-        losses.append(train_step(model, optimizer, mel.to(device, non_blocking=True),
-                                 target.to(device, non_blocking=True), state["step"], optim,
+        generator.manual_seed(step_seed(w.trial.seed, w.rank, state.step))
+        losses.append(train_step(w.model, w.optimizer, mel.to(w.device, non_blocking=True),
+                                 target.to(w.device, non_blocking=True), state.step, cfg.train.optim,
                                  cfg.train.augment, generator))
-        state = {**state, "step": state["step"] + 1, "examples": state["examples"] + len(mel) * world}
-        if state["examples"] >= due or state["examples"] >= cap:
+        state = replace(state, step=state.step + 1, examples=state.examples + len(mel) * w.world)
+        if state.examples >= due or state.examples >= cap:
             state = _evaluate(w, state, losses, end=False)
-            _log_history(tracking, state["history"], rule.window)
-            if state["stopped"]:
+            _log_history(tracking, state.history, rule.window)
+            if state.stopped:
                 return
-            losses, due = [], due + every
+            losses, due = [], next_evaluation(state.examples, every)
     if losses:  # the stream ended between two evaluations
         state = _evaluate(w, state, losses, end=True)
-        _log_history(tracking, state["history"], rule.window)
+        _log_history(tracking, state.history, rule.window)
+
+
+def _build(config: dict) -> _Worker:
+    """The worker's model (seeded by the trial: every rank starts from the same weights),
+    optimizer and store."""
+    cfg: Config = from_dict(Config, config["cfg"])
+    trial = Trial(**config["trial"])
+    ctx = ray.train.get_context()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(trial.seed)
+    model = ray.train.torch.prepare_model(create_ast(cfg.model))
+    store = open_store(cfg.data.store)
+    valid_rows = {c: i for i, c in enumerate(store.clip_ids(cfg.data.valid_split))}
+    return _Worker(cfg, trial, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), model,
+                   make_optimizer(model, cfg.train.optim), store, config["train_run_path"], valid_rows)
 
 
 def _quiet_train_logs() -> None:
@@ -153,28 +160,34 @@ def _quiet_train_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _restored(w: _Worker) -> dict | None:
+def _restored(w: _Worker) -> TrialState | None:
     """The state of Train's latest registered checkpoint, its weights and optimizer state loaded
     into the worker's model and optimizer; None on a first start."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return restore_checkpoint(d, unwrap(w.model), w.optimizer, w.device)
+        return TrialState.from_json(restore_checkpoint(d, unwrap(w.model), w.optimizer, w.device))
 
 
-def _evaluate(w: _Worker, state: dict, losses: list[float], end: bool) -> dict:
-    """Validate (every rank scores its share and gathers all: the same metrics everywhere), decide,
-    checkpoint and report; returns the new state."""
+def _score_valid(w: _Worker) -> dict:
+    """The validation split scored (every rank scores its share and gathers all: the same
+    metrics everywhere): with_metrics' {scores, targets, clip_ids, metrics}."""
     cfg = w.cfg
     part = score_split(w.model, w.store, cfg.data.valid_split, cfg.train.eval_batch_size, w.device, w.rank, w.world)
     parts = [part]
     if w.world > 1:
         parts = [None] * w.world
         torch.distributed.all_gather_object(parts, part)
-    scored = with_metrics(parts)
+    return with_metrics(parts)
+
+
+def _evaluate(w: _Worker, state: TrialState, losses: list[float], end: bool) -> TrialState:
+    """Validate, decide, checkpoint and report; returns the new state."""
+    cfg = w.cfg
+    scored = _score_valid(w)
     state = evaluated(state, scored["metrics"], losses, cfg.sweep.rule, cfg.train.max_examples,
-                      cfg.sweep.train_to_cap, end)
+                      cfg.train.eval_every_examples, cfg.sweep.train_to_cap, end)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
@@ -184,13 +197,13 @@ def _evaluate(w: _Worker, state: dict, losses: list[float], end: bool) -> dict:
             save_checkpoint(tmp, unwrap(w.model), w.optimizer, state, cfg.model, scores)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(summary_metrics(state, cfg.sweep.rule), checkpoint=checkpoint,
-                         checkpoint_dir_name=checkpoint_dir(state["examples"]))
+                         checkpoint_dir_name=checkpoint_dir(state.examples))
     if w.rank == 0:
         # returns once Train has registered the checkpoint: a restart resumes from it
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-        write_progress(w.run_path, state["examples"])
+        write_progress(w.run_path, state.examples)
         if cfg.train.keep_checkpoints:
-            prune(w.run_path, state["history"], cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
+            prune(w.run_path, state.history, cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
     return state
 
 

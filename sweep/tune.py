@@ -4,8 +4,9 @@ fits a TorchTrainer.
 `trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
 MLflow child run, logs the sampler audit, and fits a `TorchTrainer` running
 `sweep.train.train_func` on the trial's oversampled stream (imported in the workers only: the
-trial driver and Train's controller never load the model code). The Train run name is stable per
-trial (`train-<trial id>`), so a restarted trial finds its checkpoints. `build_tuner` makes
+trial driver and Train's controller never load the model code). The Train run is named by the
+trial itself (sweep/trial.py `Trial.key`), not by Tune's trial id, so a restarted trial, a resumed
+sweep and a sweep continued to a higher cap all find its checkpoints. `build_tuner` makes
 (or restores) the Tuner; concurrency is derived from the cluster: a Train run starts only when
 all its workers fit, and Ray Data's reads need CPUs of their own, so on a 2-CPU machine one
 trial runs at a time.
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import ray
 import ray.train
@@ -26,13 +27,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from data.store import open_store
 from data.stream import default_units_per_block, oversampled_dataset, sampler_audit, stream_execution_options
-from sweep.config import Config, flatten, from_dict, to_dict, trial_point
-from sweep.progress import SweepProgress
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
-from sweep.history import summary_metrics
-from sweep.select import settled
+from sweep.config import Config, flatten, from_dict, to_dict
+from sweep.history import TrialState, summary_metrics
+from sweep.progress import SweepProgress
+from sweep.trial import Trial
 
-__all__ = ["trial_driver", "trial_name", "param_space", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
+__all__ = ["trial_driver", "param_space", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
@@ -50,63 +51,57 @@ def units_per_block(cfg: Config) -> int:
     return cfg.data.units_per_block or default_units_per_block(per_worker)
 
 
-def _train_dataset_factory(cfg: Config, scheme: str, beta: float, seed: int, train_run_path: str):
+def _train_dataset_factory(cfg: Config, trial: Trial, train_run_path: str):
     """Called by Train at every worker-group start: the stream from the last checkpoint on."""
     def build():
         seen = registered_examples(train_run_path)
-        return oversampled_dataset(cfg.data.store, cfg.data.train_split, beta, seed=seed, method=scheme,
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, method=trial.scheme,
                                    examples=max(cfg.train.max_examples - seen, 1), skip=seen,
                                    units_per_block=units_per_block(cfg))
     return build
 
 
-def trial_name(cfg: Config, scheme: str, beta: float, lr: float, seed: int) -> str:
-    """A trial's name in MLflow: its arm's label (`beta=<b>`, or `<scheme> beta=<b>` with several
-    schemes), `lr=<lr>`, and `seed=<s>` when the sweep has replicate seeds."""
-    return f"{cfg.sweep.label(scheme, beta)} lr={lr:g}" + (f" seed={seed}" if len(cfg.sweep.seeds) > 1 else "")
-
-
-def _log_trial_start(cfg: Config, config: dict, trial_id: str) -> str | None:
+def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> str | None:
     """Open (or find again) the trial's MLflow child run and log params (the config as this trial
-    runs it: its learning rate in train.optim.lr) and the sampler audit."""
-    t = config.get("tracking")
-    if not t:
+    runs it: its learning rate in train.optim.lr) and the sampler audit (`audit.*` params and
+    audit/sampler_audit.json)."""
+    if not tracking_info:
         return None
     from mlflow.tracking import MlflowClient
     from sweep import tracking
-    client = MlflowClient(t["uri"])
+    client = MlflowClient(tracking_info["uri"])
     store = open_store(cfg.data.store)
-    scheme, beta, lr, seed = trial_point(config)
-    ran = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=lr)))
-    params = {"scheme": scheme, "beta": beta, "lr": lr, "seed": seed, **flatten({"cfg": to_dict(ran)})}
-    tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "trial_id": trial_id}
-    run_id = tracking.child_run(client, t["experiment_id"], t["parent_run_id"], trial_id,
-                                trial_name(cfg, scheme, beta, lr, seed), params, tags)
+    params = {"scheme": trial.scheme, "beta": trial.beta, "lr": trial.lr, "seed": trial.seed,
+              **flatten({"cfg": to_dict(cfg)})}
+    tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "ray_trial_id": tune.get_context().get_trial_id()}
+    run_id = tracking.child_run(client, tracking_info["experiment_id"], tracking_info["parent_run_id"], trial.key,
+                                trial.name(cfg.sweep.several_schemes, cfg.sweep.several_seeds), params, tags)
     tracking.log_store_inputs(client, run_id, store, {cfg.data.train_split: "training",
                                                       cfg.data.valid_split: "validation"})
-    audit = sampler_audit(store, cfg.data.train_split, beta, seed=seed, batch_size=cfg.train.batch_size, method=scheme,
-                          units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
-    tracking.log_metrics(client, run_id, {f"audit.{k}": v for k, v in audit.items()
-                                          if isinstance(v, (int, float))}, 0)
+    audit = sampler_audit(store, cfg.data.train_split, trial.beta, seed=trial.seed, batch_size=cfg.train.batch_size,
+                          method=trial.scheme, units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
+    # as params, not metrics: the run's page opens on its validation curves, not on one-point charts
+    tracking.log_params(client, run_id, {f"audit.{k}": v for k, v in audit.items() if isinstance(v, (int, float))})
     tracking.log_json(client, run_id, audit, "audit/sampler_audit.json")
     return run_id
 
 
-def _report_finished(cfg: Config, checkpoint: tuple[str, dict]) -> None:
+def _report_finished(cfg: Config, checkpoint: tuple[str, TrialState]) -> None:
     """Give Tune the final result of a trial whose training had already finished."""
     path, state = checkpoint
     tune.report({**summary_metrics(state, cfg.sweep.rule), "checkpoint_path": path})
 
 
 def _outcome(cfg: Config, run_path: str) -> dict[str, str]:
-    """MLflow tags of a trial whose fit returned: why it stopped and whether its pick is settled;
-    empty when it did not finish (stopped from outside, e.g. Ctrl-C)."""
+    """MLflow tags of a trial whose fit returned: why it stopped, whether its trace learned and
+    whether its pick is settled; empty when it did not finish (stopped from outside, e.g.
+    Ctrl-C)."""
     checkpoints = list_checkpoints(run_path)
-    if not checkpoints or not checkpoints[-1][1].get("stopped"):
+    if not checkpoints or not checkpoints[-1][1].finished(cfg.train.max_examples):
         return {}
-    state = checkpoints[-1][1]
-    ok = settled(state["history"]["val_dprime"], state["history"]["examples"], cfg.sweep.rule)
-    return {"stopped": state["stopped"], "converged": str(ok).lower()}
+    summary = summary_metrics(checkpoints[-1][1], cfg.sweep.rule)
+    return {"stopped": summary["stopped"], "learned": str(summary["learned"]).lower(),
+            "converged": str(summary["converged"]).lower()}
 
 
 class TrialError(RuntimeError):
@@ -126,36 +121,33 @@ def _worker_errors(error: BaseException, run_path: str) -> BaseException:
 
 
 def trial_driver(config: dict, sweep: dict) -> None:
-    """Tune trainable: config = {arm: {scheme, beta}, lr, seed} (what Tune searches and shows);
-    sweep = {cfg, train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
+    """Tune trainable: config = Trial.tune_config (what Tune searches and shows); sweep = {cfg,
+    train_runs, tracking}, the same for every trial (`tune.with_parameters`)."""
     started = time.time()
-    config = {**sweep, **config}
-    cfg: Config = from_dict(Config, config["cfg"])
-    trial_id = tune.get_context().get_trial_id()
-    name = f"train-{trial_id}"  # stable: a restarted trial resumes from its checkpoints
-    train_storage = config["train_runs"]
-    run_path = os.path.join(train_storage, name)
+    trial = Trial.from_tune(config)
+    base: Config = from_dict(Config, sweep["cfg"])
+    cfg = replace(base, train=replace(base.train, optim=replace(base.train.optim, lr=trial.lr)))  # the one place
+    run_path = os.path.join(sweep["train_runs"], trial.key)
     checkpoints = list_checkpoints(run_path)
-    if checkpoints and checkpoints[-1][1].get("stopped"):
+    if checkpoints and checkpoints[-1][1].finished(cfg.train.max_examples):
         _report_finished(cfg, checkpoints[-1])  # finished before an interruption: not run again
         return
-    run_id = _log_trial_start(cfg, config, trial_id)
-    scheme, beta, lr, seed = trial_point(config)
+    run_id = _log_trial_start(cfg, sweep["tracking"], trial)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": config["cfg"], "scheme": scheme, "beta": beta, "lr": lr, "seed": seed,
-                           "tracking": {**config["tracking"], "run_id": run_id} if run_id else None,
+        train_loop_config={"cfg": to_dict(cfg), "trial": asdict(trial),
+                           "tracking": {**sweep["tracking"], "run_id": run_id} if run_id else None,
                            "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
-        datasets={"train": _train_dataset_factory(cfg, scheme, beta, seed, run_path)},
+        datasets={"train": _train_dataset_factory(cfg, trial, run_path)},
         # Train replaces a dataset's execution options with these: the planned order kept
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options={"train": stream_execution_options()}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=train_storage,
+            name=trial.key, storage_path=sweep["train_runs"],
             failure_config=ray.train.FailureConfig(max_failures=cfg.sweep.max_failures),
             # every checkpoint directory stays registered (resume needs them all); the weights
             # selection can no longer pick are removed from inside them (sweep/checkpoint.py)
@@ -167,7 +159,7 @@ def trial_driver(config: dict, sweep: dict) -> None:
         trainer.fit()
         checkpoints = list_checkpoints(run_path)
         if cfg.train.keep_checkpoints and checkpoints:  # the final pruning, on the final history
-            prune(run_path, checkpoints[-1][1]["history"], cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
+            prune(run_path, checkpoints[-1][1].history, cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
     except BaseException as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
         error = _worker_errors(e, run_path)
         if error is e:
@@ -175,7 +167,7 @@ def trial_driver(config: dict, sweep: dict) -> None:
         raise error from e
     finally:
         if run_id:
-            _finish_child(cfg, config["tracking"]["uri"], run_id, run_path, error)
+            _finish_child(cfg, sweep["tracking"]["uri"], run_id, run_path, error)
 
 
 def _stopped_from_outside(error: BaseException) -> bool:
@@ -222,20 +214,22 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
 
 
 def param_space(cfg: Config) -> dict:
-    """What Tune searches: every arm (scheme, beta) x learning rate x seed, one trial each."""
-    return {"arm": tune.grid_search([{"scheme": scheme, "beta": beta} for scheme, beta in cfg.sweep.arms]),
+    """What Tune searches: every arm (scheme, beta) x learning rate x seed, one trial each
+    (Trial.tune_config)."""
+    return {"arm": tune.grid_search([{"scheme": a.scheme, "beta": a.beta} for a in cfg.sweep.arms]),
             "lr": tune.grid_search(list(cfg.sweep.lrs)), "seed": tune.grid_search(list(cfg.sweep.seeds))}
 
 
-def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
+def build_tuner(cfg: Config, storage_path: str, experiment: str, train_runs: str, tracking_info: dict | None,
                 resume: bool, verbose: bool = False) -> tune.Tuner:
-    """A new Tuner over the arm x lr x seed grid, or the interrupted one restored (`resume`); each
-    trial's Train run goes under `train_runs`. The console shows sweep/console.py's progress
+    """A new Tuner over the arm x lr x seed grid, or the interrupted one restored (`resume`), as
+    Tune experiment `experiment` under `storage_path`; each trial's Train run goes under
+    `train_runs` (sweep/rundir.py lays these out). The console shows sweep/console.py's progress
     table, or Tune's own output when `verbose`."""
     driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
     sweep = {"cfg": to_dict(cfg), "train_runs": train_runs, "tracking": tracking_info}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
-    path = os.path.join(storage_path, cfg.run.name)
+    path = os.path.join(storage_path, experiment)
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     evals = math.ceil(cfg.train.max_examples / cfg.train.eval_every_examples)
@@ -250,6 +244,6 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
         trainable,
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
+        run_config=tune.RunConfig(name=experiment, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),
     )

@@ -1,7 +1,7 @@
-"""What the end-to-end sweep tests (tests/test_sweep.py, tests/test_grid.py,
-tests/test_multinode.py) share: the smoke config's arguments, the MLflow children of a sweep,
-Ray actors by class, the checkpoints Train has registered, the check that selection evaluated
-exactly what it picked, and a free port on the loopback."""
+"""What the sweep tests share: the smoke config's arguments, the MLflow children of a sweep, Ray
+actors by class, the checkpoints Train has registered, a trial's checkpoints written as a trial
+writes them, the check that selection evaluated exactly what it picked, and a free port on the
+loopback."""
 import json
 import socket
 from pathlib import Path
@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep.checkpoint import MODEL, load_state
+from sweep.checkpoint import MODEL, STATE, checkpoint_dir, load_state, write_progress
+from sweep.history import TrialState
 from sweep.select import StoppingRule, pick, settled, smoothed
+from sweep.trial import Trial
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -53,20 +55,37 @@ def registered_examples(train_runs: Path) -> dict[str, list[int]]:
     return out
 
 
+def trial_on_disk(runs: Path, trial: Trial, losses: list[float], dprime: list[float], stopped: str | None = "settled",
+                  every: int = 64) -> None:
+    """A trial's Train run under `runs` as training leaves it: a checkpoint directory per
+    evaluation (every `every` examples) holding its state.json (no weights), the last one
+    `stopped` as given, and the record of what Train registered."""
+    examples = [every * (i + 1) for i in range(len(losses))]
+    history = {"examples": examples, "train_loss": losses, "val_mAP": [d / 4 for d in dprime], "val_AUC": dprime,
+               "val_dprime": dprime}
+    for i, e in enumerate(examples):
+        ckpt = runs / trial.key / checkpoint_dir(e)
+        ckpt.mkdir(parents=True)
+        state = TrialState(trial, e, i + 1, stopped if i == len(examples) - 1 else None,
+                           history={k: v[:i + 1] for k, v in history.items()})
+        (ckpt / STATE).write_text(json.dumps(state.to_json()))
+    write_progress(str(runs / trial.key), examples[-1])
+
+
 def check_selection_is_exact(results: dict, rule: StoppingRule, cap_evals: int) -> None:
     """Every pick's evaluated checkpoint is the selected evaluation's own, the pick is the one
     sweep.select makes on the trace, and each trial stopped exactly when its pick settled (or
     at the cap)."""
-    traces = {t["trial_id"]: t for t in results["traces"]}
+    traces = {t["trial"]: t for t in results["traces"]}
     for row in results["rows"]:
         for pick_ in row["seeds"]:
-            trace = traces[pick_["trial_id"]]
-            d, ex = np.array(trace["dprime"]), np.array(trace["examples"])
+            trace = traces[pick_["trial"]]
+            d, ex, start = np.array(trace["dprime"]), np.array(trace["examples"]), trace["start"]
             i = pick(d, rule.window)
             assert pick_["examples_to_peak"] == trace["examples"][i] == pick_["examples_evaluated"]
             assert load_state(pick_["checkpoint"])["examples"] == pick_["examples_to_peak"]
             assert (Path(pick_["checkpoint"]) / MODEL).is_file()
             assert pick_["val_dprime"] == pytest.approx(smoothed(d, rule.window)[i])
-            assert pick_["converged"] == settled(d, ex, rule)
-            assert not any(settled(d[:k], ex[:k], rule) for k in range(1, len(d)))  # stopped at once
+            assert start is not None and pick_["converged"] == settled(d, ex, rule, start)
+            assert not any(settled(d[:k], ex[:k], rule, start) for k in range(1, len(d)))  # stopped at once
             assert pick_["converged"] or len(d) == cap_evals

@@ -7,7 +7,9 @@ import pytest
 
 from sweep.checkpoint import (MODEL, OPTIMIZER, STATE, checkpoint_dir, clear_failures, has_weights, list_checkpoints,
                               prune, record_failure, recorded_failures, registered_examples, write_progress)
+from sweep.history import TrialState
 from sweep.select import checkpoints_to_keep
+from sweep.trial import Trial
 
 
 def _run_dir(tmp_path, dprime: list[float], every: int = 64):
@@ -19,7 +21,7 @@ def _run_dir(tmp_path, dprime: list[float], every: int = 64):
         (d / MODEL).write_bytes(b"w")
         (d / OPTIMIZER).write_bytes(b"o")
         history = {"examples": examples[:i + 1], "val_dprime": dprime[:i + 1]}
-        (d / STATE).write_text(json.dumps({"examples": e, "history": history, "stopped": None}))
+        (d / STATE).write_text(json.dumps(TrialState(Trial("moore", 1.0, 1e-3, 0), e, history=history).to_json()))
     return examples
 
 
@@ -28,10 +30,10 @@ def test_checkpoints_are_listed_up_to_the_registered_one(tmp_path):
     assert checkpoint_dir(64) == "checkpoint_000000000064" and list_checkpoints(str(tmp_path)) == []
     write_progress(str(tmp_path), examples[2])   # the fourth was persisted, not registered
     found = list_checkpoints(str(tmp_path))
-    assert [s["examples"] for _, s in found] == examples[:3] and registered_examples(str(tmp_path)) == examples[2]
+    assert [s.examples for _, s in found] == examples[:3] and registered_examples(str(tmp_path)) == examples[2]
     assert found[0][0] == str(tmp_path / checkpoint_dir(64))
     (tmp_path / checkpoint_dir(examples[1]) / STATE).unlink()   # an incomplete directory is left out
-    assert [s["examples"] for _, s in list_checkpoints(str(tmp_path))] == [examples[0], examples[2]]
+    assert [s.examples for _, s in list_checkpoints(str(tmp_path))] == [examples[0], examples[2]]
     assert not (tmp_path / "progress.json.partial").exists()
     assert list_checkpoints(str(tmp_path / "nowhere")) == [] and registered_examples(str(tmp_path / "nowhere")) == 0
 
@@ -65,4 +67,4 @@ def test_other_directories_are_not_checkpoints(tmp_path, name):
     _run_dir(tmp_path, [1.0])
     (tmp_path / name).mkdir()
     write_progress(str(tmp_path), 10_000)
-    assert [s["examples"] for _, s in list_checkpoints(str(tmp_path))] == [64]
+    assert [s.examples for _, s in list_checkpoints(str(tmp_path))] == [64]

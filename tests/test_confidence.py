@@ -6,6 +6,7 @@ import pytest
 from sweep.bootstrap import bootstrap_counts
 from sweep.confidence import confidence, resampled_pick_dprime, verdict
 from sweep.metrics import classification_metrics
+from sweep.trial import Arm, Trial
 
 CLIPS, CLASSES, WINDOW = 240, 6, 3
 
@@ -23,10 +24,28 @@ def _scores(y, separation, seed):
     return np.stack([separation * y + rng.normal(size=y.shape) for _ in range(WINDOW)]).astype(np.float16)
 
 
-def _trial(beta, y, scores, counts, lr=1e-3, seed=0):
+def _trial(beta, y, scores, counts, lr=1e-3, seed=0) -> tuple[Trial, float, np.ndarray]:
+    """(the trial, its smoothed d' at the pick, the same on each resample)."""
     full = float(np.mean([classification_metrics(y, s.astype(np.float32))["dprime"] for s in scores]))
-    return {"arm": f"beta={beta:g}", "beta": beta, "lr": lr, "seed": seed, "full": full,
-            "samples": resampled_pick_dprime(y, scores.astype(np.float32), counts)}
+    return Trial("moore", beta, lr, seed), full, resampled_pick_dprime(y, scores.astype(np.float32), counts)
+
+
+def _confidence(trials, n=300) -> dict:
+    return confidence({t: f for t, f, _ in trials}, {t: s for t, _, s in trials}, n)
+
+
+def _again(trial, **changes):
+    """The same scores as another trial (its lr or seed changed)."""
+    t, full, samples = trial
+    return Trial(t.scheme, t.beta, changes.get("lr", t.lr), changes.get("seed", t.seed)), full, samples
+
+
+B = {b: Arm("moore", b) for b in (0.0, 0.001, 0.5, 1.0)}
+LABELS = {a: a.label(False) for a in B.values()}
+
+
+def _verdict(conf, unsettled=(), unlearned=()):
+    return verdict(conf, LABELS, list(unsettled), list(unlearned), CLIPS, 20_000)
 
 
 def test_the_resampled_pick_is_the_smoothed_dprime_on_each_resample():
@@ -66,12 +85,13 @@ def test_identical_trials_are_never_resolved():
         y = _targets(seed)
         scores = _scores(y, 0.8, seed)
         counts = bootstrap_counts(CLIPS, 300, seed=seed)
-        conf = confidence([_trial(0.0, y, scores, counts), _trial(0.001, y, scores, counts)], 300)
-        assert conf["p_best"] == {"beta=0": 0.5, "beta=0.001": 0.5} and conf["margin"] == 0.0
-        assert conf["selected"] == "beta=0" and conf["margin_ci95"] == (0.0, 0.0)
-        v = verdict(conf, [], CLIPS)
-        assert v.startswith("unresolved: beta=0 (p_best 0.50), beta=0.001 (p_best 0.50) are within noise")
-        assert f"the split has {CLIPS}" in v
+        conf = _confidence([_trial(0.0, y, scores, counts), _trial(0.001, y, scores, counts)])
+        assert conf["p_best"] == {B[0.0]: 0.5, B[0.001]: 0.5} and conf["margin"] == 0.0
+        assert conf["selected"] == B[0.0] and conf["margin_ci95"] == (0.0, 0.0)
+        v = _verdict(conf)
+        assert not v.resolved and not v.provisional and v.word == "unresolved"
+        assert v.text.startswith("beta=0 (p_best 0.50), beta=0.001 (p_best 0.50) are within noise")
+        assert f"the split has {CLIPS}" in v.text
 
 
 def test_a_clearly_better_trial_is_resolved():
@@ -79,13 +99,20 @@ def test_a_clearly_better_trial_is_resolved():
     counts = bootstrap_counts(CLIPS, 300, seed=0)
     trials = [_trial(0.0, y, _scores(y, 0.5, 1), counts), _trial(0.5, y, _scores(y, 0.6, 2), counts),
               _trial(1.0, y, _scores(y, 2.0, 3), counts)]
-    conf = confidence(trials, 300)
-    assert conf["selected"] == "beta=1" and conf["runner_up"] == "beta=0.5" and conf["p_best"]["beta=1"] == 1.0
+    conf = _confidence(trials)
+    assert conf["selected"] == B[1.0] and conf["runner_up"] == B[0.5] and conf["p_best"][B[1.0]] == 1.0
     lo, hi = conf["margin_ci95"]
     assert 0 < lo < conf["margin"] < hi
-    assert verdict(conf, [], CLIPS).startswith("resolved: beta=1 is best (p_best 1.00, margin +")
-    assert verdict(conf, ["beta=0"], CLIPS) == ("unresolved: NOT CONVERGED for beta=0: raise train.max_examples "
-                                                "until every pick settles")
+    v = _verdict(conf)
+    assert v.resolved and not v.provisional and v.text.startswith("beta=1 is best (p_best 1.00, margin +")
+    late = _verdict(conf, unsettled=[B[0.0]])
+    assert not late.resolved and late.provisional and late.word == "provisional"
+    assert late.text.startswith("NOT CONVERGED for beta=0, margin +") and "p_best is provisional" in late.text
+    unlearned = _verdict(conf, unsettled=[B[0.0], B[0.5]], unlearned=[B[0.5]])
+    assert unlearned.provisional and unlearned.text.startswith(
+        "beta=0.5 did not learn within the cap (20,000 examples); NOT CONVERGED for beta=0, margin")
+    nothing = _verdict(conf, unsettled=list(B.values()), unlearned=[B[0.0], B[0.5], B[1.0]])
+    assert nothing.provisional and not nothing.resolved and nothing.text.startswith("no arm learned within the cap")
 
 
 def test_learning_rates_and_seeds():
@@ -95,13 +122,13 @@ def test_learning_rates_and_seeds():
     counts = bootstrap_counts(CLIPS, 300, seed=0)
     a = _trial(0.0, y, _scores(y, 1.0, 1), counts)
     better = _trial(1.0, y, _scores(y, 1.3, 2), counts)
-    worse_lr = {**_trial(1.0, y, _scores(y, 0.2, 3), counts), "lr": 1e-4}
-    one = confidence([a, better, worse_lr], 300)
-    assert one["selected"] == "beta=1" and one["margin"] == pytest.approx(better["full"] - a["full"])
-    assert one["p_best"]["beta=1"] >= 0.95 and verdict(one, [], CLIPS).startswith("resolved")
+    worse_lr = _again(_trial(1.0, y, _scores(y, 0.2, 3), counts), lr=1e-4)
+    one = _confidence([a, better, worse_lr])
+    assert one["selected"] == B[1.0] and one["margin"] == pytest.approx(better[1] - a[1])
+    assert one["p_best"][B[1.0]] >= 0.95 and _verdict(one).resolved
     # a second seed of beta = 1 that came out much worse: the mean decides, and the seeds' spread
-    second = {**_trial(1.0, y, _scores(y, 0.7, 4), counts), "seed": 1}
-    two = confidence([a, {**a, "seed": 1}, better, second], 300)
-    assert two["seeds"] == 2 and two["margin"] == pytest.approx((better["full"] + second["full"]) / 2 - a["full"])
+    second = _again(_trial(1.0, y, _scores(y, 0.7, 4), counts), seed=1)
+    two = _confidence([a, _again(a, seed=1), better, second])
+    assert two["seeds"] == 2 and two["margin"] == pytest.approx((better[1] + second[1]) / 2 - a[1])
     assert two["margin_ci95"][1] - two["margin_ci95"][0] > one["margin_ci95"][1] - one["margin_ci95"][0]
-    assert verdict(two, [], CLIPS).startswith("unresolved") and "more replicate seeds" in verdict(two, [], CLIPS)
+    assert not _verdict(two).resolved and "more replicate seeds" in _verdict(two).text

@@ -1,5 +1,6 @@
 import pytest
 
+from sweep.trial import Arm, Trial
 from sweep.config import Config, ConfigError, flatten, load_config, to_dict
 
 
@@ -63,12 +64,21 @@ def test_values_are_checked_at_load(override, message):
 def test_the_grid_is_every_scheme_at_every_beta_with_beta_0_once():
     """beta = 0 is no balancing whatever the scheme: one arm, named by its beta alone."""
     cfg = load_config(None, ["sweep.schemes=[moore, psla, passt]", "sweep.betas=[0, 0.5, 1]"])
-    assert cfg.sweep.arms == [("moore", 0.0), ("moore", 0.5), ("moore", 1.0), ("psla", 0.5), ("psla", 1.0),
-                              ("passt", 0.5), ("passt", 1.0)]
-    assert [cfg.sweep.label(*a) for a in cfg.sweep.arms][:2] == ["beta=0", "moore beta=0.5"]
+    assert [(a.scheme, a.beta) for a in cfg.sweep.arms] == [
+        ("moore", 0.0), ("moore", 0.5), ("moore", 1.0), ("psla", 0.5), ("psla", 1.0), ("passt", 0.5), ("passt", 1.0)]
+    assert [a.label(cfg.sweep.several_schemes) for a in cfg.sweep.arms][:2] == ["beta=0", "moore beta=0.5"]
     one = load_config(None, ["sweep.betas=[0, 1]"])
-    assert one.sweep.arms == [("moore", 0.0), ("moore", 1.0)] and one.sweep.label("moore", 1.0) == "beta=1"
-    assert load_config(None, ["sweep.schemes=[psla]", "sweep.betas=[0.5]"]).sweep.arms == [("psla", 0.5)]
+    assert one.sweep.arms == [Arm("moore", 0.0), Arm("moore", 1.0)] and one.sweep.arms[1].label(False) == "beta=1"
+    assert load_config(None, ["sweep.schemes=[psla]", "sweep.betas=[0.5]"]).sweep.arms == [Arm("psla", 0.5)]
+
+
+def test_a_trial_has_one_name_of_each_kind():
+    """sweep/trial.py: the arm's label, the MLflow name, the stable key, and Tune's encoding."""
+    t = Trial("psla", 0.5, 3e-4, 1)
+    assert t.arm.label(True) == "psla beta=0.5" and t.arm.label(False) == "beta=0.5" and Arm("psla", 0).label(True) == "beta=0"
+    assert t.name(True, True) == "psla beta=0.5 lr=0.0003 seed=1" and t.name(False, False) == "beta=0.5 lr=0.0003"
+    assert t.key == "psla-beta=0.5-lr=0.0003-seed=1" and Trial.from_tune(t.tune_config) == t
+    assert Trial("moore", 1, 1e-3, 0) == Trial("moore", 1.0, 0.001, 0) and len({t, Trial("psla", 0.5, 3e-4, 1)}) == 1
 
 
 def test_underscores_and_exponents_are_numbers():

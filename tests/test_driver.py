@@ -5,12 +5,11 @@ import json
 import os
 import signal
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_checks import SMOKE, free_port, smoke_args
+from sweep_checks import SMOKE, free_port, smoke_args, trial_on_disk
 
 from data.store import create_store, open_store
 from sweep import tracking
@@ -113,9 +112,9 @@ def test_an_unreachable_ray_is_one_line_and_moves_nothing(smoke_store, tmp_path,
 
 def test_resume_with_nothing_recorded_starts_afresh_and_says_so(tmp_path, capsys):
     cfg = load_config(SMOKE)
-    assert _resumable(RunDir(tmp_path), cfg, {}, resume=True) is False
+    assert _resumable(RunDir(tmp_path), cfg, {}, resume=True) == []
     assert capsys.readouterr().out == f"note: --resume: {tmp_path} holds no earlier sweep; starting afresh\n"
-    assert _resumable(RunDir(tmp_path), cfg, {}, resume=False) is False
+    assert _resumable(RunDir(tmp_path), cfg, {}, resume=False) == []
 
 
 def test_resume_of_a_finished_sweep_prints_its_answer_and_changes_nothing(smoke_store, tmp_path, monkeypatch,
@@ -128,35 +127,33 @@ def test_resume_of_a_finished_sweep_prints_its_answer_and_changes_nothing(smoke_
     fingerprints = {s: store.fingerprint(s) for s in ["train", "valid", *cfg.data.eval_splits]}
     run_dir = RunDir(Path(cfg.run.run_dir))
     run_dir.path.mkdir()
-    run_dir.record("parent", "0", to_dict(cfg), fingerprints)
+    run_dir.record("parent", "0", to_dict(cfg), fingerprints, [cfg.train.max_examples])
     answer = {"selection": {"label": "beta=1", "lr": 1e-3, "val_dprime": 1.5, "seeds": [0], "examples_to_peak": 640,
-                            "not_converged": []}, "verdict": "resolved: beta=1 is best", "failed": [], "diverged": [],
-              "wall_seconds": 12.5}
+                            "not_converged": []}, "p_best": {"beta=0": 0.01, "beta=1": 0.99},
+              "verdict": {"resolved": True, "provisional": False, "word": "resolved", "text": "beta=1 is best"},
+              "rows": [{"learned": True}], "failed": [], "diverged": [], "wall_seconds": 12.5,
+              "config": to_dict(cfg)}
     run_dir.results_file.write_text(json.dumps(answer))
     assert main([*args, "--resume"]) == 0
     out = capsys.readouterr().out
-    assert "has finished; its answer:\nselected: beta=1 lr=0.001" in out and "verdict: resolved: beta=1" in out
-    assert json.loads(run_dir.results_file.read_text()) == answer  # wall_seconds and all unchanged
+    assert "has finished; its answer:\np_best (probability of being best on validation): beta=0 0.01, beta=1 0.99\n" \
+        "verdict: resolved: beta=1 is best\nselected: beta=1 lr=0.001" in out
+    assert json.loads(run_dir.results_file.read_text()) == json.loads(json.dumps(answer))  # all unchanged
     assert not (run_dir.path / "ray").exists()
 
 
 def test_a_trial_whose_final_checkpoint_is_gone_is_named(tmp_path):
     """Tune restores a trial as finished, but its last checkpoint (the one that says why it
     stopped) was deleted: it is missing, named by its arm, lr and seed (not an interruption)."""
-    from sweep.checkpoint import checkpoint_dir, write_progress
-    from sweep.winners import finished_trials
+    from sweep.winners import finished
     cfg = load_config(SMOKE, ["sweep.betas=[0, 1]"])
     runs = tmp_path / "train_runs"
-    for trial_id, stopped in (("a", "settled"), ("b", None)):
-        ckpt = runs / f"train-{trial_id}" / checkpoint_dir(64)
-        ckpt.mkdir(parents=True)
-        (ckpt / "state.json").write_text(json.dumps({"examples": 64, "stopped": stopped, "history": {}}))
-        write_progress(str(runs / f"train-{trial_id}"), 64)
-    results = [SimpleNamespace(config={"arm": {"scheme": "moore", "beta": b}, "lr": 1e-3, "seed": 0},
-                               metrics={"trial_id": t}, error=None) for t, b in (("a", 0.0), ("b", 1.0))]
-    done = finished_trials(results, str(runs))
-    assert done == {("moore", 0.0, 1e-3, 0)}
-    assert missing_trials(cfg, done) == [{"scheme": "moore", "beta": 1.0, "lr": 1e-3, "seed": 0}]
+    done_trial, cut_short = cfg.sweep.trials
+    trial_on_disk(runs, done_trial, [0.7], [0.5], stopped="settled")
+    trial_on_disk(runs, cut_short, [0.7], [0.5], stopped=None)
+    done = finished(cfg, cfg.sweep.trials, {}, str(runs))
+    assert done == {done_trial} and missing_trials(cfg.sweep.trials, done) == [cut_short]
+    assert finished(cfg, cfg.sweep.trials, {cut_short: "TrialError: ..."}, str(runs)) == {done_trial, cut_short}
 
 
 def _store(root: Path, splits: dict[str, list[list[int]]], frames: int = 16, mels: int = 16):
@@ -199,35 +196,17 @@ def test_an_eval_class_without_positives_is_warned_about(tmp_path, capsys):
                                        "'eval': they are left out of its metrics\n")
 
 
-def _trial_on_disk(runs: Path, trial_id: str, losses: list[float], dprime: list[float]):
-    """A finished trial's checkpoints (state.json with its history) and the Tune result naming it."""
-    from sweep.checkpoint import checkpoint_dir, write_progress
-    examples = [64 * (i + 1) for i in range(len(losses))]
-    history = {"examples": examples, "train_loss": losses, "val_mAP": [d / 4 for d in dprime], "val_AUC": dprime,
-               "val_dprime": dprime}
-    for i, e in enumerate(examples):
-        ckpt = runs / f"train-{trial_id}" / checkpoint_dir(e)
-        ckpt.mkdir(parents=True)
-        stopped = "settled" if i == len(examples) - 1 else None
-        (ckpt / "state.json").write_text(json.dumps({"examples": e, "stopped": stopped, "history": history}))
-    write_progress(str(runs / f"train-{trial_id}"), examples[-1])
-    return SimpleNamespace(config={"arm": {"scheme": "moore", "beta": 1.0}, "lr": 10.0, "seed": 0},
-                           metrics={"trial_id": trial_id}, error=None)
-
-
-def test_a_diverged_trial_is_left_out_and_a_tie_at_chance_is_no_answer(tmp_path):
-    """A trial whose training loss exploded (or is not finite) is not traced; when even the best
-    pick is at chance the verdict says no trial learned, whatever p_best says."""
-    from sweep.winners import CHANCE_DPRIME, judge, traces
+def test_a_diverged_trial_is_left_out(tmp_path):
+    """A trial whose training loss exploded (or is not finite) is not traced."""
+    from sweep.trial import Trial
+    from sweep.winners import traces
     runs = tmp_path / "runs"
-    results = [_trial_on_disk(runs, "exploded", [0.7, 300.0, 2200.0], [0.0, 0.05, 0.04]),
-               _trial_on_disk(runs, "nan", [0.7, float("nan"), 0.6], [0.0, 0.1, 0.2]),
-               _trial_on_disk(runs, "fine", [0.7, 0.5, 0.4], [0.5, 1.0, 1.2])]
-    found, failed, diverged = traces(results, str(runs))
-    assert [t.trial_id for t in found] == ["fine"] and not failed
-    assert [(d["trial_id"], d["train_loss"]) for d in diverged[:1]] == [("exploded", 300.0)]
-    assert diverged[1]["trial_id"] == "nan" and np.isnan(diverged[1]["train_loss"])
-    at_chance = {"val_dprime": CHANCE_DPRIME / 2, "not_converged": []}
-    conf = {"p_best": {"beta=0": 1.0, "beta=1": 0.0}, "margin": {}, "resamples": 100, "seeds": 1}
-    assert judge(at_chance, conf, 100).startswith("unresolved: no trial rose above chance (the best smoothed "
-                                                  "validation d' is 0.050 < 0.1): check the learning rates")
+    exploded, nan, fine = (Trial("moore", 1.0, lr, 0) for lr in (10.0, 1.0, 0.1))
+    trial_on_disk(runs, exploded, [0.7, 300.0, 2200.0], [0.0, 0.05, 0.04])
+    trial_on_disk(runs, nan, [0.7, float("nan"), 0.6], [0.0, 0.1, 0.2])
+    trial_on_disk(runs, fine, [0.7, 0.5, 0.4], [0.5, 1.0, 1.2])
+    cfg = load_config(SMOKE)
+    found, failed, diverged = traces(cfg, [exploded, nan, fine], {}, str(runs))
+    assert [t.trial for t in found] == [fine] and not failed
+    assert [(d["trial"], d["train_loss"]) for d in diverged[:1]] == [(exploded.key, 300.0)]
+    assert diverged[1]["trial"] == nan.key and np.isnan(diverged[1]["train_loss"])

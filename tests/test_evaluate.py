@@ -13,7 +13,10 @@ from model.ast import ASTConfig, create_ast, normalise
 from model.augment import AugmentConfig
 from model.step import OptimConfig, make_optimizer, train_step
 from sweep.checkpoint import save_checkpoint
-from sweep.evaluate import main, save_predictions
+from sweep.history import TrialState
+from sweep.trial import Trial
+from sweep.evaluate import main
+from sweep.predictions import save_predictions
 from sweep.metrics import classification_metrics
 from sweep.report.__main__ import main as report_main
 from test_ast import published, reference_forward
@@ -133,7 +136,7 @@ def test_trial_checkpoint(synth_store, tmp_path, capsys):
         train_step(model, opt, x, y, step, optim_cfg, AugmentConfig(specaugment=False, mixup=False))
     ckpt = tmp_path / "checkpoint_000003"
     ckpt.mkdir()
-    save_checkpoint(ckpt, model, opt, {"examples": 96, "step": 3, "beta": 0.5, "lr": 1e-3}, cfg)
+    save_checkpoint(ckpt, model, opt, TrialState(Trial("moore", 0.5, 1e-3, 0), examples=96, step=3), cfg)
 
     out_dir = tmp_path / "preds"
     rc, out = _run(capsys, "--checkpoint", ckpt, "--store", synth_store.root, "--split", "eval_public",
@@ -170,8 +173,8 @@ def test_trial_checkpoint(synth_store, tmp_path, capsys):
     assert rc == 0 and out["predictions"] == {SPLIT: str(tmp_path / "one.npz")} and (tmp_path / "one.npz").is_file()
     other = tmp_path / "other"
     other.mkdir()
-    save_checkpoint(other, create_ast(ASTConfig(**{**cfg.__dict__, "n_classes": 5})), opt, {}, ASTConfig(
-        **{**cfg.__dict__, "n_classes": 5}))
+    five = ASTConfig(**{**cfg.__dict__, "n_classes": 5})
+    save_checkpoint(other, create_ast(five), opt, TrialState(Trial("moore", 0.5, 1e-3, 0)), five)
     rc, err = _run(capsys, "--checkpoint", other, "--store", synth_store.root, "--split", SPLIT)
     assert rc == 2 and "n_classes" in err
     with pytest.raises(SystemExit):
@@ -216,13 +219,14 @@ def test_published_ast_checkpoint(synth_store, tmp_path, capsys):
 
 def test_files_cut_short_are_named(tmp_path, synth_store, capsys):
     """A truncated model.pt, predictions .npz or published .pth: one line naming the file."""
-    from sweep.evaluate import load_model, load_predictions
+    from sweep.evaluate import load_model
+    from sweep.predictions import load_predictions
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     cfg = ASTConfig(frames=synth_store.frames, mels=synth_store.mels, fstride=16, tstride=16,
                     embed_dim=32, depth=1, num_heads=2, n_classes=synth_store.n_classes)
     model = create_ast(cfg)
-    save_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), {"examples": 64}, cfg)
+    save_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), TrialState(Trial("moore", 0.5, 1e-3, 0), 64), cfg)
     data = (ckpt / "model.pt").read_bytes()
     (ckpt / "model.pt").write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match=r"ckpt/model\.pt: not a readable checkpoint file"):

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune.search.variant_generator import generate_variants
 from sweep_checks import SMOKE, check_selection_is_exact, children, smoke_args
 
-from sweep.config import load_config, trial_point
+from sweep.config import load_config
+from sweep.trial import Trial
 from sweep.run import main
 from sweep.select import StoppingRule
 from sweep.tune import param_space
@@ -21,10 +22,10 @@ def test_the_search_space_is_the_product_of_its_axes():
     """Tune expands the search space into one trial per scheme x beta x lr x seed, each once."""
     cfg = load_config(SMOKE, ["sweep.schemes=[moore, psla]", "sweep.betas=[0.0, 0.5, 1.0]",
                               "sweep.lrs=[0.001, 0.0003]", "sweep.seeds=[0, 1]"])
-    points = [trial_point(config) for _, config in generate_variants(param_space(cfg))]
-    want = {(s, b, lr, seed) for s, b in cfg.sweep.arms for lr in (1e-3, 3e-4) for seed in (0, 1)}
+    points = [Trial.from_tune(config) for _, config in generate_variants(param_space(cfg))]
+    want = {Trial(a.scheme, a.beta, lr, seed) for a in cfg.sweep.arms for lr in (1e-3, 3e-4) for seed in (0, 1)}
     assert len(points) == len(set(points)) == len(want) and set(points) == want == set(cfg.sweep.trials)
-    assert {s for s, _, _, _ in points} == {"moore", "psla"}
+    assert {t.scheme for t in points} == {"moore", "psla"}
 
 
 @pytest.mark.end_to_end
@@ -41,7 +42,7 @@ def test_seeds_are_replicates_of_one_arm_and_report_spread(ray_local, smoke_stor
     assert len(results["traces"]) == 2 and set(results["p_best"]) == {"beta=1"}
     assert results["confidence"]["seeds"] == 2
     (row,) = results["rows"]
-    assert [s["seed"] for s in row["seeds"]] == [0, 1] and row["seeds"][0]["trial_id"] != row["seeds"][1]["trial_id"]
+    assert [s["seed"] for s in row["seeds"]] == [0, 1] and row["seeds"][0]["trial"] != row["seeds"][1]["trial"]
     for split in results["eval_splits"]:
         values = [s["eval"][split]["mAP"] for s in row["seeds"]]
         assert row["eval"][split]["mAP"] == pytest.approx(np.mean(values))
@@ -53,7 +54,10 @@ def test_seeds_are_replicates_of_one_arm_and_report_spread(ray_local, smoke_stor
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     parent_id, trials = children(client, run)
     assert sorted(c.data.tags["mlflow.runName"] for c in trials) == ["beta=1 lr=0.001 seed=0", "beta=1 lr=0.001 seed=1"]
-    assert "p_best.beta_1" in client.get_run(parent_id).data.metrics
+    p_best = "provisional_p_best" if results["verdict"]["provisional"] else "p_best"  # named as sure as it is
+    parent = client.get_run(parent_id)
+    assert f"{p_best}.beta_1" in parent.data.metrics and parent.data.tags["p_best"] in ("provisional", "final")
+    assert parent.info.run_name.endswith(f": beta=1, {results['verdict']['word']}")
 
 
 def test_trial_concurrency_follows_the_cluster(caplog):

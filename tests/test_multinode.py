@@ -82,7 +82,7 @@ def test_sweep_spans_nodes(cluster, mlflow_server, smoke_store, tmp_path, monkey
     # pruned as the trial went: weights only where selection could still pick, one optimizer
     checkpoints = list_checkpoints(str(Path(pick_["checkpoint"]).parent))
     d = np.array(trace["dprime"])
-    assert checkpoints[-1][1]["history"]["val_dprime"] == trace["dprime"]
+    assert checkpoints[-1][1].history["val_dprime"] == trace["dprime"]
     kept = [j for j, (path, _) in enumerate(checkpoints) if (Path(path) / MODEL).is_file()]
     assert kept == sorted(checkpoints_to_keep(d, 3, 1))
     assert [(Path(p) / "optimizer.pt").is_file() for p, _ in checkpoints].count(True) == 1
@@ -95,16 +95,16 @@ def test_sweep_spans_nodes(cluster, mlflow_server, smoke_store, tmp_path, monkey
     assert {a.path for a in client.list_artifacts(parent_id)} >= {"results.json", "results.txt", "report"}
     assert child.info.status == "FINISHED", child.data.tags.get("error")
     assert child.data.params["lr"] == "0.001" and child.data.tags["dataset.fingerprint"].startswith("sha256:")
-    assert child.data.tags["ray_trial_id"] == trace["trial_id"]
+    assert child.data.tags["trial"] == trace["trial"]
     # both ranks left the loop together on rank 0's decision: settled, or the cap
     assert (child.data.tags["stopped"] == "settled") == (child.data.tags["converged"] == "true") \
-        == settled(d, np.array(trace["examples"]), rule)
+        == settled(d, np.array(trace["examples"]), rule, trace["start"])
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_dprime")] == trace["examples"]
     # "smoothed" in MLflow is the centred full-window value selection uses, at its centre
     smooth = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_dprime_smoothed")}
     want = {e: v for e, v in zip(trace["examples"], smoothed(d, 3)) if np.isfinite(v)}
     assert smooth.keys() == want.keys() and all(smooth[e] == pytest.approx(want[e]) for e in want)
-    assert "audit.epoch_inflation" in child.data.metrics
+    assert "audit.epoch_inflation" in child.data.params and "audit.epoch_inflation" not in child.data.metrics
     assert any(a.path == "audit" for a in client.list_artifacts(child.info.run_id))
 
     # validation sharded over the two ranks gives the metrics one process computes alone

@@ -17,13 +17,15 @@ from scipy.stats import linregress
 
 from data.balance import gini, imbalance_ratio, oversampled_stats
 from sweep.config import load_config, to_dict
-from sweep.evaluate import save_predictions
 from sweep.metrics import classification_metrics
+from sweep.predictions import save_predictions
 from sweep.prepare import prepare
 from sweep.report import FIGURES, build_report
 from sweep.report.__main__ import main
-from sweep.winners import predictions_path, results_row, selection_summary
-from sweep.confidence import confidence, verdict
+from sweep.rundir import predictions_path
+from sweep.trial import Arm
+from sweep.winners import judge, results_row, selection_summary
+from sweep.confidence import confidence
 from sweep.select import TrialTrace, select_overall, select_per_arm, select_trial
 from sweep.bootstrap import paired_bootstrap, prior_shift_metrics
 from sweep.report.tables import format_results
@@ -44,9 +46,10 @@ def _scores(targets: np.ndarray, train_prior: np.ndarray, beta: float, lr: float
 
 
 def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int = 24, seeds=(0,),
-                       schemes=("moore",)) -> Path:
+                       schemes=("moore",), unlearned=lambda trial, y: y) -> Path:
     """results.json and predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz as `python -m sweep.run`
-    writes them (sweep/winners.py), from made-up traces and scores."""
+    writes them (sweep/winners.py), from made-up traces and scores; `unlearned(trial, trace)` may
+    replace a trial's trace (e.g. by one at chance)."""
     cfg = prepare(load_config(SMOKE, [f"data.store={store.root}", f"run.run_dir={run_dir}", "data.synth=null",
                                       f"sweep.betas={list(betas)}", f"sweep.lrs={list(lrs)}",
                                       f"sweep.seeds={list(seeds)}", f"sweep.schemes={list(schemes)}"]))
@@ -55,38 +58,38 @@ def write_sweep_output(store, run_dir: Path, betas=BETAS, lrs=LRS, n_evals: int 
     rng = np.random.default_rng(0)
     every = cfg.train.eval_every_examples
     traces = []
-    for i, (scheme, beta, lr, seed) in enumerate((*a, lr, s) for a in cfg.sweep.arms for lr in lrs for s in seeds):
+    for i, trial in enumerate(cfg.sweep.trials):
         x = every * np.arange(1, n_evals + 1)
-        peak = (0.35 + 0.4 * (1 - beta)) * n_evals  # balanced trials peak earlier
+        peak = (0.35 + 0.4 * (1 - trial.beta)) * n_evals  # balanced trials peak earlier
         y = 1.2 + 0.9 * (1 - np.exp(-3 * x / (every * peak))) - 0.02 * np.maximum(x / every - peak, 0)
-        y += 0.05 * beta + 0.02 * cfg.sweep.schemes.index(scheme) + rng.normal(0, 0.04, n_evals)
+        y += 0.05 * trial.beta + 0.02 * cfg.sweep.schemes.index(trial.scheme) + rng.normal(0, 0.04, n_evals)
+        y = unlearned(trial, y)
         ckpts = [str(run_dir / "ray" / f"trial_{i}" / f"checkpoint_{j:06d}") for j in range(n_evals)]
-        traces.append(TrialTrace(f"t{i:05d}", scheme, float(beta), float(lr), seed, x, y, y / 4, ckpts))
+        traces.append(TrialTrace(trial, x, y, y / 4, ckpts, start=0.0))
     per_arm = select_per_arm(traces, cfg.sweep.rule)
+    several = cfg.sweep.several_schemes
     rows = []
     for arm in cfg.sweep.arms:  # as sweep.winners.evaluate_winners
         evaluated = {}
         for sel in per_arm[arm].picks:
-            metrics = {}
+            t, metrics = sel.trial, {}
             for k, split in enumerate(cfg.data.eval_splits):
                 targets = store.labels(split).multi_hot(store.n_classes).astype(np.float32)
-                scores = _scores(targets, train_prior, sel.beta + 0.1 * cfg.sweep.schemes.index(sel.scheme), sel.lr,
-                                 seed=100 * k + int(10 * sel.beta) + 1000 * sel.seed + len(sel.scheme))
+                scores = _scores(targets, train_prior, t.beta + 0.1 * cfg.sweep.schemes.index(t.scheme), t.lr,
+                                 seed=100 * k + int(10 * t.beta) + 1000 * t.seed + len(t.scheme))
                 res = {"scores": scores, "targets": targets, "clip_ids": store.clip_ids(split),
                        "metrics": classification_metrics(targets, scores)}
-                save_predictions(predictions_path(run_dir, sel.scheme, sel.beta, sel.seed, split), res)
+                save_predictions(predictions_path(run_dir, arm, t.seed, split), res)
                 metrics[split] = res["metrics"]
-            evaluated[sel.seed] = (sel.examples_to_peak, metrics)
-        rows.append(results_row(per_arm[arm], cfg.sweep.label(*arm), evaluated))
+            evaluated[t] = (sel.examples_to_peak, metrics)
+        rows.append(results_row(per_arm[arm], arm.label(several), evaluated))
     selection = selection_summary(select_overall(per_arm), per_arm, cfg)
-    conf = confidence([{"arm": cfg.sweep.label(t.scheme, t.beta), "beta": t.beta, "lr": t.lr, "seed": t.seed,
-                        "full": s.val_dprime, "samples": s.val_dprime + rng.normal(0, 0.05, 200)}
-                       for t in traces for s in [select_trial(t, cfg.sweep.rule)]], 200)
-    summary = {"selection": selection, "verdict": verdict(conf, [r["label"] for r in selection["not_converged"]], 99),
-               "p_best": conf["p_best"], "confidence": conf, "rows": rows, "failed": [], "diverged": [],
-               "traces": [{"trial_id": t.trial_id, "scheme": t.scheme, "beta": t.beta,
-                           "label": cfg.sweep.label(t.scheme, t.beta), "lr": t.lr, "seed": t.seed,
-                           "examples": t.examples.tolist(), "dprime": t.dprime.tolist()} for t in traces],
+    picks = {t.trial: select_trial(t, cfg.sweep.rule).val_dprime for t in traces}
+    conf = confidence(picks, {t: v + rng.normal(0, 0.05, 200) for t, v in picks.items()}, 200)
+    summary = {"selection": selection, **judge(cfg, per_arm, conf, 99), "rows": rows, "failed": [], "diverged": [],
+               "traces": [{"trial": t.trial.key, "scheme": t.trial.scheme, "beta": t.trial.beta,
+                           "label": t.trial.arm.label(several), "lr": t.trial.lr, "seed": t.trial.seed,
+                           "examples": t.examples.tolist(), "dprime": t.dprime.tolist(), "start": t.start} for t in traces],
                "eval_splits": cfg.data.eval_splits, "config": to_dict(cfg), "wall_seconds": 1.0}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
     return run_dir
@@ -105,7 +108,7 @@ def report(synth_store, tmp_path_factory):
 
 
 def _pred(run_dir, beta, split, seed=0, scheme="moore"):
-    with np.load(predictions_path(run_dir, scheme, beta, seed, split)) as f:
+    with np.load(predictions_path(run_dir, Arm(scheme, beta), seed, split)) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -309,13 +312,16 @@ def test_format_results_text():
     """results.txt: Tables 3-4 to 3 / 4 decimals, change vs the baseline (beta = 0, else the
     smallest beta), unsettled picks marked and named; mean +- sd over seeds; p_best and the verdict."""
     def row(b, seeds):
-        picks = [{"seed": s, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24} for s in seeds]
-        return {"scheme": "moore", "beta": b, "label": f"beta={b:g}", "lr": 3e-4, "converged": b != 1.0, "seeds": picks,
-                "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}},
+        picks = [{"seed": s, "learned": True, "converged": b != 1.0, "examples_to_peak": 12_000, "evaluations": 24}
+                 for s in seeds]
+        return {"scheme": "moore", "beta": b, "label": f"beta={b:g}", "lr": 3e-4, "learned": True, "converged": b != 1.0,
+                "seeds": picks, "eval": {"ev": {"dprime": 1.5 + b, "mAP": 0.25 + b / 10}},
                 "eval_sd": {"ev": {"dprime": 0.1, "mAP": 0.01}}}
     summary = {"rows": [row(1.0, [0]), row(0.0, [0])], "eval_splits": ["ev"], "p_best": {"beta=0": 0.2, "beta=1": 0.8},
-               "config": {"sweep": {"schemes": ["moore"]}},
-               "verdict": "unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"}
+               "config": {"sweep": {"schemes": ["moore"]}}, "failed": [], "diverged": [],
+               "selection": {"label": "beta=1", "lr": 3e-4, "val_dprime": 2.0, "seeds": [0], "examples_to_peak": 12_000,
+                             "not_converged": [{"label": "beta=1", "status": "NOT CONVERGED", "cap_to_settle": 24_000}]},
+               "verdict": {"resolved": False, "provisional": True, "word": "provisional", "text": "NOT CONVERGED ..."}}
     assert format_results(summary).splitlines() == [
         "Table 3: d' (absolute, change vs beta=0)",
         "arm           lr                        ev",
@@ -330,8 +336,10 @@ def test_format_results_text():
         "NOT CONVERGED: beta=1 (picked at 12,000 examples, evaluation 24 was the last): the cap "
         "(train.max_examples) came before the pick was settled; raise it",
         "",
-        "p_best (probability of being best on validation): beta=0 0.20, beta=1 0.80",
-        "verdict: unresolved: beta=1 (p_best 0.80), beta=0 (p_best 0.20) are within noise"]
+        "p_best (probability of being best on validation - PROVISIONAL, an arm is unsettled): beta=0 0.20, beta=1 0.80",
+        "verdict: provisional: NOT CONVERGED ...",
+        "provisional: best on validation: beta=1 lr=0.0003 (smoothed validation d' 2.000 at its pick after 12,000 "
+        "examples; beta=1 NOT CONVERGED (needs train.max_examples >= 24,000); 0 failed or diverged trial(s))"]
     assert format_results({**summary, "rows": summary["rows"][:1]}).splitlines()[:3] == [
         "Table 3: d' (absolute, change vs beta=1)", "arm           lr                        ev",
         "beta=1    0.0003           2.500 (+0.000)  NOT CONVERGED"]
@@ -393,3 +401,28 @@ def test_two_schemes_report_every_arm_once(synth_store, tmp_path):
     assert "| psla beta=1 |" in md and f": {results['selection']['label']}**" in md
     text = format_results(results)
     assert all(any(line.startswith(a + " ") for line in text.splitlines()) for a in arms)
+
+
+def test_an_arm_that_did_not_learn_shows_no_result(synth_store, tmp_path):
+    """beta = 1 at chance throughout (it never left its start): results.txt and report.md show no
+    result for it, its change from the baseline is not reported, Fig. 3 (beta 1 vs 0) is not
+    drawn, the trace panel says so, and p_best is drawn as provisional."""
+    rng = np.random.default_rng(5)
+    run_dir = write_sweep_output(synth_store, tmp_path / "run", lrs=(1e-3,), n_evals=12,
+                                 unlearned=lambda t, y: 0.03 + rng.normal(0, 0.03, y.size) if t.beta == 1 else y)
+    results = json.loads((run_dir / "results.json").read_text())
+    row = {r["label"]: r for r in results["rows"]}["beta=1"]
+    assert not row["learned"] and row["status"] == "did not learn" and results["verdict"]["provisional"]
+    assert "beta=1 did not learn within the cap" in results["verdict"]["text"]
+    late = {r["label"]: r for r in results["selection"]["not_converged"]}
+    assert late["beta=1"]["status"] == "did not learn" and late["beta=1"]["cap_to_settle"] >= 2 * 960
+    text = format_results(results).splitlines()
+    line = next(x for x in text if x.startswith("beta=1 "))
+    assert "no result" in line and line.endswith("did not learn within the cap") and "(+" not in line
+    build_report(run_dir, n_resamples=50)
+    t = json.loads((run_dir / "report" / "tables.json").read_text())
+    assert t["fig3"] is None and "fig3_delta_ap_vs_prior.png" not in t["figures"]
+    assert all(r["learned"] is False and all(r[s] is None for s in results["eval_splits"])
+               for r in t["table3"] if r["name"] == "beta=1")
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "no result (did not learn)" in md and "**did not learn**" in md and "Provisional p_best" in md

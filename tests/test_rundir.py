@@ -37,10 +37,16 @@ def test_resume_needs_the_same_config_and_the_same_clips(tmp_path):
     fps = {"train": "sha256:aaaa", "valid": "sha256:bbbb"}
     with pytest.raises(ConfigError, match="holds no earlier sweep"):
         run.check_resumable(cfg, fps)
-    run.record("0a1b", "1", cfg, fps)
+    run.record("0a1b", "1", cfg, fps, [960])
     assert run.check_resumable(cfg, fps)["parent_run_id"] == "0a1b"
     with pytest.raises(ConfigError, match=r"--resume: sweep\.patience is 9, the sweep .* started with 3"):
         run.check_resumable(to_dict(load_config(SMOKE, ["sweep.patience=9"])), fps)
+    higher = to_dict(load_config(SMOKE, ["train.max_examples=2000"]))
+    assert run.check_resumable(higher, fps)["caps"] == [960]  # a higher cap continues the sweep
+    with pytest.raises(ConfigError, match=r"--resume: train\.max_examples is 500, below the 960 .* can only be raised"):
+        run.check_resumable(to_dict(load_config(SMOKE, ["train.max_examples=500"])), fps)
+    with pytest.raises(ConfigError, match=r"sweep\.patience is 9.*\(only train\.max_examples may be raised\)"):
+        run.check_resumable(to_dict(load_config(SMOKE, ["train.max_examples=2000", "sweep.patience=9"])), fps)
     with pytest.raises(ConfigError, match=r"--resume: split 'train' of the store is sha256:cccc, .* started on "
                                           r"sha256:aaaa: the store changed"):
         run.check_resumable(cfg, {**fps, "train": "sha256:cccc"})
@@ -52,25 +58,27 @@ def test_an_earlier_sweep_moves_whole_to_previous(tmp_path, parent_id, named):
     run id>/ (one path part: an id that is not one becomes a timestamp); the checkpoint paths in
     its results.json follow them; the store and the MLflow database stay."""
     run, storage = tmp_path / "run", tmp_path / "run" / "ray"
-    checkpoint = storage / "train_runs" / "smoke" / "train-t1" / "checkpoint_000000000064"
+    checkpoint = storage / "train_runs" / "smoke" / "moore-beta=1-lr=0.001-seed=0" / "checkpoint_000000000064"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model.pt").write_bytes(b"w")
     (storage / "smoke").mkdir()
     (storage / "smoke" / "tuner.pkl").write_bytes(b"t")
+    (storage / "smoke.cap-2000").mkdir()                 # the sweep continued to a higher cap
+    (storage / "smoke.cap-2000" / "tuner.pkl").write_bytes(b"t2")
     (storage / "train_runs" / "other").mkdir()           # another run.name's: not this sweep's
     for d in ("report", "predictions/beta=0", "store"):
         (run / d).mkdir(parents=True)
     (run / "mlflow.db").write_bytes(b"db")
-    (run / "results.json").write_text(json.dumps({"selection": {"checkpoint": str(checkpoint)},
-                                                  "rows": [{"checkpoint": str(checkpoint)}]}))
+    (run / "results.json").write_text(json.dumps({"rows": [{"seeds": [{"checkpoint": str(checkpoint)}]}]}))
     (run / "sweep.json").write_text(json.dumps({"parent_run_id": parent_id}))
     moved = RunDir(run).retire(str(storage), "smoke")
     assert moved.parent == run / "previous" and (moved.name == parent_id) == named
     assert sorted(p.name for p in moved.iterdir()) == ["predictions", "ray", "report", "results.json", "sweep.json"]
-    new = moved / "ray" / "train_runs" / "smoke" / "train-t1" / "checkpoint_000000000064"
+    new = moved / "ray" / "train_runs" / "smoke" / "moore-beta=1-lr=0.001-seed=0" / "checkpoint_000000000064"
     assert (new / "model.pt").read_bytes() == b"w" and (moved / "ray" / "smoke" / "tuner.pkl").exists()
+    assert (moved / "ray" / "smoke.cap-2000" / "tuner.pkl").exists()
     results = json.loads((moved / "results.json").read_text())
-    assert results["rows"][0]["checkpoint"] == results["selection"]["checkpoint"] == str(new)
+    assert results["rows"][0]["seeds"][0]["checkpoint"] == str(new)  # where sweep.evaluate --checkpoint finds it
     assert sorted(p.name for p in run.iterdir()) == ["mlflow.db", "previous", "ray", "store"]
     assert (storage / "train_runs" / "other").exists() and not (tmp_path / "escape").exists()
     assert RunDir(run).retire(str(storage), "smoke") is None  # nothing left to move

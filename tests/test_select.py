@@ -4,15 +4,22 @@ import numpy as np
 import pytest
 
 from bench.stopping_rule import SPEEDS, simulate, stop_at, true_curve
-from sweep.select import (ArmSelection, StoppingRule, TrialTrace, arm_label, checkpoints_to_keep, latest_settled_pick,
-                          pick, scores_to_keep, select_overall, select_per_arm, select_trial, settled, smoothed)
+from sweep.select import (ArmSelection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, learned,
+                          noise, pick, scores_to_keep, select_overall, select_per_arm, select_trial, settled, smoothed)
+from sweep.trial import Arm, Trial
 
 
-def _trace(trial_id: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None,
+def _trace(name: str, beta: float, lr: float, dprime: list[float], mAP: list[float] | None = None,
            seed: int = 0, scheme: str = "moore") -> TrialTrace:
+    """A trace evaluated every 1000 examples; its checkpoints are named ckpt/<name>/<evaluation>."""
     e = len(dprime)
-    return TrialTrace(trial_id, scheme, beta, lr, seed, np.arange(1, e + 1) * 1000, np.array(dprime),
-                      np.array(dprime if mAP is None else mAP) / 10, [f"ckpt/{trial_id}/{i}" for i in range(e)])
+    return TrialTrace(Trial(scheme, beta, lr, seed), np.arange(1, e + 1) * 1000, np.array(dprime),
+                      np.array(dprime if mAP is None else mAP) / 10, [f"ckpt/{name}/{i}" for i in range(e)])
+
+
+def _name(sel) -> str:
+    """The trace name a pick's checkpoint carries (ckpt/<name>/<evaluation>)."""
+    return sel.checkpoint.split("/")[1]
 
 
 def _settled(d, window, patience, ratio=1.0) -> bool:
@@ -204,15 +211,15 @@ def test_select_per_arm_and_overall():
         _trace("d", 1.0, 1e-3, [1.0, 2.5, 1.0, 1.0, 1.0, 1.0]),  # one spike only
     ]
     per_arm = select_per_arm(traces, StoppingRule(3, 2, 1.0))
-    assert set(per_arm) == {("moore", 0.0), ("moore", 1.0)} and all(len(s.picks) == 1 for s in per_arm.values())
-    b0 = per_arm["moore", 0.0].picks[0]
+    assert set(per_arm) == {Arm("moore", 0.0), Arm("moore", 1.0)} and all(len(s.picks) == 1 for s in per_arm.values())
+    b0 = per_arm[Arm("moore", 0.0)].picks[0]
     # b smoothed (window 3): [-, 1.5, 1.7, 1.667, 1.533, -] -> index 2; a peaks at 1.467
-    assert (b0.trial_id, b0.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
+    assert (_name(b0), b0.trial.lr, b0.index, b0.examples_to_peak) == ("b", 1e-3, 2, 3000)
     assert b0.val_dprime == pytest.approx(1.7) and b0.val_dprime_raw == 1.8
     assert b0.checkpoint == "ckpt/b/2" and b0.converged and b0.evaluations == 6 and b0.examples_to_map_peak == 3000
     # d smoothed: [-, 1.5, 1.5, 1.0, 1.0, -] -> index 1; c rises to 1.3 at index 4, unsettled
-    b1 = per_arm["moore", 1.0].picks[0]
-    assert (b1.trial_id, b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
+    b1 = per_arm[Arm("moore", 1.0)].picks[0]
+    assert (_name(b1), b1.index) == ("d", 1) and b1.val_dprime == pytest.approx(1.5) and b1.converged
     assert not select_trial(traces[2], StoppingRule(3, 2, 1.0)).converged
     # at ratio 2, b's pick (3,000 examples) needs the 6,000 it has; at 2.5, 7,500
     assert select_trial(traces[1], StoppingRule(3, 2, 2.0)).converged
@@ -221,7 +228,7 @@ def test_select_per_arm_and_overall():
     later = _trace("e", 0.5, 1e-3, [1.1, 1.6, 1.8, 1.7, 1.5, 1.4], mAP=[1, 2, 3, 4, 5, 4])
     assert select_trial(later, StoppingRule(3, 2, 1.0)).examples_to_map_peak == 5000
     best = select_overall(per_arm)
-    assert isinstance(best, ArmSelection) and best.beta == 0.0 and best.picks[0].trial_id == "b"
+    assert isinstance(best, ArmSelection) and best.arm.beta == 0.0 and _name(best.picks[0]) == "b"
 
 
 def test_schemes_are_arms_of_their_own():
@@ -231,15 +238,13 @@ def test_schemes_are_arms_of_their_own():
               _trace("p1", 0.5, 1e-4, [1.0, 1.9, 2.0, 1.9, 1.4, 1.3], scheme="psla"),
               _trace("p2", 0.5, 1e-3, [1.0, 1.2, 1.3, 1.2, 1.1, 1.0], scheme="psla")]
     per_arm = select_per_arm(traces, StoppingRule(3, 2, 1.0))
-    assert set(per_arm) == {("moore", 0.5), ("psla", 0.5)}
-    assert per_arm["psla", 0.5].lr == 1e-4 and per_arm["psla", 0.5].scheme == "psla"
+    assert set(per_arm) == {Arm("moore", 0.5), Arm("psla", 0.5)}
+    assert per_arm[Arm("psla", 0.5)].lr == 1e-4
     best = select_overall(per_arm)
-    assert (best.scheme, best.beta) == ("psla", 0.5) and best.picks[0].scheme == "psla"
+    assert best.arm == Arm("psla", 0.5) and best.picks[0].trial.scheme == "psla"
     tied = select_per_arm([_trace("a", 0.5, 1e-3, [1.0] * 6, scheme="psla"), _trace("b", 0.5, 1e-3, [1.0] * 6),
                            _trace("c", 0.3, 1e-3, [1.0] * 6, scheme="passt")], StoppingRule(3, 2, 1.0))
-    assert (select_overall(tied).scheme, select_overall(tied).beta) == ("passt", 0.3)
-    assert arm_label("psla", 0.5, True) == "psla beta=0.5" and arm_label("psla", 0.0, True) == "beta=0"
-    assert arm_label("moore", 0.5, False) == "beta=0.5"
+    assert select_overall(tied).arm == Arm("passt", 0.3)
 
 
 def test_seeds_choose_the_learning_rate_on_their_mean():
@@ -249,17 +254,17 @@ def test_seeds_choose_the_learning_rate_on_their_mean():
              _trace("a1", 0.0, 1e-4, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], seed=1)]   # mean 1.83
     steady = [_trace("b1", 0.0, 1e-3, [1.0, 2.0, 2.0, 1.9, 1.5, 1.5], seed=1),
               _trace("b0", 0.0, 1e-3, [1.0, 2.0, 2.1, 2.0, 1.6, 1.5], seed=0)]  # mean 1.98
-    sel = select_per_arm(lucky + steady, StoppingRule(3, 2, 1.0))["moore", 0.0]
-    assert sel.lr == 1e-3 and [p.trial_id for p in sel.picks] == ["b0", "b1"]
+    sel = select_per_arm(lucky + steady, StoppingRule(3, 2, 1.0))[Arm("moore", 0.0)]
+    assert sel.lr == 1e-3 and [_name(p) for p in sel.picks] == ["b0", "b1"]
     assert sel.val_dprime == pytest.approx(np.mean([p.val_dprime for p in sel.picks])) and sel.converged
     unsettled = _trace("b1", 0.0, 1e-3, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0], seed=1)
-    assert not select_per_arm(steady[1:] + [unsettled], StoppingRule(3, 2, 1.0))["moore", 0.0].converged
+    assert not select_per_arm(steady[1:] + [unsettled], StoppingRule(3, 2, 1.0))[Arm("moore", 0.0)].converged
 
 
 def test_a_trace_without_a_full_window_cannot_be_selected():
     traces = [_trace("a", 0.5, 1e-4, [1.0, 1.2, 1.1]), _trace("b", 0.5, 1e-3, [1.0] * 7)]
-    with pytest.warns(UserWarning, match="trial a .* no 7-evaluation window"):
-        assert select_per_arm(traces)["moore", 0.5].picks[0].trial_id == "b"
+    with pytest.warns(UserWarning, match="trial moore-beta=0.5-lr=0.0001-seed=0 has no 7-evaluation window"):
+        assert _name(select_per_arm(traces)[Arm("moore", 0.5)].picks[0]) == "b"
     assert select_trial(traces[0], StoppingRule(7, 5, 2.0)) is None
     with pytest.raises(ValueError):
         select_overall({})
@@ -267,4 +272,69 @@ def test_a_trace_without_a_full_window_cannot_be_selected():
 
 def test_trace_lengths_must_agree():
     with pytest.raises(ValueError, match="one length"):
-        TrialTrace("x", "moore", 0.0, 1e-4, 0, np.arange(3), np.zeros(3), np.zeros(3), [None, None])
+        TrialTrace(Trial("moore", 0.0, 1e-4, 0), np.arange(3), np.zeros(3), np.zeros(3), [None, None])
+
+
+def test_a_trace_at_chance_never_settles():
+    """The issue's check: 1,000 traces flat at chance (d' 0.05 +- 0.04, 30 evaluations every 500
+    examples) under the default rule. Before the learned guard about half of them settled, on a
+    pick at chance; now none does, with the start measured or not."""
+    rng = np.random.default_rng(0)
+    examples = np.arange(1, 31) * 500
+    for _ in range(1000):
+        d = 0.05 + rng.normal(0, 0.04, 30)
+        assert not settled(d, examples) and not settled(d, examples, start=float(0.05 + rng.normal(0, 0.04)))
+        assert not learned(d)
+
+
+def test_a_trace_that_never_leaves_its_start_does_not_settle():
+    """A trial that starts above chance (its d' before training 0.5) and stays there has not
+    learned; the same trace rising from that start has."""
+    rng = np.random.default_rng(1)
+    examples = np.arange(1, 31) * 500
+    flat = [0.5 + rng.normal(0, 0.03, 30) for _ in range(300)]
+    assert np.mean([settled(d, examples, start=0.5) for d in flat]) < 0.02
+    x = np.arange(1, 31) / 10
+    risen = [0.5 + 0.4 * x * np.exp(1 - x) + rng.normal(0, 0.03, 30) for _ in range(100)]
+    assert all(settled(d, examples, start=0.5) for d in risen)
+
+
+def test_a_trace_that_learned_and_peaked_still_settles():
+    """Fast and slow peaks, gains of 0.3 and 2 d', from chance: the guard changes nothing."""
+    rng = np.random.default_rng(2)
+    for peak, gain, n in ((3, 2.0, 20), (10, 0.3, 30), (10, 2.0, 30)):
+        x = np.arange(1, n + 1) / peak
+        for _ in range(100):
+            d = gain * x * np.exp(1 - x) + rng.normal(0, 0.02, n)
+            assert learned(d, start=float(rng.normal(0, 0.02)))
+            assert settled(d, np.arange(1, n + 1) * 1000, start=0.0) == settled(
+                d, np.arange(1, n + 1) * 1000, StoppingRule(chance=-np.inf, learn_z=0.0))
+
+
+def test_noise_is_the_evaluation_sd_whatever_the_trend():
+    rng = np.random.default_rng(3)
+    x = np.arange(200.0)
+    for trend in (0 * x, 0.01 * x, 2 - 0.005 * x):
+        assert noise(trend + rng.normal(0, 0.05, 200)) == pytest.approx(0.05, rel=0.15)
+    assert np.isnan(noise(np.array([1.0, 2.0]))) and noise(np.array([1.0, np.nan, 2.0, 3.0, 4.0])) == 0.0
+
+
+def test_an_arm_that_did_not_learn_says_so():
+    at_chance = _trace("c", 1.0, 1e-3, [0.05, 0.02, 0.06, 0.04, 0.05, 0.03, 0.06, 0.05])
+    sel = select_trial(at_chance, StoppingRule(3, 2, 1.0))
+    assert sel is not None and not sel.learned and not sel.converged
+    arm = select_per_arm([at_chance], StoppingRule(3, 2, 1.0))[Arm("moore", 1.0)]
+    assert not arm.learned and not arm.converged
+
+
+def test_late_starters_lose_no_more_than_early_ones():
+    """Simulated slow traces at chance for 40% of their time to peak, then rising (bench/
+    stopping_rule.py, sigma 0.02): with the learned guard they lose no more against training to
+    the cap than traces that start at once; without it a quarter stop on their flat start."""
+    rule = StoppingRule(7, 5, 2.0)
+    late, early = (simulate(shape, SPEEDS["slow"], 0.02, rule, reps=60) for shape in ("late_40", "peak"))
+    assert late["loss_mean"] <= early["loss_mean"] + 0.002 and late["picked_early"] <= early["picked_early"] + 0.02
+    unguarded = simulate("late_40", SPEEDS["slow"], 0.02, StoppingRule(7, 5, 2.0, chance=-np.inf, learn_z=0.0), reps=60)
+    assert unguarded["loss_mean"] > 0.02 and unguarded["picked_early"] > 0.1
+    never = simulate("never", SPEEDS["fast"], 0.02, rule, reps=60)
+    assert never["settled"] == 0 and never["compute"] == 1.0

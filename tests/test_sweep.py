@@ -160,14 +160,14 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
     assert all(ex == STEPS for ex in registered_examples(train_runs).values())
     assert client.get_run(parent_id).info.status == "FINISHED"
     _, trials = children(client, run)
-    audit = {c.data.params["scheme"]: c.data.metrics["audit.epoch_inflation"] for c in trials}
+    audit = {c.data.params["scheme"]: c.data.params["audit.epoch_inflation"] for c in trials}
     assert set(audit) == {"moore", "psla"} and audit["moore"] != audit["psla"]
-    traces = {t["trial_id"]: t for t in results["traces"]}
+    traces = {t["trial"]: t for t in results["traces"]}
     for c in trials:
         assert c.info.status == "FINISHED", c.data.tags.get("error")
         assert (c.data.tags["stopped"], c.data.tags["converged"]) == ("cap", "false")
         history = client.get_metric_history(c.info.run_id, "val_dprime")
-        trace = traces[c.data.tags["ray_trial_id"]]
+        trace = traces[c.data.tags["trial"]]
         assert [m.step for m in history] == STEPS  # resumed and restarted: no gap, no repeat
         # a redone step is the same step (step_seed, exact stream resume): the value MLflow got
         # before the kill or the Ctrl-C is the one in the checkpoint that selection reads
@@ -240,6 +240,6 @@ def test_trials_stopped_from_outside_are_killed_and_given_up_ones_failed(tmp_pat
     assert status == ["KILLED", "FAILED", "KILLED"]
     assert "ActorDiedError" in client.get_run(runs[0]).data.tags["stopped_by"]
     assert client.get_run(runs[1]).data.tags["error"] == "RuntimeError: loss is NaN"
-    tracking.fail_children(client, exp, parent, [{"trial_id": "trial_0", "error": "TrialError: gave up"}])
+    tracking.fail_children(client, exp, parent, [{"trial": "trial_0", "error": "TrialError: gave up"}])
     assert client.get_run(runs[0]).info.status == "FAILED"
     assert client.get_run(runs[0]).data.tags["error"] == "TrialError: gave up"

@@ -39,8 +39,9 @@ from sweep.report import markdown
 from sweep.report.figures import FIGURES, draw_figures
 from sweep.report.per_class import write_per_class_csv
 from sweep.bootstrap import bootstrap_counts, resampled_metrics
-from sweep.evaluate import load_predictions
-from sweep.winners import predictions_path
+from sweep.predictions import load_predictions
+from sweep.rundir import predictions_path
+from sweep.trial import Arm
 from sweep.report.tables import (convergence_rows, fig3_table, imbalance_tables, metric_tables, ordered_rows,
                                  prior_shift_rows)
 
@@ -94,7 +95,7 @@ def _predictions(run_dir: Path, split: str, models: list[dict], extras: dict) ->
     """Every model's predictions of `split` in the baseline's clip order ({name: one npz's arrays
     per seed}; None: an extra model without this split)."""
     def saved(row: dict) -> list[dict]:
-        return [_load_npz(predictions_path(run_dir, row["scheme"], row["beta"], s["seed"], split))
+        return [_load_npz(predictions_path(run_dir, Arm(row["scheme"], row["beta"]), s["seed"], split))
                 for s in row["seeds"]]
 
     ref = saved(models[0]["row"])[0]
@@ -130,13 +131,14 @@ def _score_split(run_dir: Path, split: str, models: list[dict], extras: dict, n_
 
 
 def _models(rows: list[dict], extras: dict) -> list[dict]:
-    """[{name, scheme, beta, lr, row}]: the sweep rows in order (the first is the baseline), named
-    by their arm's label, then the extras."""
-    models = [{"name": r["label"], "scheme": r["scheme"], "beta": r["beta"], "lr": r["lr"], "row": r} for r in rows]
+    """[{name, scheme, beta, lr, learned, row}]: the sweep rows in order (the first is the
+    baseline), named by their arm's label, then the extras."""
+    models = [{"name": r["label"], "scheme": r["scheme"], "beta": r["beta"], "lr": r["lr"], "learned": r["learned"],
+               "row": r} for r in rows]
     for name in extras:
         if name in {m["name"] for m in models}:
             raise ValueError(f"--extra {name}: the name is taken by a sweep row")
-        models.append({"name": name, "scheme": None, "beta": None, "lr": None, "row": None})
+        models.append({"name": name, "scheme": None, "beta": None, "lr": None, "learned": True, "row": None})
     return models
 
 
@@ -183,8 +185,8 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     tables["table1"], tables["table2"] = imbalance_tables(store, cfg["data"], rows)
     tables.update(metric_tables(models, boot, splits))
     top = max((r for r in rows if r["scheme"] == rows[0]["scheme"]), key=lambda r: r["beta"])
-    tables["fig3"] = fig3_table(boot, rows[0], top, store.priors(train), store.classes, n_resamples,
-                                SEED) if top is not rows[0] else None
+    tables["fig3"] = fig3_table(boot, rows[0], top, store.priors(train), store.classes, n_resamples, SEED) \
+        if top is not rows[0] and top["learned"] and rows[0]["learned"] else None
     order = {m["name"]: i for i, m in enumerate(models)}
     tables["prior_shift"] = sorted(shift, key=lambda r: order[r["name"]])  # stable: split order kept
     tables["selection"], tables["verdict"], tables["p_best"] = results["selection"], results["verdict"], results["p_best"]

@@ -37,7 +37,7 @@ def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dic
     (tables.ordered_rows); traces: results.json traces; window: the selection's smoothing window.
     Figs. 1-3 and p_best need two arms, the traces need traces."""
     made = []
-    if len(rows) > 1:
+    if sum(r["learned"] for r in rows) > 1 and rows[0]["learned"]:  # changes from a baseline that learned
         metrics_vs_beta(out_dir / FIGURES[0], tables, tables["eval_splits"], tables["baseline"])
         made.append(FIGURES[0])
     if tables["fig3"]:
@@ -49,7 +49,7 @@ def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dic
     examples_to_peak(out_dir / FIGURES[3], rows)
     made.append(FIGURES[3])
     if len(rows) > 1:
-        p_best(out_dir / FIGURES[4], tables["p_best"], tables["verdict"])
+        p_best(out_dir / FIGURES[4], tables["p_best"], tables["verdict"], tables["selection"])
         made.append(FIGURES[4])
     return made
 
@@ -71,7 +71,8 @@ def _si(x: float, _pos=None) -> str:
 def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base: str) -> None:
     """Fig. 1 (mAP) and Fig. 2 (d') vs beta: change from the baseline (the arm named `base`) per
     eval split (colour) and scheme (line style), each line starting at the baseline, with 95%
-    paired bootstrap CI bars."""
+    paired bootstrap CI bars. An arm that did not learn within the cap has no point (it has no
+    result); the title names it."""
     fig = _figure((12, 4.6))
     axes = fig.subplots(1, 2)
     arms = [r for r in tables["table4"] if r["beta"] is not None]
@@ -83,8 +84,8 @@ def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base: str) -> N
         rows = [r for r in tables[table] if r["beta"] is not None]
         base_row = next(r for r in rows if r["name"] == base)
         for k, (s, scheme) in enumerate((s, scheme) for s in splits for scheme in schemes):
-            line = [base_row, *sorted((r for r in rows if r["scheme"] == scheme and r is not base_row),
-                                      key=lambda r: r["beta"])]
+            line = [base_row, *sorted((r for r in rows if r["scheme"] == scheme and r is not base_row
+                                       and r.get(s) is not None), key=lambda r: r["beta"])]
             x = np.array([r["beta"] for r in line]) + (k - (n_lines - 1) / 2) * 0.012 * span  # CI bars apart
             rel, ci = np.array([r[s]["rel"] for r in line]), np.array([r[s]["ci95"] for r in line])
             j = schemes.index(scheme)
@@ -95,9 +96,11 @@ def metrics_vs_beta(path: Path, tables: dict, splits: list[str], base: str) -> N
         ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set_xticks(betas)
         ax.set_xticklabels([f"{b:g}" for b in betas])
+        unlearned = [r["name"] for r in rows if not r["learned"]]
         ax.set(xlabel="β (oversampling exponent; 0 = natural, 1 = fully balanced)",
                ylabel=f"Δ{label} vs {base}",
-               title=f"Fig. {fig_no}: {label} vs β (bars: 95% paired bootstrap CI)")
+               title=f"Fig. {fig_no}: {label} vs β (bars: 95% paired bootstrap CI)"
+               + (f"\nno result: {', '.join(unlearned)} did not learn within the cap" if unlearned else ""))
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -142,11 +145,13 @@ def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: 
     nrow = math.ceil(len(arms) / ncol)
     fig = _figure((3.6 * ncol + 0.6, 3.0 * nrow + 0.9))
     axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
-    picks = {s["trial_id"]: s for r in rows for s in r["seeds"]}
+    picks = {s["trial"]: s for r in rows for s in r["seeds"]}
+    status = {r["label"]: r["status"] for r in rows}
     for ax, arm in zip(axes.flat, arms):
         for t in (t for t in traces if t["label"] == arm):
-            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial_id"]), window)
-        ax.set_title(arm, fontsize=10)
+            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial"]), window)
+        ax.set_title(arm + ("" if status.get(arm, "settled") == "settled" else f" ({status[arm]})"), fontsize=10,
+                     color="k" if status.get(arm, "settled") == "settled" else "C3")
         ax.grid(alpha=0.25)
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
     for ax in axes.flat[len(arms):]:
@@ -198,19 +203,27 @@ def examples_to_peak(path: Path, rows: list[dict]) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def p_best(path: Path, probabilities: dict[str, float], verdict: str) -> None:
+def p_best(path: Path, probabilities: dict[str, float], verdict: dict, selection: dict) -> None:
     """Bars: the probability that each arm is best on validation (bootstrap over validation
-    clips, and seeds), the 0.95 a resolved verdict needs marked, the verdict as the title."""
+    clips, and seeds), the 0.95 a resolved verdict needs marked, the verdict as the title. While
+    the verdict is provisional (an arm did not learn or did not settle) the bars are hatched, the
+    0.95 line is left out and the title says why: more training can still move them."""
     fig = _figure((1.1 * len(probabilities) + 3, 3.6))
     ax = fig.subplots()
-    bars = ax.bar(list(probabilities), list(probabilities.values()), color="C2", width=0.6)
+    provisional = verdict["provisional"]
+    bars = ax.bar(list(probabilities), list(probabilities.values()), color="0.75" if provisional else "C2",
+                  hatch="//" if provisional else None, edgecolor="0.4", width=0.6)
     for bar, v in zip(bars, probabilities.values()):
         ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                     va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.axhline(0.95, color="0.3", ls="--", lw=0.8)
     ax.set_ylim(0, 1.12)
-    ax.set(xlabel="arm (β: the oversampling exponent)", ylabel="p_best")
-    ax.set_title(verdict.split(":")[0] + " (dashed: 0.95 to be resolved)", fontsize=10)
+    ax.set(xlabel="arm (β: the oversampling exponent)", ylabel="provisional p_best" if provisional else "p_best")
+    if provisional:
+        late = ", ".join(f"{r['label']} {r['status']}" for r in selection["not_converged"])
+        ax.set_title(f"PROVISIONAL: {late}\n(no 0.95 line: p_best can move until every arm settles)", fontsize=9)
+    else:
+        ax.axhline(0.95, color="0.3", ls="--", lw=0.8)
+        ax.set_title(verdict["word"] + " (dashed: 0.95 to be resolved)", fontsize=10)
     ax.grid(axis="y", alpha=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

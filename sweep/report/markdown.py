@@ -27,23 +27,27 @@ def render(t: dict) -> str:
     return "\n".join(lines)
 
 
-def _selection(sel: dict, verdict: str, conf: dict) -> list[str]:
-    """The answer first: the best arm, the verdict on it with p_best per arm, and whether the
-    comparison is final or provisional."""
-    head = "Selected" if verdict.startswith("resolved") else "Best on validation"
+def _selection(sel: dict, verdict: dict, conf: dict) -> list[str]:
+    """The answer first: the best arm, the verdict on it with p_best per arm (provisional while
+    an arm did not learn or did not settle), and whether the comparison is final."""
+    head = "Selected" if verdict["resolved"] else "Best on validation (provisional)" if verdict["provisional"] \
+        else "Best on validation"
     seeds = f" (the mean over {len(sel['seeds'])} seeds)" if len(sel["seeds"]) > 1 else ""
+    which = "Provisional p_best" if verdict["provisional"] else "p_best"
     lines = [f"**{head}: {sel['label']}** (lr {sel['lr']:g}), smoothed validation d' {sel['val_dprime']:.3f}"
              f"{seeds} at its pick after {sel['examples_to_peak']:,} examples.", "",
-             f"**Verdict: {verdict}**", "",
-             "p_best, the probability that an arm is best on validation (paired bootstrap over the validation "
+             f"**Verdict: {verdict['word']}: {verdict['text']}**", "",
+             f"{which}, the probability that an arm is best on validation (paired bootstrap over the validation "
              f"clips, {conf['resamples']:,} resamples" + (f", and over {conf['seeds']} seeds" if conf["seeds"] > 1 else "")
              + "): " + ", ".join(f"{label}: {p:.2f}" for label, p in conf["p_best"].items()) + "."]
     if not sel["not_converged"]:
-        return lines + ["", "Every arm's pick settled: the comparison is final."]
-    late = ", ".join(f"{r['label']} (raise `train.max_examples` to at least {r['cap_to_settle']:,})"
+        return lines + ["", "Every arm learned and its pick settled: the comparison is final."]
+    late = ", ".join(f"{r['label']} ({r['status']}; raise `train.max_examples` to at least {r['cap_to_settle']:,})"
                      for r in sel["not_converged"])
-    return lines + ["", f"**Provisional**: NOT CONVERGED for {late}. An arm still improving at the cap may "
-                    "overtake the selection; the comparison is not final until every pick settles."]
+    return lines + ["", f"**Provisional**: {late}. An arm still improving at the cap, or one that has not started "
+                    "learning, may overtake the selection; p_best and the comparison are not final until every "
+                    "arm learns and its pick settles. An arm that did not learn shows no result in the tables: "
+                    "its numbers are not an effect of balancing."]
 
 
 def _f(x, spec: str = ".3f") -> str:
@@ -72,7 +76,8 @@ def _metrics(t: dict) -> list[str]:
                   "| model | lr | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
         for r in t[table]:
             cells = [f"{_f(c['abs'], f'.{d}f')} ({_f(c['rel'], f'+.{d}f')} [{_f(c['ci95'][0], f'+.{d}f')}, "
-                     f"{_f(c['ci95'][1], f'+.{d}f')}])" if c else "-" for c in (r.get(s) for s in splits)]
+                     f"{_f(c['ci95'][1], f'+.{d}f')}])" if c else "-" if r["learned"] else "no result (did not learn)"
+                     for c in (r.get(s) for s in splits)]
             lines.append(f"| {r['name']} | {_f(r['lr'], 'g')} | " + " | ".join(cells) + " |")
         undefined = max((c["undefined"] for r in t[table] for c in (r.get(s) for s in splits) if c), default=0)
         if undefined:
@@ -106,8 +111,9 @@ def _prior_shift(rows: list[dict]) -> list[str]:
 
 def _convergence(rows: list[dict]) -> list[str]:
     lines = ["", "## Convergence: the selected checkpoint per arm and seed", "",
-             "A pick is converged (settled) when later evaluations with full smoothing windows came "
-             "after it without a better one; NOT CONVERGED means the cap on examples came first.", "",
+             "A pick is converged (settled) when the trace has clearly left its starting level (it learned) and "
+             "later evaluations with full smoothing windows came after it without a better one; NOT CONVERGED "
+             "means the cap on examples came first; did not learn, that the trace never left its start.", "",
              "The mAP pick is where the smoothed validation mAP peaks (the paper's convergence figures, "
              "33M vs 104M examples, are for mAP); selection stays on d'.", "",
              "| arm | lr | seed | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
@@ -115,4 +121,5 @@ def _convergence(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     return lines + [f"| {r['label']} | {r['lr']:g} | {r['seed']} | {r['examples_to_peak']:,} | "
                     f"{_f(r.get('examples_to_map_peak'), ',')} | {_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
-                    f"{'yes' if r.get('converged') else '**NOT CONVERGED**'} |" for r in rows]
+                    f"{'yes' if r.get('converged') else '**NOT CONVERGED**' if r.get('learned') else '**did not learn**'} |"
+                    for r in rows]

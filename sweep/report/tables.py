@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from data.balance import as_multilabels
+from sweep.console import answer_lines
 from data.stats import imbalance_row, oversampled_rows
 from sweep.bootstrap import paired_difference, prior_shift_metrics, prior_slope
 
@@ -55,8 +56,9 @@ def imbalance_tables(store, data_cfg: dict, arms: list[dict]) -> tuple[list[dict
 
 
 def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) -> dict[str, list[dict]]:
-    """Tables 3 and 4: per model {name, scheme, beta, lr, <split>: {abs, rel, ci95, undefined (resamples left
-    out of the interval: paired_difference)} or None (no predictions)}.
+    """Tables 3 and 4: per model {name, scheme, beta, lr, learned, <split>: {abs, rel, ci95, undefined
+    (resamples left out of the interval: paired_difference)} or None (no predictions, or no result: the
+    arm did not learn within the cap)}. A change from a baseline that did not learn is None.
 
     models: [{name, scheme, beta, lr, row}] (row: the results.json row, None for an extra model), the
     first the baseline; boot: {split: {name: sweep.bootstrap.resampled_metrics or None}}, every model
@@ -67,19 +69,21 @@ def metric_tables(models: list[dict], boot: dict[str, dict], splits: list[str]) 
     for table, (key, _, _) in METRIC_TABLES.items():
         tables[table] = []
         for m in models:
-            row = {"name": m["name"], "scheme": m["scheme"], "beta": m["beta"], "lr": m["lr"]}
+            row = {"name": m["name"], "scheme": m["scheme"], "beta": m["beta"], "lr": m["lr"], "learned": m["learned"]}
             for s in splits:
                 b = boot[s][m["name"]]
-                row[s] = None if b is None else _cell(m, s, key, b, boot[s][base])
+                row[s] = None if b is None or not m["learned"] else _cell(m, s, key, b, boot[s][base], models[0]["learned"])
             tables[table].append(row)
     return tables
 
 
-def _cell(model: dict, split: str, key: str, b: dict, base: dict) -> dict:
+def _cell(model: dict, split: str, key: str, b: dict, base: dict, base_learned: bool) -> dict:
     value = b["full"][key] if model["row"] is None else model["row"]["eval"][split][key]
     if not np.isclose(value, b["full"][key], rtol=0, atol=1e-6, equal_nan=True):
         warnings.warn(f"{model['name']} on {split}: results.json {key} {value} but its predictions "
                       f"give {b['full'][key]}")
+    if not base_learned:
+        return {"abs": float(value), "rel": None, "ci95": [None, None], "undefined": 0}
     d = paired_difference(base, b, key)
     return {"abs": float(value), "rel": d["diff"], "ci95": list(d["ci95"]), "undefined": d["undefined"]}
 
@@ -123,8 +127,8 @@ def prior_shift_rows(models: list[dict], preds: dict[str, list[dict] | None], bo
 
 def convergence_rows(rows: list[dict]) -> list[dict]:
     """The selected checkpoint of each arm, in each seed, from results.json rows."""
-    keys = ("lr", "seed", "trial_id", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
-            "converged", "evaluations")
+    keys = ("lr", "seed", "trial", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
+            "learned", "converged", "evaluations")
     return [{"label": r["label"], "scheme": r["scheme"], "beta": r["beta"], **{k: s.get(k) for k in keys}}
             for r in rows for s in r["seeds"]]
 
@@ -132,8 +136,9 @@ def convergence_rows(rows: list[dict]) -> list[dict]:
 def format_results(summary: dict) -> str:
     """results.txt: the paper's Tables 3 (d', 3 decimals) and 4 (mAP, 4 decimals) as plain text
     from results.json: per arm, absolute (the mean over seeds, +- their sd with several) and
-    relative to the baseline (`ordered_rows`); an arm whose pick is not settled is marked; then
-    the verdict and the probability that each arm is best."""
+    relative to the baseline (`ordered_rows`); an arm whose pick is not settled is marked, one
+    that did not learn within the cap shows no result; then p_best (marked provisional while
+    the verdict is), the verdict and the best arm on validation."""
     rows, splits = ordered_rows(summary["rows"], summary["config"]["sweep"]["schemes"]), summary["eval_splits"]
     base, seeds = rows[0], max(len(r["seeds"]) for r in rows)
     width = max(len(r["label"]) for r in rows)
@@ -146,20 +151,22 @@ def format_results(summary: dict) -> str:
     late = [(r, s) for r in rows for s in r["seeds"] if not s["converged"]]
     if late:
         picks = ", ".join(r["label"] + (f" seed {s['seed']}" if seeds > 1 else "")
-                          + f" (picked at {s['examples_to_peak']:,} examples, evaluation {s['evaluations']} was the last)"
+                          + (f" (picked at {s['examples_to_peak']:,} examples, evaluation {s['evaluations']} was the last)"
+                             if s["learned"] else f" (did not learn in {s['evaluations']} evaluations)")
                           for r, s in late)
         out += [f"NOT CONVERGED: {picks}: the cap (train.max_examples) came before the pick was settled; raise it", ""]
-    out.append("p_best (probability of being best on validation): "
-               + ", ".join(f"{label} {p:.2f}" for label, p in summary["p_best"].items()))
-    out.append(f"verdict: {summary['verdict']}")
-    return "\n".join(out)
+    return "\n".join(out + answer_lines(summary)) + "\n"
 
 
 def _text_row(r: dict, base: dict, splits: list[str], key: str, digits: int, spread: bool, width: int) -> str:
-    """One arm of format_results: 'value (change from the baseline)' per split."""
+    """One arm of format_results: 'value (change from the baseline)' per split; no value for an
+    arm that did not learn, no change from a baseline that did not."""
     def cell(s: str) -> str:
+        if not r["learned"]:
+            return f"{'no result':>26}"
         v = r["eval"][s][key]
         sd = f"+-{r['eval_sd'][s][key]:.{digits}f}" if spread else ""
-        return f"{f'{v:.{digits}f}{sd}':>16} ({v - base['eval'][s][key]:+.{digits}f})"
-    mark = "" if r["converged"] else "  NOT CONVERGED"
+        change = f"{v - base['eval'][s][key]:+.{digits}f}" if base["learned"] else "n/a"
+        return f"{f'{v:.{digits}f}{sd}':>16} ({change})"
+    mark = "" if r["converged"] else "  NOT CONVERGED" if r["learned"] else "  did not learn within the cap"
     return f"{r['label']:<{width}} {r['lr']:>9.2g}" + "".join(cell(s) for s in splits) + mark
