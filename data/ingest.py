@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from contextlib import suppress
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
@@ -51,7 +51,7 @@ from tqdm import tqdm
 from data.balance import class_counts, rarest_label_count, rarest_label_order
 from data.cli import InputError, add_list, add_store, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
-from data.labels import Segments, read_class_index, read_segments
+from data.labels import ClassIndex, Segments, read_class_index, read_segments, unknown_labels
 from data.manifest import HASH, MANIFEST, StoreError, write_json
 from data.shards import file_hashes
 from data.store import Store, create_store, open_store
@@ -61,6 +61,7 @@ __all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "f
 PATTERNS = ("{ytid}.{ext}", "Y{ytid}.{ext}", "{ytid}_{start}.{ext}", "{ytid}_{start_g}.{ext}")
 EXTS = ("wav", "flac", "ogg")
 REPORT = "ingest_report.json"
+UNKNOWN_LABELS = ("drop", "error")
 
 
 @dataclass
@@ -75,6 +76,7 @@ class IngestConfig:
     frames: int = FRAMES
     rows_per_shard: int = 512       # 512 x 1024 x 128 float16 = 128 MiB shards
     order: str | None = None        # "rarest_label" or "given"; None: rarest_label for "train"
+    unknown_labels: str = "drop"    # "drop": left out of their clips, named; "error": refused
 
     def __post_init__(self):
         self.order = self.order or ("rarest_label" if self.split == "train" else "given")
@@ -86,8 +88,18 @@ class IngestConfig:
             raise InputError(f"split: {self.split!r} is not a plain name (used as a directory of the store)")
         if self.order not in ("rarest_label", "given"):
             raise InputError(f"order: {self.order!r} is not 'rarest_label' or 'given'")
+        if self.unknown_labels not in UNKNOWN_LABELS:
+            raise InputError(f"unknown_labels: {self.unknown_labels!r} is not one of {', '.join(UNKNOWN_LABELS)}")
         if not self.segments:
             raise InputError("segments: no segment CSV given")
+
+
+def not_a_name(clip_id: str) -> str | None:
+    """Why a clip id cannot be part of a file name under the audio directory, or None: a path
+    ("../../x", "/abs/x": it would name a file outside) is never looked up."""
+    if clip_id in ("", ".", "..") or any(c in clip_id for c in "/\\\0"):
+        return f"clip id {clip_id!r} is a path, not a name: not looked up (only files under --audio-dir are read)"
+    return None
 
 
 class AudioFinder:
@@ -101,10 +113,13 @@ class AudioFinder:
         self.root, self.patterns, self.exts = Path(root), tuple(patterns), tuple(exts)
         for p in self.patterns:
             try:
-                p.format(ytid="x", start="0.000", start_g="0", ext="wav")
+                name = PurePosixPath(p.format(ytid="x", start="0.000", start_g="0", ext="wav"))
             except (KeyError, IndexError, ValueError) as e:
                 raise ValueError(f"audio pattern {p!r}: bad field {e}; "
                                  "use {ytid} {start} {start_g} {ext}") from None
+            if name.is_absolute() or ".." in name.parts:
+                raise ValueError(f"audio pattern {p!r}: must stay inside the audio directory "
+                                 "(no absolute path, no '..')")
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: audio directory does not exist"
                                     f"{' (a file)' if self.root.exists() else ''}")
@@ -115,6 +130,9 @@ class AudioFinder:
                 self._dir_of.setdefault(f, dirpath)
 
     def find(self, ytid: str, start: float) -> str | None:
+        """The clip's file, or None (always for a clip id that is a path: see `not_a_name`)."""
+        if not_a_name(ytid):
+            return None
         fields = {"ytid": ytid, "start": f"{start:.3f}", "start_g": f"{start:g}"}
         for pattern in self.patterns:
             for ext in self.exts:
@@ -127,13 +145,20 @@ class AudioFinder:
         return None
 
 
-def read_labels(paths, class_index) -> tuple[Segments, dict, list[dict]]:
+def read_labels(paths, class_index, unknown: str = "drop") -> tuple[Segments, dict, list[dict]]:
     """The segment CSVs as one partition, with what a strict read would refuse left out.
 
+    `unknown` "drop": unknown labels are left out of their clips, a clip left without a known
+    label is skipped ("unknown_mid"); "error": they are an InputError naming each with its count.
+    A clip with an empty label list is skipped ("no_labels").
     Returns (segments, issues {unknown_mids {mid: labels}, duplicate_ytids}, skipped clips).
     """
     segments, issues = read_segments(paths, class_index, strict=False)
-    skipped = [{"clip_id": c, "reason": "unknown_mid", "detail": "only unknown MIDs"} for c in issues.unlabelled]
+    if unknown == "error" and issues.unknown_mids:
+        raise InputError(f"{', '.join(map(str, paths))}: {unknown_labels(issues.unknown_mids, class_index)} "
+                         "(--unknown-labels error)")
+    skipped = ([{"clip_id": c, "reason": "unknown_mid", "detail": "only unknown MIDs"} for c in issues.unlabelled]
+               + [{"clip_id": c, "reason": "no_labels", "detail": "an empty label list"} for c in issues.no_labels])
     found = {"unknown_mids": issues.unknown_mids, "duplicate_ytids": issues.duplicate_ytids} if issues else {}
     return segments, found, skipped
 
@@ -308,12 +333,13 @@ def ingest(cfg: IngestConfig) -> dict:
     t0 = time.time()
     # every input is checked before the store is created or touched
     class_index = read_class_index(cfg.class_index)
-    segments, issues, label_skipped = read_labels(cfg.segments, class_index)
+    segments, issues, label_skipped = read_labels(cfg.segments, class_index, cfg.unknown_labels)
     finder = AudioFinder(cfg.audio_dir, cfg.patterns, cfg.exts)
     paths = [finder.find(y, s) for y, s in zip(segments.clip_ids, segments.start)]
-    _check_found(cfg, segments, paths, label_skipped)
+    _check_found(cfg, segments, paths, label_skipped, issues, class_index)
     store = _open_store(cfg, class_index)
-    missing = [{"clip_id": y, "reason": "missing", "detail": f"no file in {cfg.audio_dir}"}
+    missing = [{"clip_id": y, "reason": "bad_clip_id", "detail": why} if (why := not_a_name(y)) else
+               {"clip_id": y, "reason": "missing", "detail": f"no file in {cfg.audio_dir}"}
                for y, p in zip(segments.clip_ids, paths) if p is None]
     chunks = _plan(cfg, segments, paths, len(class_index))
     journal_path = store.root / f"ingest_journal_{cfg.split}.jsonl"
@@ -358,11 +384,15 @@ def ingest(cfg: IngestConfig) -> dict:
     return report
 
 
-def _check_found(cfg: IngestConfig, segments: Segments, paths: list, label_skipped: list) -> None:
-    """No clip listed, or no clip with an audio file, is an error naming what was tried."""
+def _check_found(cfg: IngestConfig, segments: Segments, paths: list, label_skipped: list, issues: dict,
+                 class_index: ClassIndex) -> None:
+    """No clip listed (the unknown labels named), or no clip with an audio file, is an error
+    naming what was tried."""
     names = ", ".join(cfg.segments)
     if not len(segments):
-        raise InputError(f"{names}: no clip with a known label ({len(label_skipped)} rows left out)")
+        unknown = issues.get("unknown_mids")
+        raise InputError(f"{names}: no clip with a known label ({len(label_skipped)} rows left out)"
+                         + (f"; {unknown_labels(unknown, class_index)}" if unknown else ""))
     if any(p is not None for p in paths):
         return
     ytid, start = str(segments.clip_ids[0]), float(segments.start[0])
@@ -371,6 +401,22 @@ def _check_found(cfg: IngestConfig, segments: Segments, paths: list, label_skipp
     raise InputError(f"{cfg.audio_dir}: no audio file for any of the {len(segments)} clips of {names}; "
                      f"tried patterns {' '.join(cfg.patterns)} with extensions {' '.join(cfg.exts)} "
                      f"(e.g. {example}); see --audio-pattern and --ext")
+
+
+def label_warnings(report: dict, sources: str, class_index: ClassIndex) -> list[str]:
+    """Warning lines on what the label files held that was left out: unknown labels (each with
+    its count), repeated clip ids."""
+    issues, lines = report["label_issues"], []
+    if issues.get("unknown_mids"):
+        without = report["skipped_by_reason"].get("unknown_mid", 0)
+        lines.append(f"warning: {sources}: labels dropped from their clips: "
+                     f"{unknown_labels(issues['unknown_mids'], class_index)}; {without} clip(s) left without a known "
+                     f"label skipped (see {REPORT}); --unknown-labels error refuses them")
+    if issues.get("duplicate_ytids"):
+        repeated = issues["duplicate_ytids"]
+        lines.append(f"warning: {sources}: {len(repeated)} repeated clip id(s) left out (the first kept), "
+                     f"e.g. {', '.join(repeated[:5])} (see {REPORT})")
+    return lines
 
 
 def summary(report: dict, shown: int = 20) -> dict:
@@ -421,19 +467,20 @@ def main(argv=None) -> int:
                    help="clips per shard (default %(default)s)")
     p.add_argument("--order", choices=["rarest_label", "given"],
                    help="row order (default: rarest_label for the split 'train', else CSV order)")
+    p.add_argument("--unknown-labels", choices=UNKNOWN_LABELS, default="drop",
+                   help="a label not in the class index (a misspelt MID): drop it from its clip, named with its "
+                        "count in a warning (a clip left without labels is skipped), or refuse the input "
+                        "(default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report's summary as JSON")
     return run(_main, p, argv)
 
 
 def _main(a) -> int:
-    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.store, a.split,
-                                 tuple(a.audio_pattern), tuple(a.ext), a.frames, a.rows_per_shard, a.order))
+    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.store, a.split, tuple(a.audio_pattern),
+                                 tuple(a.ext), a.frames, a.rows_per_shard, a.order, a.unknown_labels))
     print(json.dumps(summary(report), indent=1) if a.json else format_summary(report, a.store))
-    if report["label_issues"]:
-        issues = report["label_issues"]
-        print(f"label files: left out {len(issues['unknown_mids'])} unknown MID(s) "
-              f"{sorted(issues['unknown_mids'])[:5]} and {len(issues['duplicate_ytids'])} repeated YTID row(s) "
-              f"{issues['duplicate_ytids'][:5]}; see ingest_report.json", file=sys.stderr)
+    for line in label_warnings(report, ", ".join(a.segments), read_class_index(a.class_index)):
+        print(line, file=sys.stderr)
     if report["shards_redone"]:
         redone = report["shards_redone"]
         print(f"{len(redone)} damaged or unverifiable shard(s) computed again, e.g. {redone[0]['file']} "

@@ -26,7 +26,8 @@ import pyarrow.csv as pacsv
 
 from data.balance import MultiLabels
 
-__all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments"]
+__all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments",
+           "unknown_labels"]
 
 
 class LabelFileError(ValueError):
@@ -146,6 +147,20 @@ def _parse_file(path: Path) -> pa.Table:
     return table.set_column(3, "mids", mids)
 
 
+def unknown_labels(counts: dict[str, int], class_index: ClassIndex, shown: int = 5) -> str:
+    """'N unknown label(s): a (3x), b (1x)' (the `shown` most frequent), saying so where they are
+    display names of `class_index` (label files list MIDs)."""
+    order = sorted(counts, key=lambda label: (-counts[label], label))
+    text = f"{len(counts)} unknown label(s): " + ", ".join(f"{label} ({counts[label]}x)" for label in order[:shown])
+    text += ", ..." if len(order) > shown else ""
+    mid_of = dict(zip(class_index.names, class_index.mids))
+    names = [label for label in order if label in mid_of]
+    if names:
+        text += (f"; {len(names)} of them are display names of the class index, where the label files list MIDs "
+                 f"({names[0]} is {mid_of[names[0]]})")
+    return text
+
+
 @dataclass(frozen=True)
 class LabelIssues:
     """What a lenient read left out: unknown MIDs (with their label counts), repeated YTIDs
@@ -188,9 +203,8 @@ def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     blank = pc.equal(flat, "").to_numpy(zero_copy_only=False)
     unknown, unknown_counts = np.unique(flat.to_numpy(zero_copy_only=False)[~known & ~blank], return_counts=True)
     if strict and len(unknown):
-        order = np.argsort(-unknown_counts)
-        listed = ", ".join(f"{unknown[i]} ({unknown_counts[i]}x)" for i in order[:5])
-        raise LabelFileError(f"{names}: {len(unknown)} unknown MID(s) not in the class index: {listed}")
+        described = unknown_labels(dict(zip(unknown.tolist(), unknown_counts.tolist())), class_index)
+        raise LabelFileError(f"{names}: {described}, not in the class index")
     ytid = pc.utf8_trim_whitespace(table["ytid"]).combine_chunks().to_numpy(zero_copy_only=False).astype(str)
     _, first = np.unique(ytid, return_index=True)
     if strict and len(first) != len(ytid):

@@ -274,3 +274,46 @@ def test_per_class_counts_are_printed(synth_store, capsys):
     assert [r["clips"] for r in rows] == synth_store.class_counts("valid").tolist()
     assert rows[0]["name"] == synth_store.classes[0] and rows[0]["prior"] == pytest.approx(
         rows[0]["clips"] / synth_store.split_info("valid")["clips"])
+
+
+def _clips(audio, names, rate=16000):
+    """One second of noise per name, as WAV files in `audio`."""
+    import soundfile as sf
+    audio.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        sf.write(audio / f"{name}.wav", (0.1 * np.random.default_rng(k).standard_normal(rate)).astype(np.float32), rate)
+
+
+def test_unknown_labels_are_named_with_counts_and_can_be_refused(audioset, tmp_path, capsys):
+    """A misspelt MID is dropped with a warning naming each unknown label and its count;
+    --unknown-labels error refuses the file instead, before a store is made."""
+    _clips(tmp_path / "audio", ["aaaaaaaaaaa", "bbbbbbbbbbb", "ccccccccccc"])
+    segments = tmp_path / "segments.csv"
+    segments.write_text('aaaaaaaaaaa, 0, 10, "/m/09x0r,/m/09x0rr"\nbbbbbbbbbbb, 0, 10, "/m/09x0rr"\n'
+                        'ccccccccccc, 0, 10, "/m/04rlf,/m/zzz"\n')
+    assert ingest_main(_ingest_args(audioset, segments, tmp_path / "audio", tmp_path / "store")) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "unknown label" in line]
+    assert warning == [f"warning: {segments}: labels dropped from their clips: 2 unknown label(s): /m/09x0rr (2x), "
+                       "/m/zzz (1x); 1 clip(s) left without a known label skipped (see ingest_report.json); "
+                       "--unknown-labels error refuses them"]
+    from data.store import open_store
+    assert sorted(open_store(tmp_path / "store").clip_ids("train")) == ["aaaaaaaaaaa", "ccccccccccc"]
+    out = tmp_path / "strict"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out,
+                                                    "--unknown-labels", "error"))
+    assert line == f"error: {segments}: 2 unknown label(s): /m/09x0rr (2x), /m/zzz (1x) (--unknown-labels error)"
+    assert not out.exists()
+
+
+def test_a_segment_csv_of_display_names_names_them(audioset, tmp_path, capsys):
+    """Labels written as display names instead of MIDs: the error names them, with their counts,
+    and says what they are."""
+    _clips(tmp_path / "audio", ["aaaaaaaaaaa", "bbbbbbbbbbb"])
+    segments = tmp_path / "segments.csv"
+    segments.write_text('aaaaaaaaaaa, 0, 10, "Speech"\nbbbbbbbbbbb, 0, 10, "Speech,Music"\n')
+    out = tmp_path / "store"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out))
+    assert line == (f"error: {segments}: no clip with a known label (2 rows left out); 2 unknown label(s): "
+                    "Speech (2x), Music (1x); 2 of them are display names of the class index, where the label files "
+                    "list MIDs (Speech is /m/09x0r)")
+    assert not out.exists()
