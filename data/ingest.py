@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import class_counts, rarest_label_count, rarest_label_order
-from data.cli import InputError, add_list, add_store, parser, positive_int, run
+from data.cli import InputError, add_list, add_store, is_plain_name, parser, positive_int, run, split_name
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import ClassIndex, Segments, read_class_index, read_segments, unknown_labels
 from data.manifest import HASH, MANIFEST, StoreError, write_json
@@ -84,8 +84,7 @@ class IngestConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{key}: must be an integer >= 1, got {value!r}")
-        if not self.split or self.split != Path(self.split).name or self.split in (".", ".."):
-            raise InputError(f"split: {self.split!r} is not a plain name (used as a directory of the store)")
+        split_name(self.split, "split")
         if self.order not in ("rarest_label", "given"):
             raise InputError(f"order: {self.order!r} is not 'rarest_label' or 'given'")
         if self.unknown_labels not in UNKNOWN_LABELS:
@@ -97,7 +96,7 @@ class IngestConfig:
 def not_a_name(clip_id: str) -> str | None:
     """Why a clip id cannot be part of a file name under the audio directory, or None: a path
     ("../../x", "/abs/x": it would name a file outside) is never looked up."""
-    if clip_id in ("", ".", "..") or any(c in clip_id for c in "/\\\0"):
+    if not is_plain_name(clip_id):
         return f"clip id {clip_id!r} is a path, not a name: not looked up (only files under --audio-dir are read)"
     return None
 
