@@ -22,8 +22,7 @@ import sys
 from typing import Callable
 
 __all__ = ["InputError", "Failure", "parser", "run", "positive_int", "add_list", "add_store", "is_plain_name",
-           "split_name",
-           "EXPECTED"]
+           "split_name", "EXPECTED"]
 
 
 class InputError(ValueError):
