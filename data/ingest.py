@@ -49,12 +49,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import class_counts, rarest_label_count, rarest_label_order
-from data.cli import InputError, add_list, add_store, is_plain_name, parser, positive_int, run, split_name
+from data.cli import Failure, InputError, add_list, add_store, is_plain_name, parser, positive_int, run, split_name
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import ClassIndex, Segments, read_class_index, read_segments, unknown_labels
 from data.manifest import HASH, MANIFEST, StoreError, write_json
 from data.shards import file_hashes
-from data.store import Store, create_store, open_store
+from data.store import Store, check_new_store, create_store, open_store
 
 __all__ = ["IngestConfig", "AudioFinder", "read_labels", "ingest", "summary", "format_summary", "main"]
 
@@ -218,13 +218,13 @@ def _check_reuse(journal: dict[str, dict], chunks: list[dict], root: Path) -> tu
     return reused, redone
 
 
-def _open_store(cfg: IngestConfig, class_index) -> Store:
-    """Open (or create) the store and check it can take this split."""
+def _existing_store(cfg: IngestConfig, class_index) -> Store | None:
+    """The store, checked to take this split, or None for a new one (`check_new_store`: a new or
+    empty directory); nothing is written."""
     root = Path(cfg.store)
     if not (root / MANIFEST).exists():
-        classes = [{"index": i, "mid": m, "name": n}
-                   for i, (m, n) in enumerate(zip(class_index.mids, class_index.names))]
-        return create_store(root, classes, store_features(cfg.frames))
+        check_new_store(root)
+        return None
     store = open_store(root)
     if store.features != store_features(cfg.frames):
         if store.features.get("frames") != cfg.frames:
@@ -238,6 +238,29 @@ def _open_store(cfg: IngestConfig, class_index) -> Store:
         raise StoreError(f"{root}: split {cfg.split!r} exists and was not written by this ingest, or was "
                          "changed since (e.g. by data.split): ingest into another split or store")
     return store
+
+
+def _new_store(cfg: IngestConfig, class_index: ClassIndex) -> Store:
+    """Create the store: the class index's classes, this ingest's features."""
+    classes = [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(class_index.mids, class_index.names))]
+    return create_store(cfg.store, classes, store_features(cfg.frames))
+
+
+def _start_ray(clips: int) -> None:
+    """Join Ray (RAY_ADDRESS) or start a local one, quietly, unless this process has it; any
+    failure (a node that times out starting on a loaded machine, a temporary directory that
+    cannot be made) is a one-line Failure. Called before the store is created or written."""
+    import ray
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(logging_level=logging.WARNING, configure_logging=True, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - whatever stops Ray from starting is reported the same way
+        with suppress(Exception):
+            ray.shutdown()
+        raise Failure(f"Ray did not start for this ingest of {clips:,} clips (more than {IN_PROCESS_CLIPS} run as Ray "
+                      f"tasks): {type(e).__name__}: {' '.join(str(e).split())}; nothing was written: run it again "
+                      "(a loaded machine can make Ray's start time out), or check RAY_ADDRESS") from None
 
 
 def _read_report(root: Path) -> dict:
@@ -260,8 +283,8 @@ IN_PROCESS_CLIPS = 256  # an ingest of at most this many clips runs here: starti
 
 def _compute(todo: list[dict], root: Path, journal: Path, split: str, frames: int) -> tuple[dict, list]:
     """Compute the shards, journaling each finished one; returns (entries, failed). Small
-    ingests (IN_PROCESS_CLIPS) run in this process, larger ones as Ray tasks (a local Ray is
-    started quietly unless one is running or RAY_ADDRESS names one)."""
+    ingests (IN_PROCESS_CLIPS) run in this process, larger ones as Ray tasks (`_start_ray`
+    first)."""
     if sum(len(c["clips"]) for c in todo) <= IN_PROCESS_CLIPS:
         done = {}
         with tqdm(total=sum(len(c["clips"]) for c in todo), unit="clip", desc=f"ingest {split}") as bar, \
@@ -274,8 +297,6 @@ def _compute(todo: list[dict], root: Path, journal: Path, split: str, frames: in
                 bar.update(len(chunk["clips"]))
         return done, []
     import ray
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, configure_logging=True, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_compute_shard)
     pending = {task.remote(str(root), c["name"], c["clips"], frames): c for c in todo}
     done, failed = {}, []
@@ -336,14 +357,18 @@ def ingest(cfg: IngestConfig) -> dict:
     finder = AudioFinder(cfg.audio_dir, cfg.patterns, cfg.exts)
     paths = [finder.find(y, s) for y, s in zip(segments.clip_ids, segments.start)]
     _check_found(cfg, segments, paths, label_skipped, issues, class_index)
-    store = _open_store(cfg, class_index)
+    store = _existing_store(cfg, class_index)
+    root = Path(cfg.store)
     missing = [{"clip_id": y, "reason": "bad_clip_id", "detail": why} if (why := not_a_name(y)) else
                {"clip_id": y, "reason": "missing", "detail": f"no file in {cfg.audio_dir}"}
                for y, p in zip(segments.clip_ids, paths) if p is None]
     chunks = _plan(cfg, segments, paths, len(class_index))
-    journal_path = store.root / f"ingest_journal_{cfg.split}.jsonl"
-    reused, redone = _check_reuse(_read_journal(journal_path), chunks, store.root)
+    journal_path = root / f"ingest_journal_{cfg.split}.jsonl"
+    reused, redone = _check_reuse(_read_journal(journal_path), chunks, root)
     todo = [c for c in chunks if c["name"] not in reused]
+    if sum(len(c["clips"]) for c in todo) > IN_PROCESS_CLIPS:
+        _start_ray(sum(len(c["clips"]) for c in todo))
+    store = store or _new_store(cfg, class_index)  # everything is checked and Ray is up: the first write
     computed, failed = _compute(todo, store.root, journal_path, cfg.split, cfg.frames) if todo else ({}, [])
     entries = {**reused, **computed}
     shards, ids, labels, decode_skipped = _collect(chunks, entries)
@@ -475,8 +500,13 @@ def main(argv=None) -> int:
 
 
 def _main(a) -> int:
-    report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.store, a.split, tuple(a.audio_pattern),
-                                 tuple(a.ext), a.frames, a.rows_per_shard, a.order, a.unknown_labels))
+    try:
+        report = ingest(IngestConfig(a.segments, a.class_index, a.audio_dir, a.store, a.split, tuple(a.audio_pattern),
+                                     tuple(a.ext), a.frames, a.rows_per_shard, a.order, a.unknown_labels))
+    except KeyboardInterrupt:
+        print(f"interrupted: {a.store} keeps the shards finished so far (journaled); run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
     print(json.dumps(summary(report), indent=1) if a.json else format_summary(report, a.store))
     for line in label_warnings(report, ", ".join(a.segments), read_class_index(a.class_index)):
         print(line, file=sys.stderr)
