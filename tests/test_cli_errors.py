@@ -344,7 +344,7 @@ def test_a_ray_that_does_not_start_is_one_line_and_leaves_no_store(audioset, tmp
     _, err = proc.communicate(timeout=120)
     lines = err.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("error: Ray did not start for this ingest of 257 clips (more than 256 run as Ray "
+    assert lines[0].startswith("error: Ray did not start for this ingest of 257 clips (more than 256 clips run as Ray "
                                "tasks): NotADirectoryError") and "nothing was written" in lines[0]
     assert not (tmp_path / "store").exists()
 
