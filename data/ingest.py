@@ -671,8 +671,8 @@ def _main(a) -> int:
     try:
         report = ingest(cfg)
     except KeyboardInterrupt:
-        print(f"interrupted: {a.store} keeps the shards finished so far (journaled); run the same command again "
-              "to resume", file=sys.stderr)
+        print(f"interrupted: {a.store} keeps what was finished (journaled); run the same command again to resume",
+              file=sys.stderr)
         return 130
     print(json.dumps(summary(report), indent=1) if a.json else format_summary(report, a.store))
     for line in label_warnings(report, ", ".join(a.segments or a.packs), read_class_index(a.class_index)):

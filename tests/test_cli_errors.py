@@ -373,7 +373,7 @@ def test_ctrl_c_during_an_ingest_is_one_line_and_the_rerun_resumes(audioset, tmp
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert err.strip().splitlines()[-1] == (f"interrupted: {out} keeps the shards finished so far (journaled); "
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out} keeps what was finished (journaled); "
                                             "run the same command again to resume")
     assert ingest_main(_ingest_args(audioset, segments, tmp_path / "audio", out, *more, "--json")) == 0
     printed = json.loads(capsys.readouterr().out)
