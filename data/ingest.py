@@ -210,7 +210,8 @@ def _write_spectrograms(store: Store, clips, frames: int, name_of, rows: int) ->
         n_frames.append(n)
         if len(held) == rows:
             files.append(store.write_shard(name_of(len(files)), *zip(*held), mel, n_frames))
-            written, held, n_frames = written + held, [], []
+            written += held
+            held, n_frames = [], []
     if held:
         files.append(store.write_shard(name_of(len(files)), *zip(*held), mel[:len(held)], n_frames))
     return files, written + held, skipped
@@ -395,7 +396,7 @@ def _ingest_files(cfg: IngestConfig, class_index: ClassIndex, t0: float) -> dict
     todo = [c for c in chunks if c["name"] not in reused]
     clips = sum(len(c["clips"]) for c in todo)
     if clips > IN_PROCESS_CLIPS:
-        start_ray(f"{clips:,} clips")
+        start_ray(f"this ingest of {clips:,} clips")
     store = store or _new_store(cfg, class_index)  # everything is checked and Ray is up: the first write
     jobs = _shard_jobs(todo, lambda c: (str(store.root), c["name"], c["clips"], cfg.frames))
     computed, failed = run_jobs(_compute_shard, jobs, _chunk_journal(cfg), clips > IN_PROCESS_CLIPS, **_bar(cfg))
@@ -446,7 +447,7 @@ def _ingest_packs(cfg: IngestConfig, class_index: ClassIndex, t0: float) -> dict
     clips = sum(p.size // TAR_CLIP_BYTES if p.clips is None else p.clips for p in parts.values())
     use_ray = clips > IN_PROCESS_CLIPS
     if use_ray:
-        start_ray(f"{len(parts)} pack part(s), about {clips:,} clips")
+        start_ray(f"this ingest of {len(parts)} pack part(s), about {clips:,} clips")
     store = store or _new_store(cfg, class_index)  # everything is checked and Ray is up: the first write
     decode = partial(_decode_parts, cfg, class_index, parts, part_log, use_ray)
     read, failed = decode([key for key in parts if key not in known])

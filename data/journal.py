@@ -28,7 +28,8 @@ IN_PROCESS_CLIPS = 256  # work of at most this many clips runs in this process: 
 def start_ray(what: str) -> None:
     """Join Ray (RAY_ADDRESS) or start a local one, quietly, unless this process has it; any
     failure (a node that times out starting on a loaded machine, a temporary directory that
-    cannot be made) is a one-line Failure naming `what` was to run. Call it before writing."""
+    cannot be made) is a one-line Failure naming `what` was to run ("this ingest of N clips").
+    Call it before anything is written."""
     import ray
     if ray.is_initialized():
         return
@@ -37,7 +38,7 @@ def start_ray(what: str) -> None:
     except Exception as e:  # noqa: BLE001 - whatever stops Ray from starting is reported the same way
         with suppress(Exception):
             ray.shutdown()
-        raise Failure(f"Ray did not start for this ingest of {what} (more than {IN_PROCESS_CLIPS} clips run as Ray "
+        raise Failure(f"Ray did not start for {what} (more than {IN_PROCESS_CLIPS} clips run as Ray "
                       f"tasks): {type(e).__name__}: {' '.join(str(e).split())}; nothing was written: run it again "
                       "(a loaded machine can make Ray's start time out), or check RAY_ADDRESS") from None
 
