@@ -21,7 +21,8 @@ import argparse
 import sys
 from typing import Callable
 
-__all__ = ["InputError", "Failure", "parser", "run", "positive_int", "add_list", "add_store", "EXPECTED"]
+__all__ = ["InputError", "Failure", "parser", "run", "positive_int", "add_list", "add_store", "is_plain_name",
+           "split_name", "EXPECTED"]
 
 
 class InputError(ValueError):
@@ -73,6 +74,19 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, EOFError):
         text = f"truncated file ({text})"
     return " ".join(text.split())
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that stays where it is joined to a directory: not "", "." or "..", no "/", "\\" or NUL."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def split_name(name: str, what: str) -> str:
+    """`name`, checked as the name of a split (a directory of the store): an InputError naming
+    `what` (the flag or key) unless it `is_plain_name`."""
+    if not is_plain_name(name):
+        raise InputError(f"{what}: {name!r} is not a plain name (a split is a directory of the store)")
+    return name
 
 
 def positive_int(text: str) -> int:

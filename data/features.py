@@ -1,7 +1,7 @@
 """Audio file -> raw log-mel spectrogram with the AST front end (Gong et al. 2021, the AST repository's
 dataloader: Kaldi fbank, 128 mel bins, 10 ms hop).
 
-The path of one clip:
+The path of one clip (a file, or a file's bytes as a pack holds them: data/packs.py):
   decode (soundfile; torchcodec for other formats if installed) -> float32 in [-1, 1]
   -> mono (mean of channels) -> resample to 16 kHz (torchaudio.functional.resample)
   -> global mean removed -> torchaudio.compliance.kaldi.fbank with AST's parameters
@@ -13,6 +13,7 @@ A file that cannot give a spectrogram raises `AudioError` with a short `reason`
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -62,22 +63,27 @@ def _seconds_needed(frames: int) -> float:
     return ((frames - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 1000.0 + 0.05
 
 
-def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode a file: (wave float32 [channels, samples] in [-1, 1], sample rate in Hz).
+def read_audio(source: str | Path | bytes, max_seconds: float | None = None,
+               name: str | None = None) -> tuple[np.ndarray, int]:
+    """Decode an audio file, a path or the file's bytes: (wave float32 [channels, samples] in
+    [-1, 1], sample rate in Hz).
 
     `max_seconds` stops decoding after that much audio (the rest would be cut anyway).
-    Raises AudioError naming the file: "unreadable", "empty", or "truncated" (fewer samples than
-    its header declares: a file cut short in the copy).
+    Raises AudioError naming the file (`name`, default the path): "unreadable", "empty", or
+    "truncated" (fewer samples than its header declares: a file cut short in the copy).
     """
-    path = Path(path)
-    if path.stat().st_size == 0:
+    in_memory = isinstance(source, (bytes, bytearray))
+    path = name or str(source if not in_memory else "<bytes>")
+    if (len(source) if in_memory else Path(source).stat().st_size) == 0:
         raise AudioError("empty", f"{path}: 0 bytes")
     try:
-        with sf.SoundFile(path) as f:
-            declared = (_declared_wav_frames(path) if f.format == "WAV" else None) or f.frames
-            n = f.frames if max_seconds is None else min(f.frames, math.ceil(max_seconds * f.samplerate))
-            pcm16 = f.subtype == "PCM_16"  # read as int16 and scaled here: libsndfile's values, faster
-            data, rate = f.read(n, dtype="int16" if pcm16 else "float32", always_2d=True), f.samplerate
+        with io.BytesIO(source) if in_memory else open(source, "rb") as raw:
+            header = _declared_wav_frames(raw)
+            with sf.SoundFile(raw) as f:
+                declared = (header if f.format == "WAV" else None) or f.frames
+                n = f.frames if max_seconds is None else min(f.frames, math.ceil(max_seconds * f.samplerate))
+                pcm16 = f.subtype == "PCM_16"  # read as int16 and scaled here: libsndfile's values, faster
+                data, rate = f.read(n, dtype="int16" if pcm16 else "float32", always_2d=True), f.samplerate
         if declared > f.frames or len(data) < n:
             held = len(data) if len(data) < n else f.frames
             raise AudioError("truncated", f"{path}: its header says {declared / rate:.3f} s, the file holds "
@@ -86,42 +92,42 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.n
         if pcm16:
             wave *= 1 / 32768
     except sf.SoundFileError as e:
-        wave, rate = _read_torchcodec(path, e)
+        wave, rate = _read_torchcodec(source, path, e)
     if wave.size == 0:
         raise AudioError("empty", f"{path}: no samples")
     return wave, int(rate)
 
 
-def _declared_wav_frames(path: Path) -> int | None:
+def _declared_wav_frames(f) -> int | None:
     """The frames a WAV file's header declares (its data chunk's size over the fmt chunk's block
-    size), which libsndfile replaces with what the file holds; None if the header is unusual."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        block = None
-        while chunk := f.read(8):
-            if len(chunk) < 8:
-                return None
-            size = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"fmt ":
-                block = int.from_bytes(f.read(size)[12:14], "little") or None
-                f.seek(size % 2, 1)
-            elif chunk[:4] == b"data":
-                return size // block if block else None
-            else:
-                f.seek(size + size % 2, 1)
-    return None
+    size), which libsndfile replaces with what the file holds; None if the header is unusual or
+    the file is no WAV. `f`: the open binary file, read from its start and left at its start."""
+    f.seek(0)
+    head = f.read(12)
+    block, frames = None, None
+    while head[:4] == b"RIFF" and head[8:12] == b"WAVE" and len(chunk := f.read(8)) == 8:
+        size = int.from_bytes(chunk[4:], "little")
+        if chunk[:4] == b"fmt ":
+            block = int.from_bytes(f.read(size)[12:14], "little") or None
+            f.seek(size % 2, 1)
+        elif chunk[:4] == b"data":
+            frames = size // block if block else None
+            break
+        else:
+            f.seek(size + size % 2, 1)
+    f.seek(0)
+    return frames
 
 
-def _read_torchcodec(path: Path, error: Exception) -> tuple[np.ndarray, int]:
-    """Formats libsndfile does not read (m4a, ...), if torchcodec is installed."""
+def _read_torchcodec(source, path: str, error: Exception) -> tuple[np.ndarray, int]:
+    """Formats libsndfile does not read (m4a, ...), if torchcodec is installed (`source`: a
+    path or the file's bytes; `path` names it in errors)."""
     try:
         from torchcodec.decoders import AudioDecoder
     except ImportError:
         raise AudioError("unreadable", f"{path}: {error}") from None
     try:
-        samples = AudioDecoder(str(path)).get_all_samples()
+        samples = AudioDecoder(source if isinstance(source, (bytes, bytearray)) else str(source)).get_all_samples()
     except Exception as e:  # noqa: BLE001 - any decoder failure means the same to the report
         raise AudioError("unreadable", f"{path}: {e}") from None
     return samples.data.numpy().astype(np.float32), int(samples.sample_rate)
@@ -136,6 +142,7 @@ def log_mel(wave, sample_rate: int, frames: int = FRAMES, name: str = "waveform"
     wave = torch.as_tensor(wave, dtype=torch.float32)
     if wave.dim() == 2:
         wave = wave[0] if len(wave) == 1 else wave.mean(0)
+    wave = wave[:math.ceil(_seconds_needed(frames) * sample_rate)]  # what the frames cover, as read_audio reads
     if wave.numel() < MIN_SECONDS * sample_rate:
         raise AudioError("too_short", f"{name}: {wave.numel() / sample_rate:.3f} s < {MIN_SECONDS} s")
     if sample_rate != SAMPLE_RATE:
@@ -149,8 +156,8 @@ def log_mel(wave, sample_rate: int, frames: int = FRAMES, name: str = "waveform"
     return out, n
 
 
-def clip_log_mel(path: str | Path, frames: int = FRAMES) -> tuple[np.ndarray, int]:
-    """One audio file -> (log-mel float32 [frames, MELS], valid frames); decodes only the audio
-    the `frames` frames need. Raises AudioError."""
-    wave, rate = read_audio(path, _seconds_needed(frames))
-    return log_mel(wave, rate, frames, name=str(path))
+def clip_log_mel(source: str | Path | bytes, frames: int = FRAMES, name: str | None = None) -> tuple[np.ndarray, int]:
+    """One audio file (a path, or its bytes named `name`) -> (log-mel float32 [frames, MELS],
+    valid frames); decodes only the audio the `frames` frames need. Raises AudioError."""
+    wave, rate = read_audio(source, _seconds_needed(frames), name)
+    return log_mel(wave, rate, frames, name=name or str(source))

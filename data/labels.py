@@ -26,7 +26,8 @@ import pyarrow.csv as pacsv
 
 from data.balance import MultiLabels
 
-__all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments"]
+__all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments",
+           "unknown_labels"]
 
 
 class LabelFileError(ValueError):
@@ -84,7 +85,7 @@ def read_class_index(path: str | Path) -> ClassIndex:
 
 
 def _read_text(path: Path) -> str:
-    """A label file's text (gunzipped for .gz); a truncated or corrupt .gz or bytes that are
+    """A label file's text (gunzipped for .gz, without a leading BOM); a truncated or corrupt .gz or bytes that are
     not UTF-8 are a LabelFileError naming the file (and the line of the first bad byte)."""
     with open(path, "rb") as f:  # a missing file: FileNotFoundError, which names it
         raw = f.read()
@@ -97,7 +98,7 @@ def _read_text(path: Path) -> str:
         except (gzip.BadGzipFile, zlib.error) as e:
             raise LabelFileError(f"{path}: not a valid gzip file ({e})") from None
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")  # a BOM (spreadsheets write one) is no text
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         of = " of the uncompressed text" if path.suffix == ".gz" else ""
@@ -146,17 +147,32 @@ def _parse_file(path: Path) -> pa.Table:
     return table.set_column(3, "mids", mids)
 
 
+def unknown_labels(counts: dict[str, int], class_index: ClassIndex, shown: int = 5) -> str:
+    """'N unknown label(s): a (3x), b (1x)' (the `shown` most frequent), saying so where they are
+    display names of `class_index` (label files list MIDs)."""
+    order = sorted(counts, key=lambda label: (-counts[label], label))
+    text = f"{len(counts)} unknown label(s): " + ", ".join(f"{label} ({counts[label]}x)" for label in order[:shown])
+    text += ", ..." if len(order) > shown else ""
+    mid_of = dict(zip(class_index.names, class_index.mids))
+    names = [label for label in order if label in mid_of]
+    if names:
+        text += (f"; {len(names)} of them are display names of the class index, where the label files list MIDs "
+                 f"({names[0]} is {mid_of[names[0]]})")
+    return text
+
+
 @dataclass(frozen=True)
 class LabelIssues:
     """What a lenient read left out: unknown MIDs (with their label counts), repeated YTIDs
-    (rows after the first), and clips whose every MID was unknown."""
+    (rows after the first), clips whose every MID was unknown, and clips with an empty label list."""
 
     unknown_mids: dict[str, int]
     duplicate_ytids: list[str]
     unlabelled: list[str]
+    no_labels: list[str]
 
     def __bool__(self) -> bool:
-        return bool(self.unknown_mids or self.duplicate_ytids or self.unlabelled)
+        return bool(self.unknown_mids or self.duplicate_ytids or self.unlabelled or self.no_labels)
 
 
 def _repeated_labels(clip_of_label: np.ndarray, indices: np.ndarray, known: np.ndarray, n_classes: int) -> np.ndarray:
@@ -171,10 +187,11 @@ def _repeated_labels(clip_of_label: np.ndarray, indices: np.ndarray, known: np.n
 def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     """Parse one or more segment CSVs (optionally .gz) into one partition.
 
-    strict: unknown MIDs and duplicate YTIDs raise LabelFileError naming them (counts, first
-    few). Not strict (ingest): unknown MIDs are dropped, a repeated YTID keeps its first row,
-    clips left without labels are dropped, and `(Segments, LabelIssues)` is returned. Either
-    way a label listed twice for one clip counts once, with a warning naming the clips.
+    strict: unknown MIDs, duplicate YTIDs and empty label lists raise LabelFileError naming
+    them (counts, first few). Not strict (ingest): unknown MIDs are dropped, a repeated YTID
+    keeps its first row, clips left without labels are dropped, and `(Segments, LabelIssues)` is
+    returned. Either way a label listed twice for one clip counts once, with a warning naming
+    the clips, and empty items of a list ("a,,b") are no labels.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     names = ", ".join(str(p) for p in paths)
@@ -183,11 +200,11 @@ def read_segments(paths, class_index: ClassIndex, strict: bool = True):
     flat = pc.utf8_trim_whitespace(mids.flatten())
     indices = pc.index_in(flat, value_set=pa.array(class_index.mids)).to_numpy(zero_copy_only=False)
     known = ~np.isnan(indices) if indices.dtype.kind == "f" else indices >= 0
-    unknown, unknown_counts = np.unique(flat.to_numpy(zero_copy_only=False)[~known], return_counts=True)
+    blank = pc.equal(flat, "").to_numpy(zero_copy_only=False)
+    unknown, unknown_counts = np.unique(flat.to_numpy(zero_copy_only=False)[~known & ~blank], return_counts=True)
     if strict and len(unknown):
-        order = np.argsort(-unknown_counts)
-        listed = ", ".join(f"{unknown[i]} ({unknown_counts[i]}x)" for i in order[:5])
-        raise LabelFileError(f"{names}: {len(unknown)} unknown MID(s) not in the class index: {listed}")
+        described = unknown_labels(dict(zip(unknown.tolist(), unknown_counts.tolist())), class_index)
+        raise LabelFileError(f"{names}: {described}, not in the class index")
     ytid = pc.utf8_trim_whitespace(table["ytid"]).combine_chunks().to_numpy(zero_copy_only=False).astype(str)
     _, first = np.unique(ytid, return_index=True)
     if strict and len(first) != len(ytid):
@@ -203,6 +220,10 @@ def read_segments(paths, class_index: ClassIndex, strict: bool = True):
         warnings.warn(f"{names}: {len(clips)} clip(s) list a label more than once, counted once "
                       f"(e.g. {', '.join(ytid[clips[:5]])})", stacklevel=2)
     kept_labels = np.bincount(clip_of_label[known], minlength=len(ytid))
+    n_listed = np.bincount(clip_of_label[~blank], minlength=len(ytid))  # labels other than ""
+    if strict and (n_listed == 0).any():
+        empty = ytid[n_listed == 0]
+        raise LabelFileError(f"{names}: {len(empty)} clip(s) with an empty label list: {', '.join(empty[:5])}")
     is_first = np.zeros(len(ytid), dtype=bool)
     is_first[first] = True
     keep = is_first & (kept_labels > 0)
@@ -213,6 +234,7 @@ def read_segments(paths, class_index: ClassIndex, strict: bool = True):
                         MultiLabels(new_offsets, indices[label_rows].astype(np.int64)), [str(p) for p in paths])
     if strict:
         return segments
-    issues = LabelIssues(dict(zip(unknown.tolist(), unknown_counts.tolist())),
-                         ytid[~is_first].tolist(), ytid[is_first & (kept_labels == 0)].tolist())
+    no_known = is_first & (kept_labels == 0)
+    issues = LabelIssues(dict(zip(unknown.tolist(), unknown_counts.tolist())), ytid[~is_first].tolist(),
+                         ytid[no_known & (n_listed > 0)].tolist(), ytid[no_known & (n_listed == 0)].tolist())
     return segments, issues

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.balance import MultiLabels, as_multilabels, class_counts, rarest_label_order
-from data.cli import InputError, add_list, add_store, parser, positive_int, run
+from data.cli import InputError, add_list, add_store, parser, positive_int, run, split_name
 from data.stats import format_per_class, imbalance_row, per_class_rows
 from data.manifest import StoreError, fingerprint
 from data.shards import RowGroups, close_shards
@@ -189,7 +189,9 @@ def _keep_one_for_training(candidates: MultiLabels, train_left: np.ndarray) -> n
 
 
 def check_config(cfg: SplitConfig) -> None:
-    """Raise InputError for a method/fraction combination that makes no sense."""
+    """Raise InputError for a method/fraction combination that makes no sense, or a new split's
+    name that is not a plain name."""
+    split_name(cfg.target, "--to")
     if cfg.method not in METHODS:
         raise InputError(f"unknown split method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     if cfg.method == "per-class" and cfg.fraction is not None:
@@ -370,6 +372,7 @@ def format_carve(out: dict, source: str, target: str) -> str:
 def _main(a) -> int:
     if bool(a.union) == bool(a.target) or bool(a.union) != bool(a.of):
         raise InputError("give either --to NAME (with --from) or --union NAME --of A B ...")
+    split_name(a.union or a.target, "--union" if a.union else "--to")
     store = open_store(a.store)
     if a.union:
         entry = store.add_union(a.union, a.of)

@@ -274,3 +274,107 @@ def test_per_class_counts_are_printed(synth_store, capsys):
     assert [r["clips"] for r in rows] == synth_store.class_counts("valid").tolist()
     assert rows[0]["name"] == synth_store.classes[0] and rows[0]["prior"] == pytest.approx(
         rows[0]["clips"] / synth_store.split_info("valid")["clips"])
+
+
+def _clips(audio, names, rate=16000):
+    """One second of noise per name, as WAV files in `audio`."""
+    import soundfile as sf
+    audio.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        sf.write(audio / f"{name}.wav", (0.1 * np.random.default_rng(k).standard_normal(rate)).astype(np.float32), rate)
+
+
+def test_unknown_labels_are_named_with_counts_and_can_be_refused(audioset, tmp_path, capsys):
+    """A misspelt MID is dropped with a warning naming each unknown label and its count;
+    --unknown-labels error refuses the file instead, before a store is made."""
+    _clips(tmp_path / "audio", ["aaaaaaaaaaa", "bbbbbbbbbbb", "ccccccccccc"])
+    segments = tmp_path / "segments.csv"
+    segments.write_text('aaaaaaaaaaa, 0, 10, "/m/09x0r,/m/09x0rr"\nbbbbbbbbbbb, 0, 10, "/m/09x0rr"\n'
+                        'ccccccccccc, 0, 10, "/m/04rlf,/m/zzz"\n')
+    assert ingest_main(_ingest_args(audioset, segments, tmp_path / "audio", tmp_path / "store")) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "unknown label" in line]
+    assert warning == [f"warning: {segments}: labels dropped from their clips: 2 unknown label(s): /m/09x0rr (2x), "
+                       "/m/zzz (1x); 1 clip(s) left without a known label skipped (see ingest_report.json); "
+                       "--unknown-labels error refuses them"]
+    from data.store import open_store
+    assert sorted(open_store(tmp_path / "store").clip_ids("train")) == ["aaaaaaaaaaa", "ccccccccccc"]
+    out = tmp_path / "strict"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out,
+                                                    "--unknown-labels", "error"))
+    assert line == f"error: {segments}: 2 unknown label(s): /m/09x0rr (2x), /m/zzz (1x) (--unknown-labels error)"
+    assert not out.exists()
+
+
+def test_a_segment_csv_of_display_names_names_them(audioset, tmp_path, capsys):
+    """Labels written as display names instead of MIDs: the error names them, with their counts,
+    and says what they are."""
+    _clips(tmp_path / "audio", ["aaaaaaaaaaa", "bbbbbbbbbbb"])
+    segments = tmp_path / "segments.csv"
+    segments.write_text('aaaaaaaaaaa, 0, 10, "Speech"\nbbbbbbbbbbb, 0, 10, "Speech,Music"\n')
+    out = tmp_path / "store"
+    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out))
+    assert line == (f"error: {segments}: no clip with a known label (2 rows left out); 2 unknown label(s): "
+                    "Speech (2x), Music (1x); 2 of them are display names of the class index, where the label files "
+                    "list MIDs (Speech is /m/09x0r)")
+    assert not out.exists()
+
+
+def _ingest_process(audioset, segments, audio, out, env=None, *more):
+    """`python -m data.ingest` in its own process (its own Ray, its own signals), torch on one
+    thread as in a Ray task (tiny clips: faster, and immune to a busy machine)."""
+    import os
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "data.ingest", *_ingest_args(audioset, segments, audio, out, *more)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_ray_that_does_not_start_is_one_line_and_leaves_no_store(audioset, tmp_path):
+    """An ingest of more than 256 clips runs on Ray: when Ray cannot start (here its temporary
+    directory cannot be made; under load, a node that times out), the error is one line naming
+    Ray, exit 2, and the new store is not created (Ray starts before the first write)."""
+    names = [f"clip{k:07d}" for k in range(257)]
+    _clips(tmp_path / "audio", names, rate=1600)
+    segments = tmp_path / "segments.csv"
+    segments.write_text("".join(f'{n}, 0, 10, "/m/09x0r"\n' for n in names))
+    (tmp_path / "a_file").write_text("")
+    proc = _ingest_process(audioset, segments, tmp_path / "audio", tmp_path / "store",
+                           {"RAY_TMPDIR": str(tmp_path / "a_file" / "ray")})
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: Ray did not start for this ingest of 257 clips (more than 256 clips run as Ray "
+                               "tasks): NotADirectoryError") and "nothing was written" in lines[0]
+    assert not (tmp_path / "store").exists()
+
+
+def test_ctrl_c_during_an_ingest_is_one_line_and_the_rerun_resumes(audioset, tmp_path, capsys, one_thread):
+    """SIGINT while clips are decoded: one line saying what was kept and how to resume, exit 130,
+    no traceback; the same command then finishes, reusing the shards written before."""
+    import signal
+    import time
+    import soundfile as sf
+    names = [f"long{k:07d}" for k in range(24)]
+    (tmp_path / "audio").mkdir()
+    for k, name in enumerate(names):
+        wave = 0.1 * np.random.default_rng(k).standard_normal(48000 * 3)
+        sf.write(tmp_path / "audio" / f"{name}.wav", wave.astype(np.float32), 48000, subtype="PCM_16")
+    segments = tmp_path / "segments.csv"
+    segments.write_text("".join(f'{n}, 0, 10, "/m/09x0r"\n' for n in names))
+    out = tmp_path / "store"
+    journal = out / "ingest_journal_train.jsonl"
+    more = ["--rows-per-shard", "1", "--frames", "200"]
+    proc = _ingest_process(audioset, segments, tmp_path / "audio", out, None, *more)
+    deadline = time.time() + 120
+    while not (journal.exists() and journal.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out} keeps what was finished (journaled); "
+                                            "run the same command again to resume")
+    assert ingest_main(_ingest_args(audioset, segments, tmp_path / "audio", out, *more, "--json")) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ingested"] == 24 and 2 <= printed["shards_reused"] < 24

@@ -163,7 +163,9 @@ def test_rerun_resumes_without_repeating_work(first_run, inputs, capsys):
     printed = json.loads(out)
     assert rc == 0 and printed["computed"] == 0 and printed["reused"] == len(KEPT)
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and warning[0].startswith("warning: 523 of 527 classes of ")
+    assert len(warning) == 3 and warning[0].startswith("warning: 523 of 527 classes of ")
+    assert "labels dropped from their clips: 1 unknown label(s): /m/not_a_class (2x); 1 clip(s) left" in warning[1]
+    assert warning[2].endswith("1 repeated clip id(s) left out (the first kept), e.g. aaaaaaaaaaa (see ingest_report.json)")
     assert "have no clip in split 'train': they are left out of its priors and metrics" in warning[0]
     assert printed["empty_classes"] == 523 and printed["shards_redone"] == []
     assert printed["shards_reused"] == printed["shards"] == 4
@@ -238,3 +240,33 @@ def test_no_clip_with_a_spectrogram_is_an_error(ray_module, inputs, tmp_path):
                                          r"\((unreadable 1, empty 1|empty 1, unreadable 1)\); the split is not"):
         ingest(IngestConfig([str(segments)], str(root.parent / "class_index.csv"), str(audio), str(out), "train"))
     assert open_store(out).splits == []
+
+
+def _tone(path, seconds=1.0, rate=16000, k=0):
+    """A short noisy tone written as a WAV file (the directories made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.3 * np.sin(2 * np.pi * (300 + 40 * k) * t) + 0.02 * np.random.default_rng(k).standard_normal(len(t))
+    sf.write(path, x.astype(np.float32), rate)
+
+
+def test_clip_ids_that_are_paths_are_never_read(audioset, tmp_path, capsys):
+    """A YTID that is a relative path out of --audio-dir or an absolute path names no file of the
+    audio directory: the clip is skipped with its reason and the file is never read."""
+    secret, audio = tmp_path / "secret", tmp_path / "data" / "audio"
+    for k, path in enumerate([secret / "private.wav", secret / "private2.wav", audio / "okclip0000.wav"]):
+        _tone(path, k=k)
+    ids = ["okclip0000", "../../secret/private", str(secret / "private2")]
+    (tmp_path / "segments.csv").write_text("".join(f'{y}, 0.000, 10.000, "/m/09x0r"\n' for y in ids))
+    store = tmp_path / "store"
+    assert main(["--segments", str(tmp_path / "segments.csv"), "--class-index",
+                 str(audioset / "class_labels_indices.csv"), "--audio-dir", str(audio), "--store", str(store),
+                 "--split", "train", "--json"]) == 0
+    assert open_store(store).clip_ids("train").tolist() == ["okclip0000"]
+    report = json.loads((store / "ingest_report.json").read_text())["train"]
+    assert {s["clip_id"]: s["reason"] for s in report["skipped"]} == {ids[1]: "bad_clip_id", ids[2]: "bad_clip_id"}
+    assert all("not looked up" in s["detail"] for s in report["skipped"])
+    with pytest.raises(ValueError, match=r"audio pattern '\.\./\{ytid\}\.\{ext\}': must stay inside"):
+        AudioFinder(audio, ["../{ytid}.{ext}"])
+    with pytest.raises(ValueError, match=r"audio pattern '/x/\{ytid\}\.\{ext\}': must stay inside"):
+        AudioFinder(audio, ["/x/{ytid}.{ext}"])

@@ -78,7 +78,8 @@ def test_one_header_line_gz_and_no_space_variant(tmp_path, class_index):
 def test_unknown_mids_are_named_and_counted(tmp_path, class_index):
     f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r,/m/nope"', 'b, 0, 10, "/m/nope"',
                                     'c, 0, 10, "/m/other"'])
-    with pytest.raises(LabelFileError, match=r"x\.csv.*2 unknown MID.*/m/nope \(2x\).*/m/other \(1x\)"):
+    with pytest.raises(LabelFileError, match=r"x\.csv: 2 unknown label\(s\): /m/nope \(2x\), /m/other \(1x\), "
+                                             "not in the class index"):
         read_segments(f, class_index)
 
 
@@ -154,3 +155,28 @@ def test_unreadable_label_files_are_named(audioset, tmp_path, class_index):
     (tmp_path / "ci.csv").write_text("index,mid,display_name\n0,/m/a,A\nx,/m/b,B\n")
     with pytest.raises(LabelFileError, match=r"ci\.csv:3: index 'x' is not a number"):
         read_class_index(tmp_path / "ci.csv")
+
+
+def test_a_bom_is_ignored_with_or_without_a_header(tmp_path, audioset, class_index):
+    """A file saved by a spreadsheet starts with a UTF-8 BOM: it is not part of the first line,
+    whether that is a `#` header, the first clip, or the class index's header."""
+    row = 'abc, 0, 10, "/m/09x0r"\n'.encode()
+    (tmp_path / "header.csv").write_bytes(b"\xef\xbb\xbf# YTID, start_seconds, end_seconds, positive_labels\n" + row)
+    (tmp_path / "bare.csv").write_bytes(b"\xef\xbb\xbf" + row)
+    for name in ("header.csv", "bare.csv"):
+        seg = read_segments(tmp_path / name, class_index)
+        assert seg.clip_ids.tolist() == ["abc"] and list(seg.labels[0]) == [0], name
+    (tmp_path / "ci.csv").write_bytes(b"\xef\xbb\xbf" + (audioset / "class_labels_indices.csv").read_bytes())
+    assert read_class_index(tmp_path / "ci.csv") == class_index
+
+
+def test_an_empty_label_list_is_a_clip_without_labels(tmp_path, class_index):
+    """`""` lists no label (not the unknown MID ''); empty items between commas are nothing."""
+    f = _write(tmp_path / "x.csv", ['a, 0, 10, "/m/09x0r"', 'b, 0, 10, ""', 'c, 0, 10, "/m/09x0r,,"',
+                                    'd, 0, 10, "/m/nope"'])
+    seg, issues = read_segments(f, class_index, strict=False)
+    assert seg.clip_ids.tolist() == ["a", "c"] and [list(seg.labels[j]) for j in range(2)] == [[0], [0]]
+    assert issues.unknown_mids == {"/m/nope": 1} and issues.unlabelled == ["d"] and issues.no_labels == ["b"]
+    f = _write(tmp_path / "y.csv", ['a, 0, 10, "/m/09x0r"', 'b, 0, 10, ""'])
+    with pytest.raises(LabelFileError, match=r"y\.csv: 1 clip\(s\) with an empty label list: b"):
+        read_segments(f, class_index)

@@ -290,3 +290,20 @@ def test_shards_copied_by_threads_are_the_shards_copied_in_order(store, monkeypa
     assert split_mod._copy_threads(252, 16 * 33_000) == 4                        # 2 a core
     assert split_mod._copy_threads(4032, 128 << 20) == 2 and split_mod._copy_threads(1, 0) == 1
     assert split_mod._copy_threads(10, 1 << 30) == 1                              # memory first
+
+
+@pytest.mark.parametrize("argv", [["--to", "../../escaped"], ["--to", "/tmp/escaped-abs"], ["--to", "a/b"],
+                                  ["--to", ".."], ["--union", "../u", "--of", "eval_a", "eval_b"],
+                                  ["--union", "x/y", "--of", "eval_a"]])
+def test_split_names_are_plain_names(store, capsys, argv):
+    """A split name is a directory of the store: a path is refused (as data.ingest --split refuses
+    it), in one line naming the flag and the value, and nothing is written anywhere."""
+    before = {p: p.stat().st_mtime_ns for p in store.root.parent.rglob("*")}
+    flag, name = argv[0], argv[1]
+    line = _error(capsys, ["--store", str(store.root), *argv])
+    assert line == f"error: {flag}: {name!r} is not a plain name (a split is a directory of the store)"
+    assert {p: p.stat().st_mtime_ns for p in store.root.parent.rglob("*")} == before
+    assert open_store(store.root).splits == ["train", "eval_a", "eval_b"]
+    with pytest.raises(ValueError, match="is not a plain name"):
+        from data.split import carve
+        carve(store, SplitConfig(target="../x"))
