@@ -7,9 +7,9 @@ writes the same directory again and an evaluation never has two. Each holds:
   model.pt      the AST state dict (unwrapped from DDP); removed once selection can no longer
                 pick this evaluation (`prune`)
   optimizer.pt  the Adam state; kept for the latest checkpoint only (what a restart needs)
-  val_scores.npy  the validation scores, float16 [clips, classes] in the split's row order;
-                removed once no smoothing window selection may still use holds this
-                evaluation (the confidence of the selection recomputes the pick's window)
+  val_dprime_resampled.npy  the validation d' on each bootstrap resample of the validation
+                clips (float32 [resamples], the same resamples for every trial): what the
+                confidence of the selection and racing average over a pick's window; always kept
   state.json    the trial's state (sweep/history.py TrialState: trial, examples, step, stopped,
                 start, history, ...) and `model`, its ASTConfig as a dict; always kept, so the
                 trace survives pruning
@@ -36,12 +36,13 @@ import torch
 from model.config import ASTConfig
 from sweep.history import TrialState
 
-__all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "SCORES", "checkpoint_dir", "load_scores", "save_checkpoint", "load_state",
+__all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "RESAMPLED", "checkpoint_dir", "load_resampled", "save_checkpoint",
+           "load_state", "read_record", "write_record",
            "restore_checkpoint", "write_progress", "registered_examples", "list_checkpoints", "has_weights",
            "prune", "load_weights", "record_failure", "recorded_failures", "clear_failures"]
 
 MODEL, OPTIMIZER, STATE, PROGRESS = "model.pt", "optimizer.pt", "state.json", "progress.json"
-SCORES = "val_scores.npy"
+RESAMPLED = "val_dprime_resampled.npy"
 
 
 def checkpoint_dir(examples: int) -> str:
@@ -50,27 +51,27 @@ def checkpoint_dir(examples: int) -> str:
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: TrialState, model_cfg: ASTConfig,
-                    val_scores: np.ndarray | None = None) -> None:
+                    resampled: np.ndarray | None = None) -> None:
     """A checkpoint directory (see the module docstring) of `model` (the module itself, not its
-    DistributedDataParallel wrapper); val_scores [clips, classes] if given."""
+    DistributedDataParallel wrapper); the evaluation's d' per resample [resamples] if given."""
     d = Path(directory)
     torch.save(model.state_dict(), d / MODEL)
     torch.save(optimizer.state_dict(), d / OPTIMIZER)
-    if val_scores is not None:
-        np.save(d / SCORES, np.asarray(val_scores, dtype=np.float16))
+    if resampled is not None:
+        np.save(d / RESAMPLED, np.asarray(resampled, dtype=np.float32))
     (d / STATE).write_text(json.dumps({**state.to_json(), "model": asdict(model_cfg)}))
 
 
-def load_scores(checkpoint: str) -> np.ndarray | None:
-    """The validation scores a checkpoint directory (local or URI) holds, float32 [clips,
-    classes]; None if they were not kept."""
+def load_resampled(checkpoint: str) -> np.ndarray | None:
+    """The validation d' per resample a checkpoint directory (local or URI) holds, float64
+    [resamples]; None if it has none."""
     import pyarrow.fs as pafs
     fs, base, _ = _filesystem(checkpoint)
-    path = f"{base}/{SCORES}"
+    path = f"{base}/{RESAMPLED}"
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_file(path) as f:
-        return np.load(io.BytesIO(f.read())).astype(np.float32)
+        return np.load(io.BytesIO(f.read())).astype(np.float64)
 
 
 def load_state(directory: str | Path) -> dict:
@@ -133,6 +134,18 @@ def _write_json(run_path: str, name: str, obj: dict) -> None:
         f.write(json.dumps(obj).encode())
     if partial != target:
         fs.move(partial, target)
+
+
+def read_record(directory: str, name: str) -> dict | None:
+    """A JSON record `name` in a directory of the storage (local or URI), or None if it is
+    missing or not whole."""
+    fs, base, _ = _filesystem(directory)
+    return _read_json(fs, f"{base}/{name}")
+
+
+def write_record(directory: str, name: str, obj: dict) -> None:
+    """`obj` as the JSON record `name` in a directory of the storage (local or URI), whole."""
+    _write_json(directory, name, obj)
 
 
 def write_progress(run_path: str, examples: int) -> None:
@@ -210,19 +223,16 @@ def has_weights(checkpoint: str) -> bool:
 def prune(run_path: str, history: dict, window: int, keep: int) -> int:
     """Remove what selection can no longer use, judged on `history` (the trial's own, up to its
     latest evaluation): model.pt of every evaluation outside `checkpoints_to_keep` (the `keep`
-    best picks and the evaluations whose windows are not full yet), val_scores.npy outside
-    `scores_to_keep` (the windows those picks may still use), and optimizer.pt of all but the
+    best picks and the evaluations whose windows are not full yet) and optimizer.pt of all but the
     latest. Returns the files removed."""
     import pyarrow.fs as pafs
-    from sweep.select import checkpoints_to_keep, scores_to_keep
+    from sweep.select import checkpoints_to_keep
     examples, d = history["examples"], history["val_dprime"]
     weights = {examples[i] for i in checkpoints_to_keep(d, window, keep)}
-    scores = {examples[i] for i in scores_to_keep(d, window)}
     fs, base, _ = _filesystem(run_path)
     removed = 0
     for i, e in enumerate(examples):
-        names = ([MODEL] if e not in weights else []) + ([SCORES] if e not in scores else []) \
-            + ([OPTIMIZER] if i < len(examples) - 1 else [])
+        names = ([MODEL] if e not in weights else []) + ([OPTIMIZER] if i < len(examples) - 1 else [])
         for name in names:
             path = f"{base}/{checkpoint_dir(e)}/{name}"
             if fs.get_file_info(path).type == pafs.FileType.File:

@@ -3,9 +3,9 @@ margin of the selected arm over the runner-up, and a verdict.
 
 Two sources of noise decide the answer: which clips are in the validation split, and training
 (initialisation, stream order, numerics). The first is measured by a paired bootstrap over
-validation clips: every trial's per-clip validation scores at the evaluations of its pick's
-smoothing window are kept (sweep/checkpoint.py), and on each resample of the clips (the same
-resample for every trial) each trial's smoothed d' at its pick is recomputed; then the
+validation clips: every evaluation of every trial also scores its d' on the same resamples of the
+validation clips (`resampled_dprime`, kept in its checkpoint), so each trial's smoothed d' at its
+pick is known on every resample (the mean over the pick's window); then the
 selection's own rule is applied to the resample (sweep/select.py `arm_values`: per arm the best
 learning rate on the mean over seeds) and the best arm wins (a tie splits the win). The second
 enters through replicate seeds (`sweep.seeds`): each resample also draws the seeds with
@@ -30,7 +30,7 @@ from sweep.bootstrap import resampled_metrics
 from sweep.select import arm_values, best_arm
 from sweep.trial import Arm, Trial
 
-__all__ = ["P_RESOLVED", "P_PLAUSIBLE", "Verdict", "resampled_pick_dprime", "confidence", "verdict"]
+__all__ = ["P_RESOLVED", "P_PLAUSIBLE", "Verdict", "resampled_dprime", "confidence", "verdict"]
 
 P_RESOLVED = 0.95    # p_best of the selected arm for a resolved verdict
 P_PLAUSIBLE = 0.05   # p_best from which another arm is named as within noise
@@ -51,13 +51,13 @@ class Verdict:
         return "resolved" if self.resolved else "provisional" if self.provisional else "unresolved"
 
 
-def resampled_pick_dprime(targets: np.ndarray, window_scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """A trial's smoothed d' at its pick on each resample of the validation clips: the mean over
-    the pick's window of d' = sqrt(2) Phi^-1(macro AUC) under the resample's clip weights.
-    targets [clips, classes] 0/1; window_scores [window, clips, classes]; counts [resamples,
-    clips] (bootstrap_counts) -> [resamples]. Scored by resampled_metrics, a few resamples at a
-    time: memory stays bounded at AudioSet's validation size (1,836 clips x 527 classes)."""
-    return np.mean([resampled_metrics(targets, s, counts)["samples"]["dprime"] for s in window_scores], axis=0)
+def resampled_dprime(targets: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One evaluation's d' = sqrt(2) Phi^-1(macro AUC) on each resample of the validation clips,
+    under the resample's clip weights. targets [clips, classes] 0/1; scores [clips, classes];
+    counts [resamples, clips] (bootstrap_counts) -> [resamples]. Scored by resampled_metrics, a
+    few resamples at a time: memory stays bounded at AudioSet's validation size (1,836 clips x
+    527 classes: about 30 CPU-seconds for 1,000 resamples)."""
+    return resampled_metrics(targets, scores, counts)["samples"]["dprime"]
 
 
 def _seed_drawn(samples: dict[Trial, np.ndarray], draw: np.ndarray) -> dict[Trial, np.ndarray]:
@@ -77,8 +77,8 @@ def _seed_drawn(samples: dict[Trial, np.ndarray], draw: np.ndarray) -> dict[Tria
 
 def confidence(full: dict[Trial, float], samples: dict[Trial, np.ndarray], n_resamples: int, seed: int = 0) -> dict:
     """p_best per arm and the selected arm's margin over the runner-up. full: each trial's
-    smoothed d' at its pick; samples: the same on each resample [n_resamples]
-    (resampled_pick_dprime, every trial on the same clip resamples). Returns {selected,
+    smoothed d' at its pick; samples: the same on each resample [n_resamples] (the mean of
+    resampled_dprime over the pick's window, every trial on the same clip resamples). Returns {selected,
     runner_up (Arm; None with one arm), p_best {Arm: p}, margin, margin_ci95 (NaN without a
     runner-up), resamples, seeds}."""
     n_seeds = len({t.seed for t in full})
@@ -101,15 +101,20 @@ def confidence(full: dict[Trial, float], samples: dict[Trial, np.ndarray], n_res
 
 
 def verdict(conf: dict, labels: dict[Arm, str], unsettled: list[Arm], unlearned: list[Arm], valid_clips: int,
-            cap: int) -> Verdict:
+            cap: int, lost: list[str] = ()) -> Verdict:
     """The verdict on a selection (see the module docstring). `labels`: each arm's name;
     `unsettled`: the arms whose picks did not settle (those that did not learn among them);
-    `unlearned`: the arms whose traces never left their starting level within the `cap`."""
+    `unlearned`: the arms whose traces never left their starting level within the `cap`; `lost`:
+    the labels of the arms racing eliminated (not contenders: they are only named)."""
     sel, p = conf["selected"], conf["p_best"]
+    raced = f"; racing eliminated {', '.join(lost)}" if lost else ""
     if unlearned and set(unlearned) >= set(p):
         return Verdict(False, True, f"no arm learned within the cap ({cap:,} examples): every smoothed validation d' "
                                     "stayed within noise of chance or of its start; raise train.max_examples or check "
                                     "the learning rates (sweep.lrs)")
+    if conf["runner_up"] is None and lost:
+        return Verdict(not unsettled, bool(unsettled), f"{labels[sel]} is best: the only arm left{raced}"
+                       + (" (its pick has not settled: raise train.max_examples)" if unsettled else ""))
     if conf["runner_up"] is None:
         return Verdict(False, bool(unsettled), f"one arm was swept ({labels[sel]}): there is nothing to compare it with")
     margin = (f", margin {conf['margin']:+.3f} d' [{conf['margin_ci95'][0]:+.3f}, {conf['margin_ci95'][1]:+.3f}] "
@@ -121,13 +126,13 @@ def verdict(conf: dict, labels: dict[Arm, str], unsettled: list[Arm], unlearned:
         late = [a for a in unsettled if a not in unlearned]
         if late:
             parts.append("NOT CONVERGED for " + ", ".join(labels[a] for a in late))
-        return Verdict(False, True, "; ".join(parts) + f"{margin}; p_best is provisional until every arm learns and "
-                                    "settles: raise train.max_examples (--resume continues each unsettled trial)")
+        return Verdict(False, True, "; ".join(parts) + f"{margin}{raced}; p_best is provisional until every arm learns "
+                                    "and settles: raise train.max_examples (--resume continues each unsettled trial)")
     seeds_ok = conf["seeds"] == 1 or conf["margin_ci95"][0] > 0
     if p[sel] >= P_RESOLVED and seeds_ok:
-        return Verdict(True, False, f"{labels[sel]} is best (p_best {p[sel]:.2f}{margin})")
+        return Verdict(True, False, f"{labels[sel]} is best (p_best {p[sel]:.2f}{margin}){raced}")
     close = [a for a in sorted(p, key=lambda a: -p[a]) if a == sel or p[a] >= P_PLAUSIBLE]
     named = ", ".join(f"{labels[a]} (p_best {p[a]:.2f})" for a in close)
     more = "replicate seeds (sweep.seeds)" if conf["seeds"] == 1 else "more replicate seeds (sweep.seeds)"
-    return Verdict(False, False, f"{named} are within noise of each other{margin}; more validation clips "
+    return Verdict(False, False, f"{named} are within noise of each other{margin}{raced}; more validation clips "
                                  f"(the split has {valid_clips:,}) or {more} would resolve it")

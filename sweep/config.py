@@ -68,6 +68,9 @@ class SweepConfig:
     schemes: list[str] = field(default_factory=lambda: ["moore"])  # balancing methods (data/balance.py
                                             # SCHEMES): the grid is scheme x beta x lr x seed, beta = 0 once
     betas: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 1.0])
+    beta_step: float | None = None          # refine the beta grid (sweep/refine.py): midpoints where the
+                                            # best beta may lie, down to this step (null: the grid as given)
+    max_arms: int = 12                      # ... until the grid has this many arms
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
     seeds: list[int] = field(default_factory=lambda: [0])  # replicate trials: each seed its own
                                             # initialisation, stream order and augmentation
@@ -81,8 +84,10 @@ class SweepConfig:
     train_to_cap: bool = False              # true: every trial trains to train.max_examples (the
                                             # paper's procedure; the reference the rule is checked
                                             # against); convergence is still judged by the rule
-    asha: bool = False                      # stop hopeless trials early
-    asha_grace_evals: int = 4
+    racing: bool = True                     # stop an arm (or a learning rate within one) once it is
+                                            # confidently not the best, even where it can still go
+                                            # (sweep/racing.py); off with train_to_cap
+    racing_p: float = 0.01                  # ... its chance of being best below this
     max_failures: int = 2                   # per trial: Train worker restarts from checkpoint
 
     @property
@@ -219,7 +224,9 @@ _RULES = [
     ("sweep.patience", lambda v: v >= 1, "an integer >= 1"),
     ("sweep.settle_ratio", lambda v: v >= 1, "a number >= 1"),
     ("sweep.confidence_resamples", lambda v: v >= 100, "an integer >= 100"),
-    ("sweep.asha_grace_evals", lambda v: v >= 1, "an integer >= 1"),
+    ("sweep.racing_p", lambda v: 0 < v < 0.5, "a probability in (0, 0.5)"),
+    ("sweep.beta_step", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("sweep.max_arms", lambda v: v >= 2, "an integer >= 2"),
     ("sweep.max_failures", lambda v: v >= 0, "an integer >= 0"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.max_examples", lambda v: v >= 1, "an integer >= 1"),

@@ -95,6 +95,7 @@ def stopping_statement(cfg: Config) -> tuple[str, str | None]:
 
 def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
+    from sweep.tracking import shown  # (MLflow is not needed to print results)
     m, r = cfg.model, cfg.resources
     grid = len(cfg.sweep.trials)
     return "\n".join([
@@ -108,7 +109,7 @@ def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str
         + f" = {grid} trial{'s' * (grid != 1)}",
         f"stopping   {stopping_statement(cfg)[0]}",
         f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
-        f"mlflow     {uri}  experiment {experiment!r}",
+        f"mlflow     {shown(uri)}  experiment {experiment!r}",
     ])
 
 

@@ -41,8 +41,9 @@ from sweep.prepare import prepare
 from sweep.report import build_report
 from sweep.rundir import RunDir
 from sweep.report.tables import format_results
+from sweep.scheduler import eliminated, refined
 from sweep.trial import Trial
-from sweep.tune import build_tuner
+from sweep.tune import build_tuner, unfit_trial
 from sweep.winners import SelectionError, finished, summarise, traces
 
 __all__ = ["run_sweep", "Interrupted", "missing_trials", "resume_command"]
@@ -112,18 +113,25 @@ def run_sweep(cfg: Config, config_path: str, argv: list[str], resume: bool = Fal
     run_dir = RunDir(Path(cfg.run.run_dir).resolve())
     uri = tracking.tracking_uri(run_dir.path)
     tracking.check_reachable(uri)  # before anything is built or trained
-    if not verbose:
-        _quiet_console()
-    cfg = prepare(cfg)
-    store = open_store(cfg.data.store)
-    splits = [cfg.data.train_split, cfg.data.valid_split, *cfg.data.eval_splits]
-    fingerprints = {s: store.fingerprint(s) for s in splits}
-    experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
-    print(header(cfg, config_path, fingerprints[cfg.data.train_split], uri, experiment))
-    warning = stopping_statement(cfg)[1]
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    with run_dir.lock(), _Signals() as signals:
+    with run_dir.lock():  # a second sweep on this directory is refused before anything else
+        if not verbose:
+            _quiet_console()
+        cfg = prepare(cfg)
+        store = open_store(cfg.data.store)
+        fingerprints = {s: store.fingerprint(s) for s in [cfg.data.train_split, cfg.data.valid_split,
+                                                             *cfg.data.eval_splits]}
+        experiment = tracking.experiment_name(cfg.run.mlflow_experiment)
+        print(header(cfg, config_path, fingerprints[cfg.data.train_split], uri, experiment))
+        warning = stopping_statement(cfg)[1]
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        return _locked(cfg, run_dir, uri, experiment, fingerprints, argv, resume, verbose, t0)
+
+
+def _locked(cfg: Config, run_dir: RunDir, uri: str, experiment: str, fingerprints: dict[str, str], argv: list[str],
+            resume: bool, verbose: bool, t0: float) -> int:
+    """run_sweep with the run directory held: Ray, the MLflow parent, the Tune sweep, the answer."""
+    with _Signals() as signals:
         client, info, owns_ray = None, None, False
         try:
             client = tracking.open_store(uri)
@@ -133,10 +141,11 @@ def run_sweep(cfg: Config, config_path: str, argv: list[str], resume: bool = Fal
                 print(f"the sweep in {run_dir.path} has finished; its answer:\n" + "\n".join(answer_lines(recorded)))
                 return 0  # nothing to run or log again
             owns_ray = _start_ray(cfg, verbose)
+            _check_fit(cfg, local=owns_ray)
             exp_id = tracking.experiment_id(client, experiment, run_dir.path)
             parent_id = _open_parent(client, run_dir, cfg, exp_id, fingerprints, caps)
             info = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id}
-            summary = _sweep(cfg, run_dir, client, info, signals, resume=bool(caps), verbose=verbose)
+            summary = _sweep(cfg, run_dir, client, info, signals, verbose)
             summary["wall_seconds"] = round(time.time() - t0, 1)
             table = _publish(client, run_dir, parent_id, summary)
         except (Interrupted, KeyboardInterrupt) as e:
@@ -204,6 +213,17 @@ def _start_ray(cfg: Config, verbose: bool) -> bool:
     return True
 
 
+def _check_fit(cfg: Config, local: bool) -> None:
+    """A trial that can never start: on a Ray this command started (nothing will add nodes) a
+    ConfigError naming the key, before Tune waits on it forever; on a cluster a warning (its
+    autoscaler may add the nodes)."""
+    problem = unfit_trial(cfg, ray.cluster_resources())
+    if problem and local:
+        raise ConfigError(f"{problem}: no trial can start on this machine")
+    if problem:
+        print(f"warning: {problem}: trials wait until the cluster's autoscaler adds nodes", file=sys.stderr)
+
+
 def _check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """A host:port (or ray://host:port) Ray address that accepts no connection within
     `timeout_s`: a ConfigError naming it ("auto" and a local Ray are Ray's own to find)."""
@@ -251,13 +271,14 @@ def _open_parent(client, run_dir: RunDir, cfg: Config, exp_id: str, fingerprints
     return parent_id
 
 
-def _sweep(cfg: Config, run_dir: RunDir, client, info: dict, signals: _Signals, resume: bool, verbose: bool) -> dict:
+def _sweep(cfg: Config, run_dir: RunDir, client, info: dict, signals: _Signals, verbose: bool) -> dict:
     """Fit the Tune sweep, then select and evaluate the winners: what results.json holds."""
     train_runs = run_dir.train_runs(cfg)
-    tuner = build_tuner(cfg, run_dir.storage(cfg), run_dir.tune_experiment(cfg), train_runs, info, resume, verbose)
+    tuner = build_tuner(cfg, run_dir.storage(cfg), train_runs, info, verbose)
     signals.pass_to_tune()
     results = tuner.fit()
     signals.stop_raising()
+    cfg = refined(cfg, train_runs)  # with the betas refinement added
     errors = {Trial.from_tune(r.config): str(r.error) for r in results if r.error}
     trials = cfg.sweep.trials
     missing = missing_trials(trials, finished(cfg, trials, errors, train_runs))
@@ -267,6 +288,7 @@ def _sweep(cfg: Config, run_dir: RunDir, client, info: dict, signals: _Signals, 
     if missing:
         raise SelectionError(f"trial(s) {', '.join(names[t] for t in missing)} ended without a final checkpoint in "
                              f"{train_runs}: it was removed or is incomplete; start the sweep afresh (without --resume)")
+    tracking.mark_eliminated(client, info["experiment_id"], info["parent_run_id"], list(eliminated(train_runs).values()))
     tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
     found, failed, diverged = traces(cfg, trials, errors, train_runs)
     tracking.fail_children(client, info["experiment_id"], info["parent_run_id"], failed)
@@ -290,7 +312,7 @@ def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
     shutil.rmtree(staging, ignore_errors=True)  # this driver's own, from an interrupted publish
     staging.mkdir()
     (staging / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-    build_report(run_dir.path, results=summary, out=staging / "report")
+    _report(run_dir, summary, staging / "report")
     table = format_results(summary)
     (staging / "results.txt").write_text(table)
     client.log_artifact(parent_id, str(staging / "results.json"))
@@ -316,6 +338,19 @@ def _publish(client, run_dir: RunDir, parent_id: str, summary: dict) -> str:
     staging.rmdir()
     tracking.finish_run(client, parent_id)
     return table
+
+
+def _report(run_dir: RunDir, summary: dict, out: Path) -> None:
+    """The report of `summary` in `out`; one that cannot be built (a figure or table the data does
+    not support) is a warning and a report/ERROR.txt saying so: the answer does not depend on it."""
+    try:
+        build_report(run_dir.path, results=summary, out=out)
+    except (ValueError, ArithmeticError, OSError) as e:
+        out.mkdir(exist_ok=True)
+        rebuild = f"python -m sweep.report --run-dir {shlex.quote(str(run_dir.path))}"
+        (out / "ERROR.txt").write_text(f"the report could not be built: {type(e).__name__}: {e}\nrebuild: {rebuild}\n")
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); the answer is in results.json "
+              f"and results.txt; rebuild it with: {rebuild}", file=sys.stderr)
 
 
 def _metric_key(label: str) -> str:

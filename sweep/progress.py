@@ -13,6 +13,7 @@ from ray.tune import Callback
 
 from sweep.config import Config
 from sweep.console import eta_seconds, format_progress
+from sweep.scheduler import eliminated, is_eliminated
 from sweep.trial import Trial
 
 __all__ = ["SweepProgress"]
@@ -22,11 +23,12 @@ class SweepProgress(Callback):
     """Prints the sweep's progress table (see the module docstring) from Tune's trial states."""
 
     def __init__(self, cfg: Config, grid: list[Trial], concurrency: int, every_s: float = 30.0,
-                 log: bool | None = None):
+                 log: bool | None = None, train_runs: str | None = None):
         """grid: every trial of the sweep, in order (Tune creates trials as it starts them); log:
         print as to a log (only what changed), or the whole table (None: a log unless stdout is a
-        terminal)."""
+        terminal); train_runs: where racing records the trials it stopped."""
         self.cfg, self.grid, self.concurrency, self.every_s = cfg, grid, concurrency, every_s
+        self.train_runs = train_runs
         self.log = log
         self.max_examples = cfg.train.max_examples
         self.started = time.time()
@@ -61,12 +63,15 @@ class SweepProgress(Callback):
         self.last_print = time.time()
         rows, remaining, pending = [], [], 0
         by_trial = {Trial.from_tune(t.config): t for t in trials}
+        record = eliminated(self.train_runs) if self.train_runs else {}
         order = {p: i for i, p in enumerate(self.grid)}
         for trial in sorted(set(self.grid) | by_trial.keys(), key=lambda p: (order.get(p, len(order)), p.key)):
             t = by_trial.get(trial, SimpleNamespace(status="PENDING", last_result=None))
             r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
             name = trial.arm.label(self.cfg.sweep.several_schemes) + (f" s{trial.seed}" if self.cfg.sweep.several_seeds else "")
-            row = {"trial": name, "lr": trial.lr, "status": _status(state, r)}
+            out = is_eliminated(trial, record)
+            status = f"eliminated p={out['p']:.3f}" if out else _status(state, r)
+            row = {"trial": name, "lr": trial.lr, "status": status}
             if "examples" in r:
                 row.update(examples=int(r["examples"]), dprime=r.get("val_dprime"), smoothed=r.get("val_dprime_smoothed"),
                            pick=r.get("val_dprime_pick"), pick_examples=int(r.get("examples_to_pick") or 0))

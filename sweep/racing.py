@@ -5,24 +5,23 @@ median rule), which the paper warns about (balanced models peak at 33M examples,
 
 Every evaluation's validation d' is also computed on the same bootstrap resamples of the
 validation clips for every trial (sweep/train.py; [resamples] per evaluation), so the smoothed
-d' at a trial's pick is known on each resample: the mean over the pick's window. On the traces
-as they stand:
+d' at a trial's pick is known on each resample: the mean over the pick's window. A setting is an
+arm at a learning rate (its replicate seeds averaged). On the traces as they stand:
 
-    current[arm]    the selection's own rule (sweep/select.py arm_values) on each resample
-    optimistic[arm] per learning rate the mean over seeds of pick + headroom, the best learning
-                    rate on each resample: headroom is where the trace can still go, the rise of
-                    its smoothed d' over its last doubling of examples for every doubling left to
-                    the cap, plus twice the noise of a window's mean (`headroom`); none for a
-                    trial that has finished (settled or at the cap)
-    p[arm]          the share of resamples on which optimistic[arm] reaches the best current of
-                    the other arms
+    current[s]      the setting's smoothed d' at its picks, on each resample
+    optimistic[s]   the same plus headroom: where each trace can still go, the rise of its
+                    smoothed d' over its last doubling of examples for every doubling left to the
+                    cap, plus twice the noise of a window's mean (`headroom`); none for a trial
+                    that has finished (settled or at the cap)
+    p[s]            the share of resamples on which optimistic[s] reaches the best current of its
+                    rivals: the settings that reached their picks in at most 1 / ratio of the
+                    examples s has seen (ratio: the stopping rule's)
 
-An arm with p below `p_eliminate` stops, but only once each of its trials has seen `ratio` (the
-stopping rule's) times the examples of the leading arm's picks: a slow learner is never judged
-before it has trained twice as long as the leader needed, and a trial still at chance is never
-judged while the leader was at chance at the same examples. The same test runs between the
-learning rates of one arm. Pure numpy: the Tune scheduler (sweep/scheduler.py) and the
-whole-sweep simulator (bench/sweep_sim.py) both call `race`.
+A setting with p below `p_eliminate` stops. A slow learner is judged only against settings that
+needed half as long or less to reach their picks (and a trial still at chance only against
+settings that had learned by half its examples), never against a faster one that has not yet had
+the chance to fall back. An arm is out once every learning rate of it is. Pure numpy: the Tune
+scheduler (sweep/scheduler.py) and the whole-sweep simulator (bench/sweep_sim.py) call `race`.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweep.select import StoppingRule, arm_values, best_arm, noise, pick, smoothed
+from sweep.select import StoppingRule, noise, pick, smoothed
 from sweep.trial import Arm, Trial
 
 __all__ = ["RaceTrace", "Elimination", "headroom", "race"]
@@ -96,58 +95,46 @@ def _picks(traces: list[RaceTrace], rule: StoppingRule, cap: int) -> dict[Trial,
     return out
 
 
-def _lr_means(picks: dict, trials: list[Trial], optimistic: bool) -> dict[float, np.ndarray]:
-    """Per learning rate of `trials`, the mean over seeds of their picks per resample
-    [resamples] (with each trial's headroom added if `optimistic`)."""
-    groups: dict[float, list[np.ndarray]] = {}
-    for t in trials:
-        _, samples, room, _ = picks[t]
-        groups.setdefault(t.lr, []).append(samples + (room if optimistic else 0.0))
-    return {lr: np.mean(v, axis=0) for lr, v in groups.items()}
-
-
-def _chance(optimistic: np.ndarray, rivals: list[np.ndarray]) -> float:
-    """The share of resamples on which `optimistic` reaches the best of `rivals`."""
-    return float(np.mean(optimistic >= np.max(rivals, axis=0)))
+def _groups(picks: dict) -> dict[tuple[Arm, float], list[Trial]]:
+    """The trials with a pick by (arm, learning rate): the replicate seeds of one setting."""
+    groups: dict[tuple[Arm, float], list[Trial]] = {}
+    for t in sorted(picks, key=lambda t: t.seed):
+        groups.setdefault((t.arm, t.lr), []).append(t)
+    return groups
 
 
 def race(traces: list[RaceTrace], rule: StoppingRule, cap: int, p_eliminate: float, labels: dict[Arm, str]
          ) -> list[Elimination]:
-    """The trials to stop now (see the module docstring): those of arms, then of learning rates
-    within an arm, whose chance of being best, optimistically, is below `p_eliminate`, once they
-    have trained `rule.ratio` times the examples of the leader's picks. Finished trials are
-    judged but not listed (they stopped already)."""
+    """The trials to stop now (see the module docstring). Each setting (an arm at a learning rate,
+    its seeds averaged) is judged against the settings that reached their picks in at most 1 /
+    `rule.ratio` of the examples it has seen: stopped when its optimistic value (pick + headroom)
+    reaches the best of their current values on fewer than `p_eliminate` of the resamples. The
+    best setting is never judged. `level` is "arm" when the setting was its arm's best learning
+    rate, else "lr". Finished trials are judged but not listed (they stopped already)."""
     picks = _picks(traces, rule, cap)
     seen = {t.trial: int(t.examples[-1]) if len(t.examples) else 0 for t in traces}
     running = {t.trial for t in traces if not t.finished}
-    chosen = arm_values({t: np.concatenate([[full], samples]) for t, (full, samples, _, _) in picks.items()})
-    trials = {a: [t for t in picks if t.arm == a] for a in chosen}
-
-    def judged(mine: list[Trial], lead: list[Trial]) -> bool:  # trained ratio x the leader's picks
-        return all(seen[t] >= rule.ratio * max(picks[x][3] for x in lead) for t in mine)
-
-    out: list[Elimination] = []
-    if len(chosen) > 1:
-        leader = best_arm({a: float(v[0]) for a, (_, v) in chosen.items()})
-        lead = [t for t in trials[leader] if t.lr == chosen[leader][0]]
-        for a in chosen:
-            if a == leader or not judged(trials[a], lead):
-                continue
-            optimistic = np.max(list(_lr_means(picks, trials[a], optimistic=True).values()), axis=0)
-            p = _chance(optimistic, [v[1:] for b, (_, v) in chosen.items() if b != a])
-            if p < p_eliminate:
-                out += [Elimination(t, seen[t], p, "arm", labels[leader]) for t in trials[a] if t in running]
-    gone = {e.trial for e in out}
-    for a, (top, _) in chosen.items():
-        current, optimistic = (_lr_means(picks, trials[a], optimistic=o) for o in (False, True))
-        if len(current) < 2 or any(t in gone for t in trials[a]):
+    groups = _groups(picks)
+    if len(groups) < 2:
+        return []
+    current = {g: np.mean([picks[t][1] for t in ts], axis=0) for g, ts in groups.items()}
+    optimistic = {g: np.mean([picks[t][1] + picks[t][2] for t in ts], axis=0) for g, ts in groups.items()}
+    full = {g: float(np.mean([picks[t][0] for t in ts])) for g, ts in groups.items()}
+    reached = {g: max(picks[t][3] for t in ts) for g, ts in groups.items()}
+    arm_best = {a: max(sorted(lr for b, lr in groups if b == a), key=lambda lr: full[a, lr]) for a, _ in groups}
+    leader = max(sorted(groups, key=lambda g: (g[0].beta, g[1])), key=lambda g: full[g])
+    out = []
+    for g, ts in groups.items():
+        mine = [t for t in ts if t in running]
+        if g == leader or not mine:
             continue
-        lead = [t for t in trials[a] if t.lr == top]
-        for lr in current:
-            mine = [t for t in trials[a] if t.lr == lr]
-            if lr == top or not judged(mine, lead):
-                continue
-            p = _chance(optimistic[lr], [current[other] for other in current if other != lr])
-            if p < p_eliminate:
-                out += [Elimination(t, seen[t], p, "lr", f"lr={top:g}") for t in mine if t in running]
+        rivals = [h for h in groups if h != g and min(seen[t] for t in ts) >= rule.ratio * reached[h]]
+        if not rivals:
+            continue
+        p = float(np.mean(optimistic[g] >= np.max([current[h] for h in rivals], axis=0)))
+        if p < p_eliminate:
+            top = max(rivals, key=lambda h: full[h])
+            against = labels[top[0]] if top[0] != g[0] else f"lr={top[1]:g}"
+            level = "arm" if arm_best[g[0]] == g[1] else "lr"
+            out += [Elimination(t, seen[t], p, level, against) for t in mine]
     return out

@@ -8,8 +8,9 @@
     <run_dir>/report/
     <run_dir>/predictions/<scheme>-beta=<b>/seed=<s>/<split>.npz   each pick's scores
     <run_dir>/ray/               Tune and Train storage (or run.storage_path):
-        <name>/                  the Tune experiment (<name>.cap-<B>/: continued to cap B)
-        train_runs/<name>/<trial key>/   each trial's Train run: its checkpoints
+        <name>/                  the Tune experiment (each attempt's state, resumed or not)
+        train_runs/<name>/       racing.json (the trials racing stopped), grid.json (the betas
+                                 refinement added), and <trial key>/: each trial's Train run
     <run_dir>/previous/<id>/     earlier sweeps, each whole (the MLflow store stays shared);
                                  <id>.cap-<A>/: the answer a sweep gave at cap A before it was
                                  continued to a higher one
@@ -88,12 +89,6 @@ class RunDir:
         """The directory of the sweep's Train runs, one per trial (named by Trial.key)."""
         return os.path.join(self.storage(cfg), "train_runs", cfg.run.name)
 
-    def tune_experiment(self, cfg: Config) -> str:
-        """The Tune experiment's name under the storage: run.name, or `<name>.cap-<B>` for the
-        attempt that continues the recorded sweep to a cap B above the one it started with."""
-        caps = (self.recorded() or {}).get("caps") or [cfg.train.max_examples]
-        return cfg.run.name if cfg.train.max_examples == caps[0] else f"{cfg.run.name}.cap-{cfg.train.max_examples}"
-
     def recorded(self) -> dict | None:
         """sweep.json of the sweep this directory holds, or None."""
         return json.loads(self.state_file.read_text()) if self.state_file.exists() else None
@@ -146,16 +141,14 @@ class RunDir:
 
     def retire(self, storage: str, name: str) -> Path | None:
         """Move an earlier sweep's files (SWEEP_FILES, and its Tune and Train runs
-        <storage>/<name>, <storage>/<name>.cap-*, <storage>/train_runs/<name>) to previous/<id>/;
-        returns that folder, None when there was nothing to move. Ray storage at a URI (s3://...)
-        cannot be moved: a ConfigError if it holds this sweep's name already."""
+        <storage>/<name> and <storage>/train_runs/<name>) to previous/<id>/; returns that folder,
+        None when there was nothing to move. Ray storage at a URI (s3://...) cannot be moved: a
+        ConfigError if it holds this sweep's name already."""
         if "://" in storage:
             _refuse_remote(storage, name)
             runs = []
         else:
-            continued = sorted(Path(storage).glob(f"{name}.cap-*")) if Path(storage).is_dir() else []
-            candidates = ((Path(storage) / name, _is_tune_experiment), *((c, _is_tune_experiment) for c in continued),
-                          (Path(storage) / "train_runs" / name, _is_train_runs))
+            candidates = ((Path(storage) / name, _is_tune_experiment), (Path(storage) / "train_runs" / name, _is_train_runs))
             runs = [r for r, _ in candidates if r.exists()]
             for r, looks_right in candidates:
                 if r.exists() and not looks_right(r):
@@ -182,9 +175,13 @@ def _is_tune_experiment(path: Path) -> bool:
 
 
 def _is_train_runs(path: Path) -> bool:
-    """Every entry a Train run directory (one with checkpoints or Train's snapshot)."""
-    return path.is_dir() and all(p.is_dir() and (any(p.glob("checkpoint_*")) or (p / "checkpoint_manager_snapshot.json").exists()
-                                                 or not any(p.iterdir())) for p in path.iterdir())
+    """Every entry a Train run directory (with checkpoints, Train's snapshot, or nothing yet) or
+    the sweep's racing or grid record."""
+    def ours(p: Path) -> bool:
+        if p.is_file():
+            return p.name in ("racing.json", "grid.json")
+        return any(p.glob("checkpoint_*")) or not any(p.iterdir())
+    return path.is_dir() and all(ours(p) for p in path.iterdir())
 
 
 def _refuse_remote(storage: str, name: str) -> None:

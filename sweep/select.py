@@ -36,7 +36,7 @@ import numpy as np
 from sweep.trial import Arm, Trial
 
 __all__ = ["StoppingRule", "TrialTrace", "Selection", "ArmSelection", "smoothed", "pick", "noise", "learned",
-           "settled", "latest_settled_pick", "cap_to_settle", "checkpoints_to_keep", "scores_to_keep", "select_trial",
+           "settled", "latest_settled_pick", "cap_to_settle", "checkpoints_to_keep", "select_trial",
            "arm_values", "select_per_arm", "best_arm", "select_overall"]
 
 
@@ -219,17 +219,6 @@ def checkpoints_to_keep(values: np.ndarray, window: int = 7, keep: int = 1) -> s
     defined = np.flatnonzero(~np.isnan(s))
     best = defined[np.argsort(-s[defined], kind="stable")[:keep]]
     return {int(i) for i in best} | set(range(max(0, n - h), n)) | ({n - 1} if n else set())
-
-
-def scores_to_keep(values: np.ndarray, window: int = 7) -> set[int]:
-    """Evaluations whose validation scores the confidence of the selection may still need: the
-    window of the current pick, and the last 2h (h = window // 2), which hold what is known of
-    the windows of the evaluations that may still become the pick (the last h, whose windows
-    are not full yet, and those to come)."""
-    n, h = len(values), _half(window)
-    i = pick(values, window)
-    current = set(range(i - h, i + h + 1)) if i is not None else set()
-    return current | set(range(max(0, n - 2 * h), n))
 
 
 def select_trial(trace: TrialTrace, rule: StoppingRule = StoppingRule()) -> Selection | None:

@@ -22,9 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from data.cli import Failure
 
-__all__ = ["TrackingError", "tracking_uri", "check_reachable", "open_store", "explain", "experiment_name",
-           "experiment_id", "start_parent", "child_run", "log_metrics", "log_history", "log_store_inputs", "log_json",
-           "finish_run", "close_running_children", "fail_children", "ui_command"]
+__all__ = ["TrackingError", "tracking_uri", "shown", "check_reachable", "open_store", "explain", "experiment_name",
+           "experiment_id", "log_params", "start_parent", "name_parent", "child_run", "log_metrics", "log_history",
+           "log_store_inputs", "log_json", "finish_run", "close_running_children", "fail_children", "mark_eliminated",
+           "ui_command"]
 
 MAX_PARAM_CHARS = 6000
 
@@ -82,7 +83,7 @@ def explain(error: BaseException, uri: str) -> TrackingError | None:
         return None
     root = store[-1]
     message = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
-    where = _sqlite_path(uri) or uri
+    where = _sqlite_path(uri) or shown(uri)
     hint = ("; move it away to start a new MLflow store here (or set MLFLOW_TRACKING_URI)"
             if isinstance(where, Path) else "")
     return TrackingError(f"MLflow store {where}: {message} ({type(root).__name__}){hint}")
@@ -101,17 +102,36 @@ def experiment_name(configured: str) -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or configured
 
 
+def shown(uri: str) -> str:
+    """A tracking URI as it may be printed: a password in it (http://user:secret@host) masked."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                                     + (f":{parts.port}" if parts.port else "")))
+
+
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, before any training, when a tracking server does not answer."""
+    """Fail fast, before any training, when a tracking server does not answer; credentials in
+    the URI are sent as MLflow sends them (HTTP basic auth), and never printed."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.request
+    from urllib.parse import unquote, urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
             if r.status != 200:
-                raise TrackingError(f"MLflow server {uri} answered /health with HTTP {r.status}")
+                raise TrackingError(f"MLflow server {shown(uri)} answered /health with HTTP {r.status}")
     except OSError as e:
-        raise TrackingError(f"MLflow server {uri} is unreachable ({e}); start it or unset "
+        raise TrackingError(f"MLflow server {shown(uri)} is unreachable ({e}); start it or unset "
                             "MLFLOW_TRACKING_URI to use a local sqlite store") from None
 
 
@@ -255,10 +275,22 @@ def fail_children(client: MlflowClient, exp_id: str, parent_id: str, failed: lis
                 client.set_terminated(r.info.run_id, "FAILED")
 
 
+def mark_eliminated(client: MlflowClient, exp_id: str, parent_id: str, eliminations: list[dict]) -> None:
+    """The child runs of trials racing stopped (sweep/scheduler.py's record: {trial, examples, p,
+    level, against}): tagged `eliminated` with where and why, and FINISHED (racing's decision,
+    not a failure)."""
+    for e in eliminations:
+        for r in _children_of_trial(client, exp_id, parent_id, e["trial"]):
+            for k, v in {"eliminated": "true", "eliminated.examples": e["examples"], "eliminated.p_best": f"{e['p']:.4f}",
+                         "eliminated.against": e["against"], "eliminated.level": e["level"]}.items():
+                client.set_tag(r.info.run_id, k, str(v))
+            client.set_terminated(r.info.run_id, "FINISHED")
+
+
 def ui_command(uri: str, exp_id: str) -> str:
     """How to browse the runs (the runs table is not MLflow 3's landing page)."""
     url = f"#/experiments/{exp_id}/runs"
     if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/{url}"
+        return f"open {shown(uri).rstrip('/')}/{url}"
     return (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
             f"  then open http://127.0.0.1:5000/{url}")

@@ -39,6 +39,8 @@ from model.ast import create_ast
 from model.step import make_optimizer, train_step, unwrap
 from sweep.checkpoint import (checkpoint_dir, clear_failures, prune, record_failure, restore_checkpoint,
                               save_checkpoint, write_progress)
+from sweep.bootstrap import bootstrap_counts
+from sweep.confidence import resampled_dprime
 from sweep.config import Config, from_dict
 from sweep.evaluate import score_split, with_metrics
 from sweep.history import TrialState, evaluated, next_evaluation, reopened, step_seed, summary_metrics
@@ -191,10 +193,7 @@ def _evaluate(w: _Worker, state: TrialState, losses: list[float], end: bool) -> 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
-            rows = np.array([w.valid_rows[c] for c in scored["clip_ids"]])
-            scores = np.empty_like(scored["scores"])
-            scores[rows] = scored["scores"]  # in the split's row order, whatever the ranks' shares
-            save_checkpoint(tmp, unwrap(w.model), w.optimizer, state, cfg.model, scores)
+            save_checkpoint(tmp, unwrap(w.model), w.optimizer, state, cfg.model, _resampled(w, scored))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(summary_metrics(state, cfg.sweep.rule), checkpoint=checkpoint,
                          checkpoint_dir_name=checkpoint_dir(state.examples))
@@ -205,6 +204,15 @@ def _evaluate(w: _Worker, state: TrialState, losses: list[float], end: bool) -> 
         if cfg.train.keep_checkpoints:
             prune(w.run_path, state.history, cfg.sweep.smoothing_window, cfg.train.keep_checkpoints)
     return state
+
+
+def _resampled(w: _Worker, scored: dict) -> np.ndarray:
+    """The evaluation's d' on each bootstrap resample of the validation clips [resamples]: the
+    same resamples (bootstrap_counts, seed 0, over the split's rows) in every trial, so racing and
+    the selection's confidence compare trials pair by pair."""
+    order = np.argsort([w.valid_rows[c] for c in scored["clip_ids"]])  # the split's row order
+    counts = bootstrap_counts(len(w.valid_rows), w.cfg.sweep.confidence_resamples, seed=0)
+    return resampled_dprime(scored["targets"][order], scored["scores"][order], counts)
 
 
 def _log_history(tracking: dict | None, history: dict, window: int) -> None:

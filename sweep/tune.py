@@ -14,10 +14,10 @@ trial runs at a time.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, replace
+from functools import partial
 
 import ray
 import ray.train
@@ -31,9 +31,10 @@ from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registe
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.history import TrialState, summary_metrics
 from sweep.progress import SweepProgress
+from sweep.scheduler import FairRacing, RefiningGrid, eliminated, is_eliminated
 from sweep.trial import Trial
 
-__all__ = ["trial_driver", "param_space", "build_tuner", "trial_concurrency", "TrialError", "METRIC"]
+__all__ = ["trial_driver", "build_tuner", "unfit_trial", "trial_concurrency", "TrialError", "METRIC"]
 
 METRIC = "val_dprime_pick"  # the smoothed d' at the trial's current pick (sweep/select.py)
 log = logging.getLogger(__name__)
@@ -86,8 +87,12 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
     return run_id
 
 
-def _report_finished(cfg: Config, checkpoint: tuple[str, TrialState]) -> None:
-    """Give Tune the final result of a trial whose training had already finished."""
+def _report_finished(cfg: Config, checkpoint: tuple[str, TrialState] | None) -> None:
+    """Give Tune the final result of a trial whose training had already finished, or that racing
+    stopped (perhaps before it started: `checkpoint` None)."""
+    if checkpoint is None:
+        tune.report({"examples": 0, "stopped": "eliminated"})
+        return
     path, state = checkpoint
     tune.report({**summary_metrics(state, cfg.sweep.rule), "checkpoint_path": path})
 
@@ -129,8 +134,9 @@ def trial_driver(config: dict, sweep: dict) -> None:
     cfg = replace(base, train=replace(base.train, optim=replace(base.train.optim, lr=trial.lr)))  # the one place
     run_path = os.path.join(sweep["train_runs"], trial.key)
     checkpoints = list_checkpoints(run_path)
-    if checkpoints and checkpoints[-1][1].finished(cfg.train.max_examples):
-        _report_finished(cfg, checkpoints[-1])  # finished before an interruption: not run again
+    done = checkpoints and checkpoints[-1][1].finished(cfg.train.max_examples)
+    if done or is_eliminated(trial, eliminated(sweep["train_runs"])):
+        _report_finished(cfg, checkpoints[-1] if checkpoints else None)  # not run again
         return
     run_id = _log_trial_start(cfg, sweep["tracking"], trial)
     r = cfg.resources
@@ -193,6 +199,20 @@ def _finish_child(cfg: Config, uri: str, run_id: str, run_path: str, error: Base
     finish_run(client, run_id, error, killed=error is None and not tags)
 
 
+def unfit_trial(cfg: Config, resources: dict) -> str | None:
+    """Why one trial cannot start on a cluster with `resources` ({"CPU": n, "GPU": n}): its Train
+    workers' GPUs or CPUs, plus the CPU its stream reads with; None when it fits."""
+    r = cfg.resources
+    if r.use_gpu and resources.get("GPU", 0) < r.num_workers:
+        return (f"resources.use_gpu=true with resources.num_workers={r.num_workers}: a trial needs {r.num_workers} "
+                f"GPU(s), the cluster has {resources.get('GPU', 0):g}")
+    need = r.num_workers * r.cpus_per_worker + 0.5
+    if resources.get("CPU", 0) < need:
+        return (f"resources.num_workers={r.num_workers} x resources.cpus_per_worker={r.cpus_per_worker:g} (+0.5 for "
+                f"the stream): a trial needs {need:g} CPUs, the cluster has {resources.get('CPU', 0):g}")
+    return None
+
+
 def trial_concurrency(cfg: Config, resources: dict) -> int:
     """Trials that fit at once: by GPUs when trials use them (the whole grid while the cluster
     has none: the autoscaler adds them), else by CPUs, leaving one CPU for Ray Data and the
@@ -213,37 +233,33 @@ def trial_concurrency(cfg: Config, resources: dict) -> int:
     return min(fit, grid)
 
 
-def param_space(cfg: Config) -> dict:
-    """What Tune searches: every arm (scheme, beta) x learning rate x seed, one trial each
-    (Trial.tune_config)."""
-    return {"arm": tune.grid_search([{"scheme": a.scheme, "beta": a.beta} for a in cfg.sweep.arms]),
-            "lr": tune.grid_search(list(cfg.sweep.lrs)), "seed": tune.grid_search(list(cfg.sweep.seeds))}
-
-
-def build_tuner(cfg: Config, storage_path: str, experiment: str, train_runs: str, tracking_info: dict | None,
-                resume: bool, verbose: bool = False) -> tune.Tuner:
-    """A new Tuner over the arm x lr x seed grid, or the interrupted one restored (`resume`), as
-    Tune experiment `experiment` under `storage_path`; each trial's Train run goes under
-    `train_runs` (sweep/rundir.py lays these out). The console shows sweep/console.py's progress
-    table, or Tune's own output when `verbose`."""
+def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: dict | None,
+                verbose: bool = False) -> tune.Tuner:
+    """The Tuner of the sweep's grid (sweep/scheduler.py RefiningGrid: the configured arms x lr x
+    seed, and the betas refinement adds), as Tune experiment run.name under `storage_path`, each
+    trial's Train run under `train_runs` (sweep/rundir.py lays these out), raced by FairRacing
+    unless every arm trains to the cap. A new Tuner also resumes a sweep: a trial finds its Train
+    run by its key, and one that finished (or racing stopped) reports at once. The console shows
+    sweep/console.py's progress table, or Tune's own output when `verbose`."""
     driver_resources = {cfg.resources.driver_resource or "CPU": 0.01}
     sweep = {"cfg": to_dict(cfg), "train_runs": train_runs, "tracking": tracking_info}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
-    path = os.path.join(storage_path, experiment)
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    evals = math.ceil(cfg.train.max_examples / cfg.train.eval_every_examples)
-    scheduler = None
-    if cfg.sweep.asha:
-        from ray.tune.schedulers import ASHAScheduler
-        scheduler = ASHAScheduler(time_attr="evals", max_t=evals + 1,
-                                  grace_period=cfg.sweep.asha_grace_evals, reduction_factor=2)
+    racing = cfg.sweep.racing and not cfg.sweep.train_to_cap  # the reference trains every arm
+    scheduler = FairRacing(cfg, train_runs) if racing else None
+    grid = RefiningGrid(cfg, train_runs, partial(standing_of, train_runs=train_runs))
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
-    console = {} if verbose else {"verbose": 0, "callbacks": [SweepProgress(cfg, cfg.sweep.trials, concurrency)]}
+    progress = SweepProgress(cfg, grid.cfg.sweep.trials, concurrency, train_runs=train_runs)
+    console = {} if verbose else {"verbose": 0, "callbacks": [progress]}
     return tune.Tuner(
         trainable,
-        param_space=param_space(cfg),
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=experiment, storage_path=storage_path,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=grid, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),
     )
+
+
+def standing_of(cfg: Config, train_runs: str) -> tuple:
+    """sweep.winners.standing, imported when refinement first asks (it loads the model code)."""
+    from sweep.winners import standing
+    return standing(cfg, train_runs)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sweep.bootstrap import bootstrap_counts
-from sweep.confidence import confidence, resampled_pick_dprime, verdict
+from sweep.confidence import confidence, resampled_dprime, verdict
 from sweep.metrics import classification_metrics
 from sweep.trial import Arm, Trial
 
@@ -27,7 +27,8 @@ def _scores(y, separation, seed):
 def _trial(beta, y, scores, counts, lr=1e-3, seed=0) -> tuple[Trial, float, np.ndarray]:
     """(the trial, its smoothed d' at the pick, the same on each resample)."""
     full = float(np.mean([classification_metrics(y, s.astype(np.float32))["dprime"] for s in scores]))
-    return Trial("moore", beta, lr, seed), full, resampled_pick_dprime(y, scores.astype(np.float32), counts)
+    window = np.mean([resampled_dprime(y, s.astype(np.float32), counts) for s in scores], axis=0)
+    return Trial("moore", beta, lr, seed), full, window
 
 
 def _confidence(trials, n=300) -> dict:
@@ -48,15 +49,14 @@ def _verdict(conf, unsettled=(), unlearned=()):
     return verdict(conf, LABELS, list(unsettled), list(unlearned), CLIPS, 20_000)
 
 
-def test_the_resampled_pick_is_the_smoothed_dprime_on_each_resample():
+def test_the_resampled_dprime_is_the_dprime_of_each_resample():
     y = _targets()
-    scores = _scores(y, 1.0, 0).astype(np.float32)
+    (scores,) = _scores(y, 1.0, 0).astype(np.float32)[:1]
     counts = bootstrap_counts(CLIPS, 20, seed=1)
-    got = resampled_pick_dprime(y, scores, counts)
+    got = resampled_dprime(y, scores, counts)
     for r in (0, 7, 19):
         rows = np.repeat(np.arange(CLIPS), counts[r])  # the resample as repeated clips
-        want = np.mean([classification_metrics(y[rows], s[rows])["dprime"] for s in scores])
-        assert got[r] == pytest.approx(want, abs=1e-9)
+        assert got[r] == pytest.approx(classification_metrics(y[rows], scores[rows])["dprime"], abs=1e-9)
 
 
 def test_the_resampled_pick_takes_bounded_memory():
@@ -70,7 +70,7 @@ def test_the_resampled_pick_takes_bounded_memory():
     counts = bootstrap_counts(2000, 200, seed=0)
     tracemalloc.start()
     try:
-        resampled_pick_dprime(y, window, counts)
+        resampled_dprime(y, window[0], counts)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -8,24 +8,56 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from ray.tune.search.variant_generator import generate_variants
 from sweep_checks import SMOKE, check_selection_is_exact, children, smoke_args
 
 from sweep.config import load_config
-from sweep.trial import Trial
+from sweep.refine import refine
+from sweep.scheduler import RefiningGrid, refined
+from sweep.trial import Arm, Trial
 from sweep.run import main
 from sweep.select import StoppingRule
-from sweep.tune import param_space
 
 
-def test_the_search_space_is_the_product_of_its_axes():
-    """Tune expands the search space into one trial per scheme x beta x lr x seed, each once."""
+def test_the_grid_is_the_product_of_its_axes_each_trial_once():
+    """Tune's searcher (sweep/scheduler.py RefiningGrid) yields one trial per scheme x beta x lr x
+    seed, each once, then says it has finished."""
+    from ray.tune.search import Searcher
     cfg = load_config(SMOKE, ["sweep.schemes=[moore, psla]", "sweep.betas=[0.0, 0.5, 1.0]",
                               "sweep.lrs=[0.001, 0.0003]", "sweep.seeds=[0, 1]"])
-    points = [Trial.from_tune(config) for _, config in generate_variants(param_space(cfg))]
+    grid = RefiningGrid(cfg, "/nonexistent", standing=None)
+    points = []
+    while (config := grid.suggest(f"t{len(points)}")) not in (None, Searcher.FINISHED):
+        points.append(Trial.from_tune(config))
+    assert config is None  # every trial still running: the grid waits for them
+    for i in range(len(points)):
+        grid.on_trial_complete(f"t{i}")
+    assert grid.suggest("last") == Searcher.FINISHED
     want = {Trial(a.scheme, a.beta, lr, seed) for a in cfg.sweep.arms for lr in (1e-3, 3e-4) for seed in (0, 1)}
     assert len(points) == len(set(points)) == len(want) and set(points) == want == set(cfg.sweep.trials)
-    assert {t.scheme for t in points} == {"moore", "psla"}
+    assert points == cfg.sweep.trials and {t.scheme for t in points} == {"moore", "psla"}
+
+
+def test_the_grid_refines_where_the_best_beta_may_lie(tmp_path):
+    """A coarse grid 0, 0.5, 1 with a finest step of 0.125: beta 0.5 is best with beta 1 within
+    noise and beta 0 out of it, so 0.75 is added (and recorded); then 0.625 between 0.5 and 0.75;
+    then nothing, as the next midpoint would be closer than a step; resolved stops at once."""
+    from ray.tune.search import Searcher
+    cfg = load_config(SMOKE, ["sweep.betas=[0.0, 0.5, 1.0]", "sweep.beta_step=0.125", "sweep.max_arms=6"])
+    asked = []
+
+    def standing(c):
+        asked.append(sorted(c.sweep.betas))
+        best = Arm("moore", 0.5)
+        near = min(b for b in c.sweep.betas if b > 0.5)  # the neighbour above
+        return best, {best: 0.6, Arm("moore", near): 0.4, Arm("moore", 0.0): 0.0}, False
+    grid, n = RefiningGrid(cfg, str(tmp_path), standing), 0
+    while (config := grid.suggest(f"t{n}")) != Searcher.FINISHED:
+        assert config is not None
+        grid.on_trial_complete(f"t{n}")
+        n += 1
+    assert asked == [[0.0, 0.5, 1.0], [0.0, 0.5, 0.75, 1.0], [0.0, 0.5, 0.625, 0.75, 1.0]] and n == 5
+    assert refined(cfg, str(tmp_path)).sweep.betas == [0.0, 0.5, 0.625, 0.75, 1.0]
+    assert refine(cfg.sweep.arms, Arm("moore", 0.5), {Arm("moore", 1.0): 0.5}, True, 0.125, 6) == []
 
 
 @pytest.mark.end_to_end
@@ -77,3 +109,16 @@ def test_trial_concurrency_follows_the_cluster(caplog):
     with caplog.at_level("WARNING", logger="sweep.tune"):
         assert trial_concurrency(forced, {"CPU": 2}) == 2
     assert "only 1 trial(s) fit" in caplog.text
+
+
+def test_a_trial_that_cannot_start_is_named():
+    """resources.use_gpu on a machine without GPUs, or more workers than CPUs: the key and what
+    the cluster has (the driver refuses on a Ray it started, before Tune would wait forever)."""
+    from sweep.tune import unfit_trial
+    cfg = load_config(SMOKE)
+    assert unfit_trial(cfg, {"CPU": 2}) is None
+    gpu = load_config(SMOKE, ["resources.use_gpu=true"])
+    assert unfit_trial(gpu, {"CPU": 2}).startswith("resources.use_gpu=true with resources.num_workers=1: a trial "
+                                                   "needs 1 GPU(s), the cluster has 0")
+    many = load_config(SMOKE, ["resources.num_workers=8"])
+    assert "a trial needs 4.5 CPUs, the cluster has 2" in unfit_trial(many, {"CPU": 2})

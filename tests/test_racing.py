@@ -1,9 +1,16 @@
 """sweep/racing.py on constructed sweeps: two identical arms are never eliminated against each
 other, a slow arm that overtakes late (a plateau, then a rise) is not eliminated, an arm worse by
-construction is, and nothing is judged before it has trained twice as long as the leader needed."""
+construction is, and nothing is judged before it has trained twice as long as the leader needed;
+and racing in a sweep on a local Ray (sweep/scheduler.py), end to end."""
+import json
+
 import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sweep_checks import children, smoke_args
 
 from sweep.racing import RaceTrace, headroom, race
+from sweep.run import main
 from sweep.select import StoppingRule
 from sweep.trial import Arm, Trial
 
@@ -92,3 +99,31 @@ def test_a_finished_trial_is_judged_but_not_stopped_again():
     leader = _trace(1.0, _peak(20_000, 2.0), 100, shared=shared)
     worse = _trace(0.0, _peak(20_000, 1.5), 60, shared=shared, finished=True)
     assert race([leader, worse], RULE, CAP, 0.01, LABELS) == []
+
+
+@pytest.mark.end_to_end
+def test_racing_stops_a_learning_rate_that_cannot_win(ray_local, smoke_store, tmp_path, monkeypatch):
+    """The smoke sweep at beta 1 with a learning rate too small to learn (1e-6): racing stops it
+    before the cap (once it has seen 1.5, the settle ratio, times the examples of the good rate's
+    pick as it was then); it is recorded, labelled in MLflow, not selected, and the compute it
+    saved is reported."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    args = smoke_args(tmp_path, smoke_store, "sweep.betas=[1.0]", "sweep.lrs=[0.001, 0.000001]",
+                      "train.max_examples=1600", "sweep.settle_ratio=1.5",
+                      f"run.ray_address={ray_local.get_runtime_context().gcs_address}")
+    assert main(args) == 0
+    results = json.loads((run / "results.json").read_text())
+    (gone,) = results["eliminated"]
+    assert (gone["lr"], gone["level"], gone["against"]) == (1e-6, "lr", "lr=0.001") and gone["p"] < 0.01
+    (row,) = results["rows"]
+    assert row["lr"] == 1e-3 and row["status"] != "eliminated"
+    traces = {t["lr"]: t for t in results["traces"]}
+    assert gone["examples"] < 1600 and traces[1e-3]["examples"][0] * 1.5 <= gone["examples"]
+    assert traces[1e-6]["eliminated"]["examples"] == gone["examples"] == traces[1e-6]["examples"][-1]
+    assert results["compute"]["examples"] < results["compute"]["without_racing_at_least"]
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    _, trials = children(client, run)
+    tags = {float(c.data.params["lr"]): (c.info.status, c.data.tags) for c in trials}
+    assert tags[1e-6][0] == "FINISHED" and tags[1e-6][1]["eliminated"] == "true"
+    assert "eliminated" not in tags[1e-3][1]

@@ -426,3 +426,13 @@ def test_an_arm_that_did_not_learn_shows_no_result(synth_store, tmp_path):
                for r in t["table3"] if r["name"] == "beta=1")
     md = (run_dir / "report" / "report.md").read_text()
     assert "no result (did not learn)" in md and "**did not learn**" in md and "Provisional p_best" in md
+
+
+def test_fig3_with_fewer_than_3_classes_is_shown_without_a_line():
+    """An evaluation split where only 2 classes have a delta-AP: Fig. 3's table keeps the points
+    and fits no line (3 are needed), instead of failing the whole report."""
+    from sweep.report.tables import fig3_table
+    ap = {"lo": {"ap": np.array([0.5, 0.6, np.nan, np.nan])}, "hi": {"ap": np.array([0.7, 0.5, np.nan, 0.4])}}
+    f3 = fig3_table({"ev": ap}, {"label": "lo", "beta": 0.0}, {"label": "hi", "beta": 1.0},
+                    np.array([0.1, 0.01, 0.001, 0.0001]), ["a", "b", "c", "d"], n_resamples=10)
+    assert f3["ev"]["n_classes"] == 2 and "slope" not in f3["ev"] and f3["ev"]["delta_ap"][0] == pytest.approx(0.2)

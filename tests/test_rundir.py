@@ -63,8 +63,7 @@ def test_an_earlier_sweep_moves_whole_to_previous(tmp_path, parent_id, named):
     (checkpoint / "model.pt").write_bytes(b"w")
     (storage / "smoke").mkdir()
     (storage / "smoke" / "tuner.pkl").write_bytes(b"t")
-    (storage / "smoke.cap-2000").mkdir()                 # the sweep continued to a higher cap
-    (storage / "smoke.cap-2000" / "tuner.pkl").write_bytes(b"t2")
+    (storage / "train_runs" / "smoke" / "racing.json").write_text("{}")
     (storage / "train_runs" / "other").mkdir()           # another run.name's: not this sweep's
     for d in ("report", "predictions/beta=0", "store"):
         (run / d).mkdir(parents=True)
@@ -76,7 +75,7 @@ def test_an_earlier_sweep_moves_whole_to_previous(tmp_path, parent_id, named):
     assert sorted(p.name for p in moved.iterdir()) == ["predictions", "ray", "report", "results.json", "sweep.json"]
     new = moved / "ray" / "train_runs" / "smoke" / "moore-beta=1-lr=0.001-seed=0" / "checkpoint_000000000064"
     assert (new / "model.pt").read_bytes() == b"w" and (moved / "ray" / "smoke" / "tuner.pkl").exists()
-    assert (moved / "ray" / "smoke.cap-2000" / "tuner.pkl").exists()
+    assert (moved / "ray" / "train_runs" / "smoke" / "racing.json").exists()
     results = json.loads((moved / "results.json").read_text())
     assert results["rows"][0]["seeds"][0]["checkpoint"] == str(new)  # where sweep.evaluate --checkpoint finds it
     assert sorted(p.name for p in run.iterdir()) == ["mlflow.db", "previous", "ray", "store"]

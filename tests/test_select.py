@@ -5,7 +5,7 @@ import pytest
 
 from bench.stopping_rule import SPEEDS, simulate, stop_at, true_curve
 from sweep.select import (ArmSelection, StoppingRule, TrialTrace, checkpoints_to_keep, latest_settled_pick, learned,
-                          noise, pick, scores_to_keep, select_overall, select_per_arm, select_trial, settled, smoothed)
+                          noise, pick, select_overall, select_per_arm, select_trial, settled, smoothed)
 from sweep.trial import Arm, Trial
 
 
@@ -183,24 +183,6 @@ def test_checkpoints_to_keep_cover_every_possible_future_pick():
     assert checkpoints_to_keep(np.array([0.0, 5.0, 0.0, 0.0, 0.0, 0.0]), 3, keep=2) == {1, 2, 5}
     with pytest.raises(ValueError):
         checkpoints_to_keep(np.ones(3), 3, keep=0)
-
-
-def test_scores_to_keep_cover_the_window_of_every_possible_future_pick():
-    """Whatever evaluations come next, the window of the eventual pick is in the set kept now
-    (or among the evaluations still to come); nothing more is kept than the pick's window and
-    the last 2h."""
-    rng = np.random.default_rng(2)
-    for _ in range(300):
-        d = rng.normal(size=rng.integers(3, 30))
-        if rng.random() < 0.3:
-            d[rng.integers(len(d))] = np.nan
-        future = np.concatenate([d, rng.normal(size=rng.integers(0, 10))])
-        keep = scores_to_keep(d, 5)
-        final = pick(future, 5)
-        if final is not None:
-            assert {j for j in range(final - 2, final + 3) if j < len(d)} <= keep, (d, future, keep)
-        assert len(keep) <= 5 + 4
-    assert scores_to_keep(np.array([0.0, 1.0, 5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 3) == {1, 2, 3, 7, 8}
 
 
 def test_select_per_arm_and_overall():

@@ -40,6 +40,7 @@ from sweep.report.figures import FIGURES, draw_figures
 from sweep.report.per_class import write_per_class_csv
 from sweep.bootstrap import bootstrap_counts, resampled_metrics
 from sweep.predictions import load_predictions
+from sweep.select import StoppingRule
 from sweep.rundir import predictions_path
 from sweep.trial import Arm
 from sweep.report.tables import (convergence_rows, fig3_table, imbalance_tables, metric_tables, ordered_rows,
@@ -199,7 +200,8 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     report_dir.mkdir(exist_ok=True)
     for f in [*FIGURES, *report_dir.glob("per_class_*.csv")]:  # none left from an earlier report
         (report_dir / f).unlink(missing_ok=True)
-    tables["figures"] = draw_figures(report_dir, tables, rows, results.get("traces"), cfg["sweep"]["smoothing_window"])
+    rule = StoppingRule(cfg["sweep"]["smoothing_window"], cfg["sweep"]["patience"], cfg["sweep"]["settle_ratio"])
+    tables["figures"] = draw_figures(report_dir, tables, rows, results.get("traces"), rule)
     tables["per_class"] = [f"per_class_{s}.csv" for s in splits]
     for s, name in zip(splits, tables["per_class"]):
         write_per_class_csv(report_dir / name, store, train, s, boot[s])

@@ -3,7 +3,8 @@ canvas: no pyplot, no global backend).
 
     fig1_2_metrics_vs_beta   mAP and d' vs beta (a line per scheme), change from the baseline, 95% CI bars
     fig3_delta_ap_vs_prior   per-class delta-AP against log10 training prior, with the fitted line
-    validation_traces        raw and smoothed validation d' per trial, selected checkpoints starred
+    validation_traces        raw and smoothed validation d' per trial, selected checkpoints starred,
+                             where each trial stopped and why (settled, the cap, or racing)
     examples_to_peak         training examples to each arm's selected checkpoint
     p_best                   the probability that each arm is best on validation, and the verdict
 
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from sweep.select import smoothed
+from sweep.select import StoppingRule, settled, smoothed
 from sweep.report.tables import METRIC_TABLES
 
 __all__ = ["FIGURES", "draw_figures", "metrics_vs_beta", "delta_ap_vs_prior", "validation_traces",
@@ -31,10 +32,11 @@ FIGURES = ("fig1_2_metrics_vs_beta.png", "fig3_delta_ap_vs_prior.png", "validati
 DPI = 110
 
 
-def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dict] | None, window: int) -> list[str]:
+def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dict] | None, rule: StoppingRule
+                 ) -> list[str]:
     """Every figure that applies, written to out_dir; returns their file names. tables: the
     report's tables (tables.json); rows: results.json rows, the baseline first
-    (tables.ordered_rows); traces: results.json traces; window: the selection's smoothing window.
+    (tables.ordered_rows); traces: results.json traces; rule: the sweep's stopping rule.
     Figs. 1-3 and p_best need two arms, the traces need traces."""
     made = []
     if sum(r["learned"] for r in rows) > 1 and rows[0]["learned"]:  # changes from a baseline that learned
@@ -44,7 +46,7 @@ def draw_figures(out_dir: Path, tables: dict, rows: list[dict], traces: list[dic
         delta_ap_vs_prior(out_dir / FIGURES[1], tables["fig3"], tables["eval_splits"])
         made.append(FIGURES[1])
     if traces:
-        validation_traces(out_dir / FIGURES[2], traces, rows, window)
+        validation_traces(out_dir / FIGURES[2], traces, rows, rule)
         made.append(FIGURES[2])
     examples_to_peak(out_dir / FIGURES[3], rows)
     made.append(FIGURES[3])
@@ -120,10 +122,11 @@ def delta_ap_vs_prior(path: Path, fig3: dict, splits: list[str]) -> None:
         x = x_all[ok]
         ax.scatter(x, d[ok], s=14, alpha=0.7, color="C0", label=f"classes ({ok.sum()})")
         f = fig3[s]
-        grid = np.linspace(x.min(), x.max(), 50)
-        ax.plot(grid, f["intercept"] + f["slope"] * grid, color="C3", lw=1.8,
-                label=f"slope {f['slope']:+.3f} [{f['slope_ci95'][0]:+.3f}, {f['slope_ci95'][1]:+.3f}]\n"
-                      f"r = {f['r']:.2f}, p = {f['p']:.2g}")
+        if "slope" in f:  # regressed: at least 3 classes
+            grid = np.linspace(x.min(), x.max(), 50)
+            ax.plot(grid, f["intercept"] + f["slope"] * grid, color="C3", lw=1.8,
+                    label=f"slope {f['slope']:+.3f} [{f['slope_ci95'][0]:+.3f}, {f['slope_ci95'][1]:+.3f}]\n"
+                          f"r = {f['r']:.2f}, p = {f['p']:.2g}")
         ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set(title=f"{s}", xlabel="log10 training prior (fraction of training clips labelled)")
         if j == 0:
@@ -136,9 +139,12 @@ def delta_ap_vs_prior(path: Path, fig3: dict, splits: list[str]) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: int) -> None:
+def validation_traces(path: Path, traces: list[dict], rows: list[dict], rule: StoppingRule) -> None:
     """One panel per arm (in the rows' order), one colour per learning rate: raw validation d'
-    (faint) and its centred moving average (solid); a star at each seed's selected checkpoint."""
+    (faint) and its centred moving average (solid); a star at each seed's selected checkpoint;
+    where each trial stopped, and why: a dot once its pick settled, a bar at the cap, a cross
+    where racing eliminated it."""
+    window = rule.window
     arms = list(dict.fromkeys([r["label"] for r in rows] + [t["label"] for t in traces]))
     lrs = sorted({t["lr"] for t in traces})
     ncol = min(4, len(arms))
@@ -149,7 +155,7 @@ def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: 
     status = {r["label"]: r["status"] for r in rows}
     for ax, arm in zip(axes.flat, arms):
         for t in (t for t in traces if t["label"] == arm):
-            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial"]), window)
+            _trace(ax, t, f"C{lrs.index(t['lr']) % 10}", picks.get(t["trial"]), rule)
         ax.set_title(arm + ("" if status.get(arm, "settled") == "settled" else f" ({status[arm]})"), fontsize=10,
                      color="k" if status.get(arm, "settled") == "settled" else "C3")
         ax.grid(alpha=0.25)
@@ -166,21 +172,30 @@ def validation_traces(path: Path, traces: list[dict], rows: list[dict], window: 
     handles += [Line2D([], [], color="0.4", alpha=0.35, lw=0.8, label="raw"),
                 Line2D([], [], color="0.4", lw=1.6, label=f"{window}-point centred mean (full windows)"),
                 Line2D([], [], color="0.4", marker="*", ms=11, mec="k", ls="", label="selected checkpoint")]
+    handles += [Line2D([], [], color="0.4", marker=m, ms=8, ls="", label=f"stopped: {why}") for why, m in STOPS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.suptitle("Validation d' per trial", fontsize=11)
     fig.tight_layout(rect=(0, 0.07 if nrow == 1 else 0.04, 1, 1))
     fig.savefig(path, dpi=DPI)
 
 
-def _trace(ax, t: dict, color: str, pick: dict | None, window: int) -> None:
-    """One trial: raw and smoothed d', and a star at its pick if it is a selected one."""
+STOPS = {"settled": "o", "cap": "|", "eliminated": "x"}  # why a trial stopped -> its marker
+
+
+def _trace(ax, t: dict, color: str, pick: dict | None, rule: StoppingRule) -> None:
+    """One trial: raw and smoothed d', a star at its pick if it is a selected one, and a marker
+    (STOPS) at its last evaluation saying why it stopped."""
     x, y = np.asarray(t["examples"], dtype=float), np.asarray(t["dprime"], dtype=float)
+    if not len(x):
+        return
     ax.plot(x, y, color=color, alpha=0.35, lw=0.8)
-    smooth = smoothed(y, window)
+    smooth = smoothed(y, rule.window)
     ax.plot(x, smooth, color=color, lw=1.6)
     if pick and pick["examples_to_peak"] in x:
         i = int(np.flatnonzero(x == pick["examples_to_peak"])[0])
         ax.plot(x[i], smooth[i], marker="*", ms=13, color=color, mec="k", zorder=5)
+    why = "eliminated" if t.get("eliminated") else "settled" if settled(y, x, rule, t.get("start")) else "cap"
+    ax.plot(x[-1], y[-1], marker=STOPS[why], ms=9, mew=2, color=color, zorder=6)
 
 
 def examples_to_peak(path: Path, rows: list[dict]) -> None:

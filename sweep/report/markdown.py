@@ -92,6 +92,9 @@ def _fig3(f3: dict, splits: list[str]) -> list[str]:
                  "regressed on log10 training prior", ""]
     for s in splits:
         f = f3[s]
+        if "slope" not in f:
+            lines.append(f"- {s}: not regressed: only {f['n_classes']} class(es) with a ΔAP (3 needed)")
+            continue
         lines.append(f"- {s}: slope {f['slope']:+.4f} per decade of prior (95% CI {f['slope_ci95'][0]:+.4f} "
                      f"to {f['slope_ci95'][1]:+.4f}), intercept {f['intercept']:+.4f}, r = {f['r']:.3f}, "
                      f"p = {f['p']:.3g}, {f['n_classes']} classes")
@@ -113,7 +116,9 @@ def _convergence(rows: list[dict]) -> list[str]:
     lines = ["", "## Convergence: the selected checkpoint per arm and seed", "",
              "A pick is converged (settled) when the trace has clearly left its starting level (it learned) and "
              "later evaluations with full smoothing windows came after it without a better one; NOT CONVERGED "
-             "means the cap on examples came first; did not learn, that the trace never left its start.", "",
+             "means the cap on examples came first; did not learn, that the trace never left its start; "
+             "eliminated, that racing stopped it once it was confidently not the best, even where it could "
+             "still go (its chance of being best is given).", "",
              "The mAP pick is where the smoothed validation mAP peaks (the paper's convergence figures, "
              "33M vs 104M examples, are for mAP); selection stays on d'.", "",
              "| arm | lr | seed | examples to the d' pick | examples to the mAP pick | validation d' (smoothed) | "
@@ -121,5 +126,11 @@ def _convergence(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     return lines + [f"| {r['label']} | {r['lr']:g} | {r['seed']} | {r['examples_to_peak']:,} | "
                     f"{_f(r.get('examples_to_map_peak'), ',')} | {_f(r['val_dprime'])} | {_f(r['val_dprime_raw'])} | "
-                    f"{'yes' if r.get('converged') else '**NOT CONVERGED**' if r.get('learned') else '**did not learn**'} |"
-                    for r in rows]
+                    f"{_status(r)} |" for r in rows]
+
+
+def _status(r: dict) -> str:
+    """A pick's status in the convergence table."""
+    if r.get("eliminated"):
+        return f"eliminated at {r['eliminated']['examples']:,} (p_best {r['eliminated']['p']:.3f})"
+    return "yes" if r.get("converged") else "**NOT CONVERGED**" if r.get("learned") else "**did not learn**"

@@ -92,16 +92,18 @@ def fig3_table(boot: dict[str, dict], lo: dict, hi: dict, train_prior: np.ndarra
                n_resamples: int, seed: int = 0) -> dict:
     """Fig. 3: per eval split, the per-class AP change of arm `hi` over arm `lo` (results.json
     rows) regressed on log10 training prior (sweep.bootstrap.prior_slope, >= 1000 resamples of
-    classes): {models (their labels), betas, classes, log10_prior, <split>: {slope, intercept, r,
-    p, slope_ci95, n_classes, delta_ap}}."""
+    classes): {models (their labels), betas, classes, log10_prior, <split>: {n_classes, delta_ap,
+    and with at least 3 classes to regress: slope, intercept, r, p, slope_ci95}}."""
     log_prior = np.log10(np.where(train_prior > 0, train_prior, np.nan))
     out = {"models": [lo["label"], hi["label"]], "betas": [lo["beta"], hi["beta"]], "classes": classes,
            "log10_prior": log_prior.tolist()}
     for s, models in boot.items():
         delta = models[hi["label"]]["ap"] - models[lo["label"]]["ap"]
-        reg = prior_slope(delta, train_prior, n_resamples=max(n_resamples, 1000), seed=seed)
-        out[s] = {**reg, "slope_ci95": list(reg["slope_ci95"]),
-                  "n_classes": int((np.isfinite(delta) & (train_prior > 0)).sum()), "delta_ap": delta.tolist()}
+        n = int((np.isfinite(delta) & (train_prior > 0)).sum())
+        out[s] = {"n_classes": n, "delta_ap": delta.tolist()}
+        if n >= 3:  # a line through fewer is no regression; the split is shown without one
+            reg = prior_slope(delta, train_prior, n_resamples=max(n_resamples, 1000), seed=seed)
+            out[s].update(reg, slope_ci95=list(reg["slope_ci95"]))
     return out
 
 
@@ -129,8 +131,8 @@ def convergence_rows(rows: list[dict]) -> list[dict]:
     """The selected checkpoint of each arm, in each seed, from results.json rows."""
     keys = ("lr", "seed", "trial", "examples_to_peak", "examples_to_map_peak", "val_dprime", "val_dprime_raw",
             "learned", "converged", "evaluations")
-    return [{"label": r["label"], "scheme": r["scheme"], "beta": r["beta"], **{k: s.get(k) for k in keys}}
-            for r in rows for s in r["seeds"]]
+    return [{"label": r["label"], "scheme": r["scheme"], "beta": r["beta"], "eliminated": r.get("eliminated"),
+             **{k: s.get(k) for k in keys}} for r in rows for s in r["seeds"]]
 
 
 def format_results(summary: dict) -> str:
@@ -148,13 +150,17 @@ def format_results(summary: dict) -> str:
                 + (f", mean +- sd over {seeds} seeds" if seeds > 1 else ""),
                 f"{'arm':<{width}} {'lr':>9}" + "".join(f"{s:>26}" for s in splits)]
         out += [_text_row(r, base, splits, key, digits, seeds > 1, width) for r in rows] + [""]
-    late = [(r, s) for r in rows for s in r["seeds"] if not s["converged"]]
+    late = [(r, s) for r in rows for s in r["seeds"] if not s["converged"] and r.get("status") != "eliminated"]
     if late:
         picks = ", ".join(r["label"] + (f" seed {s['seed']}" if seeds > 1 else "")
                           + (f" (picked at {s['examples_to_peak']:,} examples, evaluation {s['evaluations']} was the last)"
                              if s["learned"] else f" (did not learn in {s['evaluations']} evaluations)")
                           for r, s in late)
         out += [f"NOT CONVERGED: {picks}: the cap (train.max_examples) came before the pick was settled; raise it", ""]
+    spent = summary.get("compute")
+    if spent and spent["without_racing_at_least"] > spent["examples"]:
+        out += [f"compute: {spent['examples']:,} examples trained; the stopping rule alone would have trained at least "
+                f"{spent['without_racing_at_least']:,} (racing saved at least {spent['saved_at_least']:.0%})", ""]
     return "\n".join(out + answer_lines(summary)) + "\n"
 
 
@@ -169,4 +175,7 @@ def _text_row(r: dict, base: dict, splits: list[str], key: str, digits: int, spr
         change = f"{v - base['eval'][s][key]:+.{digits}f}" if base["learned"] else "n/a"
         return f"{f'{v:.{digits}f}{sd}':>16} ({change})"
     mark = "" if r["converged"] else "  NOT CONVERGED" if r["learned"] else "  did not learn within the cap"
+    if r.get("eliminated"):
+        e = r["eliminated"]
+        mark = f"  eliminated at {e['examples']:,} (p_best {e['p']:.3f} vs {e['against']})"
     return f"{r['label']:<{width}} {r['lr']:>9.2g}" + "".join(cell(s) for s in splits) + mark
