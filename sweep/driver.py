@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import ray
 from mlflow.entities import RunStatus
 
 from data.store import open_store
-from sweep import tracking
+from sweep import environment, tracking
 from sweep.config import Config, ConfigError, flatten, to_dict
 from sweep.console import answer_lines, header, stopping_statement
 from sweep.prepare import prepare
@@ -60,19 +61,19 @@ class Interrupted(Exception):
 
 
 class _Signals:
-    """Ctrl-C, SIGTERM and SIGHUP (SIGNALS), from `__enter__` until the answer is written. While Tune's `fit` runs
-    (`pass_to_tune`), the first one is remembered and passed on as SIGUSR1, Tune's own stop
-    signal (it stops the trials, saves the experiment, and `fit` returns); Tune's SIGINT handler
-    is switched off (TUNE_DISABLE_SIGINT_HANDLER), so it cannot take the signal unrecorded. A
-    second signal during `fit`, and either one before and after it (`stop_raising`), raises
-    Interrupted at once."""
+    """Ctrl-C, SIGTERM and SIGHUP (SIGNALS), from `__enter__` until the answer is written. While
+    Tune's `fit` runs (`pass_to_tune`), the first one is remembered and passed on as SIGUSR1,
+    Tune's own stop signal (it stops the trials, saves the experiment, and `fit` returns); Tune's
+    SIGINT handler is switched off (sweep/environment.py), so it cannot take the signal
+    unrecorded. A second signal during `fit`, and either one before and after it
+    (`stop_raising`), raises Interrupted at once."""
 
     def __init__(self):
         self.received: int | None = None
 
     def __enter__(self):
         self._old = {s: signal.getsignal(s) for s in SIGNALS}
-        self._old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        self._env = ExitStack()
         self.stop_raising()
         return self
 
@@ -93,17 +94,14 @@ class _Signals:
 
     def pass_to_tune(self) -> None:
         """Each signal reaches Tune's `fit` as SIGUSR1 (its handler is installed by `fit`)."""
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._env.enter_context(environment.tune_sigint_off())
         for s in SIGNALS:
             signal.signal(s, self._to_tune)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
-        if self._old_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._old_env
+        self._env.close()
 
 
 def run_sweep(cfg: Config, config_path: str, argv: list[str], resume: bool = False, verbose: bool = False) -> int:
@@ -174,11 +172,10 @@ def _locked(cfg: Config, run_dir: RunDir, uri: str, experiment: str, fingerprint
 def _quiet_console() -> None:
     """The console shows the sweep's own lines (sweep/console.py): MLflow's INFO lines (database
     set-up) and Ray's notes and warnings off (they stay in Ray's log files), and Tune's own
-    output off. Tune prints its experiment header even at verbose=0 with its default ("new")
-    output; its legacy output, chosen by this variable, prints nothing at verbose=0."""
+    output off (sweep/environment.py)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("ray").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    environment.quiet_tune()
 
 
 def _resumable(run_dir: RunDir, cfg: Config, fingerprints: dict[str, str], resume: bool) -> list[int]:
@@ -204,12 +201,8 @@ def _start_ray(cfg: Config, verbose: bool) -> bool:
         return False
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
     _check_ray_address(address)
-    # Ray Train has no public setting for how often its controller collects `ray.train.report`
-    # (2 s; a worker's next report waits for it): its controller reads this variable, which
-    # Train passes on from the trial driver calling `fit`.
-    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.train.report_poll_s)}
     ray.init(address=cfg.run.ray_address, include_dashboard=True, configure_logging=False,
-             log_to_driver=verbose, runtime_env={"env_vars": env})
+             log_to_driver=verbose, runtime_env=environment.runtime_env(cfg.train.report_poll_s))
     return True
 
 

@@ -18,13 +18,13 @@ the sweep to the cap it needs.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from data.cli import add_list, parser, run
+from sweep import environment
 from sweep.config import Config, load_config, to_dict
 
 __all__ = ["main", "DEFAULT_CONFIG"]
@@ -56,12 +56,8 @@ def _main(a, argv: list[str]) -> int:
     cfg = load_config(a.config, list(a.overrides) + ([f"run.run_dir={a.run_dir}"] if a.run_dir else []))
     if a.print_config:
         return _print_config(cfg)
-    if cfg.run.ray_address is None and not os.environ.get("RAY_ADDRESS"):
-        # A Ray this command starts is single-machine: with Ray's cluster mode off its servers
-        # listen on 127.0.0.1 only. Ray reads this when it is first imported, which is below;
-        # a Ray at another address is the user's to name.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from sweep.driver import run_sweep  # imports Ray
+    environment.single_machine(cfg.run.ray_address)  # before Ray is first imported, just below
+    from sweep.driver import run_sweep
     return run_sweep(cfg, a.config, argv, resume=a.resume, verbose=a.verbose)
 
 

@@ -436,3 +436,17 @@ def test_fig3_with_fewer_than_3_classes_is_shown_without_a_line():
     f3 = fig3_table({"ev": ap}, {"label": "lo", "beta": 0.0}, {"label": "hi", "beta": 1.0},
                     np.array([0.1, 0.01, 0.001, 0.0001]), ["a", "b", "c", "d"], n_resamples=10)
     assert f3["ev"]["n_classes"] == 2 and "slope" not in f3["ev"] and f3["ev"]["delta_ap"][0] == pytest.approx(0.2)
+
+
+def test_the_report_needs_neither_ray_nor_torch(report):
+    """`python -m sweep.report --run-dir DIR` builds the report with ray and torch never imported:
+    it reads results.json and the saved predictions (numpy), nothing of the training stack."""
+    run_dir = report[0]
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['sweep.report', '--run-dir', {str(run_dir)!r}, '--resamples', '20']\n"
+            "try:\n    runpy.run_module('sweep.report', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('ray', 'torch', 'mlflow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip().splitlines()[-1] == "[]"
