@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from data.store import Store
-from model.ast import ASTConfig, create_ast, load_ast_checkpoint
+from model.ast import create_ast, load_ast_checkpoint
+from model.config import ModelConfig
 from model.step import predict
 from sweep.checkpoint import load_state, load_weights
 from sweep.metrics import classification_metrics
@@ -75,7 +76,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tor
     """Rebuild the AST a trial checkpoint holds, from its state.json's model config and its
     model.pt (no other weights file is read), in eval mode."""
     weights = load_weights(directory)
-    model = create_ast(ASTConfig(**{**load_state(directory)["model"], "weights": None}))
+    model = create_ast(ModelConfig(**{**load_state(directory)["model"], "weights": None}))
     model.load_state_dict(weights)
     return model.to(device).eval()
 

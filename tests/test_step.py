@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.ast import ASTConfig, create_ast, normalise
+from model.ast import create_ast, normalise
+from model.config import ModelConfig
 from model.augment import AugmentConfig
 from model.step import OptimConfig, lr_at, make_optimizer, predict, train_step
 
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    return create_ast(ASTConfig(embed_dim=32, depth=1, num_heads=2, frames=FRAMES, mels=MELS,
-                                fstride=16, tstride=16, n_classes=K))
+    return create_ast(ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=FRAMES, mels=MELS,
+                                  fstride=16, tstride=16, n_classes=K))
 
 
 def toy_batch(n=16, seed=0):
