@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.ast import ASTConfig, create_ast
+from model.ast import create_ast
+from model.config import ModelConfig
 from model.augment import AugmentConfig
 from model.step import OptimConfig, make_optimizer, train_step
 
@@ -100,8 +101,8 @@ def flops_per_example(model: torch.nn.Module, frames: int, mels: int, device: to
 
 def build(args, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ASTConfig(size=args.size, frames=args.frames, mels=args.mels, fstride=args.stride,
-                    tstride=args.stride, n_classes=args.classes)
+    cfg = ModelConfig(size=args.size, frames=args.frames, mels=args.mels, fstride=args.stride,
+                      tstride=args.stride, n_classes=args.classes)
     return create_ast(cfg).to(device).train()
 
 

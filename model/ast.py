@@ -16,14 +16,14 @@ Weights: `checkpoint_filter_fn` maps a published AST AudioSet checkpoint (keys `
 heads) to this model's keys and shapes, following AST's recipe: RGB stem summed to one
 channel, position grid centre-cut where it shrinks and bilinearly interpolated where it
 grows (time first, then frequency), cls/dist position vectors kept. `create_ast` reads a
-file with timm's `load_state_dict` (.pth/.pt, tensors only, or .safetensors), maps it with
+file (model/weights.py: .pth/.pt, tensors only, or .safetensors), maps it with
 `checkpoint_filter_fn` and loads it strictly, as timm's `load_checkpoint` does; a file that
-cannot be read is an error naming it. Nothing is downloaded.
+cannot be read is an error naming it. Nothing is downloaded. (model/factory.py builds the AST
+or any other `model.arch`.)
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from functools import partial
 from pathlib import Path
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed
-from safetensors import SafetensorError
-from timm.models import adapt_input_conv, clean_state_dict, load_state_dict
+from timm.models import adapt_input_conv, clean_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
-from model.config import PATCH, ASTConfig
+from model.config import PATCH, ModelConfig
+from model.weights import AUDIOSET_CLASSES, read_state_dict
 
-__all__ = ["AST", "ASTConfig", "create_ast", "load_ast_checkpoint", "is_audioset_checkpoint", "checkpoint_filter_fn",
+__all__ = ["AST", "create_ast", "load_ast_checkpoint", "is_audioset_checkpoint", "checkpoint_filter_fn",
            "normalise", "normalisation_stats", "NORM_MEAN", "NORM_STD"]
 
 _logger = logging.getLogger(__name__)
@@ -200,42 +200,19 @@ def checkpoint_filter_fn(state_dict: dict, model: AST, source_grid: tuple[int, i
     return out
 
 
-def _dims(cfg: ASTConfig) -> tuple[int, int, int]:
+def _dims(cfg: ModelConfig) -> tuple[int, int, int]:
     if cfg.size not in SIZES:
         raise ValueError(f"unknown AST size {cfg.size!r}; expected one of {sorted(SIZES)}")
     embed, depth, heads = SIZES[cfg.size]
     return cfg.embed_dim or embed, cfg.depth or depth, cfg.num_heads or heads
 
 
-def _weights_file(path: str | Path) -> str:
-    """A local .pth/.pt or .safetensors file, checked before timm reads it (timm's own error
-    for a missing file has no message, and it hands .npz/.npy to a JAX ViT loader)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix.lower() in (".npz", ".npy"):
-        raise ValueError(f"{path}: NumPy weights are not supported (a .pth/.pt or .safetensors file)")
-    return str(path)
-
-
-def _read_state_dict(path: str | Path) -> dict:
-    """A local .pth/.pt (tensors only) or .safetensors file -> flat state dict
-    (timm's `load_state_dict`: 'state_dict'/'model' containers unwrapped, `module.` dropped).
-    A file that cannot be read (cut short, damaged) is a ValueError naming it."""
-    try:
-        return load_state_dict(_weights_file(path), use_ema=False, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, SafetensorError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
-
-
 def is_audioset_checkpoint(path: str | Path) -> bool:
     """Whether a weights file is a published-layout AST checkpoint with AudioSet's 527-class
     classifier: a model trained on AudioSet (balanced, by the AST recipe)."""
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     head = sd.get("mlp_head.1.weight")
-    return "v.pos_embed" in sd and head is not None and head.shape[0] == 527
+    return "v.pos_embed" in sd and head is not None and head.shape[0] == AUDIOSET_CLASSES
 
 
 def _load(model: AST, state_dict: dict, source_grid: tuple[int, int] | None = None) -> AST:
@@ -243,13 +220,13 @@ def _load(model: AST, state_dict: dict, source_grid: tuple[int, int] | None = No
     return model
 
 
-def create_ast(cfg: ASTConfig) -> AST:
+def create_ast(cfg: ModelConfig) -> AST:
     """Build the AST of `cfg`; load `cfg.weights` (AST or DeiT layout, told apart by keys).
     An AST checkpoint must share the model's strides and mel count; frames may differ."""
     embed, depth, heads = _dims(cfg)
     model = AST(cfg.frames, cfg.mels, cfg.fstride, cfg.tstride, cfg.n_classes, embed, depth, heads)
     if cfg.weights:
-        _load(model, _read_state_dict(cfg.weights))
+        _load(model, read_state_dict(cfg.weights))
     return model
 
 
@@ -263,7 +240,7 @@ def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: 
     to 1024 (the published input); another count adapts the time axis of the position grid.
     `mels` is the file's (and the model's) mel count. `n_classes` other than the file's
     re-initialises the classifier Linear."""
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     if "v.pos_embed" not in sd:
         raise ValueError(f"{path}: not an AST checkpoint (no module.v.pos_embed key)")
     pos, stem = sd["v.pos_embed"], sd["v.patch_embed.proj.weight"]
@@ -281,7 +258,7 @@ def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: 
                          f"(mels {mels}, fstride {fstride})")
     embed = stem.shape[0]
     depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("v.blocks."))
-    cfg = ASTConfig(embed_dim=embed, depth=depth, num_heads=max(1, embed // 64), frames=frames or 1024,
+    cfg = ModelConfig(embed_dim=embed, depth=depth, num_heads=max(1, embed // 64), frames=frames or 1024,
                     mels=mels, fstride=fstride, tstride=tstride,
                     n_classes=n_classes or sd["mlp_head.1.weight"].shape[0])
     return _load(create_ast(cfg), sd, source_grid=(rows, n // rows))

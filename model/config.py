@@ -1,28 +1,52 @@
-"""The model's configuration: the AST's geometry and weights, its augmentation and its
+"""The model's configuration: its architecture, geometry and weights, its augmentation and its
 optimiser, as typed dataclasses. No torch here, so a sweep's config loads, checks and prints
-without importing the model."""
+without importing the model.
+
+`ModelConfig.arch` names the model (model/factory.py builds it), in one of three forms
+(`arch_kind`): `ast` (model/ast.py), a timm architecture by name (`resnet10t`), or
+`package.module:function`, a user's factory of a torch.nn.Module."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-__all__ = ["PATCH", "ASTConfig", "AugmentConfig", "OptimConfig"]
+__all__ = ["PATCH", "AST_KEYS", "ModelConfig", "arch_kind", "AugmentConfig", "OptimConfig"]
 
 PATCH = 16  # the AST's patch: 16 x 16 (frequency x time), at strides fstride x tstride
+AST_KEYS = ("size", "embed_dim", "depth", "num_heads", "fstride", "tstride")  # the AST's own geometry
+_FACTORY_FORM = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_TIMM_FORM = re.compile(r"[A-Za-z]\w*")
+
+
+def arch_kind(arch: str) -> str | None:
+    """"ast"; "factory" for `package.module:function`; "timm" for a plain name (a timm
+    architecture, without a weights tag); None for anything else."""
+    if arch == "ast":
+        return "ast"
+    if _FACTORY_FORM.fullmatch(arch):
+        return "factory"
+    return "timm" if _TIMM_FORM.fullmatch(arch) else None
 
 
 @dataclass
-class ASTConfig:
+class ModelConfig:
+    arch: str = "ast"               # "ast" | a timm architecture (resnet10t) | package.module:function
+    frames: int = 1024              # input length (10 ms frames)     } a sweep takes these
+    mels: int = 128                 # mel bins                         } three from the store
+    n_classes: int = 527            #                                  }
+    weights: str | None = None      # local .pth/.safetensors: for ast a published AST checkpoint or a timm
+                                    # DeiT; for a timm arch a file of that architecture in timm's layout;
+                                    # for a factory a state dict of its module
+    allow_audioset_weights: bool = False  # start an AudioSet sweep from AudioSet-trained weights anyway
+    options: dict[str, object] = field(default_factory=dict)  # keyword arguments for timm.create_model
+                                    # (e.g. drop_path_rate) or the factory; not for ast
+    # the AST's geometry (AST_KEYS): arch "ast" only
     size: str = "tiny"              # "tiny" | "small" | "base"
     embed_dim: int | None = None    # explicit dims override the size
     depth: int | None = None
     num_heads: int | None = None
-    frames: int = 1024              # input length (10 ms frames)
-    mels: int = 128                 # mel bins
     fstride: int = 10               # patch stride along frequency (rows)
     tstride: int = 10               # patch stride along time (columns)
-    n_classes: int = 527
-    weights: str | None = None      # local path: published AST checkpoint or timm ImageNet DeiT .pth/.safetensors
-    allow_audioset_weights: bool = False  # start an AudioSet sweep from an AST AudioSet checkpoint anyway
 
 
 @dataclass

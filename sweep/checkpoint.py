@@ -4,15 +4,16 @@ A trial's Train run directory (local, or a URI such as s3://...) holds one check
 directory per validation, named by the examples seen (`checkpoint_dir(examples)`, passed to
 `ray.train.report` as `checkpoint_dir_name`), so a restarted worker that redoes an evaluation
 writes the same directory again and an evaluation never has two. Each holds:
-  model.pt      the AST state dict (unwrapped from DDP); removed once selection can no longer
+  model.pt      the model's state dict (unwrapped from DDP); removed once selection can no longer
                 pick this evaluation (`prune`)
   optimizer.pt  the Adam state; kept for the latest checkpoint only (what a restart needs)
   val_dprime_resampled.npy  the validation d' on each bootstrap resample of the validation
                 clips (float32 [resamples], the same resamples for every trial): what the
                 confidence of the selection and racing average over a pick's window; always kept
   state.json    the trial's state (sweep/history.py TrialState: trial, examples, step, stopped,
-                start, history, ...) and `model`, its ASTConfig as a dict; always kept, so the
-                trace survives pruning
+                start, history, ...) and `model`, its ModelConfig as a dict (arch, geometry,
+                options: what model/factory.py builds it from); always kept, so the trace
+                survives pruning
 so a checkpoint rebuilds its model without the sweep's configuration. A worker whose training
 fails writes `failure-rank<r>.json` ({rank, type, message} of the exception) before it ends,
 so the trial driver can name the root error of each rank. Beside them,
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import ASTConfig
+from model.config import ModelConfig
 from sweep.history import TrialState
 
 __all__ = ["MODEL", "OPTIMIZER", "STATE", "PROGRESS", "RESAMPLED", "checkpoint_dir", "load_resampled", "save_checkpoint",
@@ -50,7 +51,7 @@ def checkpoint_dir(examples: int) -> str:
     return f"checkpoint_{examples:012d}"
 
 
-def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: TrialState, model_cfg: ASTConfig,
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, state: TrialState, model_cfg: ModelConfig,
                     resampled: np.ndarray | None = None) -> None:
     """A checkpoint directory (see the module docstring) of `model` (the module itself, not its
     DistributedDataParallel wrapper); the evaluation's d' per resample [resamples] if given."""

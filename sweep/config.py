@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from data.synth import SynthConfig
-from model.config import ASTConfig, AugmentConfig, OptimConfig
+from model.config import AugmentConfig, ModelConfig, OptimConfig, arch_kind
 from data.balance import SCHEMES
 from sweep.select import StoppingRule
 from sweep.trial import Arm, Trial
@@ -139,7 +139,7 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ASTConfig = field(default_factory=ASTConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -237,6 +237,10 @@ _RULES = [
     ("train.report_poll_s", lambda v: v > 0, "a number of seconds > 0"),
     ("train.optim.lr", lambda v: v is None, "null (the learning rates are sweep.lrs)"),
     ("data.units_per_block", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("model.arch", lambda v: arch_kind(v) is not None,
+     "ast, a timm architecture without a weights tag (e.g. resnet10t) or package.module:function"),
+    ("model.options", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+     "a mapping of keyword arguments (e.g. {drop_path_rate: 0.1})"),
     ("resources.num_workers", lambda v: v >= 1, "an integer >= 1"),
     ("resources.cpus_per_worker", lambda v: v > 0, "a number > 0"),
     ("resources.max_concurrent_trials", lambda v: v is None or v >= 1, "null or an integer >= 1"),

@@ -9,11 +9,13 @@ trains to the cap at the rate seen so far (trials whose pick settles stop earlie
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+from model.config import ModelConfig, arch_kind
 from sweep.config import Config
 from sweep.select import latest_settled_pick
 
-__all__ = ["eta_seconds", "format_progress", "stopping_statement", "header", "answer_lines"]
+__all__ = ["eta_seconds", "format_progress", "stopping_statement", "model_line", "header", "answer_lines"]
 
 
 def eta_seconds(remaining: list[float], rate: float | None, pending: int, startup_s: float,
@@ -93,16 +95,28 @@ def stopping_statement(cfg: Config) -> tuple[str, str | None]:
     return line, None
 
 
+def model_line(m: ModelConfig) -> str:
+    """The model in one line: its architecture, parameter count (the model built without its
+    weights), input and classes, and the weights it starts from."""
+    from model.factory import build_model, parameter_count  # torch: only what shows a model needs it
+    model, kind = build_model(replace(m, weights=None)), arch_kind(m.arch)
+    name = (f"AST {m.size} ({model.embed_dim} wide, {len(model.blocks)} deep)" if kind == "ast"
+            else f"{m.arch} (timm, 1 input channel)" if kind == "timm" else f"{m.arch} (your factory)")
+    if m.options:
+        name += " " + ", ".join(f"{k}={v}" for k, v in m.options.items())
+    return (f"{name}, {parameter_count(model):,} parameters, {m.frames} frames x {m.mels} mels, {m.n_classes} classes"
+            + (f", from {m.weights}" if m.weights else ""))
+
+
 def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
     from sweep.tracking import shown  # (MLflow is not needed to print results)
-    m, r = cfg.model, cfg.resources
+    r = cfg.resources
     grid = len(cfg.sweep.trials)
     return "\n".join([
         f"config     {config_path}  (--print-config shows every value)",
         f"store      {cfg.data.store}  train {fingerprint}",
-        f"model      AST {m.size} ({m.embed_dim or '-'} wide, {m.depth or '-'} deep), {m.frames} frames x "
-        f"{m.mels} mels, {m.n_classes} classes",
+        f"model      {model_line(cfg.model)}",
         "grid       " + (f"{len(cfg.sweep.arms)} arms (scheme {cfg.sweep.schemes} x beta {cfg.sweep.betas}, "
                             "beta 0 once)" if len(cfg.sweep.schemes) > 1 else f"beta {cfg.sweep.betas}")
         + f" x lr {cfg.sweep.lrs}" + (f" x seed {cfg.sweep.seeds}" if len(cfg.sweep.seeds) > 1 else "")

@@ -21,7 +21,9 @@ import torch
 from tqdm import tqdm
 
 from data.store import Store
-from model.ast import ASTConfig, create_ast, load_ast_checkpoint
+from model.ast import load_ast_checkpoint
+from model.config import ModelConfig
+from model.factory import build_model
 from model.step import predict
 from sweep.checkpoint import load_state, load_weights
 from sweep.metrics import classification_metrics
@@ -72,10 +74,10 @@ def evaluate_split(model, store: Store, split: str, batch_size: int,
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the AST a trial checkpoint holds, from its state.json's model config and its
-    model.pt (no other weights file is read), in eval mode."""
+    """Rebuild the model a trial checkpoint holds (any model.arch), from its state.json's model
+    config and its model.pt (no other weights file is read), in eval mode."""
     weights = load_weights(directory)
-    model = create_ast(ASTConfig(**{**load_state(directory)["model"], "weights": None}))
+    model = build_model(ModelConfig(**{**load_state(directory)["model"], "weights": None}))
     model.load_state_dict(weights)
     return model.to(device).eval()
 

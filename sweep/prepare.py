@@ -2,7 +2,8 @@
 workers run elsewhere), the store (built when it is synthetic and missing, validated against
 its manifest), the model geometry taken from the store, and the checks that would otherwise
 fail inside every trial (a split that cannot be scored, spectrograms smaller than a patch, a
-starting checkpoint that has seen the validation clips)."""
+model that cannot be built or weights that do not load, a starting checkpoint that has seen
+the validation clips)."""
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.store import Store, open_store
-from model.config import PATCH
+from model.config import AST_KEYS, PATCH, ModelConfig
 from sweep.config import Config, ConfigError
 
 __all__ = ["prepare", "check_store", "refuse_audioset_checkpoint"]
@@ -19,12 +20,14 @@ __all__ = ["prepare", "check_store", "refuse_audioset_checkpoint"]
 
 def prepare(cfg: Config, build: bool = True) -> Config:
     """`cfg` ready to run: absolute paths, the store (built if synthetic and missing, unless
-    `build` is false; then validated and checked), and the model geometry from the store."""
+    `build` is false; then validated and checked, and the model built once with its weights),
+    and the model geometry from the store."""
     data = replace(cfg.data, store=str(Path(cfg.data.store).resolve()))
     run = replace(cfg.run, run_dir=str(Path(cfg.run.run_dir).resolve()),
                   storage_path=_absolute(cfg.run.storage_path))
     weights = _absolute(cfg.model.weights)
     cfg = replace(cfg, data=data, run=run, model=replace(cfg.model, weights=weights))
+    _warn_unused_ast_keys(cfg.model)
     if not (Path(data.store) / "manifest.json").exists():
         if data.synth is None:
             raise ConfigError(f"data.store {data.store} has no manifest.json and data.synth is null: "
@@ -38,12 +41,17 @@ def prepare(cfg: Config, build: bool = True) -> Config:
     store = open_store(data.store)
     for split in [data.train_split, data.valid_split, *data.eval_splits]:
         store.split_info(split)  # names the missing split
+    cfg = replace(cfg, model=replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels))
     if build:
         store.validate()
         check_store(store, cfg)
+        from model.factory import build_model  # torch: only a sweep that runs needs it
+        # built once here, its weights loaded: an arch that cannot be built, logits of the wrong shape,
+        # weights missing, unreadable or of other shapes are one error naming them, not one per trial
+        build_model(cfg.model)
         if weights and not cfg.model.allow_audioset_weights:
-            refuse_audioset_checkpoint(weights, store)
-    return replace(cfg, model=replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels))
+            refuse_audioset_checkpoint(weights, store, cfg.model.arch)
+    return cfg
 
 
 def _absolute(path: str | None) -> str | None:
@@ -51,12 +59,20 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path and "://" not in path else path
 
 
+def _warn_unused_ast_keys(model: ModelConfig) -> None:
+    """The AST's geometry set (not the defaults) for another arch: said, as it is not used."""
+    if model.arch != "ast":
+        ast_keys = [k for k in AST_KEYS if getattr(model, k) != getattr(ModelConfig(), k)]
+        if ast_keys:
+            _warn(f"model.{', model.'.join(ast_keys)} (the AST's geometry) do not apply to model.arch {model.arch!r}")
+
+
 def check_store(store: Store, cfg: Config) -> None:
     """What would fail in every trial, as one ConfigError before anything starts: spectrograms
-    smaller than one AST patch, a validation or evaluation split where no class has both
-    positive and negative clips (nothing to score). Warned: training classes with no clip,
+    smaller than one AST patch (arch ast), a validation or evaluation split where no class has
+    both positive and negative clips (nothing to score). Warned: training classes with no clip,
     evaluation classes with no positive (left out of priors and metrics)."""
-    if min(store.frames, store.mels) < PATCH:
+    if cfg.model.arch == "ast" and min(store.frames, store.mels) < PATCH:
         raise ConfigError(f"data.store {store.root}: spectrograms of {store.frames} frames x {store.mels} mels; "
                           f"the AST needs at least {PATCH} x {PATCH} (one patch): ingest with --frames >= {PATCH}")
     for split in [cfg.data.valid_split, *cfg.data.eval_splits]:
@@ -78,15 +94,17 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def refuse_audioset_checkpoint(weights: str, store) -> None:
-    """An AST checkpoint trained on AudioSet, as the start of a sweep on AudioSet's classes, has
-    seen the validation clips and was trained balanced: a ConfigError, unless the user confirms
-    (model.allow_audioset_weights). Fine-tuning it on other classes is the usual transfer."""
-    from model.ast import is_audioset_checkpoint  # torch: only a sweep with weights to check needs it
+def refuse_audioset_checkpoint(weights: str, store, arch: str = "ast") -> None:
+    """Weights trained on AudioSet (model/factory.py `audioset_trained`: a published AST AudioSet
+    checkpoint, or for another arch a 527-output classifier), as the start of a sweep on AudioSet's
+    classes, have seen the validation clips and were most likely trained balanced: a ConfigError,
+    unless the user confirms (model.allow_audioset_weights). Fine-tuning on other classes is the
+    usual transfer."""
+    from model.factory import audioset_trained  # torch: only a sweep with weights to check needs it
     audioset_mids = sum(bool(re.fullmatch(r"/[mgt]/\w+", m)) for m in store.mids)
-    if audioset_mids >= store.n_classes / 2 and is_audioset_checkpoint(weights):
+    if audioset_mids >= store.n_classes / 2 and audioset_trained(ModelConfig(arch=arch, weights=weights)):
         raise ConfigError(
-            f"model.weights {weights} is an AST checkpoint trained on AudioSet (527-class head), and the store's "
+            f"model.weights {weights} is a model trained on AudioSet (a 527-class classifier), and the store's "
             f"classes are AudioSet's ({audioset_mids} of {store.n_classes} AudioSet MIDs): that model has seen "
-            "the validation clips and was trained balanced, which biases the comparison of betas; start from "
-            "ImageNet DeiT weights, or set model.allow_audioset_weights=true to use it anyway")
+            "the validation clips and was most likely trained balanced, which biases the comparison of betas; "
+            "start from ImageNet weights, or set model.allow_audioset_weights=true to use it anyway")

@@ -63,12 +63,15 @@ def _main(a, argv: list[str]) -> int:
 
 def _print_config(cfg: Config) -> int:
     """The resolved config as YAML, as it will run (the model geometry from the store, the
-    learning rate marked as swept), and how trials stop; the store must exist or be synthetic."""
-    from sweep.console import stopping_statement
+    learning rate marked as swept), the model and its parameter count, and how trials stop; the
+    store must exist or be synthetic."""
+    from sweep.console import model_line, stopping_statement
     from sweep.prepare import prepare
-    values = to_dict(prepare(cfg, build=False))
+    prepared = prepare(cfg, build=False)
+    values = to_dict(prepared)
     values["train"]["optim"]["lr"] = f"swept: sweep.lrs = {cfg.sweep.lrs}"
     print(yaml.safe_dump(json.loads(json.dumps(values, default=list)), sort_keys=False), end="")
+    print(f"# model: {model_line(prepared.model)}")
     line, warning = stopping_statement(cfg)
     print(f"# stopping: {line}")
     if warning:

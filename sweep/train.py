@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from data.store import Store, open_store
-from model.ast import create_ast
+from model.factory import build_model
 from model.step import make_optimizer, train_step, unwrap
 from sweep.checkpoint import (checkpoint_dir, clear_failures, prune, record_failure, restore_checkpoint,
                               save_checkpoint, write_progress)
@@ -147,7 +147,7 @@ def _build(config: dict) -> _Worker:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(trial.seed)
-    model = ray.train.torch.prepare_model(create_ast(cfg.model))
+    model = ray.train.torch.prepare_model(build_model(cfg.model))
     store = open_store(cfg.data.store)
     valid_rows = {c: i for i, c in enumerate(store.clip_ids(cfg.data.valid_split))}
     return _Worker(cfg, trial, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), model,

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from model.ast import (NORM_MEAN, NORM_STD, ASTConfig, checkpoint_filter_fn, create_ast, is_audioset_checkpoint,
+from model.ast import (NORM_MEAN, NORM_STD, checkpoint_filter_fn, create_ast, is_audioset_checkpoint,
                        load_ast_checkpoint, normalisation_stats, normalise)
+from model.config import ModelConfig
 
 D, DEPTH, K = 128, 2, 7          # embed 128 -> 2 heads (embed // 64), as the loader infers
 MELS, FRAMES, FS, TS = 64, 128, 12, 10
@@ -116,7 +117,7 @@ def test_stride_inferred_from_published_pos_length(tmp_path, length, stride):
     assert model.patch_embed.grid_size == grid and model.pos_embed.shape == (1, length, 64)
     other = 16 if stride != 16 else 10
     with pytest.raises(ValueError, match=f"stride-{stride}"):
-        create_ast(ASTConfig(embed_dim=64, depth=1, num_heads=1, fstride=other, tstride=other, weights=str(path)))
+        create_ast(ModelConfig(embed_dim=64, depth=1, num_heads=1, fstride=other, tstride=other, weights=str(path)))
 
 
 def test_stride_not_inferable_raises(tmp_path):
@@ -155,8 +156,8 @@ def test_n_classes_change_reinitialises_only_the_linear(ckpt):
 
 def test_create_ast_loads_ast_weights_and_filter_is_pure(ckpt):
     path, sd = ckpt
-    cfg = ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS, fstride=FS, tstride=TS,
-                    n_classes=K, weights=str(path))
+    cfg = ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS, fstride=FS, tstride=TS,
+                      n_classes=K, weights=str(path))
     model = create_ast(cfg)
     before = {k: v.clone() for k, v in sd.items()}
     out = checkpoint_filter_fn(sd, model)
@@ -172,8 +173,8 @@ def test_deit_imagenet_layout_adapts_stem_and_grid(tmp_path, suffix):
     sd = backbone(grid=src_grid, in_chans=3)
     path = tmp_path / f"deit{suffix}"
     save_file(sd, path) if suffix == ".safetensors" else torch.save({"model": sd}, path)
-    model = create_ast(ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=frames, mels=mels,
-                                 fstride=stride, tstride=stride, n_classes=5, weights=str(path)))
+    model = create_ast(ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=frames, mels=mels,
+                                   fstride=stride, tstride=stride, n_classes=5, weights=str(path)))
     torch.testing.assert_close(model.patch_embed.proj.weight.detach(), sd["patch_embed.proj.weight"].sum(1, keepdim=True))
     pos = model.pos_embed.detach()
     torch.testing.assert_close(pos[:, :2], sd["pos_embed"][:, :2])
@@ -187,35 +188,35 @@ def test_deit_imagenet_layout_adapts_stem_and_grid(tmp_path, suffix):
 
 def test_wrong_shape_raises_naming_key(ckpt):
     path, sd = ckpt
-    model = create_ast(ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS,
-                                 fstride=FS, tstride=TS, n_classes=K))
+    model = create_ast(ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS,
+                                   fstride=FS, tstride=TS, n_classes=K))
     bad = dict(sd, **{"module.v.blocks.0.mlp.fc1.weight": torch.zeros(3 * D, D)})
     with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.fc1\.weight.*\(384, 128\).*\(512, 128\)"):
         checkpoint_filter_fn(bad, model)
     missing = {k: v for k, v in sd.items() if k != "module.v.norm.bias"}
     with pytest.raises(ValueError, match="missing key 'norm.bias'"):
         checkpoint_filter_fn(missing, model)
-    other = create_ast(ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=80, n_classes=K))
+    other = create_ast(ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=80, n_classes=K))
     with pytest.raises(ValueError, match="pos_embed"):
         checkpoint_filter_fn(sd, other)
 
 
 def test_sizes_and_geometry():
-    small = create_ast(ASTConfig(size="small", frames=16, mels=16, n_classes=2))
+    small = create_ast(ModelConfig(size="small", frames=16, mels=16, n_classes=2))
     assert small.embed_dim == 384 and len(small.blocks) == 12 and small.blocks[0].attn.num_heads == 6
-    tiny = create_ast(ASTConfig(frames=FRAMES, mels=MELS, fstride=FS, tstride=TS, depth=1))
+    tiny = create_ast(ModelConfig(frames=FRAMES, mels=MELS, fstride=FS, tstride=TS, depth=1))
     assert tiny.embed_dim == 192 and len(tiny.blocks) == 1 and tiny.pos_embed.shape == (1, 2 + 60, 192)
     with pytest.raises(ValueError, match="size"):
-        create_ast(ASTConfig(size="huge"))
+        create_ast(ModelConfig(size="huge"))
     with pytest.raises(ValueError, match="divisible"):
-        create_ast(ASTConfig(embed_dim=100, num_heads=3, frames=16, mels=16))
+        create_ast(ModelConfig(embed_dim=100, num_heads=3, frames=16, mels=16))
 
 
 def test_the_classifier_runs_in_fp32_under_autocast():
     """Under bf16 autocast the backbone runs in bf16 and the logits still come out of the head in
     fp32: distinct scores for distinct clips, within bf16's error of the fp32 forward."""
-    model = create_ast(ASTConfig(frames=32, mels=32, fstride=16, tstride=16, embed_dim=64, depth=1,
-                                 num_heads=2, n_classes=5)).eval()
+    model = create_ast(ModelConfig(frames=32, mels=32, fstride=16, tstride=16, embed_dim=64, depth=1,
+                                   num_heads=2, n_classes=5)).eval()
     x = torch.randn(256, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(x)
@@ -260,8 +261,8 @@ def test_normalisation():
 
 
 def test_missing_or_numpy_weights_are_named(tmp_path):
-    cfg = ASTConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS, n_classes=K,
-                    weights=str(tmp_path / "nope.pth"))
+    cfg = ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS, n_classes=K,
+                      weights=str(tmp_path / "nope.pth"))
     with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):
         create_ast(cfg)
     with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from model.ast import ASTConfig, create_ast, normalise
+from model.ast import create_ast, normalise
+from model.config import ModelConfig
 from model.augment import AugmentConfig
 from model.step import OptimConfig, make_optimizer, train_step
 from sweep.checkpoint import save_checkpoint
@@ -124,8 +125,8 @@ def _eval_batches(store, split):
 
 
 def test_trial_checkpoint(synth_store, tmp_path, capsys):
-    cfg = ASTConfig(embed_dim=32, depth=1, num_heads=2, frames=synth_store.frames, mels=synth_store.mels,
-                    fstride=16, tstride=16, n_classes=synth_store.n_classes)
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=synth_store.frames, mels=synth_store.mels,
+                      fstride=16, tstride=16, n_classes=synth_store.n_classes)
     torch.manual_seed(0)
     model = create_ast(cfg)
     optim_cfg = OptimConfig(lr=1e-3)
@@ -173,7 +174,7 @@ def test_trial_checkpoint(synth_store, tmp_path, capsys):
     assert rc == 0 and out["predictions"] == {SPLIT: str(tmp_path / "one.npz")} and (tmp_path / "one.npz").is_file()
     other = tmp_path / "other"
     other.mkdir()
-    five = ASTConfig(**{**cfg.__dict__, "n_classes": 5})
+    five = ModelConfig(**{**cfg.__dict__, "n_classes": 5})
     save_checkpoint(other, create_ast(five), opt, TrialState(Trial("moore", 0.5, 1e-3, 0)), five)
     rc, err = _run(capsys, "--checkpoint", other, "--store", synth_store.root, "--split", SPLIT)
     assert rc == 2 and "n_classes" in err
@@ -223,8 +224,8 @@ def test_files_cut_short_are_named(tmp_path, synth_store, capsys):
     from sweep.predictions import load_predictions
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    cfg = ASTConfig(frames=synth_store.frames, mels=synth_store.mels, fstride=16, tstride=16,
-                    embed_dim=32, depth=1, num_heads=2, n_classes=synth_store.n_classes)
+    cfg = ModelConfig(frames=synth_store.frames, mels=synth_store.mels, fstride=16, tstride=16,
+                      embed_dim=32, depth=1, num_heads=2, n_classes=synth_store.n_classes)
     model = create_ast(cfg)
     save_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), TrialState(Trial("moore", 0.5, 1e-3, 0), 64), cfg)
     data = (ckpt / "model.pt").read_bytes()

@@ -1,12 +1,15 @@
 """model/step.py: schedule, optimizer, training step (learning, micro-batch accumulation,
-DDP unwrapping, torch.compile) and prediction, on a tiny AST on CPU."""
+DDP unwrapping, torch.compile) and prediction, on a tiny AST on CPU (torch.compile on a timm CNN
+too; more of the step on other models in tests/test_factory.py)."""
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.ast import ASTConfig, create_ast, normalise
+from model.ast import create_ast, normalise
+from model.config import ModelConfig
+from model.factory import build_model
 from model.augment import AugmentConfig
 from model.step import OptimConfig, lr_at, make_optimizer, predict, train_step
 
@@ -19,8 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    return create_ast(ASTConfig(embed_dim=32, depth=1, num_heads=2, frames=FRAMES, mels=MELS,
-                                fstride=16, tstride=16, n_classes=K))
+    return create_ast(ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=FRAMES, mels=MELS,
+                                  fstride=16, tstride=16, n_classes=K))
+
+
+def timm_cnn(seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(arch="mobilenetv3_small_050", frames=FRAMES, mels=MELS, n_classes=K))
 
 
 def toy_batch(n=16, seed=0):
@@ -108,18 +116,19 @@ def test_resumed_steps_repeat_exactly():
     assert len({step_seed(0, r, s) for r in range(4) for s in range(10_000)}) == 40_000
 
 
-def test_compiled_step_matches_eager_and_keeps_state_dict_keys(monkeypatch):
-    """OptimConfig(compile=True) (configs/audioset.yaml): the model is compiled in place once,
-    runs through the compiler, gives eager's losses, and its checkpoint loads strictly into an
-    uncompiled model. The compile goes through TorchDynamo and AOTAutograd with eager kernels
+@pytest.mark.parametrize("build", [tiny, timm_cnn])
+def test_compiled_step_matches_eager_and_keeps_state_dict_keys(monkeypatch, build):
+    """OptimConfig(compile=True) (configs/audioset.yaml): the model (the AST, a timm CNN) is
+    compiled in place once, runs through the compiler, gives eager's losses, and its checkpoint
+    loads strictly into an uncompiled model. The compile goes through TorchDynamo and AOTAutograd with eager kernels
     (backend "aot_eager"): what this tests is model/step.py's use of torch.compile, and
     inductor's C++ code generation would add half a minute of g++ on CPU to it."""
     x, y = toy_batch(8)
-    keys = list(tiny().state_dict())
+    keys = list(build().state_dict())
     losses, compiling, compiles = {}, {}, []
     try:
         for flag in (False, True):
-            model = tiny()
+            model = build()
             real_compile = model.compile
             monkeypatch.setattr(model, "compile", lambda **k: (compiles.append(1),
                                                                real_compile(**k, backend="aot_eager")))
@@ -135,7 +144,7 @@ def test_compiled_step_matches_eager_and_keeps_state_dict_keys(monkeypatch):
     assert compiling == {False: [False, False], True: [True, True]}   # the forward ran compiled
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert list(model.state_dict()) == keys                  # no `_orig_mod.` prefix
-    tiny(seed=1).load_state_dict(model.state_dict())         # strict
+    build(seed=1).load_state_dict(model.state_dict())        # strict
 
 
 def test_micro_batches_give_the_full_batch_gradient():
