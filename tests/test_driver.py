@@ -210,3 +210,41 @@ def test_a_diverged_trial_is_left_out(tmp_path):
     assert [t.trial for t in found] == [fine] and not failed
     assert [(d["trial"], d["train_loss"]) for d in diverged[:1]] == [(exploded.key, 300.0)]
     assert diverged[1]["trial"] == nan.key and np.isnan(diverged[1]["train_loss"])
+
+
+def test_a_closed_terminal_stops_the_sweep_like_sigterm():
+    """SIGHUP (a terminal closed over SSH) raises Interrupted as SIGINT and SIGTERM do: the
+    sweep ends KILLED with interrupted.json and the resume line, not Python's exit 129."""
+    with _Signals(), pytest.raises(Interrupted) as e:
+        os.kill(os.getpid(), signal.SIGHUP)
+        signal.sigtimedwait([], 0)
+    assert e.value.signum == signal.SIGHUP
+
+
+def test_a_busy_run_directory_is_refused_before_anything_is_printed(smoke_store, tmp_path, monkeypatch, capsys):
+    """A second sweep on a run directory another sweep holds: one line naming the holder, before
+    the header, the store check or MLflow."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with RunDir(tmp_path / "run").lock():
+        assert main(smoke_args(tmp_path, smoke_store)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: {tmp_path / 'run'} is in use by another sweep (PID")
+    assert not (tmp_path / "run" / "mlflow.db").exists()
+
+
+def test_the_resume_command_can_be_pasted_anywhere():
+    """Shell-quoted, the working directory named, a higher cap added as a --set that wins."""
+    import shlex
+    from sweep.driver import resume_command
+    command = resume_command(["--run-dir", "my runs/a b", "--set", "run.name=x y"], cap=4096)
+    cd, _, rest = command.partition(" && ")
+    assert shlex.split(cd) == ["cd", os.getcwd()]
+    assert shlex.split(rest) == ["python", "-m", "sweep.run", "--run-dir", "my runs/a b", "--set", "run.name=x y",
+                                 "--set", "train.max_examples=4096", "--resume"]
+
+
+def test_an_empty_state_json_is_named(tmp_path):
+    from sweep.checkpoint import STATE, load_state
+    (tmp_path / STATE).write_text("")
+    with pytest.raises(ValueError, match=rf"{tmp_path / STATE}: not a readable checkpoint state"):
+        load_state(tmp_path)

@@ -158,7 +158,10 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
     assert not any(r["converged"] for r in results["rows"]) and "NOT CONVERGED" in (run / "results.txt").read_text()
     # one registered checkpoint per evaluation, none repeated after the restart or the resume
     assert all(ex == STEPS for ex in registered_examples(train_runs).values())
-    assert client.get_run(parent_id).info.status == "FINISHED"
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "interrupted" not in parent.data.tags  # the resumed sweep finished
+    assert list(results["p_best"]) == ["moore beta=1", "psla beta=1"]  # the grid's order, after a resume too
+    assert (run / "results.txt").read_text().endswith(")\n")  # ends with the answer's line
     _, trials = children(client, run)
     audit = {c.data.params["scheme"]: c.data.params["audit.epoch_inflation"] for c in trials}
     assert set(audit) == {"moore", "psla"} and audit["moore"] != audit["psla"]
