@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sweep.config import Config, ConfigError, flatten
+from sweep.config import Config, ConfigError, flatten, to_dict
 from sweep.trial import Arm
 
 __all__ = ["RunDir", "SWEEP_FILES", "ANSWER_FILES", "predictions_path"]
@@ -110,6 +110,8 @@ class RunDir:
             raise ConfigError(f"--resume: {self.path} holds no earlier sweep to continue (no sweep.json); "
                               "run without --resume to start one")
         was, new = (flatten(json.loads(json.dumps(c))) for c in (state["config"], config))  # tuples as lists
+        defaults = flatten(json.loads(json.dumps(to_dict(Config()))))
+        was = {**{k: defaults.get(k) for k in new if k not in was}, **was}  # a key added since: its default
         if new["train.max_examples"] < was["train.max_examples"]:
             raise ConfigError(f"--resume: train.max_examples is {new['train.max_examples']:,}, below the "
                               f"{was['train.max_examples']:,} the sweep in {self.path} ran to: a cap can only be "

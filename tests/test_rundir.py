@@ -41,6 +41,10 @@ def test_resume_needs_the_same_config_and_the_same_clips(tmp_path):
     assert run.check_resumable(cfg, fps)["parent_run_id"] == "0a1b"
     with pytest.raises(ConfigError, match=r"--resume: sweep\.patience is 9, the sweep .* started with 3"):
         run.check_resumable(to_dict(load_config(SMOKE, ["sweep.patience=9"])), fps)
+    older = json.loads(run.state_file.read_text())
+    del older["config"]["model"]["arch"]  # recorded before model.arch existed: it was the default
+    run.state_file.write_text(json.dumps(older))
+    assert run.check_resumable(cfg, fps)["parent_run_id"] == "0a1b"
     higher = to_dict(load_config(SMOKE, ["train.max_examples=2000"]))
     assert run.check_resumable(higher, fps)["caps"] == [960]  # a higher cap continues the sweep
     with pytest.raises(ConfigError, match=r"--resume: train\.max_examples is 500, below the 960 .* can only be raised"):

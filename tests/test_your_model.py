@@ -120,7 +120,7 @@ def test_a_bad_model_or_weights_stop_the_sweep_before_ray(tmp_path, smoke_store,
     assert main(smoke_args(tmp_path, smoke_store, *overrides)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and named.format(tmp=tmp_path) in err[-1] and "Traceback" not in "\n".join(err)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "results.json"]  # the lock it took
 
 
 def test_audioset_trained_weights_of_any_arch_are_refused_for_an_audioset_sweep(tmp_path):
