@@ -52,7 +52,7 @@ from data.balance import class_counts, rarest_label_count, rarest_label_order
 from data.cli import InputError, add_list, add_store, parser, positive_int, run
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.labels import Segments, read_class_index, read_segments
-from data.manifest import HASH, MANIFEST, StoreError, write_json
+from data.manifest import HASH, MANIFEST, StoreError, update_json
 from data.shards import file_hashes
 from data.store import Store, create_store, open_store
 
@@ -202,6 +202,7 @@ def _open_store(cfg: IngestConfig, class_index) -> Store:
                    for i, (m, n) in enumerate(zip(class_index.mids, class_index.names))]
         return create_store(root, classes, store_features(cfg.frames))
     store = open_store(root)
+    store.check_writable()
     if store.features != store_features(cfg.frames):
         if store.features.get("frames") != cfg.frames:
             raise StoreError(f"{root}: the store has {store.features.get('frames')} frames a clip, this ingest "
@@ -345,7 +346,7 @@ def ingest(cfg: IngestConfig) -> dict:
         journal_path.write_text("".join(json.dumps(entries[c["name"]]) + "\n" for c in chunks))
     report["seconds"] = round(time.time() - t0, 2)
     report["clips_per_s"] = round(report["computed"] / max(report["seconds"], 0.01), 2)
-    write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
+    update_json(store.root / REPORT, lambda reports: {**reports, cfg.split: report})
     if not failed and not ids:
         reasons = ", ".join(f"{r} {n}" for r, n in report["skipped_by_reason"].items())
         raise InputError(f"{store.root / REPORT}: no clip of split {cfg.split!r} gave a spectrogram "
