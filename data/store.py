@@ -245,47 +245,53 @@ class Store:
             yield from shard_batches(path, batch_size, ["clip_id", "labels", "mel"], convert)
 
     def validate(self, split: str | None = None, checksums: str = "all") -> dict:
-        """Check the shards of `split` (default: every split) against the manifest: each shard's
-        size, rows and schema (stat and footer), the clip-id fingerprint, and by `checksums` the
-        sha256 of shards' bytes (a read of each, a few files at a time): "all" of them, "changed"
-        only those not verified since they last changed (data/verified.py: format 2, whose every
-        page is checked as it is read; all of a format-1 store, whose pages carry no checksums),
-        "none". The shards hashed and found intact are recorded as verified (when the store
-        can be written).
+        """Check the shards of `split` (default: every split) against the manifest. By
+        `checksums`: "all", each shard's size, rows and schema (stat and footer), each split's
+        clip-id fingerprint and every shard's sha256 (a read of the store, a few files at a
+        time); "none", the same without the hashes; "changed", the same for the shards not
+        verified since they last changed and their splits (data/verified.py): a shard unchanged
+        since its sha256 matched costs a stat, and its pages are checked by their checksums as
+        they are read (store format 2; a format-1 store has none: every shard, as "all"). The
+        shards hashed and found intact are recorded as verified (when the store can be written).
 
         Raises StoreError naming the first shard that does not match. Returns {shards, hashed,
         recorded (False when the record could not be written)}.
         """
         if checksums not in CHECKSUMS:
             raise ValueError(f"checksums={checksums!r}: one of {', '.join(CHECKSUMS)}")
-        names = [split] if split else self.splits
-        entries = [e for n in dict.fromkeys(p for n in names for p in self._parts(n)) for e in self._checked(n)]
-        if checksums == "none":
-            to_hash = []
-        elif checksums == "all" or self.format_version < 2:
-            to_hash = entries
-        else:
-            to_hash = verified.stale(self.root, entries)
+        names = dict.fromkeys(p for n in ([split] if split else self.splits) for p in self._parts(n))
+        entries = {n: self._entries(n) for n in names}
+        if checksums == "changed" and self.format_version >= 2:
+            entries = {n: verified.stale(self.root, e) for n, e in entries.items()}
+        for name, shards in entries.items():
+            if shards:
+                self._check_split(name, shards)
+        to_hash = [] if checksums == "none" else [e for shards in entries.values() for e in shards]
         for entry, got in zip(to_hash, file_hashes(self.root / e["file"] for e in to_hash)):
             if got != entry[HASH]:
                 raise StoreError(f"{self.root / entry['file']}: content changed since it was written "
                                  f"({HASH} {got[:16]}..., manifest says {entry[HASH][:16]}...)")
         recorded = not to_hash or self.format_version < 2 or verified.record(self.root, to_hash, self._files())
-        return {"shards": len(entries), "hashed": len(to_hash), "recorded": recorded}
+        return {"shards": sum(len(self.split_info(n)["shards"]) for n in names), "hashed": len(to_hash),
+                "recorded": recorded}
 
-    def _checked(self, name: str) -> list[dict]:
-        """The shard entries of split `name` (one that holds data), each checked from its size and
-        footer (a few at a time), and the split's clip ids against its fingerprint."""
-        info = self.split_info(name)
-        expected = schema(self.frames, self.mels, self.format_version)
-        for shard in info["shards"]:
+    def _entries(self, name: str) -> list[dict]:
+        """The shard entries of split `name` (one that holds data); one without a hash is a
+        StoreError naming the shard."""
+        shards = self.split_info(name)["shards"]
+        for shard in shards:
             if HASH not in shard:
                 raise StoreError(f"{self.root / shard['file']}: the manifest's entry for this shard has no {HASH}")
-        map_shards(lambda s: check_shard(self.root / s["file"], s["rows"], expected, s.get("bytes")), info["shards"])
+        return list(shards)
+
+    def _check_split(self, name: str, shards: list[dict]) -> None:
+        """`shards` of split `name` checked from their sizes and footers (a few at a time), and
+        the split's clip ids against its fingerprint."""
+        expected = schema(self.frames, self.mels, self.format_version)
+        map_shards(lambda s: check_shard(self.root / s["file"], s["rows"], expected, s.get("bytes")), shards)
         self._index_cache.pop(name, None)
-        if fingerprint(self.clip_ids(name)) != info["fingerprint"]:
+        if fingerprint(self.clip_ids(name)) != self.split_info(name)["fingerprint"]:
             raise StoreError(f"{self.root / name}: clip ids do not match the manifest's fingerprint")
-        return list(info["shards"])
 
     def _files(self) -> set[str]:
         """Every shard file the manifest lists."""
