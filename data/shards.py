@@ -9,8 +9,10 @@ The spectrogram column is written plain (no dictionary, no statistics), so a rea
 copy of its bytes, which `mel_array` views as float16 [n, frames, mels] without another.
 Reads stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read needs
 with one `read_row_groups` call per shard, from a per-thread cache of open files, and takes the
-rows with one `take`. A read that pyarrow cannot decode, or whose checksum does not match, is a
-StoreError naming the file and, where it can be pinned, the row group.
+rows with one `take`. `RowGroups.spectrograms` reads format-2 spectrogram pages straight from
+the file instead (data/pages.py: one copy, the same CRC-32 checked). A read that cannot be
+decoded, or whose checksum does not match, is a StoreError naming the file and, where it can be
+pinned, the row group.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 from data.balance import MultiLabels
 from data.manifest import FORMAT_VERSION, HASH, SPECTROGRAM, StoreError
+from data.pages import SpectrogramPages, read_group
 
 __all__ = ["ROW_GROUP_ROWS", "RowGroups", "close_shards", "file_hash", "file_hashes", "map_shards",
            "multi_hot", "labels_array", "mel_column", "mel_array", "put_mel", "write_shard_file", "open_parquet",
@@ -39,6 +42,7 @@ ROW_GROUP_ROWS = 4  # rows a row group as shards are written (readers take the s
 _HASH_CHUNK = 1 << 22    # files are hashed in 4 MiB reads
 _WRITE_BUFFER = 1 << 20  # shard bytes reach the hashing file in 1 MiB writes
 _DECODE_ERRORS = (OSError, pa.ArrowException, IndexError)  # what pyarrow raises on damaged bytes
+_ARROW_GROUPS = 16       # row groups of a shard decoded at once where spectrograms are read through pyarrow
 
 
 def _io_threads(tasks: int) -> int:
@@ -234,9 +238,18 @@ def _parquet(path: str) -> pq.ParquetFile:
     return _parquet_of_thread(path, threading.get_ident())
 
 
+@lru_cache(maxsize=256)
+def _pages(path: str, width: int) -> SpectrogramPages | None:
+    """Where the shard's spectrogram pages lie (None unless all are laid out as format 2 writes
+    them: data/pages.py)."""
+    return SpectrogramPages.of(path, _parquet(path), width)
+
+
 def close_shards() -> None:
-    """Forget the shard files `RowGroups.read` keeps open (after shards were replaced)."""
+    """Forget the shard files `RowGroups` keeps open and their page maps (after shards were
+    replaced)."""
     _parquet_of_thread.cache_clear()
+    _pages.cache_clear()
 
 
 def _group_sizes(pf: pq.ParquetFile) -> list[int]:
@@ -297,6 +310,52 @@ class RowGroups:
         # position of each requested row in the concatenation of the groups read
         base = np.concatenate([[0], np.cumsum(self.start[uniq + 1] - self.start[uniq])[:-1]]).astype(np.int64)
         return table, base[np.searchsorted(uniq, groups)] + rows - self.start[groups]
+
+    def spectrograms(self, rows: np.ndarray, frames: int, mels: int) -> np.ndarray:
+        """Spectrograms of global `rows` in that order (repeats allowed), float16 [n, frames,
+        mels]: each row group needed read once and its page's checksum checked, each row copied
+        once into place. Format-2 pages are read straight from the file (data/pages.py), others
+        through pyarrow. A damaged page is a StoreError naming its shard and row group."""
+        rows = np.asarray(rows, dtype=np.int64)
+        groups = self.group_of(rows)
+        order = np.argsort(groups, kind="stable")
+        out = np.empty((len(rows), frames, mels), np.float16)
+        for at in np.split(order, np.flatnonzero(np.diff(self.shard[groups[order]])) + 1):  # a shard at a time
+            if len(at):
+                left = self._read_pages(rows[at], groups[at], at, out)
+                self._read_arrow(rows[at][left], at[left], out)
+        return out
+
+    def _read_pages(self, rows: np.ndarray, groups: np.ndarray, dest: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[dest] = spectrograms of `rows` (of one shard, `groups` their row groups, sorted)
+        read straight from the shard's pages; returns bool [n], the rows left to read through
+        pyarrow (a page not laid out as format 2 writes it)."""
+        path = self.paths[int(self.shard[groups[0]])]
+        pages = _pages(path, 2 * out.shape[1] * out.shape[2])
+        left = np.ones(len(rows), bool)
+        if pages is None:
+            return left
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(groups)) + 1):
+                g = int(groups[at[0]])
+                values = read_group(pages, fd, int(self.index[g]), *out.shape[1:])
+                if values is not None:
+                    for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
+                        out[d] = values[r]
+                    left[at] = False
+        finally:
+            os.close(fd)
+        return left
+
+    def _read_arrow(self, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
+        """out[dest] = spectrograms of `rows` (of one shard) read through pyarrow, `_ARROW_GROUPS`
+        row groups at a time."""
+        key = self.index[self.group_of(rows)] // _ARROW_GROUPS
+        for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(key)) + 1):
+            if len(at):
+                table, positions = self.fetch(rows[at], [SPECTROGRAM])
+                put_mel(out, dest[at], table[SPECTROGRAM], positions)
 
     def _read_groups(self, s: int, indices: list[int], columns: list[str] | None,
                      use_threads: bool = True) -> pa.Table:

@@ -19,16 +19,21 @@ How a pass is planned (on the driver, in numpy, from the labels alone):
   `default_units_per_block` sizes blocks for the per-worker batch, and `sampler_audit`
   measures the batches each worker gets.
 - The permutation is computed position by position, so block k of pass e is rebuilt from
-  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group: a few bytes
-  a clip) alone. A plan is that index plus the rows of each block (for stream positions);
+  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group, labels: about
+  a dozen bytes a clip) alone. A plan is that index plus the rows of each block (for stream positions);
   the readers get the index once, by reference in the object store, and each reads a span
   of consecutive blocks described by three numbers. No order of the whole pass is ever
   materialised: planning costs one pass over the units up to the budget, in chunks.
 - A run is counted in examples, not passes: `examples` concatenates passes epoch, epoch+1, ...
   until that many rows, and `skip` starts the stream at that position (resume; whole passes
-  before it are skipped without being planned).
+  before it are skipped without being planned); the readers emit nothing outside
+  [skip, skip + examples).
 Ray Data then reads the spans in parallel tasks (`read_blocks`), streaming, in stream order,
-with memory bounded by Ray's backpressure, not by the dataset size.
+with memory bounded by Ray's backpressure, not by the dataset size. A reader reads only the
+spectrograms (targets come from the index's labels), each row group a block needs once,
+straight from its format-2 page into a reused buffer with its CRC-32 checked
+(`RowGroups.spectrograms`, data/pages.py), and copies each row once into the block; Ray copies
+the block into its object store, and the Train worker's batches are views of it.
 """
 from __future__ import annotations
 
@@ -38,8 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
-from data.manifest import SPECTROGRAM
-from data.shards import RowGroups, put_mel
+from data.shards import RowGroups
 from data.store import Store, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
@@ -59,7 +63,6 @@ MAX_BLOCK_BYTES = 1 << 30  # spectrogram bytes a block holds at most (`max_units
 _UNITS_PER_WORKER_ROW = 4  # `default_units_per_block`: units in a block per row of the per-worker batch
 _IDEAL_ORDERS = 5       # random permutations `mixing_audit` averages the ideal over
 _STAT_BATCHES = 4096    # batches whose class counts are held at once (bounds the audit's memory)
-_READ_GROUPS = 16       # row groups of a shard decoded at once (decoding takes ~5x their bytes)
 _labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
 
 
@@ -251,7 +254,8 @@ def default_units_per_block(per_worker_batch: int) -> int:
     4-row groups, 512 units = 2,048 rows a block) worker batches hold 0.95x the distinct
     classes of a random order's at 1.03x its class-mix distance, beta 0 and 1
     (bench/stream_audioset.py). A block is read and shuffled by one task: its memory is u x s
-    rows (512 MiB here at [1024, 128] float16)."""
+    rows (512 MiB here at [1024, 128] float16; `plan_stream` takes at most
+    `max_units_per_block`)."""
     return max(_MIN_UNITS_PER_BLOCK, _UNITS_PER_WORKER_ROW * int(per_worker_batch))
 
 
@@ -358,23 +362,8 @@ def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict
     rows, position = rows[keep], position[keep]
     if not len(rows):
         return None, end
-    return {"clip_index": rows, "position": position, "mel": _read_mel(index.groups, rows, spec.shape),
+    return {"clip_index": rows, "position": position, "mel": index.groups.spectrograms(rows, *spec.shape),
             "target": index.labels.take(rows).multi_hot(spec.n_classes)}, end
-
-
-def _read_mel(groups: RowGroups, rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Spectrograms of global `rows` (in that order), float16 [n, frames, mels], read
-    `_READ_GROUPS` row groups of a shard at a time (one `RowGroups.fetch` of the spectrogram
-    column each), each copied once from the bytes read into its place in the output: memory is
-    the output and a few groups being read, not a table of the block and its reordered copy."""
-    g = groups.group_of(rows)
-    key = groups.shard[g].astype(np.int64) * (1 << 32) + groups.index[g] // _READ_GROUPS
-    order = np.argsort(key, kind="stable")
-    mel = np.empty((len(rows), *shape), np.float16)
-    for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-        table, positions = groups.fetch(rows[at], [SPECTROGRAM])
-        put_mel(mel, at, table[SPECTROGRAM], positions)
-    return mel
 
 
 def read_blocks(batch: dict, index, spec: _Spec):

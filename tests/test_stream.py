@@ -450,6 +450,6 @@ def test_a_damaged_page_stops_the_stream_naming_shard_and_row_group(ray_local, t
         f.write(b"\x01\x02\x03\x04")
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert store.validate(checksums="changed")["hashed"] == 0
-    with pytest.raises(Exception, match=rf"{shard}: row group 3 is unreadable \(OSError: .*CRC"):
+    with pytest.raises(Exception, match=rf"{shard}: row group 3 is unreadable \(.*CRC"):
         for _ in oversampled_dataset(store.root, "train", 0.0, seed=0).iter_batches(batch_size=16):
             pass
