@@ -45,8 +45,9 @@ def _main(a) -> int:
     if a.json:
         print(json.dumps(result))
     else:
-        print(f"{a.store}: {result['shards']} shards match the manifest ({result['hashed']} hashed, the others "
-              f"unchanged since verified) in {result['seconds']} s")
+        unchanged = result["shards"] - result["hashed"]
+        print(f"{a.store}: {result['shards']} shards match the manifest ({result['hashed']} hashed, {unchanged} "
+              f"unchanged since their hash last matched) in {result['seconds']} s")
     if not result["recorded"]:
         print(f"note: {a.store} cannot be written: its verified shards are not recorded, so the next check "
               "hashes them again", file=sys.stderr)

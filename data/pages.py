@@ -6,8 +6,9 @@ levels: the column is required), with the page's CRC-32 in the header. `Spectrog
 finds each group's page from the footer; `read_group` reads a page into a reusable buffer with
 one `os.preadv`, checks the header (one uncompressed data page of exactly those rows) and the
 CRC-32 of the values (zlib: the checksum Parquet defines), and views the values as float16
-[rows, frames, mels]. The bytes are copied once, from the file into the buffer, instead of
-three times through pyarrow (a read buffer, the decoded column, then into place). A page laid
+[rows, frames, mels]. With the caller's copy of each row into place, a spectrogram is copied
+twice (file to buffer, buffer to block) instead of three times through pyarrow (its read
+buffer, the decoded column, then into place), and the buffer's memory is reused. A page laid
 out otherwise (a format-1 shard, a writer that splits pages) is not read here: the caller
 reads it through pyarrow, which checks the same CRC.
 """

@@ -10,7 +10,7 @@ copy of its bytes, which `mel_array` views as float16 [n, frames, mels] without 
 Reads stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read needs
 with one `read_row_groups` call per shard, from a per-thread cache of open files, and takes the
 rows with one `take`. `RowGroups.spectrograms` reads format-2 spectrogram pages straight from
-the file instead (data/pages.py: one copy, the same CRC-32 checked). A read that cannot be
+the file instead (data/pages.py: one copy fewer, the same CRC-32 checked). A read that cannot be
 decoded, or whose checksum does not match, is a StoreError naming the file and, where it can be
 pinned, the row group.
 """
