@@ -85,7 +85,7 @@ def check(root: Path, original_ids: np.ndarray, cfg: split_mod.SplitConfig) -> d
     """The carve's guarantees, verified on the result."""
     s = open_store(root)
     hashed = s.validate()                               # rows, schema, fingerprints, sha256
-    assert hashed["verified"] == hashed["shards"], hashed
+    assert hashed["hashed"] == hashed["shards"], hashed
     train, valid = s.clip_ids(cfg.source), s.clip_ids(cfg.target)
     assert len(np.intersect1d(train, valid)) == 0, "splits overlap"
     assert np.array_equal(np.sort(np.concatenate([train, valid])), np.sort(original_ids)), "clips lost"
@@ -97,7 +97,7 @@ def check(root: Path, original_ids: np.ndarray, cfg: split_mod.SplitConfig) -> d
     listed = set(s.shard_paths(cfg.source)) | set(s.shard_paths(cfg.target))
     leftovers = [p for p in root.rglob("*.parquet") if str(p) not in listed]
     assert not leftovers, f"old shards left: {leftovers[:3]}"
-    return {"validated": True, "sha256_verified": hashed["verified"], "disjoint": True,
+    return {"validated": True, "sha256_verified": hashed["hashed"], "disjoint": True,
             "rarest_label_order": True, "shards": len(listed)}
 
 

@@ -1,21 +1,28 @@
-"""Benchmark the oversampling stream against a bare Parquet scan and the usual PyTorch sampler.
+"""Benchmark the oversampling stream on both store formats against a bare read of the same clips.
 
-    python bench/stream.py                  # ~1 GB stores at [1024, 128] (and 4x for memory)
-    python bench/stream.py --clips 1000 --settings 16:32 4:128   # the row-group size alone: 512-row blocks
-    python bench/stream.py --frames 256 --clips 6000 --limit 12000   # the defaults' 2,048-row blocks, smaller rows
+    python bench/stream.py                         # 4000 clips of [1024, 128] (1 GB a format)
+    python bench/stream.py --rounds 5 --dir /tmp/bench-stream   # reuse the stores, more rounds
+    python bench/stream.py --memory                # also peak memory, from x1 and x4 stores
 
-For each --settings ROWS:UNITS (by default the AudioSet config before, 16-row groups in blocks
-of 32 units, and now, data.shards.ROW_GROUP_ROWS and `default_units_per_block(128)` for 8
-workers x 128) the same synthetic store is written in row groups of ROWS rows and streamed in
-blocks of UNITS units. Prints JSON, per setting: examples/s of `oversampled_dataset` at beta
-0, 0.5, 1.0 consumed as torch batches; examples/s of a bare pyarrow scan of the same shards
-in the same run (the ceiling) and the ratio; duplicates per batch against a random
-permutation; peak memory increase (median of fresh-Ray runs) while streaming a fixed number of
-examples from the store, from a 4x larger one, and twice as many examples from the store.
-The scans and streams of all settings are measured in turn, --rounds times (medians; on a
-shared machine the load changes between settings, so `last_over_first` takes the ratios of
-the last setting to the first round by round, then their median). Then PyTorch DataLoader +
-WeightedRandomSampler over the last setting's Parquet rows.
+One synthetic store is written in format 2 (data/synth.py) and copied to format 1, the
+previous release's layout, with `data.convert` (the same clips and bytes the previous release
+writes). In each of --rounds rounds, in turn:
+- `plain_read`: one thread reads the format-2 shards' spectrograms with pyarrow (16 row groups
+  a call, page checksums not verified, no Ray) as torch tensors [n, frames, mels]: the bare
+  read of a plain fixed-size binary layout, the baseline;
+- `plain_read_verified`: the same read verifying every page's checksum, as pyarrow readers do;
+- `reader_beta0.0`: one thread, no Ray: the stream's readers' work (`read_blocks`: each block's
+  row groups read straight from their pages, CRC-32 checked, rows copied into place);
+- `ray_only`: Ray Data alone: blocks of the same size made (not read) in the same 0.5-CPU
+  tasks and consumed the same way: what moving the bytes through Ray costs;
+- `stream`: `oversampled_dataset` at each --betas on each format, on a local Ray of --cpus
+  CPUs (started once, its workers warmed by one stream first), consumed by
+  `iter_torch_batches` as the Train loop does (mel and target tensors).
+Rates are clips/s (wall clock) and clips per CPU-second (the CPU time of this process and every
+process it started: Ray's workers, raylet and the rest), each as a ratio to the same round's
+`plain_read`, then the median over rounds. "per_read_cpu" is clips/s divided by --cpus.
+`--memory` adds the peak used-memory increase while streaming --limit examples at beta 1 from
+each format's store and from a 4x larger one (fresh Ray each, median of 3). Prints JSON.
 """
 from __future__ import annotations
 
@@ -26,21 +33,72 @@ import sys
 import tempfile
 import threading
 import time
-from functools import lru_cache
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.audioset_labels import check_row_groups, row_group_rows  # noqa: E402
 from data.cli import add_list  # noqa: E402
-from data.shards import ROW_GROUP_ROWS  # noqa: E402
-from data.store import open_store  # noqa: E402
-from data.stream import default_units_per_block, oversampled_dataset, plan_stream, sampler_audit  # noqa: E402
+from data.convert import convert  # noqa: E402
+from data.manifest import MANIFEST, SPECTROGRAM  # noqa: E402
+from data.store import Store, open_store  # noqa: E402
+from data.shards import ROW_GROUP_ROWS, mel_array  # noqa: E402
+from data.stream import _Spec, default_units_per_block, oversampled_dataset, plan_stream, read_blocks  # noqa: E402
 from data.synth import SynthConfig, make_synthetic_store  # noqa: E402
+
+H100_EXAMPLES_PER_S = 460  # AST-base, compiled, batch 128 (DESIGN.md section 6)
+
+
+def _cpu_by_pid() -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, CPU seconds used so far)} of every process."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+class TreeCpu:
+    """CPU seconds (user + system) used while the block runs by this process and every process
+    it started (sampled every 0.2 s, so a process that ends inside the block counts up to its
+    last sample)."""
+
+    def __enter__(self):
+        self.first, self.last = {}, {}
+        self._sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        stats = _cpu_by_pid()
+        mine, new = set(), {os.getpid()}
+        while new:
+            mine |= new
+            new = {p for p, (parent, _) in stats.items() if parent in mine} - mine
+        initial = not self.last
+        for p in mine:
+            self.first.setdefault(p, stats[p][1] if initial else 0.0)  # a new process: all its time
+            self.last[p] = stats[p][1]
+
+    def _watch(self):
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds = sum(self.last[p] - self.first[p] for p in self.last)
 
 
 def used_memory() -> int:
@@ -70,98 +128,137 @@ class PeakMemory:
         self.increase = self.peak - self.base
 
 
-def start_ray() -> None:
-    import ray
-    ray.init(address="local", include_dashboard=True, log_to_driver=False, configure_logging=False)
+def measured(fn) -> dict:
+    """{clips_per_s, clips_per_cpu_s} of fn(), which returns the clips it delivered."""
+    with TreeCpu() as cpu:
+        t0 = time.perf_counter()
+        n = fn()
+        wall = time.perf_counter() - t0
+    return {"clips_per_s": n / wall, "clips_per_cpu_s": n / cpu.seconds}
 
 
-def peak_memory(store_dir, batch: int, limit: int, units_per_block: int) -> int:
-    """Peak used-memory increase (bytes) of streaming `limit` examples at beta = 1, in a fresh
-    Ray instance (its idle daemons excluded) so pages a previous measurement left in the
-    object store do not hide growth."""
-    import ray
-    start_ray()
-    with PeakMemory() as m:
-        stream_rate(store_dir, 1.0, batch, limit, units_per_block)
-    ray.shutdown()
-    return m.increase
-
-
-def stream_rate(store_dir, beta: float, batch: int, limit: int | None, units_per_block: int) -> float:
-    ds = oversampled_dataset(store_dir, "train", beta, seed=0, examples=limit, units_per_block=units_per_block)
-    n, t0 = 0, time.perf_counter()
-    for b in ds.iter_torch_batches(batch_size=batch, collate_fn=_MelOnly()):
-        n += len(b)
-    return n / (time.perf_counter() - t0)
-
-
-class _MelOnly:
-    def __call__(self, batch):
-        return torch.from_numpy(batch["mel"])
-
-
-def scan_rate(store, batch: int) -> float:
-    n, t0 = 0, time.perf_counter()
+def plain_read(store: Store, verify: bool) -> int:
+    """One thread: every train shard's spectrograms as torch tensors, 16 row groups a call."""
+    n = 0
     for path in store.shard_paths("train"):
-        for rb in pq.ParquetFile(path).iter_batches(batch, columns=["mel", "labels"]):
-            n += len(torch.from_numpy(rb.column("mel").to_numpy_ndarray()))
-    return n / (time.perf_counter() - t0)
+        pf = pq.ParquetFile(path, page_checksum_verification=verify)
+        for g in range(0, pf.num_row_groups, 16):
+            table = pf.read_row_groups(range(g, min(g + 16, pf.num_row_groups)), columns=[SPECTROGRAM],
+                                       use_threads=False)
+            for chunk in table[SPECTROGRAM].chunks:
+                n += len(torch.from_numpy(mel_array(chunk, store.frames, store.mels)))
+    return n
 
 
-class ParquetRows(torch.utils.data.Dataset):
-    """Random access to stored rows, the way a map-style Dataset reads them."""
+class _Collate(NumpyBatchCollateFn):
+    """Stream rows -> (mel, target) tensors, as sweep/train.py's collate makes them."""
 
-    def __init__(self, shards):
-        self.index = [(p, g, r) for p in shards for g in range(pq.ParquetFile(p).num_row_groups)
-                      for r in range(pq.ParquetFile(p).metadata.row_group(g).num_rows)]
-
-    def __len__(self):
-        return len(self.index)
-
-    @staticmethod
-    @lru_cache(maxsize=8)
-    def _group(path, g):
-        return pq.ParquetFile(path).read_row_group(g, columns=["mel"])["mel"].combine_chunks().to_numpy_ndarray()
-
-    def __getitem__(self, i):
-        path, g, r = self.index[i]
-        return torch.from_numpy(self._group(path, g)[r].copy())
+    def __call__(self, batch):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(batch["mel"]), torch.from_numpy(batch["target"])
 
 
-def weighted_sampler_rate(store, beta: float, batch: int, samples: int) -> float:
-    factors = plan_stream(store, "train", beta, seed=0).factors
-    sampler = torch.utils.data.WeightedRandomSampler(factors.astype(np.float64), samples, replacement=True)
-    loader = torch.utils.data.DataLoader(ParquetRows(store.shard_paths("train")), batch_size=batch,
-                                         sampler=sampler, num_workers=1)
-    n, t0 = 0, time.perf_counter()
-    for b in loader:
-        n += len(b)
-    return n / (time.perf_counter() - t0)
+def stream(root, beta: float, batch: int, limit: int, units: int) -> int:
+    """Clips `oversampled_dataset` delivers as torch batches (at most `limit`)."""
+    ds = oversampled_dataset(root, "train", beta, seed=0, examples=limit, units_per_block=units)
+    return sum(len(mel) for mel, _ in ds.iter_torch_batches(batch_size=batch, collate_fn=_Collate()))
 
 
-def synthetic_store(path: Path, cfg: SynthConfig, group_rows: int):
-    """The synthetic store at `path`, written in row groups of `group_rows` rows (reused when
-    built with that size)."""
-    if (path / "manifest.json").exists():
-        return check_row_groups(open_store(path), "train", group_rows)
-    with row_group_rows(group_rows):
-        return make_synthetic_store(path, cfg)
+def reader(store: Store, beta: float, limit: int, units: int) -> int:
+    """One thread, no Ray: the stream's blocks read as its Ray tasks read them (`read_blocks`
+    over the planned spans), clips delivered."""
+    plan = plan_stream(store, "train", beta, seed=0, examples=limit, units_per_block=units)
+    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip, (store.frames, store.mels),
+                 plan.skip + limit)
+    spans = {"first": np.array([plan.first_block]), "blocks": np.array([len(plan.block_rows)]),
+             "start": np.array([int(plan.block_start[0])])}
+    return sum(len(block["mel"]) for block in read_blocks(spans, plan.index, spec))
 
 
-def peak_memories(stores: dict, a, units: int) -> dict:
-    """Peak memory increase (GB) streaming from the x1 and x4 stores, and twice the examples
-    from x1 (medians of --memory-repeats fresh-Ray runs), and the ratios."""
-    cases = {"x1": (stores[1], a.limit), "x4": (stores[4], a.limit), "x1_2x_examples": (stores[1], 2 * a.limit)}
-    runs = {name: [peak_memory(s.root, a.batch, n, units) / 1e9 for _ in range(a.memory_repeats)]
-            for name, (s, n) in cases.items()}
-    memory = {f"{name}_GB_runs": r for name, r in runs.items()}
-    memory.update({f"{name}_GB_median": float(np.median(r)) for name, r in runs.items()})
-    memory["ratio_4x_data"] = memory["x4_GB_median"] / max(memory["x1_GB_median"], 1e-9)
-    memory["ratio_2x_examples"] = memory["x1_2x_examples_GB_median"] / max(memory["x1_GB_median"], 1e-9)
-    return memory
+def _blocks_without_reads(batch: dict, rows: int, shape: tuple[int, int], classes: int):
+    """Ray Data UDF: `batch["blocks"]` blocks shaped like the stream's, filled but not read."""
+    for _ in range(int(batch["blocks"][0])):
+        yield {"clip_index": np.arange(rows), "position": np.arange(rows),
+               "mel": np.ones((rows, *shape), np.float16), "target": np.zeros((rows, classes), np.float32)}
 
 
-BETAS = ("0.0", "0.5", "1.0")
+def ray_only(store: Store, batch: int, limit: int, units: int) -> int:
+    """What Ray Data costs alone: blocks of the stream's size (units x 4 rows) made in the same
+    0.5-CPU tasks, 4 at a time, and consumed the same way, with no read at all."""
+    import ray
+    rows = units * ROW_GROUP_ROWS
+    tasks = max(1, -(-limit // rows) // 2)
+    ds = ray.data.from_items([{"blocks": 2}] * tasks, override_num_blocks=tasks)
+    ds.context.execution_options.preserve_order = True
+    ds.context.enable_progress_bars = False
+    ds = ds.map_batches(_blocks_without_reads, batch_size=1, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"rows": rows, "shape": (store.frames, store.mels), "classes": store.n_classes})
+    return sum(len(mel) for mel, _ in ds.iter_torch_batches(batch_size=batch, collate_fn=_Collate()))
+
+
+def start_ray(cpus: int) -> None:
+    import ray
+    ray.init(address="local", num_cpus=cpus, include_dashboard=True, log_to_driver=False,
+             configure_logging=False)
+
+
+def stores(root: Path, cfg: SynthConfig) -> dict[int, Store]:
+    """{format: store} of the same clips: format 2 written by data.synth, format 1 its copy."""
+    v2, v1 = root / "format2", root / "format1"
+    if not (v2 / MANIFEST).exists():
+        make_synthetic_store(v2, cfg)
+    if not (v1 / MANIFEST).exists():
+        convert(v2, v1, version=1)
+    return {1: open_store(v1), 2: open_store(v2)}
+
+
+def one_round(layouts: dict[int, Store], a) -> dict:
+    """One measurement of the baselines and of every (format, beta) stream, in turn."""
+    out = {"plain_read": measured(lambda: plain_read(layouts[2], False)),
+           "plain_read_verified": measured(lambda: plain_read(layouts[2], True)),
+           "reader_beta0.0": measured(lambda: reader(layouts[2], 0.0, a.limit, a.units)),
+           "ray_only": measured(lambda: ray_only(layouts[2], a.batch, a.limit, a.units))}
+    for version, store in layouts.items():
+        for beta in a.betas:
+            out[f"stream_format{version}_beta{beta}"] = measured(
+                lambda: stream(store.root, float(beta), a.batch, a.limit, a.units))
+    return out
+
+
+def summary(rounds: list[dict], cpus: int) -> dict:
+    """Per measurement: medians over rounds of the rates and of their ratios to the round's
+    plain_read."""
+    out = {}
+    for name in rounds[0]:
+        rate = np.array([r[name]["clips_per_s"] for r in rounds])
+        cpu = np.array([r[name]["clips_per_cpu_s"] for r in rounds])
+        base = np.array([r["plain_read"]["clips_per_s"] for r in rounds])
+        base_cpu = np.array([r["plain_read"]["clips_per_cpu_s"] for r in rounds])
+        out[name] = {"clips_per_s": float(np.median(rate)), "runs": rate.round(1).tolist(),
+                     "clips_per_cpu_s": float(np.median(cpu)),
+                     "ratio_to_plain_read": float(np.median(rate / base)),
+                     "cpu_ratio_to_plain_read": float(np.median(cpu / base_cpu))}
+        if name.startswith("stream"):
+            out[name]["per_read_cpu"] = out[name]["clips_per_s"] / cpus
+    return out
+
+
+def peak_memory(stores_: dict, a) -> dict:
+    """Peak used-memory increase (GB, median of 3 fresh-Ray runs) streaming --limit examples at
+    beta 1 from each format's x1 and x4 stores."""
+    import ray
+    out = {}
+    for name, store in stores_.items():
+        runs = []
+        for _ in range(3):
+            start_ray(a.cpus)
+            with PeakMemory() as m:
+                stream(store.root, 1.0, a.batch, a.limit, a.units)
+            ray.shutdown()
+            runs.append(m.increase / 1e9)
+        out[name] = {"GB_median": float(np.median(runs)), "GB_runs": runs}
+    return out
 
 
 def _args() -> argparse.Namespace:
@@ -169,75 +266,42 @@ def _args() -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=4000, help="training clips (4000 x 256 KiB = 1 GB)")
     p.add_argument("--frames", type=int, default=1024)
     p.add_argument("--mels", type=int, default=128)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--limit", type=int, default=8000, help="examples streamed per measurement")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="scan + stream measurements of every setting in turn (medians; ratios per round)")
-    p.add_argument("--memory-repeats", type=int, default=3, help="fresh-Ray memory runs per size (median)")
-    p.add_argument("--sampler-samples", type=int, default=1000, help="WeightedRandomSampler draws")
+    p.add_argument("--batch", type=int, default=32, help="rows a torch batch")
+    p.add_argument("--limit", type=int, default=6000, help="examples streamed per measurement")
+    p.add_argument("--units", type=int, default=None,
+                   help="units a block (default: default_units_per_block(--batch))")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every measurement (medians)")
+    add_list(p, "--betas", default=["0.0", "1.0"], help="betas streamed")
+    p.add_argument("--memory", action="store_true", help="also peak memory from x1 and x4 stores")
     p.add_argument("--dir", default=None, help="where to build the stores (default: a temp dir)")
-    add_list(p, "--settings", default=["16:32", f"{ROW_GROUP_ROWS}:{default_units_per_block(128)}"],
-             help="ROWS:UNITS: rows a row group, units a block")
-    return p.parse_args()
+    a = p.parse_args()
+    a.units = a.units or default_units_per_block(a.batch)
+    return a
 
 
 def main() -> None:
     a = _args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
     root = Path(a.dir or tempfile.mkdtemp(prefix="bench-stream-"))
-    row_mb = a.frames * a.mels * 2 / 2**20
-    out = {"clips": a.clips, "shape": [a.frames, a.mels], "row_MiB": row_mb, "batch": a.batch,
-           "cpus": os.cpu_count(), "rounds": a.rounds, "load_average": os.getloadavg(), "settings": {}}
-    settings = {name: tuple(int(x) for x in name.split(":")) for name in a.settings}
-    stores = {name: {scale: synthetic_store(root / f"x{scale}-rg{rows}", SynthConfig(
-        clips=a.clips * scale, classes=24, frames=a.frames, mels=a.mels, seed=scale), rows) for scale in (1, 4)}
-        for name, (rows, _) in settings.items()}
-    scan = {name: [] for name in settings}
-    rate = {name: {b: [] for b in BETAS} for name in settings}
-    for _ in range(a.rounds):
-        start_ray()
-        for name, (_, units) in settings.items():
-            scan[name].append(max(scan_rate(stores[name][1], a.batch) for _ in range(2)))  # warm cache
-            for b in BETAS:
-                rate[name][b].append(stream_rate(stores[name][1].root, float(b), a.batch, a.limit, units))
-        ray.shutdown()
-    for name, (rows, units) in settings.items():
-        store = stores[name][1]
-        o = {"row_group_rows": rows, "units_per_block": units, "rows_per_block_beta0": rows * units,
-             "store_GB": sum(s["bytes"] for s in store.split_info("train")["shards"]) / 1e9,
-             "shards": len(store.shard_paths("train")),
-             "scan_examples_per_s": float(np.median(scan[name])), "scan_runs": scan[name], "stream": {}}
-        for b in BETAS:
-            audit = sampler_audit(store, "train", float(b), batch_size=a.batch, units_per_block=units)
-            r = np.array(rate[name][b])
-            o["stream"][b] = {
-                "examples_per_s": float(np.median(r)), "runs": r.tolist(),
-                "MB_per_s": float(np.median(r)) * row_mb * 1.048576,
-                "ratio_to_scan": float(np.median(r / np.array(scan[name]))),
-                "duplicates_per_batch": audit["duplicates_per_batch"],
-                "duplicates_per_batch_ideal": audit["duplicates_per_batch_ideal"],
-                "epoch_length": audit["epoch_length"]}
-        o["peak_memory_increase"] = peak_memories(stores[name], a, units)
-        out["settings"][name] = o
-    first, last = a.settings[0], a.settings[-1]
-    if first != last:
-        def over(runs: dict) -> float:  # median over rounds of the last setting's / the first's
-            return float(np.median(np.asarray(runs[last]) / np.asarray(runs[first])))
-        out["last_over_first"] = {
-            "scan": over(scan),
-            **{f"stream_beta{b}": over({n: rate[n][b] for n in settings}) for b in BETAS},
-            **{f"ratio_to_scan_beta{b}": over({n: np.array(rate[n][b]) / np.array(scan[n]) for n in settings})
-               for b in BETAS},
-            "peak_memory_x1": out["settings"][last]["peak_memory_increase"]["x1_GB_median"]
-            / max(out["settings"][first]["peak_memory_increase"]["x1_GB_median"], 1e-9)}
-    best = out["settings"][last]
-    sampler = weighted_sampler_rate(stores[last][1], 1.0, a.batch, a.sampler_samples)
-    out["weighted_random_sampler"] = {"examples_per_s": sampler,
-                                      "stream_beta1_over_sampler": best["stream"]["1.0"]["examples_per_s"] / sampler}
-    slowest = min(v["examples_per_s"] for v in best["stream"].values())
-    out["cpu_cores_per_h100"] = {"h100_examples_per_s": 460,
-                                 "cores_needed": round(460 / (slowest / max(1, os.cpu_count())), 1)}
+    cfg = SynthConfig(clips=a.clips, classes=24, frames=a.frames, mels=a.mels, seed=1)
+    layouts = stores(root / "x1", cfg)
+    out = {"clips": a.clips, "shape": [a.frames, a.mels], "batch": a.batch, "units_per_block": a.units,
+           "limit": a.limit, "cpus": a.cpus, "rounds": a.rounds, "load_average": os.getloadavg(),
+           "GB": {f"format{v}": sum(os.path.getsize(p) for p in s.shard_paths("train")) / 1e9
+                  for v, s in layouts.items()}}
+    start_ray(a.cpus)  # one Ray for every round (its idle daemons run through the plain reads too)
+    import ray
+    stream(layouts[2].root, 0.0, a.batch, a.limit, a.units)  # Ray's workers started and warm
+    out["measurements"] = summary([one_round(layouts, a) for _ in range(a.rounds)], a.cpus)
+    ray.shutdown()
+    slowest = min(v["clips_per_cpu_s"] for k, v in out["measurements"].items() if k.startswith("stream_format2"))
+    out["cpu_cores_per_h100"] = {"h100_examples_per_s": H100_EXAMPLES_PER_S,
+                                 "cores_needed": round(H100_EXAMPLES_PER_S / slowest, 2)}
+    if a.memory:
+        x4 = stores(root / "x4", SynthConfig(clips=4 * a.clips, classes=24, frames=a.frames, mels=a.mels, seed=4))
+        out["peak_memory_increase"] = peak_memory(
+            {f"format{v}_x{k}": s for k, group in ((1, layouts), (4, x4)) for v, s in group.items()}, a)
     out["load_average_end"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

@@ -68,7 +68,7 @@ from data.cli import Failure, InputError, add_list, add_store, is_plain_name, pa
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.journal import IN_PROCESS_CLIPS, read_journal, run_jobs, start_ray, verify_files
 from data.labels import ClassIndex, Segments, read_class_index, read_segments, unknown_labels
-from data.manifest import HASH, MANIFEST, StoreError, write_json
+from data.manifest import HASH, MANIFEST, StoreError, update_json
 from data.packs import FORMATS, PackFields, PackPart, pack_log_mel, pack_parts, read_part, resolve_labels
 from data.shards import RowGroups, close_shards
 from data.store import Store, check_new_store, create_store, open_store
@@ -302,6 +302,7 @@ def _existing_store(cfg: IngestConfig, class_index) -> Store | None:
         check_new_store(root)
         return None
     store = open_store(root)
+    store.check_writable()
     if store.features != store_features(cfg.frames):
         if store.features.get("frames") != cfg.frames:
             raise StoreError(f"{root}: the store has {store.features.get('frames')} frames a clip, this ingest "
@@ -545,7 +546,7 @@ def _finish(cfg: IngestConfig, store: Store, class_index: ClassIndex, chunks: li
         _chunk_journal(cfg).write_text("".join(json.dumps(entries[c["name"]]) + "\n" for c in chunks))
     report["seconds"] = round(time.time() - t0, 2)
     report["clips_per_s"] = round(report["computed"] / max(report["seconds"], 0.01), 2)
-    write_json(store.root / REPORT, {**_read_report(store.root), cfg.split: report})
+    update_json(store.root / REPORT, lambda reports: {**reports, cfg.split: report})
     if not failed and not ids:
         reasons = ", ".join(f"{r} {n}" for r, n in report["skipped_by_reason"].items())
         unknown = report["label_issues"].get("unknown_mids")

@@ -2,11 +2,17 @@
 
 A shard is written to a temporary name and renamed (a reader never sees a half-written file),
 in row groups of `ROW_GROUP_ROWS` rows so a reader can fetch row ranges, through a 1 MiB
-buffer into a file that computes its sha256 from the bytes as they are written. Reads stay in
-Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read needs with one
-`read_row_groups` call per shard, from a per-thread cache of open files, and takes the rows
-with one `take`. A read that pyarrow cannot decode is a StoreError naming the file and, where it
-can be pinned, the row group.
+buffer into a file that computes its sha256 from the bytes as they are written. Every page
+carries a CRC-32 (`write_page_checksum`), and every reader opens shards with
+`page_checksum_verification`: a damaged page is an error as it is read, never a spectrogram.
+The spectrogram column is written plain (no dictionary, no statistics), so a read of it is a
+copy of its bytes, which `mel_array` views as float16 [n, frames, mels] without another.
+Reads stay in Arrow (no per-row Python): `RowGroups.read` fetches the row groups a read needs
+with one `read_row_groups` call per shard, from a per-thread cache of open files, and takes the
+rows with one `take`. `RowGroups.spectrograms` reads format-2 spectrogram pages straight from
+the file instead (data/pages.py: one copy fewer, the same CRC-32 checked). A read that cannot be
+decoded, or whose checksum does not match, is a StoreError naming the file and, where it can be
+pinned, the row group.
 """
 from __future__ import annotations
 
@@ -24,17 +30,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.balance import MultiLabels
-from data.manifest import HASH, StoreError
+from data.manifest import FORMAT_VERSION, HASH, SPECTROGRAM, StoreError
+from data.pages import SpectrogramPages, read_group
 
 __all__ = ["ROW_GROUP_ROWS", "RowGroups", "close_shards", "file_hash", "file_hashes", "map_shards",
-           "multi_hot", "labels_array", "write_shard_file", "open_parquet", "check_shard", "read_shard",
-           "find_mel", "shard_batches"]
+           "multi_hot", "labels_array", "mel_column", "mel_array", "put_mel", "write_shard_file", "open_parquet",
+           "check_shard", "read_shard", "find_mel", "shard_batches"]
 
 ROW_GROUP_ROWS = 4  # rows a row group as shards are written (readers take the sizes from the files):
                     # the stream's read unit, whose clips share labels (data/stream.py)
 _HASH_CHUNK = 1 << 22    # files are hashed in 4 MiB reads
 _WRITE_BUFFER = 1 << 20  # shard bytes reach the hashing file in 1 MiB writes
 _DECODE_ERRORS = (OSError, pa.ArrowException, IndexError)  # what pyarrow raises on damaged bytes
+_ARROW_GROUPS = 16       # row groups of a shard decoded at once where spectrograms are read through pyarrow
 
 
 def _io_threads(tasks: int) -> int:
@@ -84,6 +92,51 @@ def labels_array(labels) -> pa.Array:
     return pa.array([np.asarray(l, np.int16) for l in labels], pa.list_(pa.int16()))
 
 
+def mel_column(mel: np.ndarray, version: int = FORMAT_VERSION) -> pa.Array:
+    """Spectrograms [n, frames, mels] as the `mel` column of store format `version`: format 2
+    a fixed-size binary of their float16 bytes (no copy when `mel` is C-contiguous
+    little-endian float16), format 1 a fixed-shape tensor."""
+    mel = np.ascontiguousarray(mel, "<f2")
+    if version == 1:
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(mel)
+    width = 2 * int(np.prod(mel.shape[1:]))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(mel), [None, pa.py_buffer(mel)])
+
+
+def mel_array(column: pa.Array | pa.ChunkedArray, frames: int, mels: int) -> np.ndarray:
+    """A `mel` column of either store format as float16 [n, frames, mels]: format 2 (fixed-size
+    binary) as a read-only view of a one-chunk column's bytes (several chunks: one copy),
+    format 1 (fixed-shape tensor) decoded by Arrow."""
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks != 1:
+            return np.concatenate([mel_array(c, frames, mels) for c in column.chunks] or
+                                  [np.zeros((0, frames, mels), np.float16)])
+        column = column.chunk(0)
+    if not pa.types.is_fixed_size_binary(column.type):
+        return column.to_numpy_ndarray()
+    width = column.type.byte_width
+    if width != 2 * frames * mels:
+        raise StoreError(f"a {SPECTROGRAM} column of {width} bytes a clip is not [{frames}, {mels}] float16")
+    data = column.buffers()[1]
+    if data is None:
+        return np.zeros((0, frames, mels), np.float16)
+    view = np.frombuffer(data, "<f2", count=len(column) * frames * mels, offset=column.offset * width)
+    return view.reshape(len(column), frames, mels)
+
+
+def put_mel(out: np.ndarray, dest: np.ndarray, column: pa.ChunkedArray, positions: np.ndarray) -> None:
+    """out[dest] = the spectrograms at `positions` of a `mel` column (float16 [n, frames, mels]),
+    one spectrogram at a time, each copied once from the column's bytes (format 2): a gather
+    by fancy indexing would copy twice, through a temporary as large as the rows."""
+    views, first = [], []
+    for chunk in column.chunks:
+        first.append(sum(len(v) for v in views))
+        views.append(mel_array(chunk, *out.shape[1:]))
+    which = np.searchsorted(first, positions, side="right") - 1
+    for d, c, p in zip(dest.tolist(), which.tolist(), (positions - np.asarray(first)[which]).tolist()):
+        out[d] = views[c][p]
+
+
 class _HashingFile:
     """A binary file that hashes what is written to it (pyarrow writes through `write`)."""
 
@@ -117,15 +170,26 @@ class _HashingFile:
         return False
 
 
-def write_shard_file(path: Path, table: pa.Table) -> str:
-    """Write `table` as the shard at `path`, atomically, uncompressed, in row groups of
-    `ROW_GROUP_ROWS` rows; returns the sha256 hex digest of the bytes written."""
+def _write_options(table: pa.Table, version: int) -> dict:
+    """pyarrow's write options of store format `version`: format 2 writes a CRC-32 on every page
+    and the spectrogram column plain (no dictionary, no min/max statistics); format 1 took
+    pyarrow's defaults."""
+    if version == 1:
+        return {}
+    others = [name for name in table.column_names if name != SPECTROGRAM]
+    return {"use_dictionary": others, "write_statistics": others, "write_page_checksum": True}
+
+
+def write_shard_file(path: Path, table: pa.Table, version: int = FORMAT_VERSION) -> str:
+    """Write `table` as the shard at `path` in store format `version`, atomically, uncompressed,
+    in row groups of `ROW_GROUP_ROWS` rows; returns the sha256 hex digest of the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         out = _HashingFile(f)
         sink = pa.BufferedOutputStream(pa.PythonFile(out, mode="w"), _WRITE_BUFFER)
-        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="none")
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="none",
+                       **_write_options(table, version))
         if not sink.closed:
             sink.close()
     os.replace(tmp, path)
@@ -153,11 +217,13 @@ def _first_unreadable(path, pf: pq.ParquetFile, error: BaseException, groups: It
 
 
 def open_parquet(path) -> pq.ParquetFile:
-    """A shard's ParquetFile; a missing file or a bad footer is a StoreError naming it."""
+    """A shard's ParquetFile, which verifies each page's checksum as it reads it (a page written
+    without one, as format 1 wrote them, is read unchecked); a missing file or a bad footer is a
+    StoreError naming it."""
     if not Path(path).is_file():
         raise StoreError(f"{path}: shard listed in the manifest is missing")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
         raise _unreadable(path, None, e) from e
 
@@ -172,9 +238,18 @@ def _parquet(path: str) -> pq.ParquetFile:
     return _parquet_of_thread(path, threading.get_ident())
 
 
+@lru_cache(maxsize=256)
+def _pages(path: str, width: int) -> SpectrogramPages | None:
+    """Where the shard's spectrogram pages lie (None unless all are laid out as format 2 writes
+    them: data/pages.py)."""
+    return SpectrogramPages.of(path, _parquet(path), width)
+
+
 def close_shards() -> None:
-    """Forget the shard files `RowGroups.read` keeps open (after shards were replaced)."""
+    """Forget the shard files `RowGroups` keeps open and their page maps (after shards were
+    replaced)."""
     _parquet_of_thread.cache_clear()
+    _pages.cache_clear()
 
 
 def _group_sizes(pf: pq.ParquetFile) -> list[int]:
@@ -211,15 +286,22 @@ class RowGroups:
         return np.searchsorted(self.start, rows, side="right") - 1
 
     def read(self, rows: np.ndarray, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
-        """Global rows in the given order (repeats allowed), read by whole row groups, each
-        group once: one `read_row_groups` call per shard for all the groups needed there, one
-        `take`. A group that cannot be read is a StoreError naming its shard and its index.
-        `use_threads`: pyarrow's, within each call (off where the caller runs reads in threads)."""
+        """Global rows in the given order (repeats allowed): `fetch` and one `take`."""
+        table, positions = self.fetch(rows, columns, use_threads)
+        return table.take(positions)
+
+    def fetch(self, rows: np.ndarray, columns: list[str] | None = None,
+              use_threads: bool = True) -> tuple[pa.Table, np.ndarray]:
+        """The row groups that hold global `rows`, read whole, each group once (one
+        `read_row_groups` call per shard for all the groups needed there), and the position of
+        each row in that table (int64 [n]). A group that cannot be read is a StoreError naming
+        its shard and its index. `use_threads`: pyarrow's, within each call (off where the
+        caller runs reads in threads)."""
         rows = np.asarray(rows, dtype=np.int64)
         groups = self.group_of(rows)
         uniq = np.unique(groups)
         if not len(uniq):
-            return self._read_groups(0, [], columns, use_threads)
+            return self._read_groups(0, [], columns, use_threads), np.zeros(0, np.int64)
         shards = self.shard[uniq]
         cuts = np.flatnonzero(shards[1:] != shards[:-1]) + 1   # runs of groups of one shard
         table = pa.concat_tables([
@@ -227,7 +309,53 @@ class RowGroups:
             for a, b in zip([0, *cuts], [*cuts, len(uniq)])])
         # position of each requested row in the concatenation of the groups read
         base = np.concatenate([[0], np.cumsum(self.start[uniq + 1] - self.start[uniq])[:-1]]).astype(np.int64)
-        return table.take(base[np.searchsorted(uniq, groups)] + rows - self.start[groups])
+        return table, base[np.searchsorted(uniq, groups)] + rows - self.start[groups]
+
+    def spectrograms(self, rows: np.ndarray, frames: int, mels: int) -> np.ndarray:
+        """Spectrograms of global `rows` in that order (repeats allowed), float16 [n, frames,
+        mels]: each row group needed read once and its page's checksum checked, each row copied
+        once into place. Format-2 pages are read straight from the file (data/pages.py), others
+        through pyarrow. A damaged page is a StoreError naming its shard and row group."""
+        rows = np.asarray(rows, dtype=np.int64)
+        groups = self.group_of(rows)
+        order = np.argsort(groups, kind="stable")
+        out = np.empty((len(rows), frames, mels), np.float16)
+        for at in np.split(order, np.flatnonzero(np.diff(self.shard[groups[order]])) + 1):  # a shard at a time
+            if len(at):
+                left = self._read_pages(rows[at], groups[at], at, out)
+                self._read_arrow(rows[at][left], at[left], out)
+        return out
+
+    def _read_pages(self, rows: np.ndarray, groups: np.ndarray, dest: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out[dest] = spectrograms of `rows` (of one shard, `groups` their row groups, sorted)
+        read straight from the shard's pages; returns bool [n], the rows left to read through
+        pyarrow (a page not laid out as format 2 writes it)."""
+        path = self.paths[int(self.shard[groups[0]])]
+        pages = _pages(path, 2 * out.shape[1] * out.shape[2])
+        left = np.ones(len(rows), bool)
+        if pages is None:
+            return left
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(groups)) + 1):
+                g = int(groups[at[0]])
+                values = read_group(pages, fd, int(self.index[g]), *out.shape[1:])
+                if values is not None:
+                    for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
+                        out[d] = values[r]
+                    left[at] = False
+        finally:
+            os.close(fd)
+        return left
+
+    def _read_arrow(self, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
+        """out[dest] = spectrograms of `rows` (of one shard) read through pyarrow, `_ARROW_GROUPS`
+        row groups at a time."""
+        key = self.index[self.group_of(rows)] // _ARROW_GROUPS
+        for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(key)) + 1):
+            if len(at):
+                table, positions = self.fetch(rows[at], [SPECTROGRAM])
+                put_mel(out, dest[at], table[SPECTROGRAM], positions)
 
     def _read_groups(self, s: int, indices: list[int], columns: list[str] | None,
                      use_threads: bool = True) -> pa.Table:
@@ -239,15 +367,17 @@ class RowGroups:
             raise _first_unreadable(path, pf, e, indices, columns) from e
 
 
-def check_shard(path, rows: int, expected: pa.Schema) -> None:
-    """A StoreError unless the shard at `path` exists, holds `rows` rows and has the schema
-    `expected` (from the footer alone)."""
+def check_shard(path, rows: int, expected: pa.Schema, size: int | None = None) -> None:
+    """A StoreError unless the shard at `path` exists, holds `rows` rows, has the schema
+    `expected` and is `size` bytes long (when given): from its footer and size alone."""
     pf = open_parquet(path)
     if pf.metadata.num_rows != rows:
         raise StoreError(f"{path}: {pf.metadata.num_rows} rows, manifest says {rows}")
     got = pf.schema_arrow.remove_metadata()
     if not got.equals(expected):
         raise StoreError(f"{path}: schema {got} != expected {expected}")
+    if size is not None and (got_size := Path(path).stat().st_size) != size:
+        raise StoreError(f"{path}: {got_size} bytes, manifest says {size}")
 
 
 def read_shard(path, columns: list[str]) -> tuple[pa.Table, list[int]]:
@@ -261,7 +391,7 @@ def read_shard(path, columns: list[str]) -> tuple[pa.Table, list[int]]:
     return table, _group_sizes(pf)
 
 
-def find_mel(path, clip_id: str) -> np.ndarray | None:
+def find_mel(path, clip_id: str, frames: int, mels: int) -> np.ndarray | None:
     """Raw log-mel of clip `clip_id`, float16 [frames, mels], None where the shard at `path` does
     not hold it; read a row group at a time (its clip ids, then the mel of the group that holds it)."""
     pf = open_parquet(path)
@@ -269,8 +399,8 @@ def find_mel(path, clip_id: str) -> np.ndarray | None:
         try:
             ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
             if clip_id in ids:
-                mel = pf.read_row_group(g, columns=["mel"])["mel"].combine_chunks()
-                return mel.to_numpy_ndarray()[ids.index(clip_id)]
+                mel = pf.read_row_group(g, columns=[SPECTROGRAM])[SPECTROGRAM]
+                return mel_array(mel, frames, mels)[ids.index(clip_id)].copy()
         except _DECODE_ERRORS as e:
             raise _unreadable(path, g, e) from e
     return None

@@ -296,6 +296,7 @@ def carve(store: Store, cfg: SplitConfig) -> dict:
     of, worst first (each {class, name, clips: before the split, valid})}.
     """
     check_config(cfg)
+    store.check_writable()
     if cfg.target in store.splits:
         raise StoreError(f"{store.root}: split {cfg.target!r} exists already")
     info = store.split_info(cfg.source)

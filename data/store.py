@@ -4,9 +4,12 @@ validates them against the manifest and records splits written or edited.
 
 The training split is written in ascending order of each clip's rarest-label count (r_j), which
 makes "the clips repeated at least c times" a prefix of the split for every beta (see
-data/stream.py). `Store.validate` re-reads every shard and compares its sha256 with the
-manifest's. `Store.labels`, `Store.clip_ids` and `Store.row_groups` come from threaded passes
-over the shards that read only the columns asked for, each once per Store object.
+data/stream.py). `Store.validate` checks each shard's size and footer, each split's clip-id
+fingerprint and the shards' sha256 against the manifest's: of every shard, or of those changed
+since they were last verified (data/verified.py). `Store.labels`, `Store.clip_ids` and
+`Store.row_groups` come from threaded passes over the shards that read only the columns asked
+for, each once per Store object. A store of an earlier format (data/manifest.py) is read as it
+is and never written to.
 """
 from __future__ import annotations
 
@@ -19,12 +22,15 @@ import numpy as np
 import pyarrow as pa
 
 from data.balance import MultiLabels, class_counts, priors_from_counts
-from data.manifest import (FORMAT_VERSION, HASH, MANIFEST, StoreError, fingerprint, read_manifest, schema,
-                           write_json)
-from data.shards import (RowGroups, check_shard, file_hashes, find_mel, labels_array, map_shards, multi_hot,
-                         read_shard, shard_batches, write_shard_file)
+from data import verified
+from data.manifest import (FORMAT_VERSION, HASH, LOCK, MANIFEST, SPECTROGRAM, StoreError, convert_command,
+                           fingerprint, manifest_lock, read_manifest, schema, write_json)
+from data.shards import (RowGroups, check_shard, file_hashes, find_mel, labels_array, map_shards, mel_array,
+                         mel_column, multi_hot, read_shard, shard_batches, write_shard_file)
 
-__all__ = ["Store", "SplitWriter", "open_store", "create_store", "check_new_store"]
+__all__ = ["Store", "SplitWriter", "open_store", "create_store", "check_new_store", "CHECKSUMS"]
+
+CHECKSUMS = ("all", "changed", "none")  # `Store.validate`: which shards' sha256 it compares
 
 
 def create_store(root: str | Path, classes: list[dict], features: dict) -> "Store":
@@ -34,8 +40,10 @@ def create_store(root: str | Path, classes: list[dict], features: dict) -> "Stor
     root = Path(root)
     check_new_store(root)
     root.mkdir(parents=True, exist_ok=True)
-    write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
-                                  "classes": classes, "splits": {}})
+    with manifest_lock(root):
+        check_new_store(root)  # not created meanwhile by another writer
+        write_json(root / MANIFEST, {"format_version": FORMAT_VERSION, "features": features,
+                                      "classes": classes, "splits": {}})
     return open_store(root)
 
 
@@ -46,7 +54,7 @@ def check_new_store(root: Path) -> None:
         raise StoreError(f"{root / MANIFEST} already exists")
     if root.exists() and not root.is_dir():
         raise StoreError(f"{root}: exists and is not a directory")
-    if root.exists() and (held := sorted(p.name for p in root.iterdir())):
+    if root.exists() and (held := sorted(p.name for p in root.iterdir() if p.name != LOCK)):
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise StoreError(f"{root}: not empty ({shown}) and has no {MANIFEST}: refusing to write a new "
                          "store over it; use a new or empty directory")
@@ -134,6 +142,25 @@ class Store:
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
 
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
+
+    def format_note(self) -> str | None:
+        """One line for a store of an earlier format (None for the current one): what it costs
+        and the command that copies it to the current format."""
+        if self.format_version == FORMAT_VERSION:
+            return None
+        return (f"{self.root} is a format-{self.format_version} store: read as it is, but its spectrograms "
+                f"decode slower and every check hashes all its shards; `{convert_command(self.root)}` "
+                f"writes a format-{FORMAT_VERSION} copy beside it")
+
+    def check_writable(self) -> None:
+        """A StoreError unless this release can write to the store (its own format)."""
+        if self.format_version != FORMAT_VERSION:
+            raise StoreError(f"{self.root}: a format-{self.format_version} store is read, never written to; "
+                             f"copy it to format {FORMAT_VERSION} first: {convert_command(self.root)}")
+
     def split_info(self, split: str) -> dict:
         if split not in self.manifest["splits"]:
             raise StoreError(f"{self.root}: no split {split!r} (have {self.splits})")
@@ -171,7 +198,7 @@ class Store:
         if missing:
             paths = self.shard_paths(split)
             parts = map_shards(lambda p: read_shard(p, missing), paths)
-            empty = schema(self.frames, self.mels).empty_table()
+            empty = schema(self.frames, self.mels, self.format_version).empty_table()
             for c in missing:
                 chunks = [ch for t, _ in parts for ch in t[c].chunks]
                 col = pa.chunked_array(chunks, chunks[0].type) if chunks else empty[c]
@@ -201,51 +228,74 @@ class Store:
     def spectrogram(self, split: str, clip_id: str) -> np.ndarray:
         """Raw log-mel of one clip, float16 [frames, mels]."""
         for path in self.shard_paths(split):
-            mel = find_mel(path, clip_id)
+            mel = find_mel(path, clip_id, self.frames, self.mels)
             if mel is not None:
                 return mel
         raise KeyError(f"clip {clip_id!r} not in split {split!r} of {self.root}")
 
     def iter_batches(self, split: str, batch_size: int) -> Iterator[dict]:
         """The split in row order, `batch_size` clips at a time: {clip_id [b] str,
-        mel [b, frames, mels] float16, target [b, n_classes] float32 multi-hot}.
+        mel [b, frames, mels] float16 (read-only), target [b, n_classes] float32 multi-hot}.
         A shard pyarrow cannot decode is a StoreError naming the file and the row group."""
         def convert(batch: pa.RecordBatch) -> dict:
             return {"clip_id": batch.column("clip_id").to_numpy(zero_copy_only=False),
-                    "mel": batch.column("mel").to_numpy_ndarray(),
+                    "mel": mel_array(batch.column(SPECTROGRAM), self.frames, self.mels),
                     "target": multi_hot(batch.column("labels"), self.n_classes)}
         for path in self.shard_paths(split):
             yield from shard_batches(path, batch_size, ["clip_id", "labels", "mel"], convert)
 
-    def validate(self, split: str | None = None, checksums: bool = True) -> dict:
-        """Check shards against the manifest: existence, rows, schema, the clip-id fingerprint
-        and (`checksums`) each shard's sha256 over its bytes, which costs a read of the store,
-        a few files at a time. `checksums=False` skips the hashes (but not the check that each
-        shard entry records one).
+    def validate(self, split: str | None = None, checksums: str = "all") -> dict:
+        """Check the shards of `split` (default: every split) against the manifest. By
+        `checksums`: "all", each shard's size, rows and schema (stat and footer), each split's
+        clip-id fingerprint and every shard's sha256 (a read of the store, a few files at a
+        time); "none", the same without the hashes; "changed", the same for the shards not
+        verified since they last changed and their splits (data/verified.py): a shard unchanged
+        since its sha256 matched costs a stat, and its pages are checked by their checksums as
+        they are read (store format 2; a format-1 store has none: every shard, as "all"). The
+        shards hashed and found intact are recorded as verified (when the store can be written).
 
-        Raises StoreError naming the first shard that does not match. Returns {shards, verified}.
+        Raises StoreError naming the first shard that does not match. Returns {shards, hashed,
+        recorded (False when the record could not be written)}.
         """
-        expected = schema(self.frames, self.mels)
-        names = [split] if split else self.splits
-        names = list(dict.fromkeys(p for n in names for p in self._parts(n)))
-        to_hash: list[tuple[Path, str]] = []
-        for name in names:
-            info = self.split_info(name)
-            for shard in info["shards"]:
-                path = self.root / shard["file"]
-                if HASH not in shard:
-                    raise StoreError(f"{path}: the manifest's entry for this shard has no {HASH}")
-                check_shard(path, shard["rows"], expected)
-                to_hash.append((path, shard[HASH]))
-            self._index_cache.pop(name, None)
-            if fingerprint(self.clip_ids(name)) != info["fingerprint"]:
-                raise StoreError(f"{self.root / name}: clip ids do not match the manifest's fingerprint")
-        if checksums:
-            for (path, want), got in zip(to_hash, file_hashes(p for p, _ in to_hash)):
-                if got != want:
-                    raise StoreError(f"{path}: content changed since it was written "
-                                     f"({HASH} {got[:16]}..., manifest says {want[:16]}...)")
-        return {"shards": len(to_hash), "verified": len(to_hash) if checksums else 0}
+        if checksums not in CHECKSUMS:
+            raise ValueError(f"checksums={checksums!r}: one of {', '.join(CHECKSUMS)}")
+        names = dict.fromkeys(p for n in ([split] if split else self.splits) for p in self._parts(n))
+        entries = {n: self._entries(n) for n in names}
+        if checksums == "changed" and self.format_version >= 2:
+            entries = {n: verified.stale(self.root, e) for n, e in entries.items()}
+        for name, shards in entries.items():
+            if shards:
+                self._check_split(name, shards)
+        to_hash = [] if checksums == "none" else [e for shards in entries.values() for e in shards]
+        for entry, got in zip(to_hash, file_hashes(self.root / e["file"] for e in to_hash)):
+            if got != entry[HASH]:
+                raise StoreError(f"{self.root / entry['file']}: content changed since it was written "
+                                 f"({HASH} {got[:16]}..., manifest says {entry[HASH][:16]}...)")
+        recorded = not to_hash or self.format_version < 2 or verified.record(self.root, to_hash, self._files())
+        return {"shards": sum(len(self.split_info(n)["shards"]) for n in names), "hashed": len(to_hash),
+                "recorded": recorded}
+
+    def _entries(self, name: str) -> list[dict]:
+        """The shard entries of split `name` (one that holds data); one without a hash is a
+        StoreError naming the shard."""
+        shards = self.split_info(name)["shards"]
+        for shard in shards:
+            if HASH not in shard:
+                raise StoreError(f"{self.root / shard['file']}: the manifest's entry for this shard has no {HASH}")
+        return list(shards)
+
+    def _check_split(self, name: str, shards: list[dict]) -> None:
+        """`shards` of split `name` checked from their sizes and footers (a few at a time), and
+        the split's clip ids against its fingerprint."""
+        expected = schema(self.frames, self.mels, self.format_version)
+        map_shards(lambda s: check_shard(self.root / s["file"], s["rows"], expected, s.get("bytes")), shards)
+        self._index_cache.pop(name, None)
+        if fingerprint(self.clip_ids(name)) != self.split_info(name)["fingerprint"]:
+            raise StoreError(f"{self.root / name}: clip ids do not match the manifest's fingerprint")
+
+    def _files(self) -> set[str]:
+        """Every shard file the manifest lists."""
+        return {s["file"] for info in self.manifest["splits"].values() for s in info.get("shards", [])}
 
     def _parts(self, split: str) -> list[str]:
         """The splits that hold `split`'s data: itself, or the parts of a union."""
@@ -260,7 +310,7 @@ class Store:
         table = pa.table({
             "clip_id": pa.array(list(clip_ids), pa.string()),
             "labels": labels_array(labels),
-            "mel": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(mel, np.float16)),
+            SPECTROGRAM: mel_column(mel),
             "n_frames": pa.array(np.asarray(n_frames, np.int32)),
         }, schema=schema(self.frames, self.mels))
         return self.write_table(name, table)
@@ -269,6 +319,7 @@ class Store:
         """Write a table of the store's schema (say rows `RowGroups.read` took from other
         shards) as one shard, atomically; returns its manifest entry as `write_shard` does,
         whose files it writes byte for byte. A table of another schema is a StoreError."""
+        self.check_writable()
         path = self.root / name
         expected = schema(self.frames, self.mels)
         if not table.schema.remove_metadata().equals(expected):
@@ -288,6 +339,7 @@ class Store:
         """Record several written splits {name: (shards, clip_ids, labels, order)} in one atomic
         manifest write (a split moving clips to another is never seen half done); returns entries.
         `fingerprints`: {name: `fingerprint(clip_ids)`} where the caller computed it already."""
+        self.check_writable()
         fingerprints = fingerprints or {}
         entries = {name: {"shards": shards, "clips": len(clip_ids), "order": order,
                           "class_counts": class_counts(labels, self.n_classes).tolist(),
@@ -297,9 +349,16 @@ class Store:
         return entries
 
     def _record(self, entries: dict[str, dict]) -> None:
-        """Put split entries in the manifest and write it atomically."""
-        self.manifest["splits"].update(entries)
-        write_json(self.root / MANIFEST, self.manifest)
+        """Put split entries in the manifest as it is on disk now and write it atomically, under
+        the manifest lock: a split another writer recorded meanwhile is kept. The entries'
+        shards, hashed as they were written, are recorded as verified."""
+        with manifest_lock(self.root):
+            self.manifest = read_manifest(self.root / MANIFEST)
+            self.manifest["splits"].update(entries)
+            write_json(self.root / MANIFEST, self.manifest)
+        shards = [s for e in entries.values() for s in e.get("shards", [])]
+        if shards:
+            verified.record(self.root, shards, self._files())
         for name in entries:
             self._index_cache.pop(name, None)
 
@@ -323,6 +382,7 @@ class Store:
         return entry
 
     def writer(self, split: str, rows_per_shard: int = 1024, order: str = "given") -> SplitWriter:
+        self.check_writable()
         return SplitWriter(self, split, rows_per_shard, order)
 
 

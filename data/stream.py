@@ -19,16 +19,21 @@ How a pass is planned (on the driver, in numpy, from the labels alone):
   `default_units_per_block` sizes blocks for the per-worker batch, and `sampler_audit`
   measures the batches each worker gets.
 - The permutation is computed position by position, so block k of pass e is rebuilt from
-  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group: a few bytes
-  a clip) alone. A plan is that index plus the rows of each block (for stream positions);
+  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group, labels: about
+  a dozen bytes a clip) alone. A plan is that index plus the rows of each block (for stream positions);
   the readers get the index once, by reference in the object store, and each reads a span
   of consecutive blocks described by three numbers. No order of the whole pass is ever
   materialised: planning costs one pass over the units up to the budget, in chunks.
 - A run is counted in examples, not passes: `examples` concatenates passes epoch, epoch+1, ...
   until that many rows, and `skip` starts the stream at that position (resume; whole passes
-  before it are skipped without being planned).
+  before it are skipped without being planned); the readers emit nothing outside
+  [skip, skip + examples).
 Ray Data then reads the spans in parallel tasks (`read_blocks`), streaming, in stream order,
-with memory bounded by Ray's backpressure, not by the dataset size.
+with memory bounded by Ray's backpressure, not by the dataset size. A reader reads only the
+spectrograms (targets come from the index's labels), each row group a block needs once,
+straight from its format-2 page into a reused buffer with its CRC-32 checked
+(`RowGroups.spectrograms`, data/pages.py), and copies each row once into the block; Ray copies
+the block into its object store, and the Train worker's batches are views of it.
 """
 from __future__ import annotations
 
@@ -36,16 +41,16 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
-from data.shards import RowGroups, multi_hot
+from data.shards import RowGroups
 from data.store import Store, open_store
 
 __all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
            "read_block", "read_blocks", "oversampled_dataset", "stream_execution_options",
            "default_units_per_block", "deal_blocks", "duplicates_per_batch", "class_mix_distance",
-           "distinct_classes_per_batch", "mixing_audit", "sampler_audit"]
+           "distinct_classes_per_batch", "mixing_audit", "sampler_audit", "max_units_per_block",
+           "MAX_BLOCK_BYTES"]
 
 _PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bounds driver memory)
 _MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
@@ -53,10 +58,11 @@ _MIN_SPAN_BYTES = 64 << 20  # output a span is given at least (when there are bl
 _ROUNDS = 4             # rounds of the unit permutation
 _LABELS_KEPT = 2        # splits whose labels `split_labels` keeps (about 60 MB each for AudioSet's 2.06M clips)
 _MIN_UNITS_PER_BLOCK = 64  # `default_units_per_block`'s floor
+MAX_BLOCK_BYTES = 1 << 30  # spectrogram bytes a block holds at most (`max_units_per_block`): one read
+                           # task holds a block's spectrograms, then Ray's object store a copy
 _UNITS_PER_WORKER_ROW = 4  # `default_units_per_block`: units in a block per row of the per-worker batch
 _IDEAL_ORDERS = 5       # random permutations `mixing_audit` averages the ideal over
 _STAT_BATCHES = 4096    # batches whose class counts are held at once (bounds the audit's memory)
-_READ_GROUPS = 16       # row groups of a shard decoded at once (decoding takes ~5x their bytes)
 _labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
 
 
@@ -80,15 +86,17 @@ def split_labels(store: Store, split: str) -> tuple[MultiLabels, RowGroups]:
 @dataclass(frozen=True)
 class SplitIndex:
     """What every reader of a split's stream needs, the same for every pass, seed and budget:
-    where the rows live, M_j, and the first unit of each row group (group g has
-    max_{j in g} M_j units, numbered group by group). About 7 MB for AudioSet's 2.06M clips."""
+    where the rows live, M_j, the first unit of each row group (group g has
+    max_{j in g} M_j units, numbered group by group) and the clips' labels (so a reader reads
+    only spectrograms). About 23 MB for AudioSet's 2.06M clips."""
 
     groups: RowGroups          # the split's row groups (G of them), in split order
     factors: np.ndarray        # [N] M_j, in the smallest unsigned dtype that holds them
     unit_start: np.ndarray     # int64 [G + 1] first unit of each group; unit_start[-1] = U
+    labels: MultiLabels        # per-clip label indices, in split order (compact dtypes)
 
     @classmethod
-    def build(cls, groups: RowGroups, factors: np.ndarray) -> "SplitIndex":
+    def build(cls, groups: RowGroups, factors: np.ndarray, labels: MultiLabels) -> "SplitIndex":
         factors = np.asarray(factors)
         n = np.diff(groups.start)
         g_max = np.zeros(len(n), np.int64)
@@ -97,7 +105,9 @@ class SplitIndex:
         unit_start = np.zeros(len(n) + 1, dtype=np.int64)
         np.cumsum(g_max, out=unit_start[1:])
         dtype = np.min_scalar_type(int(factors.max()) if len(factors) else 0)
-        return cls(groups, factors.astype(dtype), unit_start)
+        compact = MultiLabels(labels.offsets.astype(np.min_scalar_type(int(labels.offsets[-1]))),
+                              labels.indices.astype(np.min_scalar_type(int(labels.indices.max(initial=0)))))
+        return cls(groups, factors.astype(dtype), unit_start, compact)
 
     @property
     def units(self) -> int:
@@ -244,8 +254,17 @@ def default_units_per_block(per_worker_batch: int) -> int:
     4-row groups, 512 units = 2,048 rows a block) worker batches hold 0.95x the distinct
     classes of a random order's at 1.03x its class-mix distance, beta 0 and 1
     (bench/stream_audioset.py). A block is read and shuffled by one task: its memory is u x s
-    rows (512 MiB here at [1024, 128] float16)."""
+    rows (512 MiB here at [1024, 128] float16; `plan_stream` takes at most
+    `max_units_per_block`)."""
     return max(_MIN_UNITS_PER_BLOCK, _UNITS_PER_WORKER_ROW * int(per_worker_batch))
+
+
+def max_units_per_block(store: Store, split: str) -> int:
+    """The most units a block of `split` holds: MAX_BLOCK_BYTES of spectrograms, a unit being
+    at most a row group's rows (at least `_MIN_UNITS_PER_BLOCK`). 1,024 at [1024, 128] in
+    4-row groups: blocks of up to 1 GiB however large the pass."""
+    rows = int(np.diff(split_labels(store, split)[1].start).max(initial=1))
+    return max(_MIN_UNITS_PER_BLOCK, MAX_BLOCK_BYTES // (rows * 2 * store.frames * store.mels))
 
 
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
@@ -256,12 +275,14 @@ def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int 
 
     `skip` starts the stream at that position (rows before it are not emitted). Any M_j is
     exact: a unit holds the rows of its group with M_j >= its copy, whatever their order (the
-    rarest-label order only makes a moore unit a prefix of its group). Cost: reading the
-    labels, then the units of the planned passes up to skip + examples.
+    rarest-label order only makes a moore unit a prefix of its group). `units_per_block` is
+    taken at most `max_units_per_block` (the plan's `units_per_block` says what was used).
+    Cost: reading the labels, then the units of the planned passes up to skip + examples.
     """
+    units_per_block = min(units_per_block, max_units_per_block(store, split))
     labels, groups = split_labels(store, split)
     counts = class_counts(labels, store.n_classes)
-    index = SplitIndex.build(groups, oversampling_factors(labels, beta, counts, method))
+    index = SplitIndex.build(groups, oversampling_factors(labels, beta, counts, method), labels)
     rows, start, first_block = _plan_blocks(index, seed, epoch, examples, skip, units_per_block)
     return StreamPlan(index, rows, start, first_block, seed, epoch, units_per_block, store.n_classes, skip)
 
@@ -323,45 +344,26 @@ class _Spec:
     units_per_block: int
     n_classes: int
     skip: int
+    shape: tuple[int, int]     # [frames, mels] of a spectrogram
+    stop: int | None = None    # rows at stream positions >= stop are not emitted (None: all)
 
 
 def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict | None, int]:
-    """Block q of the run, whose first row is at stream position `start`, as rows {clip_id,
-    clip_index, position (in the stream), mel [n, T, F] float16, target [n, K] float32
-    multi-hot} in stream order (rows before `spec.skip` left out; None if none is left), and
-    the position after the block."""
+    """Block q of the run, whose first row is at stream position `start`, as rows {clip_index
+    (the clip's row in the split), position (in the stream), mel [n, T, F] float16, target
+    [n, K] float32 multi-hot} in stream order (rows before `spec.skip` or from `spec.stop` on left
+    out; None if none is left), and the position after the block."""
     rows = _block_order(index, spec.seed, spec.epoch, spec.units_per_block, q)
     position = start + np.arange(len(rows), dtype=np.int64)
     end = start + len(rows)
     keep = position >= spec.skip
+    if spec.stop is not None:
+        keep &= position < spec.stop
     rows, position = rows[keep], position[keep]
     if not len(rows):
         return None, end
-    return {"clip_index": rows, "position": position, **_read_rows(index.groups, rows, spec.n_classes)}, end
-
-
-def _read_rows(groups: RowGroups, rows: np.ndarray, n_classes: int) -> dict:
-    """{clip_id, mel, target} of global `rows` (in that order), read `_READ_GROUPS` row groups
-    of a shard at a time (one `RowGroups.read` each), each part's spectrograms put in place in
-    the output: memory is the output and a few groups being decoded, not a table of the block
-    and its reordered copy."""
-    g = groups.group_of(rows)
-    key = groups.shard[g].astype(np.int64) * (1 << 32) + groups.index[g] // _READ_GROUPS
-    order = np.argsort(key, kind="stable")
-    mel, ids, labels = None, [], []
-    for at in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-        table = groups.read(rows[at], ["clip_id", "labels", "mel"])
-        part = table["mel"].combine_chunks().to_numpy_ndarray()
-        if mel is None:
-            mel = np.empty((len(rows), *part.shape[1:]), part.dtype)
-        mel[at] = part
-        ids += table["clip_id"].chunks
-        labels += table["labels"].chunks
-    clip_id = np.empty(len(rows), object)
-    clip_id[order] = pa.chunked_array(ids).to_numpy(zero_copy_only=False)
-    target = np.empty((len(rows), n_classes), np.float32)
-    target[order] = multi_hot(pa.concat_arrays(labels), n_classes)
-    return {"clip_id": clip_id, "mel": mel, "target": target}
+    return {"clip_index": rows, "position": position, "mel": index.groups.spectrograms(rows, *spec.shape),
+            "target": index.labels.take(rows).multi_hot(spec.n_classes)}, end
 
 
 def read_blocks(batch: dict, index, spec: _Spec):
@@ -420,7 +422,8 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     store = open_store(store_path)
     plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
                        examples=examples, skip=skip, units_per_block=units_per_block, method=method)
-    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip)
+    spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip, (store.frames, store.mels),
+                 None if examples is None else plan.skip + examples)
     row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
     spans = _spans(plan, row_bytes)
     # from_items builds its blocks here; from_numpy would run a 1-CPU task, which never
@@ -431,11 +434,9 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     # by the datasets derived from it), never the process-wide one
     ds.context.execution_options.preserve_order = True  # the planned order is the order delivered
     ds.context.enable_progress_bars = False
-    ds = ds.map_batches(read_blocks, batch_size=1, batch_format="numpy", num_cpus=0.5,
-                        fn_kwargs={"index": ray.put(plan.index), "spec": spec})
-    if examples is not None:
-        ds = ds.limit(examples)
-    return ds
+    # the readers stop at the budget themselves: no `limit` (whose last slice is one more task)
+    return ds.map_batches(read_blocks, batch_size=1, batch_format="numpy", num_cpus=0.5,
+                          fn_kwargs={"index": ray.put(plan.index), "spec": spec})
 
 
 def stream_execution_options():
@@ -580,7 +581,7 @@ def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch
         "epoch_length": int(factors.sum()),
         "distinct_clips": int((factors > 0).sum()),
         "max_repeat": int(factors.max()),
-        "units_per_block": int(units_per_block),
+        "units_per_block": int(plan.units_per_block),
         **mixing_audit(plan, labels, batch_size=batch_size, workers=workers,
                        max_examples=max_examples, seed=seed),
     }

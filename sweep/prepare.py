@@ -1,9 +1,10 @@
 """A sweep's inputs, made ready and checked before Ray or MLflow start: absolute paths (Ray
-workers run elsewhere), the store (built when it is synthetic and missing, validated against
-its manifest), the model geometry taken from the store, and the checks that would otherwise
-fail inside every trial (a split that cannot be scored, spectrograms smaller than a patch, a
-model that cannot be built or weights that do not load, a starting checkpoint that has seen
-the validation clips)."""
+workers run elsewhere), the store (built when it is synthetic and missing, checked against its
+manifest as `python -m data.check` does: sizes, footers, fingerprints, the hashes of shards
+changed since verified), the model geometry taken from the store, and the checks that would
+otherwise fail inside every trial (a split that cannot be scored, spectrograms smaller than a
+patch, blocks too large for memory, a model that cannot be built or weights that do not load, a
+starting checkpoint that has seen the validation clips)."""
 from __future__ import annotations
 
 import re
@@ -12,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data.store import Store, open_store
+from data.stream import MAX_BLOCK_BYTES, max_units_per_block
 from model.config import AST_KEYS, PATCH, ModelConfig
 from sweep.config import Config, ConfigError
 
@@ -43,7 +45,7 @@ def prepare(cfg: Config, build: bool = True) -> Config:
         store.split_info(split)  # names the missing split
     cfg = replace(cfg, model=replace(cfg.model, n_classes=store.n_classes, frames=store.frames, mels=store.mels))
     if build:
-        store.validate()
+        _check_content(store)
         check_store(store, cfg)
         from model.factory import build_model  # torch: only a sweep that runs needs it
         # built once here, its weights loaded: an arch that cannot be built, logits of the wrong shape,
@@ -52,6 +54,16 @@ def prepare(cfg: Config, build: bool = True) -> Config:
         if weights and not cfg.model.allow_audioset_weights:
             refuse_audioset_checkpoint(weights, store, cfg.model.arch)
     return cfg
+
+
+def _check_content(store: Store) -> None:
+    """The store against its manifest (`Store.validate`, the shards changed since verified
+    hashed), with a note for a store of an earlier format or one whose record cannot be written."""
+    if note := store.format_note():
+        print(f"note: {note}", file=sys.stderr)
+    if not store.validate(checksums="changed")["recorded"]:
+        print(f"note: {store.root} cannot be written: the shards hashed now are not recorded as verified, so the "
+              "next sweep hashes them again", file=sys.stderr)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -69,9 +81,14 @@ def _warn_unused_ast_keys(model: ModelConfig) -> None:
 
 def check_store(store: Store, cfg: Config) -> None:
     """What would fail in every trial, as one ConfigError before anything starts: spectrograms
-    smaller than one AST patch (arch ast), a validation or evaluation split where no class has
-    both positive and negative clips (nothing to score). Warned: training classes with no clip,
-    evaluation classes with no positive (left out of priors and metrics)."""
+    smaller than one AST patch (arch ast), a data.units_per_block whose blocks would not fit in
+    memory, a validation or evaluation split where no class has both positive and negative clips
+    (nothing to score). Warned: training classes with no clip, evaluation classes with no
+    positive (left out of priors and metrics)."""
+    units, most = cfg.data.units_per_block, max_units_per_block(store, cfg.data.train_split)
+    if units and units > most:
+        raise ConfigError(f"data.units_per_block {units}: blocks of at most {most} units ({MAX_BLOCK_BYTES >> 20} "
+                          f"MiB of spectrograms) on {store.root}; set it <= {most}, or null for the default")
     if cfg.model.arch == "ast" and min(store.frames, store.mels) < PATCH:
         raise ConfigError(f"data.store {store.root}: spectrograms of {store.frames} frames x {store.mels} mels; "
                           f"the AST needs at least {PATCH} x {PATCH} (one patch): ingest with --frames >= {PATCH}")

@@ -1,7 +1,9 @@
-"""A damaged store: a train shard damaged inside a column (same size,
-intact footer) stops the sweep before anything trains, naming the shard (its content hash no
-longer matches the manifest). Failures during a sweep - Ctrl-C, a killed Train worker, an
-unreachable MLflow server - are in tests/test_sweep.py."""
+"""Refused before anything trains: a train shard damaged inside a column (same size, intact
+footer, written in place: the sweep-start check hashes the shards changed since they were
+verified, and names it), and blocks too large for memory. The same damage under unchanged file
+times is caught by the page checksums as the stream reads it (tests/test_stream.py). Failures
+during a sweep - Ctrl-C, a killed Train worker, an unreachable MLflow server - are in
+tests/test_sweep.py."""
 import shutil
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def test_damaged_shard_stops_the_sweep_before_training(tmp_path, smoke_store, mo
     shard = open_store(store_dir).shard_paths("train")[0]
     _damage_column_chunk(shard, 1, "mel")
     damaged = Path(shard).read_bytes()
-    open_store(store_dir).validate(checksums=False)  # footers, ids and labels still match
+    open_store(store_dir).validate(checksums="none")  # sizes, footers, ids and labels still match
     with pytest.raises(StoreError, match="content changed"):
         open_store(store_dir).validate()
 
@@ -47,3 +49,17 @@ def test_damaged_shard_stops_the_sweep_before_training(tmp_path, smoke_store, mo
     assert err[-1].startswith("error: ") and shard in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "run" / "ray").exists() and not (tmp_path / "run" / "mlflow.db").exists()
     assert Path(shard).read_bytes() == damaged
+
+
+def test_units_per_block_beyond_memory_is_refused_before_anything(tmp_path, smoke_store, monkeypatch, capsys):
+    """data.units_per_block = 1e9 (one block the whole oversampled pass): one line naming the key
+    and the most this store takes, before Ray or MLflow start."""
+    from data.store import open_store
+    from data.stream import max_units_per_block
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    most = max_units_per_block(open_store(smoke_store), "train")
+    assert main(smoke_args(tmp_path, smoke_store, "data.units_per_block=1000000000")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: data.units_per_block 1000000000: blocks of at most {most} units (1024 MiB of "
+                       f"spectrograms) on {smoke_store}; set it <= {most}, or null for the default")
+    assert not (tmp_path / "run" / "ray").exists() and not (tmp_path / "run" / "mlflow.db").exists()

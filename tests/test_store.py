@@ -1,12 +1,16 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from data.balance import class_counts, rarest_label_count
 from data.manifest import StoreError
-from data.store import create_store, open_store
+from data.shards import mel_array, write_shard_file
+from data.store import CHECKSUMS, create_store, open_store
 from data.synth import SynthConfig, make_synthetic_store
 
 
@@ -43,8 +47,8 @@ def test_validation_names_the_bad_shard(tmp_path):
         open_store(tmp_path / "s").validate()
     open(shard, "wb").write(original)  # restored
     open_store(tmp_path / "s").validate()
-    renamed = table.set_column(0, "clip_id", np.array(["x", "y", "z", "w"]))
-    pq.write_table(renamed, shard)
+    renamed = table.set_column(0, "clip_id", pa.array(["xd4", "xd5", "xd6", "xd7"]))
+    write_shard_file(Path(shard), renamed)  # same size: only the clip ids differ
     with pytest.raises(StoreError, match="fingerprint"):
         open_store(tmp_path / "s").validate()
     (tmp_path / "s" / "train" / "part-00002.parquet").unlink()
@@ -127,20 +131,57 @@ def test_shard_hashes_are_recorded_from_the_bytes_written(tmp_path):
     store = _mel_store(tmp_path / "s")
     [entry] = store.split_info("train")["shards"]
     assert entry[HASH] == file_hash(store.root / entry["file"]) and len(entry[HASH]) == 64
-    assert store.validate() == {"shards": 1, "verified": 1}
+    assert store.validate() == {"shards": 1, "hashed": 1, "recorded": True}
 
 
-def test_validate_finds_64_bytes_overwritten_in_the_mel_column(tmp_path):
+def _overwrite(path, offset: int, data: bytes, keep_mtime: bool) -> None:
+    """Write `data` at `offset` in place; with `keep_mtime` the file's times are put back (bits
+    that rot under an unchanged file look like this)."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_64_bytes_overwritten_in_a_spectrogram_page_are_caught(tmp_path):
+    """Format 2, 64 bytes of the spectrogram values of row group 1 overwritten (same size; footer,
+    ids, labels and rows unchanged). Written in place: the sweep-start check ("changed") hashes
+    that shard and names it. With the file's times put back: the cheap check passes, and every
+    reader names the shard and row group as it reads the page (its CRC-32); row group 0 still reads."""
+    from data.shards import ROW_GROUP_ROWS, RowGroups, close_shards
+    from data.stream import _Spec, plan_stream, read_block
     store = _mel_store(tmp_path / "s")
     [shard] = store.shard_paths("train")
+    assert store.validate(checksums="changed")["hashed"] == 0  # recorded as verified when written
+    original, st = Path(shard).read_bytes(), os.stat(shard)
     start, size = _mel_chunk(shard, 1)
-    with open(shard, "r+b") as f:  # inside the values: footer, ids, labels and rows all unchanged
-        f.seek(start + 100)          # (the chunk's dictionary page: any 2 bytes are a float16)
-        f.write(bytes(range(64)))
-    assert len(list(open_store(store.root).iter_batches("train", 16))) == 3  # still decodes
-    with pytest.raises(StoreError, match=r"part-00000\.parquet: content changed since it was written"):
-        open_store(store.root).validate()
-    assert open_store(store.root).validate(checksums=False)["verified"] == 0  # the cheap check misses it
+    _overwrite(shard, start + size - 100, bytes(range(64)), keep_mtime=False)
+    for checksums in ("changed", "all"):
+        with pytest.raises(StoreError, match=r"part-00000\.parquet: content changed since it was written"):
+            open_store(store.root).validate(checksums=checksums)
+    Path(shard).write_bytes(original)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_store(store.root).validate(checksums="changed")["hashed"] == 0
+
+    _overwrite(shard, start + size - 100, bytes(range(64)), keep_mtime=True)
+    close_shards()
+    s = open_store(store.root)
+    assert s.validate(checksums="changed") == {"shards": 1, "hashed": 0, "recorded": True}
+    with pytest.raises(StoreError, match="content changed"):
+        s.validate(checksums="all")
+    named = rf"{shard}: row group 1 is unreadable \(.*CRC"
+    g = ROW_GROUP_ROWS
+    assert len(next(s.iter_batches("train", g))["mel"]) == g  # group 0 is fine
+    for read in (lambda: list(s.iter_batches("train", 16)), lambda: s.spectrogram("train", f"id{g + 1}"),
+                 lambda: RowGroups.of(s.shard_paths("train")).read(np.array([g + 1]))):
+        with pytest.raises(StoreError, match=named):
+            read()
+    plan = plan_stream(s, "train", 0.0, seed=0, units_per_block=64)  # one block: the whole pass
+    with pytest.raises(StoreError, match=named):
+        read_block(plan.index, _Spec(0, 0, 64, s.n_classes, 0, (s.frames, s.mels)), 0, 0)
+    close_shards()
 
 
 def test_undecodable_row_group_is_named_by_every_reader(tmp_path):
@@ -175,7 +216,7 @@ def test_a_shard_entry_without_its_hash_is_named(tmp_path):
     manifest = json.loads((store.root / "manifest.json").read_text())
     del manifest["splits"]["train"]["shards"][1]["sha256"]
     (store.root / "manifest.json").write_text(json.dumps(manifest))
-    for checksums in (True, False):
+    for checksums in CHECKSUMS:
         with pytest.raises(StoreError, match=r"part-00001\.parquet: the manifest's entry for this shard has no sha256$"):
             open_store(store.root).validate(checksums=checksums)
 
@@ -249,7 +290,7 @@ def test_row_groups_read_one_call_per_shard(tmp_path, monkeypatch):
         table = groups.read(rows, use_threads=use_threads)
         assert table["clip_id"].to_pylist() == [f"id{i}" for i in rows]
         assert table["n_frames"].to_pylist() == (rows % 4 + 1).tolist()
-        np.testing.assert_array_equal(table["mel"].combine_chunks().to_numpy_ndarray(), mel[rows])
+        np.testing.assert_array_equal(mel_array(table["mel"], 4, 2), mel[rows])
         assert [list(x) for x in table["labels"].to_pylist()] == [[i % 5, 4] for i in rows]
         # shards 0, 1 and 3: the groups needed, in order
         assert calls == [sorted({int(r % 40) // g for r in rows if r // 40 == k}) for k in (0, 1, 3)]
@@ -322,3 +363,160 @@ def test_labels_are_read_alone_once_per_store(tmp_path, monkeypatch):
     other = open_store(tmp_path / "s")
     other.clip_ids("train"), other.labels("train"), other.row_groups("train")
     assert reads == [("clip_id", "labels")] * shards
+
+
+def _write_split_after(root: str, split: str, barrier) -> None:
+    """In another process: open the store, wait until the other writer has opened it too, then
+    write and record one split of 4 clips."""
+    store = open_store(root)
+    barrier.wait(timeout=60)
+    w = store.writer(split)
+    w.write([f"{split}{i}" for i in range(4)], [np.array([i % 3]) for i in range(4)],
+            np.zeros((4, 4, 2), np.float16), np.full(4, 4))
+    w.close()
+
+
+def test_writers_that_opened_the_store_at_once_both_land(tmp_path):
+    """Two writers that read the manifest before either recorded its split (two ingests at once):
+    each records its split under the manifest lock, into the manifest as the other left it.
+    In one process with two Store objects, then in two processes started together."""
+    import multiprocessing
+    store, _ = _small_store(tmp_path / "s")
+    a, b = open_store(store.root), open_store(store.root)
+    for s, split in ((a, "evA"), (b, "evB")):
+        w = s.writer(split)
+        w.write([f"{split}0"], [np.array([1])], np.zeros((1, 4, 2), np.float16), [4])
+        w.close()
+    assert open_store(store.root).splits == ["train", "evA", "evB"]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_split_after, args=(str(store.root), split, barrier)) for split in ("pA", "pB")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    final = open_store(store.root)
+    assert final.splits == ["train", "evA", "evB", "pA", "pB"] or final.splits == ["train", "evA", "evB", "pB", "pA"]
+    assert final.clip_ids("pA").tolist() == [f"pA{i}" for i in range(4)]
+    assert final.validate(checksums="changed") == {"shards": 7, "hashed": 0, "recorded": True}
+
+
+def _tree(root) -> dict:
+    """{relative path: (bytes, mtime_ns)} of every file under `root`."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def format1(tmp_path):
+    """A format-1 store, byte for byte what the previous release writes (data.convert --format 1
+    of a format-2 synthetic store), and that format-2 store."""
+    from data.convert import convert
+    v2 = make_synthetic_store(tmp_path / "v2", SynthConfig(clips=60, classes=4, frames=8, mels=4, seed=2))
+    return convert(v2.root, tmp_path / "v1", version=1), v2
+
+
+def test_a_format1_store_is_read_as_it_is_and_never_written(format1):
+    from data.stream import _Spec, plan_stream, read_block
+    v1, v2 = format1
+    before = _tree(v1.root)
+    assert v1.format_version == 1 and v2.format_version == 2
+    assert f"python -m data.convert --store {v1.root}" in v1.format_note() and v2.format_note() is None
+    for split in v2.splits:
+        assert v1.clip_ids(split).tolist() == v2.clip_ids(split).tolist()
+        a, b = (np.concatenate([x["mel"] for x in s.iter_batches(split, 7)]) for s in (v1, v2))
+        np.testing.assert_array_equal(a, b)
+    cid = v2.clip_ids("valid")[3]
+    np.testing.assert_array_equal(v1.spectrogram("valid", cid), v2.spectrogram("valid", cid))
+    plans = [plan_stream(s, "train", 0.5, seed=1) for s in (v1, v2)]
+    blocks = [read_block(p.index, _Spec(1, 0, p.units_per_block, s.n_classes, 0, (8, 4)), 0, 0)[0]
+              for p, s in zip(plans, (v1, v2))]
+    for key in ("clip_index", "mel", "target"):
+        np.testing.assert_array_equal(blocks[0][key], blocks[1][key])
+    shards = len([f for f in before if f.endswith(".parquet")])
+    for _ in range(2):  # no page checksums: every check hashes every shard, and records nothing
+        assert v1.validate(checksums="changed") == {"shards": shards, "hashed": shards, "recorded": True}
+    with pytest.raises(StoreError, match=rf"{v1.root}: a format-1 store is read, never written to; copy it to "
+                                         rf"format 2 first: python -m data.convert --store {v1.root}$"):
+        v1.writer("extra")
+    with pytest.raises(StoreError, match="never written to"):
+        v1.add_split("extra", [], [], [], "given")
+    assert _tree(v1.root) == before
+
+
+def test_convert_writes_a_new_store_beside_the_old_one(format1, capsys):
+    """`python -m data.convert --store OLD` (format 1) writes OLD-format2 beside it: the same
+    manifest but for the format and the shards' sizes and hashes, shards byte for byte those
+    the format-2 writer writes, every shard recorded as verified; OLD is left as it was. A second
+    run, a store already in the format and a damaged store are one line each (exit 2), and the
+    damaged one leaves nothing at --out."""
+    from data.convert import main
+    v1, v2 = format1
+    before = _tree(v1.root)
+    assert main(["--store", str(v1.root)]) == 0
+    out = v1.root.with_name("v1-format2")
+    assert "same clip ids and fingerprints" in capsys.readouterr().out
+    copy = open_store(out)
+    assert copy.format_version == 2 and _tree(v1.root) == before
+    for split in v2.splits:
+        assert copy.fingerprint(split) == v1.fingerprint(split) == v2.fingerprint(split)
+        assert copy.split_info(split)["shards"] == v2.split_info(split)["shards"]  # same sizes and sha256
+    assert {f: b for f, (b, _) in _tree(out).items() if f.endswith(".parquet")} == \
+        {f: b for f, (b, _) in _tree(v2.root).items() if f.endswith(".parquet")}
+    assert copy.validate(checksums="changed")["hashed"] == 0
+    for args, why in (([], f"{out / 'manifest.json'} already exists"),
+                      (["--out", str(out.with_name("again"))], None)):
+        code = main(["--store", str(v1.root), *args])
+        err = capsys.readouterr().err.strip()
+        if why:
+            assert code == 2 and err == f"error: {why}"
+        else:
+            assert code == 0 and not err
+    assert main(["--store", str(out), "--out", str(out.with_name("x"))]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out}: already a format-2 store; nothing to convert"
+    shard = v1.shard_paths("train")[0]
+    _overwrite(shard, 200, b"\x00" * 8, keep_mtime=True)
+    assert main(["--store", str(v1.root), "--out", str(out.with_name("bad"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {shard}: content changed since it was written") and err.endswith("not copied")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["again", "v1", "v1-format2", "v2"]
+
+
+def test_check_cli_says_what_it_hashed_and_names_a_damaged_shard(tmp_path, capsys):
+    from data.check import main
+    store = _mel_store(tmp_path / "s")
+    assert main(["--store", str(store.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) | {"seconds": 0} == {
+        "store": str(store.root), "format_version": 2, "shards": 1, "hashed": 0, "recorded": True, "seconds": 0}
+    assert main(["--store", str(store.root), "--full"]) == 0
+    assert "1 shards match the manifest (1 hashed" in capsys.readouterr().out
+    [shard] = store.shard_paths("train")
+    start, size = _mel_chunk(shard, 2)
+    _overwrite(shard, start + size - 8, b"\xff" * 4, keep_mtime=False)
+    assert main(["--store", str(store.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {shard}: content changed since it was written")
+
+
+def test_spectrograms_are_read_straight_from_format2_pages(tmp_path, monkeypatch):
+    """`RowGroups.spectrograms` of rows in any order (repeats, several shards) gives the stored
+    spectrograms: from a format-2 store without pyarrow decoding a page (data/pages.py reads
+    and checks them), from its format-1 copy through pyarrow."""
+    from data.convert import convert
+    from data.pages import SpectrogramPages
+    from data.shards import RowGroups, close_shards, open_parquet
+    store, mel = _shards_store(tmp_path / "s")
+    v1 = convert(store.root, tmp_path / "v1", version=1)
+    rows = np.array([149, 3, 45, 3, 0, 39, 40, 17, 121, 120, 46, 149, 3])
+    calls = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    for s, decoded in ((store, 0), (v1, 3)):
+        close_shards()
+        paths = s.shard_paths("train")
+        assert all((SpectrogramPages.of(p, open_parquet(p), 16) is None) == (s is v1) for p in paths)
+        calls.clear()
+        np.testing.assert_array_equal(RowGroups.of(paths).spectrograms(rows, 4, 2), mel[rows])
+        assert len(calls) == decoded  # format 1: one pyarrow read for each of shards 0, 1 and 3
+    close_shards()
