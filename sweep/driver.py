@@ -354,9 +354,10 @@ def _metric_key(label: str) -> str:
 def resume_command(argv: list[str], cap: int | None = None) -> str:
     """The command that resumes this sweep, pasteable into a shell from anywhere: the working
     directory named, every argument shell-quoted; with `cap`, continued to that train.max_examples."""
-    args = [a for a in argv if a != "--resume"]
+    args = [a for a in argv if a != "--resume" and not (cap is not None and a.startswith("train.max_examples="))]
+    args = [a for i, a in enumerate(args) if a != "--set" or (i + 1 < len(args) and not args[i + 1].startswith("--"))]
     if cap is not None:
-        args += ["--set", f"train.max_examples={cap}"]  # the last --set of a key wins
+        args += ["--set", f"train.max_examples={cap}"]
     return f"cd {shlex.quote(os.getcwd())} && " + shlex.join(["python", "-m", "sweep.run", *args, "--resume"])
 
 

@@ -236,7 +236,8 @@ def test_the_resume_command_can_be_pasted_anywhere():
     """Shell-quoted, the working directory named, a higher cap added as a --set that wins."""
     import shlex
     from sweep.driver import resume_command
-    command = resume_command(["--run-dir", "my runs/a b", "--set", "run.name=x y"], cap=4096)
+    command = resume_command(["--run-dir", "my runs/a b", "--set", "run.name=x y", "--set", "train.max_examples=100",
+                              "--resume"], cap=4096)
     cd, _, rest = command.partition(" && ")
     assert shlex.split(cd) == ["cd", os.getcwd()]
     assert shlex.split(rest) == ["python", "-m", "sweep.run", "--run-dir", "my runs/a b", "--set", "run.name=x y",
