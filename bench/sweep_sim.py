@@ -54,6 +54,7 @@ FINE_BETAS = [round(0.1 * i, 1) for i in range(11)]
 COARSE_BETAS, STEP, MAX_ARMS = [0.0, 0.5, 1.0], 0.1, 7
 RULE = StoppingRule(7, 5, 2.0)
 RESAMPLES, SIGMA, VALID_SD, PAIRED = 200, 0.02, 0.03, 0.9
+P_ELIMINATE = 0.01                # sweep.racing_p
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _train(world: World, trials: list[Trial], done: dict[Trial, int], cap: int, 
         if racing and running:
             state = {**evals, **running}
             traces = [RaceTrace(t, *world.observed(t, n)[:3], finished=t not in running) for t, n in state.items()]
-            for e in race(traces, RULE, cap, 0.01, labels):
+            for e in race(traces, RULE, cap, P_ELIMINATE, labels):
                 evals[e.trial] = running.pop(e.trial)
     return evals
 

@@ -53,12 +53,15 @@ def units_per_block(cfg: Config) -> int:
 
 
 def _train_dataset_factory(cfg: Config, trial: Trial, train_run_path: str):
-    """Called by Train at every worker-group start: the stream from the last checkpoint on."""
+    """Called by Train at every worker-group start: the stream from the last checkpoint on, to
+    the cap rounded up to a whole batch (a cap inside a batch would end on a short one, and a
+    higher cap later could not continue the stream as one run to it at once reads it)."""
     def build():
         seen = registered_examples(train_run_path)
+        batch = cfg.train.batch_size
+        budget = -(-cfg.train.max_examples // batch) * batch
         return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, method=trial.scheme,
-                                   examples=max(cfg.train.max_examples - seen, 1), skip=seen,
-                                   units_per_block=units_per_block(cfg))
+                                   examples=max(budget - seen, 1), skip=seen, units_per_block=units_per_block(cfg))
     return build
 
 

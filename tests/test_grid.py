@@ -38,9 +38,11 @@ def test_the_grid_is_the_product_of_its_axes_each_trial_once():
 
 
 def test_the_grid_refines_where_the_best_beta_may_lie(tmp_path):
-    """A coarse grid 0, 0.5, 1 with a finest step of 0.125: beta 0.5 is best with beta 1 within
-    noise and beta 0 out of it, so 0.75 is added (and recorded); then 0.625 between 0.5 and 0.75;
-    then nothing, as the next midpoint would be closer than a step; resolved stops at once."""
+    """A coarse grid 0, 0.5, 1 with a finest step of 0.125 and at most 6 arms: beta 0.5 is best
+    with its upper neighbour within noise and beta 0 out of it. Round 1 adds the midpoints on
+    both sides of each arm within noise (0.25, 0.75; recorded); round 2 those around 0.5 and 0.75
+    (0.375, 0.625, 0.875), the most likely first, until the grid has 6 arms; then it is done.
+    A resolved verdict refines nothing."""
     from ray.tune.search import Searcher
     cfg = load_config(SMOKE, ["sweep.betas=[0.0, 0.5, 1.0]", "sweep.beta_step=0.125", "sweep.max_arms=6"])
     asked = []
@@ -55,8 +57,8 @@ def test_the_grid_refines_where_the_best_beta_may_lie(tmp_path):
         assert config is not None
         grid.on_trial_complete(f"t{n}")
         n += 1
-    assert asked == [[0.0, 0.5, 1.0], [0.0, 0.5, 0.75, 1.0], [0.0, 0.5, 0.625, 0.75, 1.0]] and n == 5
-    assert refined(cfg, str(tmp_path)).sweep.betas == [0.0, 0.5, 0.625, 0.75, 1.0]
+    assert asked == [[0.0, 0.5, 1.0], [0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.25, 0.375, 0.5, 0.75, 1.0]] and n == 6
+    assert refined(cfg, str(tmp_path)).sweep.betas == [0.0, 0.25, 0.375, 0.5, 0.75, 1.0]
     assert refine(cfg.sweep.arms, Arm("moore", 0.5), {Arm("moore", 1.0): 0.5}, True, 0.125, 6) == []
 
 
