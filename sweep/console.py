@@ -13,9 +13,11 @@ from dataclasses import replace
 
 from model.config import ModelConfig, arch_kind
 from sweep.config import Config
+from sweep.racing import EXPECTED_COMPUTE
 from sweep.select import latest_settled_pick
 
-__all__ = ["eta_seconds", "format_progress", "stopping_statement", "model_line", "header", "answer_lines"]
+__all__ = ["eta_seconds", "format_progress", "stopping_statement", "racing_statement", "model_line", "header",
+           "answer_lines"]
 
 
 def eta_seconds(remaining: list[float], rate: float | None, pending: int, startup_s: float,
@@ -108,6 +110,18 @@ def model_line(m: ModelConfig) -> str:
             + (f", from {m.weights}" if m.weights else ""))
 
 
+def racing_statement(cfg: Config) -> str:
+    """Racing and refinement as configured, in one line, with the compute they are expected to
+    save (sweep/racing.py EXPECTED_COMPUTE: simulated paper-scale sweeps)."""
+    s = cfg.sweep
+    if s.train_to_cap or not s.racing:
+        return "off: every trial trains until its pick settles" + (" (to the cap: sweep.train_to_cap)" if s.train_to_cap else "")
+    refine = (f"; the beta grid refines down to {s.beta_step:g}, up to {s.max_arms} arms" if s.beta_step
+              else "; the beta grid as given (sweep.beta_step refines it)")
+    return (f"on: an arm or learning rate whose chance of being best is below {s.racing_p:g} stops{refine}; in simulated "
+            f"paper-scale sweeps about {EXPECTED_COMPUTE:.2f}x the stopping rule's compute (bench/sweep_sim.py)")
+
+
 def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str) -> str:
     """What the sweep is about to run, in a few lines (`--print-config` shows every value)."""
     from sweep.tracking import shown  # (MLflow is not needed to print results)
@@ -122,6 +136,7 @@ def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str
         + f" x lr {cfg.sweep.lrs}" + (f" x seed {cfg.sweep.seeds}" if len(cfg.sweep.seeds) > 1 else "")
         + f" = {grid} trial{'s' * (grid != 1)}",
         f"stopping   {stopping_statement(cfg)[0]}",
+        f"racing     {racing_statement(cfg)}",
         f"resources  {r.num_workers} worker(s) x {'1 GPU' if r.use_gpu else f'{r.cpus_per_worker:g} CPU'} per trial",
         f"mlflow     {shown(uri)}  experiment {experiment!r}",
     ])

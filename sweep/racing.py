@@ -33,7 +33,11 @@ import numpy as np
 from sweep.select import StoppingRule, noise, pick, smoothed
 from sweep.trial import Arm, Trial
 
-__all__ = ["RaceTrace", "Elimination", "headroom", "race"]
+__all__ = ["EXPECTED_COMPUTE", "RaceTrace", "Elimination", "headroom", "race"]
+
+# The compute of a sweep with racing and refinement against the stopping rule alone, in 500
+# simulated paper-scale sweeps (python bench/sweep_sim.py; docs/benchmarks.md)
+EXPECTED_COMPUTE = 0.38
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def _print_config(cfg: Config) -> int:
     """The resolved config as YAML, as it will run (the model geometry from the store, the
     learning rate marked as swept), the model and its parameter count, and how trials stop; the
     store must exist or be synthetic."""
-    from sweep.console import model_line, stopping_statement
+    from sweep.console import model_line, racing_statement, stopping_statement
     from sweep.prepare import prepare
     prepared = prepare(cfg, build=False)
     values = to_dict(prepared)
@@ -74,6 +74,7 @@ def _print_config(cfg: Config) -> int:
     print(f"# model: {model_line(prepared.model)}")
     line, warning = stopping_statement(cfg)
     print(f"# stopping: {line}")
+    print(f"# racing: {racing_statement(cfg)}")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
