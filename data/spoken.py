@@ -128,7 +128,7 @@ def _main(a) -> int:
     for split in counts:
         print(f"  python -m data.ingest --segments {shlex.quote(str(out / f'{split}_segments.csv'))} --class-index "
               f"{q['class_labels_indices.csv']} --audio-dir {q['audio']} --store {q['store']} --split {split}")
-    print(f"  python -m data.split --store {q['store']} --from train --to valid --min-per-class {max(1, a.fewest // 2)}")
+    print(f"  python -m data.split --store {q['store']} --from train --to valid --min-per-class {2 * a.fewest}")
     return 0
 
 

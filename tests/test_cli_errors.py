@@ -5,20 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 
 from data.cli import add_list, parser
 from data.ingest import main as ingest_main
 from data.stats import PAPER_BETAS, main as stats_main
 from data.synth import main as synth_main
-
-
-def _error(capsys, main, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture
@@ -38,22 +30,22 @@ def labels(audioset, tmp_path):
 
 def test_truncated_gzip_is_one_line(labels, capsys):
     index, truncated, _ = labels
-    line = _error(capsys, stats_main, ["--segments", str(truncated), "--class-index", str(index)])
+    line = one_line_error(capsys, stats_main, ["--segments", str(truncated), "--class-index", str(index)])
     assert line.startswith(f"error: {truncated}: truncated gzip file")
 
 
 def test_non_utf8_csv_is_one_line_with_the_line_number(labels, capsys):
     index, _, latin1 = labels
-    line = _error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(index)])
+    line = one_line_error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(index)])
     assert line.startswith(f"error: {latin1}:7: not UTF-8 text (byte 0xe9")
     bad_index = latin1.with_name("class_index.csv")
     bad_index.write_bytes(index.read_bytes().replace(b"Speech", b"Sp\xe9ech", 1))
-    line = _error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(bad_index)])
+    line = one_line_error(capsys, stats_main, ["--segments", str(latin1), "--class-index", str(bad_index)])
     assert line.startswith(f"error: {bad_index}:2: not UTF-8 text")
 
 
 def test_missing_file_is_one_line(audioset, tmp_path, capsys):
-    line = _error(capsys, stats_main, ["--segments", str(tmp_path / "nope.csv"),
+    line = one_line_error(capsys, stats_main, ["--segments", str(tmp_path / "nope.csv"),
                                        "--class-index", str(audioset / "class_labels_indices.csv")])
     assert str(tmp_path / "nope.csv") in line
 
@@ -64,7 +56,7 @@ def test_bad_manifest_is_one_line(tmp_path, capsys):
     capsys.readouterr()  # the progress bars
     manifest = store.root / "manifest.json"
     manifest.write_text(manifest.read_text()[:200])  # cut short, as by a full disk
-    line = _error(capsys, stats_main, ["--store", str(store.root)])
+    line = one_line_error(capsys, stats_main, ["--store", str(store.root)])
     assert line.startswith(f"error: {manifest}:") and "not valid JSON" in line
     with pytest.raises(Exception, match="not valid JSON"):  # --debug: the traceback instead
         stats_main(["--store", str(store.root), "--debug"])
@@ -79,7 +71,7 @@ def test_ingest_bad_label_file_creates_nothing(labels, audioset, tmp_path, capsy
     _, truncated, _ = labels
     (tmp_path / "audio").mkdir()
     out = tmp_path / "store"
-    line = _error(capsys, ingest_main, _ingest_args(audioset, truncated, tmp_path / "audio", out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, truncated, tmp_path / "audio", out))
     assert str(truncated) in line and not out.exists()
 
 
@@ -87,7 +79,7 @@ def test_ingest_missing_audio_dir_creates_nothing(audioset, tmp_path, capsys):
     segments = tmp_path / "segments.csv"
     segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
     out = tmp_path / "store"
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "no-audio", out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "no-audio", out))
     assert line == f"error: {tmp_path / 'no-audio'}: audio directory does not exist"
     assert not out.exists()
 
@@ -99,7 +91,7 @@ def test_ingest_without_any_audio_file_creates_nothing(audioset, tmp_path, capsy
     audio.mkdir()
     (audio / "unrelated.wav").write_bytes(b"")
     out = tmp_path / "store"
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
     assert line.startswith(f"error: {audio}: no audio file for any of the ")
     assert "tried patterns {ytid}.{ext} Y{ytid}.{ext} {ytid}_{start}.{ext} {ytid}_{start_g}.{ext}" in line
     assert f"(e.g. {audio / '--4gqARaEJE.wav'})" in line
@@ -140,7 +132,7 @@ def test_ingest_refuses_a_directory_that_holds_data(audioset, tmp_path, capsys):
     out = tmp_path / "store"
     (out / "train").mkdir(parents=True)
     (out / "train" / "part-00000.parquet").write_bytes(b"someone's data")
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
     assert line.startswith(f"error: {out}: not empty") and "has no manifest.json" in line
     assert sorted(p.name for p in out.rglob("*")) == ["part-00000.parquet", "train"]
     assert (out / "train" / "part-00000.parquet").read_bytes() == b"someone's data"
@@ -159,10 +151,10 @@ def test_synth_cli(tmp_path, capsys):
     assert set(printed["splits"]) == {"train", "valid", "eval_public", "eval_internal"}
     (out / "manifest.json").unlink()
     before = sorted(Path(p).name for p in out.rglob("*"))
-    line = _error(capsys, synth_main, ["--store", str(out), "--clips", "20", "--classes", "4"])
+    line = one_line_error(capsys, synth_main, ["--store", str(out), "--clips", "20", "--classes", "4"])
     assert line.startswith(f"error: {out}: not empty")
     assert sorted(Path(p).name for p in out.rglob("*")) == before
-    line = _error(capsys, synth_main, ["--store", str(tmp_path / "t"), "--classes", "2"])
+    line = one_line_error(capsys, synth_main, ["--store", str(tmp_path / "t"), "--classes", "2"])
     assert "synth.head_classes: 3 is not in [0, classes = 2]" in line and not (tmp_path / "t").exists()
 
 
@@ -258,7 +250,7 @@ def test_ingest_into_a_store_of_other_frames_says_what_it_has(audioset, tmp_path
     out = tmp_path / "store"
     create_store(out, [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(ci.mids, ci.names))],
                  store_features(300))
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
     assert line == f"error: {out}: the store has 300 frames a clip, this ingest 1024: pass --frames 300"
 
 
@@ -299,7 +291,7 @@ def test_unknown_labels_are_named_with_counts_and_can_be_refused(audioset, tmp_p
     from data.store import open_store
     assert sorted(open_store(tmp_path / "store").clip_ids("train")) == ["aaaaaaaaaaa", "ccccccccccc"]
     out = tmp_path / "strict"
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out,
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out,
                                                     "--unknown-labels", "error"))
     assert line == f"error: {segments}: 2 unknown label(s): /m/09x0rr (2x), /m/zzz (1x) (--unknown-labels error)"
     assert not out.exists()
@@ -312,7 +304,7 @@ def test_a_segment_csv_of_display_names_names_them(audioset, tmp_path, capsys):
     segments = tmp_path / "segments.csv"
     segments.write_text('aaaaaaaaaaa, 0, 10, "Speech"\nbbbbbbbbbbb, 0, 10, "Speech,Music"\n')
     out = tmp_path / "store"
-    line = _error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out))
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, tmp_path / "audio", out))
     assert line == (f"error: {segments}: no clip with a known label (2 rows left out); 2 unknown label(s): "
                     "Speech (2x), Music (1x); 2 of them are display names of the class index, where the label files "
                     "list MIDs (Speech is /m/09x0r)")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from helpers import classes, write_split
 from sweep_checks import SMOKE, free_port, smoke_args, trial_on_disk
 
 from data.store import create_store, open_store
@@ -158,14 +159,9 @@ def test_a_trial_whose_final_checkpoint_is_gone_is_named(tmp_path):
 
 def _store(root: Path, splits: dict[str, list[list[int]]], frames: int = 16, mels: int = 16):
     """A store of 3 classes with the given labels per split (random spectrograms)."""
-    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
-                         {"frames": frames, "mels": mels})
-    rng = np.random.default_rng(0)
+    store = create_store(root, classes(3), {"frames": frames, "mels": mels})
     for split, labels in splits.items():
-        w = store.writer(split)
-        w.write([f"{split}{i}" for i in range(len(labels))], [np.array(x) for x in labels],
-                rng.normal(size=(len(labels), frames, mels)).astype(np.float16), np.full(len(labels), frames))
-        w.close()
+        write_split(store, split, labels)
     return store
 
 

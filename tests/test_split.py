@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import classes, one_line_error
 
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, rarest_label_count
 from data.split import SplitConfig, main, per_class_split, select_valid, stratified_split, valid_targets
@@ -108,8 +109,7 @@ def store(tmp_path):
     one) and two evaluation splits, 18 classes, 8 x 4 spectrograms."""
     rng = np.random.default_rng(2)
     k = 18
-    s = create_store(tmp_path / "s", [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(k)],
-                     {"frames": 8, "mels": 4})
+    s = create_store(tmp_path / "s", classes(k), {"frames": 8, "mels": 4})
     w = (np.arange(16) + 1.0) ** -1.5
     for split, n in [("train", 900), ("eval_a", 60), ("eval_b", 40)]:
         labels = [np.unique(rng.choice(16, size=rng.integers(1, 4), p=w / w.sum())) for _ in range(n)]
@@ -178,21 +178,14 @@ def test_carve_stratified_and_human_readable(store, capsys):
     assert text[4].startswith("2 class(es) below the minimum")
 
 
-def _error(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
-    return err[0]
-
-
 def test_cli_errors_are_one_line(store, tmp_path, capsys):
-    assert "no manifest" in _error(capsys, ["--store", str(tmp_path / "none"), "--to", "valid"])
-    assert "'eval_a' exists already" in _error(capsys, ["--store", str(store.root), "--to", "eval_a"])
-    assert "--fraction applies to --method stratified only" in _error(
-        capsys, ["--store", str(store.root), "--to", "valid", "--fraction", "0.2"])
-    assert "--fraction must be in [0, 1)" in _error(
-        capsys, ["--store", str(store.root), "--to", "valid", "--method", "stratified", "--fraction", "1.5"])
-    assert "give either --to" in _error(capsys, ["--store", str(store.root)])
+    assert "no manifest" in one_line_error(capsys, main, ["--store", str(tmp_path / "none"), "--to", "valid"])
+    assert "'eval_a' exists already" in one_line_error(capsys, main, ["--store", str(store.root), "--to", "eval_a"])
+    assert "--fraction applies to --method stratified only" in one_line_error(
+        capsys, main, ["--store", str(store.root), "--to", "valid", "--fraction", "0.2"])
+    assert "--fraction must be in [0, 1)" in one_line_error(
+        capsys, main, ["--store", str(store.root), "--to", "valid", "--method", "stratified", "--fraction", "1.5"])
+    assert "give either --to" in one_line_error(capsys, main, ["--store", str(store.root)])
     assert open_store(store.root).splits == ["train", "eval_a", "eval_b"]   # nothing written
     with pytest.raises(SystemExit) as e:                                    # usage error: one line
         main(["--store", str(store.root), "--to", "valid", "--min-per-class", "0"])
@@ -216,8 +209,8 @@ def test_union_reads_as_the_concatenation(store, capsys):
         s.add_union("twice", ["eval_a", "eval_all"])
     with pytest.raises(StoreError, match="holds data"):
         s.add_union("train", ["eval_a"])
-    assert "part of one" in _error(capsys, ["--store", str(store.root), "--from", "eval_a", "--to", "v2"])
-    assert "give either --to" in _error(capsys, ["--store", str(store.root), "--union", "x"])
+    assert "part of one" in one_line_error(capsys, main, ["--store", str(store.root), "--from", "eval_a", "--to", "v2"])
+    assert "give either --to" in one_line_error(capsys, main, ["--store", str(store.root), "--union", "x"])
 
 
 def test_union_parts_either_style(store, capsys):
@@ -300,7 +293,7 @@ def test_split_names_are_plain_names(store, capsys, argv):
     it), in one line naming the flag and the value, and nothing is written anywhere."""
     before = {p: p.stat().st_mtime_ns for p in store.root.parent.rglob("*")}
     flag, name = argv[0], argv[1]
-    line = _error(capsys, ["--store", str(store.root), *argv])
+    line = one_line_error(capsys, main, ["--store", str(store.root), *argv])
     assert line == f"error: {flag}: {name!r} is not a plain name (a split is a directory of the store)"
     assert {p: p.stat().st_mtime_ns for p in store.root.parent.rglob("*")} == before
     assert open_store(store.root).splits == ["train", "eval_a", "eval_b"]

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import classes, write_split
 
 from data.balance import class_counts, rarest_label_count
 from data.manifest import StoreError
@@ -15,14 +16,9 @@ from data.synth import SynthConfig, make_synthetic_store
 
 
 def _small_store(root, n=10):
-    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
-                         {"frames": 4, "mels": 2})
-    rng = np.random.default_rng(0)
-    mel = rng.normal(size=(n, 4, 2)).astype(np.float16)
-    labels = [np.array([i % 3]) for i in range(n)]
-    w = store.writer("train", rows_per_shard=4)
-    w.write([f"id{i}" for i in range(n)], labels, mel, np.full(n, 4))
-    w.close()
+    store = create_store(root, classes(3), {"frames": 4, "mels": 2})
+    mel = write_split(store, "train", [[i % 3] for i in range(n)], rows_per_shard=4,
+                      clip_ids=[f"id{i}" for i in range(n)])
     return store, mel
 
 
@@ -108,12 +104,9 @@ def test_synthetic_is_deterministic(tmp_path):
 def _mel_store(root, n=40):
     """A store whose mel column chunks are large enough to damage: 40 clips of 32 x 16, one
     shard of row groups of `ROW_GROUP_ROWS` rows."""
-    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(3)],
-                         {"frames": 32, "mels": 16})
-    mel = np.random.default_rng(1).normal(size=(n, 32, 16)).astype(np.float16)
-    w = store.writer("train", rows_per_shard=n)
-    w.write([f"id{i}" for i in range(n)], [np.array([i % 3]) for i in range(n)], mel, np.full(n, 32))
-    w.close()
+    store = create_store(root, classes(3), {"frames": 32, "mels": 16})
+    write_split(store, "train", [[i % 3] for i in range(n)], seed=1, rows_per_shard=n,
+                clip_ids=[f"id{i}" for i in range(n)])
     return open_store(root)
 
 
@@ -254,13 +247,9 @@ def test_synthetic_store_never_writes_over_a_directory_that_holds_anything(tmp_p
 
 def _shards_store(root, n=150, rows_per_shard=40):
     """150 clips of 4 x 2 in shards of 40 rows (40, 40, 40, 30), two labels each."""
-    store = create_store(root, [{"index": i, "mid": f"/m/{i}", "name": f"c{i}"} for i in range(5)],
-                         {"frames": 4, "mels": 2})
-    rng = np.random.default_rng(3)
-    mel = rng.normal(size=(n, 4, 2)).astype(np.float16)
-    w = store.writer("train", rows_per_shard=rows_per_shard)
-    w.write([f"id{i}" for i in range(n)], [np.array([i % 5, 4]) for i in range(n)], mel, np.arange(n) % 4 + 1)
-    w.close()
+    store = create_store(root, classes(5), {"frames": 4, "mels": 2})
+    mel = write_split(store, "train", [[i % 5, 4] for i in range(n)], seed=3, rows_per_shard=rows_per_shard,
+                      n_frames=np.arange(n) % 4 + 1, clip_ids=[f"id{i}" for i in range(n)])
     return open_store(root), mel
 
 
