@@ -1,9 +1,10 @@
 """The command-line convention every entry point follows.
 
-An expected error (a bad file, key or value: `InputError` and the ValueErrors the package
-raises for bad input, a missing file; a `Failure` the user can act on, such as a tracking
-store that cannot be used) is one line on stderr, `error: <what>: <why>`, and exit status 2.
-`--debug` shows the traceback instead. Anything else is a bug and keeps its traceback.
+An expected error (a bad file, key or value: an `InputError`, which every error type of the
+package for bad input derives from; a missing or unreadable file; a `Failure` the user can act
+on, such as a tracking store that cannot be used) is one line on stderr, `error: <what>: <why>`,
+and exit status 2. `--debug` shows the traceback instead. Anything else, a ValueError from the
+math included, is a bug and keeps its traceback.
 
     def main(argv=None) -> int:
         p = parser(prog="python -m data.stats", description=__doc__)
@@ -34,9 +35,9 @@ class Failure(RuntimeError):
     selection that cannot stand); the message says which and why."""
 
 
-# ValueError covers StoreError, LabelFileError, AudioError, ConfigError and InputError;
-# OSError a missing or unreadable file; EOFError a truncated .gz.
-EXPECTED: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, Failure)
+# InputError covers StoreError, LabelFileError, AudioError and ConfigError; OSError a missing or
+# unreadable file; EOFError a truncated .gz.
+EXPECTED: tuple[type[BaseException], ...] = (InputError, OSError, EOFError, Failure)
 
 
 class _Parser(argparse.ArgumentParser):

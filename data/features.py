@@ -23,6 +23,8 @@ import torch
 import torchaudio.functional as AF
 from torchaudio.compliance import kaldi
 
+from data.cli import InputError
+
 __all__ = ["SAMPLE_RATE", "MELS", "FRAMES", "FRAME_SHIFT_MS", "FRAME_LENGTH_MS", "MIN_SECONDS",
            "FBANK", "FEATURES", "AudioError", "store_features", "read_audio", "log_mel", "clip_log_mel"]
 
@@ -45,7 +47,7 @@ FEATURES = {"frontend": "torchaudio.compliance.kaldi.fbank", **FBANK,
             "mels": MELS, "dtype": "float16"}
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """A clip without a usable spectrogram; `reason` is one short word for the report."""
 
     def __init__(self, reason: str, message: str):

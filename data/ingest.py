@@ -57,7 +57,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -68,12 +68,12 @@ from data.cli import Failure, InputError, add_list, add_store, is_plain_name, pa
 from data.features import FRAMES, AudioError, clip_log_mel, store_features
 from data.journal import IN_PROCESS_CLIPS, read_journal, run_jobs, start_ray, verify_files
 from data.labels import ClassIndex, Segments, read_class_index, read_segments, unknown_labels
-from data.manifest import HASH, MANIFEST, StoreError, update_json
+from data.manifest import HASH, MANIFEST, StoreError, read_manifest, update_json
 from data.packs import FORMATS, PackFields, PackPart, pack_log_mel, pack_parts, read_part, resolve_labels
 from data.shards import RowGroups, close_shards
 from data.store import Store, check_new_store, create_store, open_store
 
-__all__ = ["IngestConfig", "AudioFinder", "not_a_name", "read_labels", "ingest", "label_warnings", "summary",
+__all__ = ["IngestConfig", "AudioFinder", "not_a_name", "read_labels", "store_frames", "ingest", "label_warnings", "summary",
            "format_summary", "main"]
 
 PATTERNS = ("{ytid}.{ext}", "Y{ytid}.{ext}", "{ytid}_{start}.{ext}", "{ytid}_{start_g}.{ext}")
@@ -92,7 +92,7 @@ class IngestConfig:
     split: str
     patterns: tuple[str, ...] = PATTERNS
     exts: tuple[str, ...] = EXTS
-    frames: int = FRAMES
+    frames: int | None = None       # None: the store's frames (a new store: FRAMES)
     rows_per_shard: int = 512       # 512 x 1024 x 128 float16 = 128 MiB shards
     order: str | None = None        # "rarest_label" or "given"; None: rarest_label for "train"
     unknown_labels: str = "drop"    # "drop": left out of their clips, named; "error": refused
@@ -104,6 +104,8 @@ class IngestConfig:
         self.order = self.order or ("rarest_label" if self.split == "train" else "given")
         for key in ("frames", "rows_per_shard"):
             value = getattr(self, key)
+            if key == "frames" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{key}: must be an integer >= 1, got {value!r}")
         split_name(self.split, "split")
@@ -142,10 +144,10 @@ class AudioFinder:
             try:
                 name = PurePosixPath(p.format(ytid="x", start="0.000", start_g="0", ext="wav"))
             except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"audio pattern {p!r}: bad field {e}; "
+                raise InputError(f"audio pattern {p!r}: bad field {e}; "
                                  "use {ytid} {start} {start_g} {ext}") from None
             if name.is_absolute() or ".." in name.parts:
-                raise ValueError(f"audio pattern {p!r}: must stay inside the audio directory "
+                raise InputError(f"audio pattern {p!r}: must stay inside the audio directory "
                                  "(no absolute path, no '..')")
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: audio directory does not exist"
@@ -294,6 +296,13 @@ def _check_reuse(journal: dict[str, dict], chunks: list[dict], root: Path) -> tu
     return reused, redone
 
 
+def store_frames(store: str) -> int:
+    """The frames a clip of the store at `store` has (an ingest without --frames adopts them), or
+    FRAMES for a new store."""
+    manifest = Path(store) / MANIFEST
+    return int(read_manifest(manifest)["features"]["frames"]) if manifest.exists() else FRAMES
+
+
 def _existing_store(cfg: IngestConfig, class_index) -> Store | None:
     """The store, checked to take this split, or None for a new one (`check_new_store`: a new or
     empty directory); nothing is written."""
@@ -306,7 +315,7 @@ def _existing_store(cfg: IngestConfig, class_index) -> Store | None:
     if store.features != store_features(cfg.frames):
         if store.features.get("frames") != cfg.frames:
             raise StoreError(f"{root}: the store has {store.features.get('frames')} frames a clip, this ingest "
-                             f"{cfg.frames}: pass --frames {store.features.get('frames')}")
+                             f"{cfg.frames}: omit --frames to adopt the store's, or pass --frames {store.features.get('frames')}")
         raise StoreError(f"{root}: the store's features differ from this ingest's (--frames {cfg.frames})")
     if store.mids != class_index.mids:
         raise StoreError(f"{root}: the store's classes differ from {cfg.class_index}")
@@ -379,6 +388,8 @@ def ingest(cfg: IngestConfig) -> dict:
     """Ingest one split (see the module docstring); returns the split's report."""
     t0 = time.time()
     class_index = read_class_index(cfg.class_index)  # every input is checked before the store is touched
+    if cfg.frames is None:
+        cfg = replace(cfg, frames=store_frames(cfg.store))
     return _ingest_packs(cfg, class_index, t0) if cfg.packs else _ingest_files(cfg, class_index, t0)
 
 
@@ -648,10 +659,10 @@ def main(argv=None) -> int:
                         "(default %(default)s)")
     p.add_argument("--audio-field", default=d.audio, metavar="NAME",
                    help="Parquet column of the audio, struct {bytes, path} (default %(default)s)")
-    p.add_argument("--frames", type=positive_int, default=FRAMES, metavar="N",
-                   help="keep the first N frames x 10 ms of each clip (default %(default)s = 10.24 s, AST's "
-                        "input): a longer clip is cut, a shorter one zero-padded at the end of its log-mel "
-                        "(a 10 s clip gives 998 frames); clips under 0.1 s are skipped (too_short). Every "
+    p.add_argument("--frames", type=positive_int, default=None, metavar="N",
+                   help=f"keep the first N frames x 10 ms of each clip (default: the store's; a new store "
+                        f"{FRAMES} = 10.24 s, AST's input): a longer clip is cut, a shorter one zero-padded at "
+                        "the end of its log-mel (a 10 s clip gives 998 frames); clips under 0.1 s are skipped (too_short). Every "
                         "split of a store has the same N")
     p.add_argument("--rows-per-shard", type=positive_int, default=IngestConfig.rows_per_shard, metavar="N",
                    help="clips per shard (default %(default)s)")

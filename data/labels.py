@@ -24,13 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from data.cli import InputError
 from data.balance import MultiLabels
 
 __all__ = ["ClassIndex", "Segments", "LabelIssues", "LabelFileError", "read_class_index", "read_segments",
            "unknown_labels"]
 
 
-class LabelFileError(ValueError):
+class LabelFileError(InputError):
     """A label file that cannot be used as it is; the message names the file and the rows."""
 
 

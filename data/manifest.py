@@ -33,6 +33,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from data.cli import InputError
+
 __all__ = ["FORMAT_VERSION", "READABLE_FORMATS", "MANIFEST", "LOCK", "HASH", "SPECTROGRAM", "StoreError",
            "schema", "fingerprint", "read_manifest", "write_json", "update_json", "manifest_lock", "convert_command"]
 
@@ -45,7 +47,7 @@ HASH = "sha256"  # the shard entry's key for the content hash (hex digest of the
 SPECTROGRAM = "mel"  # the spectrogram column
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that does not match its manifest; the message names the file."""
 
 

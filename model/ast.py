@@ -36,6 +36,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models import adapt_input_conv, clean_state_dict
 from timm.models.deit import VisionTransformerDistilled
 
+from data.cli import InputError
 from model.config import PATCH, ModelConfig
 from model.weights import AUDIOSET_CLASSES, read_state_dict
 
@@ -90,9 +91,9 @@ class AST(VisionTransformerDistilled):
     def __init__(self, frames: int, mels: int, fstride: int, tstride: int, n_classes: int,
                  embed_dim: int, depth: int, num_heads: int):
         if min(frames, mels) < PATCH:
-            raise ValueError(f"AST needs at least {PATCH} frames and mels, got {frames} x {mels}")
+            raise InputError(f"AST needs at least {PATCH} frames and mels, got {frames} x {mels}")
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+            raise InputError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         super().__init__(img_size=(mels, frames), patch_size=PATCH, in_chans=1, num_classes=0,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                          embed_layer=partial(ASTPatchEmbed, stride=(fstride, tstride)))
@@ -147,12 +148,12 @@ def _source_grid(pos: torch.Tensor, model: AST, imagenet: bool) -> tuple[int, in
     if not imagenet and n + 2 in PUBLISHED_STRIDES:
         stride = PUBLISHED_STRIDES[n + 2]
         if model.patch_embed.proj.stride != (stride, stride):
-            raise ValueError(f"pos_embed {tuple(pos.shape)} is a stride-{stride} AST checkpoint; "
+            raise InputError(f"pos_embed {tuple(pos.shape)} is a stride-{stride} AST checkpoint; "
                              f"the model's stride is {model.patch_embed.proj.stride}")
         return _published_grid(stride)
     if not imagenet and n % rows == 0:
         return rows, n // rows
-    raise ValueError(f"shape mismatch for 'pos_embed': checkpoint {tuple(pos.shape)}, model "
+    raise InputError(f"shape mismatch for 'pos_embed': checkpoint {tuple(pos.shape)}, model "
                      f"{tuple(model.pos_embed.shape)} (grid {model.patch_embed.grid_size}; check mels/fstride)")
 
 
@@ -172,14 +173,14 @@ def checkpoint_filter_fn(state_dict: dict, model: AST, source_grid: tuple[int, i
     if not imagenet:       # AST: module.v.* backbone, module.mlp_head.{0,1}.*
         sd = {k.removeprefix("v."): v for k, v in sd.items()}
     elif not ("dist_token" in sd and "pos_embed" in sd):
-        raise ValueError("unknown checkpoint layout: expected AST keys (module.v.pos_embed) "
+        raise InputError("unknown checkpoint layout: expected AST keys (module.v.pos_embed) "
                          "or a timm distilled DeiT (dist_token, pos_embed)")
     sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "head_dist."))}
     target = model.state_dict()
     out = {}
     for k, v in sd.items():
         if k not in target:
-            raise ValueError(f"unexpected key {k!r} {tuple(v.shape)} in the checkpoint")
+            raise InputError(f"unexpected key {k!r} {tuple(v.shape)} in the checkpoint")
         want = target[k].shape
         if k == "patch_embed.proj.weight" and v.ndim == 4 and v.shape[1] != want[1]:
             v = adapt_input_conv(want[1], v)            # RGB stem summed to 1 channel
@@ -191,18 +192,18 @@ def checkpoint_filter_fn(state_dict: dict, model: AST, source_grid: tuple[int, i
                 _logger.info("re-initialising %s: checkpoint %s, model %s", k, tuple(v.shape), tuple(want))
                 v = target[k]
             else:
-                raise ValueError(f"shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(want)}")
+                raise InputError(f"shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(want)}")
         out[k] = v
     for k in target.keys() - out.keys():
         if not k.startswith(HEAD_PREFIX):
-            raise ValueError(f"missing key {k!r} {tuple(target[k].shape)} in the checkpoint")
+            raise InputError(f"missing key {k!r} {tuple(target[k].shape)} in the checkpoint")
         out[k] = target[k]
     return out
 
 
 def _dims(cfg: ModelConfig) -> tuple[int, int, int]:
     if cfg.size not in SIZES:
-        raise ValueError(f"unknown AST size {cfg.size!r}; expected one of {sorted(SIZES)}")
+        raise InputError(f"unknown AST size {cfg.size!r}; expected one of {sorted(SIZES)}")
     embed, depth, heads = SIZES[cfg.size]
     return cfg.embed_dim or embed, cfg.depth or depth, cfg.num_heads or heads
 
@@ -242,7 +243,7 @@ def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: 
     re-initialises the classifier Linear."""
     sd = read_state_dict(path)
     if "v.pos_embed" not in sd:
-        raise ValueError(f"{path}: not an AST checkpoint (no module.v.pos_embed key)")
+        raise InputError(f"{path}: not an AST checkpoint (no module.v.pos_embed key)")
     pos, stem = sd["v.pos_embed"], sd["v.patch_embed.proj.weight"]
     match = re.search(r"_(\d+)_(\d+)(?:_|\.)", Path(path).name)
     if mels == 128 and pos.shape[1] in PUBLISHED_STRIDES:
@@ -250,11 +251,11 @@ def load_ast_checkpoint(path: str | Path, n_classes: int | None = None, frames: 
     elif match:
         fstride, tstride = int(match[1]), int(match[2])
     else:
-        raise ValueError(f"{path}: cannot infer the patch stride from pos_embed {tuple(pos.shape)}; "
+        raise InputError(f"{path}: cannot infer the patch stride from pos_embed {tuple(pos.shape)}; "
                          "name the file like audioset_<fstride>_<tstride>_....pth")
     rows, n = (mels - PATCH) // fstride + 1, pos.shape[1] - 2
     if n % rows:
-        raise ValueError(f"{path}: pos_embed {tuple(pos.shape)} does not fit {rows} frequency rows "
+        raise InputError(f"{path}: pos_embed {tuple(pos.shape)} does not fit {rows} frequency rows "
                          f"(mels {mels}, fstride {fstride})")
     embed = stem.shape[0]
     depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("v.blocks."))

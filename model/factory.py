@@ -28,6 +28,7 @@ import importlib
 import torch
 import torch.nn as nn
 
+from data.cli import InputError
 from model.ast import create_ast, is_audioset_checkpoint
 from model.config import AST_KEYS, ModelConfig, arch_kind
 from model.weights import audioset_classifier, read_state_dict
@@ -62,7 +63,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     kind = arch_kind(cfg.arch)
     if kind == "ast":
         if cfg.options:
-            raise ValueError(f"model.options {cfg.options}: the AST takes none (its geometry is model."
+            raise InputError(f"model.options {cfg.options}: the AST takes none (its geometry is model."
                              + ", model.".join(AST_KEYS) + ")")
         return create_ast(cfg)
     if kind == "timm":
@@ -70,7 +71,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     elif kind == "factory":
         model = _factory_model(cfg)
     else:
-        raise ValueError(f"model.arch {cfg.arch!r}: not 'ast', a timm architecture (e.g. resnet10t) or "
+        raise InputError(f"model.arch {cfg.arch!r}: not 'ast', a timm architecture (e.g. resnet10t) or "
                          "package.module:function")
     _check_logits(model, cfg)
     return model
@@ -92,7 +93,7 @@ def _options(cfg: ModelConfig, kind: str) -> dict:
     """model.options as keyword arguments, none of them one the build sets itself."""
     taken = sorted(set(cfg.options) & set(_RESERVED[kind]))
     if taken:
-        raise ValueError(f"model.options.{taken[0]}: set from the store and model.weights, not an option")
+        raise InputError(f"model.options.{taken[0]}: set from the store and model.weights, not an option")
     return dict(cfg.options)
 
 
@@ -113,7 +114,7 @@ def _timm_model(cfg: ModelConfig) -> SpectrogramImage:
     from timm.models import get_pretrained_cfg
     if not timm.is_model(cfg.arch):
         close = difflib.get_close_matches(cfg.arch, timm.list_models(), n=3)
-        raise ValueError(f"model.arch {cfg.arch!r}: not 'ast', package.module:function or a timm architecture"
+        raise InputError(f"model.arch {cfg.arch!r}: not 'ast', package.module:function or a timm architecture"
                          + (f" (timm has {', '.join(close)})" if close else ""))
     kwargs = {**_options(cfg, "timm"), "in_chans": 1, "num_classes": cfg.n_classes}
     pretrained = get_pretrained_cfg(cfg.arch)
@@ -122,7 +123,7 @@ def _timm_model(cfg: ModelConfig) -> SpectrogramImage:
     try:
         net = timm.create_model(cfg.arch, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as e:
-        raise ValueError(f"model.arch {cfg.arch!r}: timm cannot build it with {kwargs} ({_first_line(e)})") from e
+        raise InputError(f"model.arch {cfg.arch!r}: timm cannot build it with {kwargs} ({_first_line(e)})") from e
     if cfg.weights:
         net = _timm_with_weights(cfg, kwargs, net, pretrained)
     return SpectrogramImage(net)
@@ -142,13 +143,13 @@ def _timm_with_weights(cfg: ModelConfig, kwargs: dict, bare: nn.Module, pretrain
         problems = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
                     for names, what in ((missing, "of its tensors missing"), (unexpected, "tensors it does not have"))
                     if names]
-        raise ValueError(f"{cfg.weights}: not {cfg.arch} weights in timm's layout: " + "; ".join(problems))
+        raise InputError(f"{cfg.weights}: not {cfg.arch} weights in timm's layout: " + "; ".join(problems))
     rows = next((sd[h + "weight"].shape[0] for h in heads if h + "weight" in sd), None)
     overlay = {"file": cfg.weights, **({"num_classes": rows} if rows else {})}  # the file's own classifier
     try:
         return timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, ValueError, KeyError, AssertionError) as e:
-        raise ValueError(f"{cfg.weights}: does not load into {cfg.arch} ({_first_line(e)})") from e
+        raise InputError(f"{cfg.weights}: does not load into {cfg.arch} ({_first_line(e)})") from e
 
 
 def _factory_model(cfg: ModelConfig) -> nn.Module:
@@ -158,19 +159,19 @@ def _factory_model(cfg: ModelConfig) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module), name)
     except Exception as e:  # noqa: BLE001 - whatever stops the user's module from importing is named
-        raise ValueError(f"model.arch {cfg.arch!r}: cannot import {name} from {module} "
+        raise InputError(f"model.arch {cfg.arch!r}: cannot import {name} from {module} "
                          f"({type(e).__name__}: {_first_line(e)})") from e
     try:
         model = factory(frames=cfg.frames, mels=cfg.mels, n_classes=cfg.n_classes, **_options(cfg, "factory"))
     except Exception as e:  # noqa: BLE001 - the user's code: named, its traceback with --debug
-        raise ValueError(f"model.arch {cfg.arch!r}: the factory failed ({type(e).__name__}: {_first_line(e)})") from e
+        raise InputError(f"model.arch {cfg.arch!r}: the factory failed ({type(e).__name__}: {_first_line(e)})") from e
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model.arch {cfg.arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+        raise InputError(f"model.arch {cfg.arch!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if cfg.weights:
         try:
             model.load_state_dict(read_state_dict(cfg.weights))
         except RuntimeError as e:
-            raise ValueError(f"{cfg.weights}: does not fit {cfg.arch} ({_first_line(e)})") from e
+            raise InputError(f"{cfg.weights}: does not fit {cfg.arch} ({_first_line(e)})") from e
     return model
 
 
@@ -183,11 +184,11 @@ def _check_logits(model: nn.Module, cfg: ModelConfig) -> None:
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # noqa: BLE001 - the architecture cannot take this input: named with its shape
-        raise ValueError(f"model.arch {cfg.arch!r} cannot take log-mel [batch, frames, mels] = {list(x.shape)} "
+        raise InputError(f"model.arch {cfg.arch!r} cannot take log-mel [batch, frames, mels] = {list(x.shape)} "
                          f"({type(e).__name__}: {_first_line(e)})") from e
     finally:
         model.train(training)
     shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != [2, cfg.n_classes]:
-        raise ValueError(f"model.arch {cfg.arch!r} returns {shape} for log-mel [batch, frames, mels] = {list(x.shape)}: "
+        raise InputError(f"model.arch {cfg.arch!r} returns {shape} for log-mel [batch, frames, mels] = {list(x.shape)}: "
                          f"expected logits [batch, classes] = [2, {cfg.n_classes}]")

@@ -13,6 +13,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from timm.models import load_state_dict
 
+from data.cli import InputError
+
 __all__ = ["AUDIOSET_CLASSES", "weights_file", "read_state_dict", "audioset_classifier"]
 
 AUDIOSET_CLASSES = 527
@@ -25,7 +27,7 @@ def weights_file(path: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix.lower() in (".npz", ".npy"):
-        raise ValueError(f"{path}: NumPy weights are not supported (a .pth/.pt or .safetensors file)")
+        raise InputError(f"{path}: NumPy weights are not supported (a .pth/.pt or .safetensors file)")
     return str(path)
 
 
@@ -37,7 +39,7 @@ def read_state_dict(path: str | Path) -> dict:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, SafetensorError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
 
 
 def audioset_classifier(state_dict: dict) -> str | None:

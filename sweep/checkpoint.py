@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cli import InputError
 from model.config import ModelConfig
 from sweep.history import TrialState
 
@@ -82,7 +83,7 @@ def load_state(directory: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not a readable checkpoint state ({e})") from None
+        raise InputError(f"{path}: not a readable checkpoint state ({e})") from None
 
 
 def _load_tensors(path: Path, device) -> dict:
@@ -91,7 +92,7 @@ def _load_tensors(path: Path, device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {e})") from e
 
 
 def restore_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, device) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from data.cli import InputError
 from data.synth import SynthConfig
 from model.config import AugmentConfig, ModelConfig, OptimConfig, arch_kind
 from data.balance import SCHEMES
@@ -30,7 +31,7 @@ __all__ = ["DataConfig", "TrainConfig", "SweepConfig", "ResourcesConfig", "RunCo
            "load_config", "check", "to_dict", "flatten", "ConfigError"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key or value that cannot be used; the message names it."""
 
 

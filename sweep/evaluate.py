@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.cli import InputError
 from data.store import Store
 from model.ast import load_ast_checkpoint
 from model.config import ModelConfig
@@ -94,11 +95,11 @@ def load_any_checkpoint(path: str | Path, store: Store, device: str | torch.devi
         got = {"frames": cfg["frames"], "mels": cfg["mels"], "n_classes": cfg["n_classes"]}
         want = {"frames": store.frames, "mels": store.mels, "n_classes": store.n_classes}
         if got != want:
-            raise ValueError(f"{path}: the checkpoint's model takes {got}, the store {store.root} has {want}")
+            raise InputError(f"{path}: the checkpoint's model takes {got}, the store {store.root} has {want}")
         return load_model(path, device), "trial"
     model = load_ast_checkpoint(path, frames=store.frames, mels=store.mels)
     if model.n_classes != store.n_classes:
-        raise ValueError(f"{path}: {model.n_classes} classes, the store {store.root} {store.n_classes}; "
+        raise InputError(f"{path}: {model.n_classes} classes, the store {store.root} {store.n_classes}; "
                          "its classifier does not fit this store's classes")
     return model.to(device).eval(), "published"
 

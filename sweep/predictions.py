@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.cli import InputError
 from data.balance import priors_from_counts
 from data.store import Store
 from sweep.metrics import classification_metrics
@@ -27,7 +28,7 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: not a readable predictions file ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable predictions file ({type(e).__name__}: {e})") from e
 
 
 def save_predictions(path: str | Path, result: dict) -> None:
@@ -51,26 +52,26 @@ def target_prior(spec: str, targets: np.ndarray, store: Store | None, train_spli
         with open(spec, newline="") as f:
             rows = list(csv.DictReader(f))
         if not rows or "prior" not in rows[0]:
-            raise ValueError(f"{spec}: expected a CSV with a 'prior' column, one row per class")
+            raise InputError(f"{spec}: expected a CSV with a 'prior' column, one row per class")
         try:
             values = [float(r["prior"]) for r in rows]
             index = [int(r["index"]) for r in rows] if "index" in rows[0] else list(range(len(rows)))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{spec}: {e}") from None
+            raise InputError(f"{spec}: {e}") from None
         if sorted(index) != list(range(len(rows))):
-            raise ValueError(f"{spec}: the 'index' column must hold 0..{len(rows) - 1} once each")
+            raise InputError(f"{spec}: the 'index' column must hold 0..{len(rows) - 1} once each")
         prior = np.empty(len(rows))
         prior[index] = values
     else:
         if store is None:
-            raise ValueError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
+            raise InputError(f"--target-prior {spec} needs --store (or give uniform or a .csv file)")
         split = train_split if spec == "train" else spec
         prior = store.priors(split)
     if prior.shape != (k,):
-        raise ValueError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
+        raise InputError(f"target prior {spec}: {prior.size} classes, the predictions {k}")
     bad = ~(np.isfinite(prior) & (prior >= 0) & (prior <= 1))
     if bad.any():
-        raise ValueError(f"target prior {spec}: class {int(np.flatnonzero(bad)[0])} has prior "
+        raise InputError(f"target prior {spec}: class {int(np.flatnonzero(bad)[0])} has prior "
                          f"{prior[bad][0]!r}, not in [0, 1]")
     return prior
 

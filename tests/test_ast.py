@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from data.cli import InputError
 from model.ast import (NORM_MEAN, NORM_STD, checkpoint_filter_fn, create_ast, is_audioset_checkpoint,
                        load_ast_checkpoint, normalisation_stats, normalise)
 from model.config import ModelConfig
@@ -116,14 +117,14 @@ def test_stride_inferred_from_published_pos_length(tmp_path, length, stride):
     assert model.patch_embed.proj.stride == (stride, stride)
     assert model.patch_embed.grid_size == grid and model.pos_embed.shape == (1, length, 64)
     other = 16 if stride != 16 else 10
-    with pytest.raises(ValueError, match=f"stride-{stride}"):
+    with pytest.raises(InputError, match=f"stride-{stride}"):
         create_ast(ModelConfig(embed_dim=64, depth=1, num_heads=1, fstride=other, tstride=other, weights=str(path)))
 
 
 def test_stride_not_inferable_raises(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(published(), path)
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(InputError, match="stride"):
         load_ast_checkpoint(path, frames=FRAMES, mels=MELS)
 
 
@@ -191,13 +192,13 @@ def test_wrong_shape_raises_naming_key(ckpt):
     model = create_ast(ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=MELS,
                                    fstride=FS, tstride=TS, n_classes=K))
     bad = dict(sd, **{"module.v.blocks.0.mlp.fc1.weight": torch.zeros(3 * D, D)})
-    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.fc1\.weight.*\(384, 128\).*\(512, 128\)"):
+    with pytest.raises(InputError, match=r"blocks\.0\.mlp\.fc1\.weight.*\(384, 128\).*\(512, 128\)"):
         checkpoint_filter_fn(bad, model)
     missing = {k: v for k, v in sd.items() if k != "module.v.norm.bias"}
-    with pytest.raises(ValueError, match="missing key 'norm.bias'"):
+    with pytest.raises(InputError, match="missing key 'norm.bias'"):
         checkpoint_filter_fn(missing, model)
     other = create_ast(ModelConfig(embed_dim=D, depth=DEPTH, num_heads=2, frames=FRAMES, mels=80, n_classes=K))
-    with pytest.raises(ValueError, match="pos_embed"):
+    with pytest.raises(InputError, match="pos_embed"):
         checkpoint_filter_fn(sd, other)
 
 
@@ -206,9 +207,9 @@ def test_sizes_and_geometry():
     assert small.embed_dim == 384 and len(small.blocks) == 12 and small.blocks[0].attn.num_heads == 6
     tiny = create_ast(ModelConfig(frames=FRAMES, mels=MELS, fstride=FS, tstride=TS, depth=1))
     assert tiny.embed_dim == 192 and len(tiny.blocks) == 1 and tiny.pos_embed.shape == (1, 2 + 60, 192)
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(InputError, match="size"):
         create_ast(ModelConfig(size="huge"))
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(InputError, match="divisible"):
         create_ast(ModelConfig(embed_dim=100, num_heads=3, frames=16, mels=16))
 
 
@@ -269,5 +270,5 @@ def test_missing_or_numpy_weights_are_named(tmp_path):
         load_ast_checkpoint(tmp_path / "nope.pth")
     np.savez(tmp_path / "jax.npz", x=np.zeros(1))
     cfg.weights = str(tmp_path / "jax.npz")
-    with pytest.raises(ValueError, match="NumPy weights are not supported"):
+    with pytest.raises(InputError, match="NumPy weights are not supported"):
         create_ast(cfg)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import one_line_error
 
-from data.cli import add_list, parser
+from data.cli import InputError, add_list, parser, run
 from data.ingest import main as ingest_main
 from data.stats import PAPER_BETAS, main as stats_main
 from data.synth import main as synth_main
@@ -109,8 +109,24 @@ def test_ingest_zero_sizes_are_refused_before_anything(audioset, tmp_path, capsy
     assert not out.exists()
 
 
+def test_a_bug_keeps_its_traceback_and_a_bad_input_is_one_line(capsys):
+    """The CLI wrapper turns the project's own input errors into one line, not every ValueError:
+    a ValueError from the math is a bug, and its traceback stays."""
+    def body(error):
+        def raise_it(_):
+            raise error
+        return raise_it
+
+    p = parser(prog="python -m x", description=None)
+    assert run(body(InputError("x.csv: row 3: no labels")), p, []) == 2
+    assert capsys.readouterr().err == "error: x.csv: row 3: no labels\n"
+    with pytest.raises(ValueError, match="shapes differ"):
+        run(body(ValueError("shapes differ")), p, [])
+    with pytest.raises(InputError):
+        run(body(InputError("x.csv")), p, ["--debug"])
+
+
 def test_ingest_config_refuses_zero_sizes(tmp_path):
-    from data.cli import InputError
     from data.ingest import IngestConfig
     with pytest.raises(InputError, match="rows_per_shard: must be an integer >= 1, got 0"):
         IngestConfig(["s.csv"], "ci.csv", "audio", str(tmp_path / "store"), "train", rows_per_shard=0)
@@ -234,24 +250,29 @@ def test_stats_bad_betas_is_one_line(synth_store, capsys, betas, why):
     assert err[0].startswith("error: python -m data.stats: argument --betas: ") and why in err[0]
 
 
-def test_ingest_into_a_store_of_other_frames_says_what_it_has(audioset, tmp_path, capsys):
-    """The store was made with --frames 300: an ingest without it is told to pass that."""
+def test_ingest_into_a_store_of_other_frames_adopts_them_or_says_what_it_has(audioset, tmp_path, capsys):
+    """The store was made with --frames 300: an ingest without --frames adopts them; one with
+    --frames 1024 is told what the store has."""
     import numpy as np
     import soundfile as sf
     from data.features import store_features
     from data.labels import read_class_index
-    from data.store import create_store
+    from data.store import create_store, open_store
     segments = tmp_path / "segments.csv"
     segments.write_bytes(b"".join((audioset / "eval_segments.csv").read_bytes().splitlines(keepends=True)[:20]))
     audio = tmp_path / "audio"
     audio.mkdir()
-    sf.write(audio / "--4gqARaEJE.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(audio / "--4gqARaEJE.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32), 16000)
     ci = read_class_index(audioset / "class_labels_indices.csv")
     out = tmp_path / "store"
     create_store(out, [{"index": i, "mid": m, "name": n} for i, (m, n) in enumerate(zip(ci.mids, ci.names))],
                  store_features(300))
-    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out))
-    assert line == f"error: {out}: the store has 300 frames a clip, this ingest 1024: pass --frames 300"
+    line = one_line_error(capsys, ingest_main, _ingest_args(audioset, segments, audio, out, "--frames", "1024"))
+    assert line == (f"error: {out}: the store has 300 frames a clip, this ingest 1024: omit --frames to adopt the "
+                    "store's, or pass --frames 300")
+    assert ingest_main(_ingest_args(audioset, segments, audio, out)) == 0
+    store = open_store(out)
+    assert store.frames == 300 and store.clip_ids("train") == ["--4gqARaEJE"]
 
 
 def test_per_class_counts_are_printed(synth_store, capsys):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from helpers import classes, write_split
 from sweep_checks import SMOKE, free_port, smoke_args, trial_on_disk
 
+from data.cli import InputError
 from data.store import create_store, open_store
 from sweep import tracking
 from sweep.config import ConfigError, load_config, to_dict
@@ -243,5 +244,5 @@ def test_the_resume_command_can_be_pasted_anywhere():
 def test_an_empty_state_json_is_named(tmp_path):
     from sweep.checkpoint import STATE, load_state
     (tmp_path / STATE).write_text("")
-    with pytest.raises(ValueError, match=rf"{tmp_path / STATE}: not a readable checkpoint state"):
+    with pytest.raises(InputError, match=rf"{tmp_path / STATE}: not a readable checkpoint state"):
         load_state(tmp_path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from data.cli import InputError
 from model.ast import create_ast, normalise
 from model.config import ModelConfig
 from model.augment import AugmentConfig
@@ -230,14 +231,14 @@ def test_files_cut_short_are_named(tmp_path, synth_store, capsys):
     save_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), TrialState(Trial("moore", 0.5, 1e-3, 0), 64), cfg)
     data = (ckpt / "model.pt").read_bytes()
     (ckpt / "model.pt").write_bytes(data[:len(data) // 2])
-    with pytest.raises(ValueError, match=r"ckpt/model\.pt: not a readable checkpoint file"):
+    with pytest.raises(InputError, match=r"ckpt/model\.pt: not a readable checkpoint file"):
         load_model(ckpt)
     rc, err = _run(capsys, "--checkpoint", ckpt, "--store", synth_store.root, "--split", SPLIT)
     assert rc == 2 and "model.pt: not a readable checkpoint file" in err and err.count("\n") == 1
     npz = tmp_path / "p.npz"
     np.savez_compressed(npz, scores=np.zeros((4, 2)), targets=np.zeros((4, 2)), clip_ids=np.array(list("abcd")))
     npz.write_bytes(npz.read_bytes()[:40])
-    with pytest.raises(ValueError, match=r"p\.npz: not a readable predictions file"):
+    with pytest.raises(InputError, match=r"p\.npz: not a readable predictions file"):
         load_predictions(npz)
     rc, err = _run(capsys, "--predictions", npz, "--target-prior", "uniform")
     assert rc == 2 and "p.npz: not a readable predictions file" in err

@@ -10,6 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from data.cli import InputError
 from model.augment import AugmentConfig
 from model.config import ModelConfig
 from model.factory import SpectrogramImage, build_model, parameter_count
@@ -63,11 +64,11 @@ def test_a_vit_takes_its_input_size_from_the_store():
 
 def test_timm_options_reach_the_architecture():
     assert build_model(cfg("resnet10t", options={"drop_rate": 0.25})).net.drop_rate == 0.25
-    with pytest.raises(ValueError, match=r"model\.options\.num_classes: set from the store"):
+    with pytest.raises(InputError, match=r"model\.options\.num_classes: set from the store"):
         build_model(cfg("resnet10t", options={"num_classes": 3}))
-    with pytest.raises(ValueError, match=r"model.arch 'resnet10t': timm cannot build it .*no_such_option"):
+    with pytest.raises(InputError, match=r"model.arch 'resnet10t': timm cannot build it .*no_such_option"):
         build_model(cfg("resnet10t", options={"no_such_option": 1}))
-    with pytest.raises(ValueError, match=r"model\.options .*the AST takes none"):
+    with pytest.raises(InputError, match=r"model\.options .*the AST takes none"):
         build_model(cfg("ast", options={"drop_rate": 0.1}))
 
 
@@ -97,14 +98,14 @@ def test_imagenet_weights_load_through_timm(tmp_path):
 def test_weights_that_do_not_fit_are_named(tmp_path):
     other = tmp_path / "mobilenet.pth"
     torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), other)
-    with pytest.raises(ValueError, match=r"mobilenet\.pth: not resnet10t weights in timm's layout: 79 of its tensors "
+    with pytest.raises(InputError, match=r"mobilenet\.pth: not resnet10t weights in timm's layout: 79 of its tensors "
                                          r"missing \(conv1\.0\.weight, .*tensors it does not have"):
         build_model(cfg("resnet10t", weights=str(other)))
     wider = tmp_path / "wider.pth"
     sd = timm.create_model("resnet10t").state_dict()
     sd["layer1.0.conv1.weight"] = torch.zeros(80, 64, 3, 3)
     torch.save(sd, wider)
-    with pytest.raises(ValueError, match=r"wider\.pth: does not load into resnet10t \(size mismatch for "
+    with pytest.raises(InputError, match=r"wider\.pth: does not load into resnet10t \(size mismatch for "
                                          r"layer1\.0\.conv1\.weight"):
         build_model(cfg("resnet10t", weights=str(wider)))
 
@@ -114,7 +115,7 @@ def test_unreadable_weights_are_named_for_every_arch(tmp_path, arch):
     with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):
         build_model(cfg(arch, weights=str(tmp_path / "nope.pth")))
     torch.save({"w": torch.zeros(1), "obj": Unsafe()}, tmp_path / "pickle.pth")
-    with pytest.raises(ValueError, match=r"pickle\.pth: not a readable weights file .*weights_only"):
+    with pytest.raises(InputError, match=r"pickle\.pth: not a readable weights file .*weights_only"):
         build_model(cfg(arch, weights=str(tmp_path / "pickle.pth")))
 
 
@@ -126,7 +127,7 @@ def test_a_factory_takes_the_store_geometry_and_its_weights(tmp_path):
     again = build_model(cfg(FACTORY, options={"width": 7}, weights=str(path)))
     x = batch(4)[0]
     torch.testing.assert_close(again(x), model(x))
-    with pytest.raises(ValueError, match=r"tagger\.pth: does not fit tests\.own_models:frame_tagger \(size mismatch"):
+    with pytest.raises(InputError, match=r"tagger\.pth: does not fit tests\.own_models:frame_tagger \(size mismatch"):
         build_model(cfg(FACTORY, options={"width": 9}, weights=str(path)))
 
 
@@ -140,12 +141,12 @@ def test_a_factory_takes_the_store_geometry_and_its_weights(tmp_path):
                                           rf"\[2, {FRAMES}, {MELS}\]: expected logits \[batch, classes\] = \[2, {K}\]"),
 ])
 def test_a_model_that_cannot_be_built_is_named(arch, why):
-    with pytest.raises(ValueError, match=rf"model\.arch '{arch}'.*{why}"):
+    with pytest.raises(InputError, match=rf"model\.arch '{arch}'.*{why}"):
         build_model(cfg(arch))
 
 
 def test_an_input_too_small_for_the_architecture_is_named():
-    with pytest.raises(ValueError, match=r"model\.arch 'vit_tiny_patch16_224' cannot take log-mel \[batch, frames, mels\] "
+    with pytest.raises(InputError, match=r"model\.arch 'vit_tiny_patch16_224' cannot take log-mel \[batch, frames, mels\] "
                                          r"= \[2, 8, 8\] \(RuntimeError: .*Kernel size can't be greater"):
         build_model(ModelConfig(arch="vit_tiny_patch16_224", frames=8, mels=8, n_classes=K))
 

@@ -9,6 +9,7 @@ import torch
 import torchaudio.functional as AF
 from torchaudio.compliance import kaldi
 
+from data.cli import InputError
 from data.balance import class_counts, rarest_label_count
 from data.ingest import AudioFinder, IngestConfig, ingest, main
 from data.labels import read_class_index
@@ -99,7 +100,7 @@ def test_files_are_found_in_every_layout(inputs):
     assert finder.find("bbbbbbbbbbb", 0.0).endswith("Ybbbbbbbbbbb.flac")
     assert finder.find("missing0000", 30.0) is None
     assert AudioFinder(audio, ["sub/{ytid}_{start_g}.{ext}"], ["flac"]).find("ddddddddddd", 30.0)
-    with pytest.raises(ValueError, match="bad field 'yid'"):
+    with pytest.raises(InputError, match="bad field 'yid'"):
         AudioFinder(audio, ["{yid}.wav"])
 
 
@@ -230,7 +231,6 @@ def test_pattern_and_ext_lists_replace_the_defaults(first_run, inputs, capsys):
 
 
 def test_no_clip_with_a_spectrogram_is_an_error(ray_module, inputs, tmp_path):
-    from data.cli import InputError
     root, audio = inputs
     segments = tmp_path / "segments.csv"
     segments.write_text("\n".join(line for line in (root / "segments.csv").read_text().splitlines()
@@ -266,7 +266,7 @@ def test_clip_ids_that_are_paths_are_never_read(audioset, tmp_path, capsys):
     report = json.loads((store / "ingest_report.json").read_text())["train"]
     assert {s["clip_id"]: s["reason"] for s in report["skipped"]} == {ids[1]: "bad_clip_id", ids[2]: "bad_clip_id"}
     assert all("not looked up" in s["detail"] for s in report["skipped"])
-    with pytest.raises(ValueError, match=r"audio pattern '\.\./\{ytid\}\.\{ext\}': must stay inside"):
+    with pytest.raises(InputError, match=r"audio pattern '\.\./\{ytid\}\.\{ext\}': must stay inside"):
         AudioFinder(audio, ["../{ytid}.{ext}"])
-    with pytest.raises(ValueError, match=r"audio pattern '/x/\{ytid\}\.\{ext\}': must stay inside"):
+    with pytest.raises(InputError, match=r"audio pattern '/x/\{ytid\}\.\{ext\}': must stay inside"):
         AudioFinder(audio, ["/x/{ytid}.{ext}"])

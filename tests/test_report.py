@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from scipy.stats import linregress
 
+from data.cli import InputError
 from data.balance import gini, imbalance_ratio, oversampled_stats
 from sweep.config import load_config, to_dict
 from sweep.metrics import classification_metrics
@@ -265,10 +266,10 @@ def test_extra_single_npz_out_of_order_and_errors(report, tmp_path):
         {(s, report[1]["eval_splits"][0])}
     bad = dict(p, targets=1 - p["targets"])
     np.savez(tmp_path / "bad.npz", **bad)
-    with pytest.raises(ValueError, match="targets differ"):
+    with pytest.raises(InputError, match="targets differ"):
         build_report(run_dir, 10, {"BAD": tmp_path / "bad.npz"})
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no predictions of the eval splits"):
+    with pytest.raises(InputError, match="no predictions of the eval splits"):
         build_report(run_dir, 10, {"E": tmp_path / "empty"})
     with pytest.raises(SystemExit):
         main(["--run-dir", str(run_dir), "--extra", "no-equals-sign"])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from helpers import classes, one_line_error
 
+from data.cli import InputError
 from data.balance import as_multilabels, class_counts, gini, imbalance_ratio, rarest_label_count
 from data.split import SplitConfig, main, per_class_split, select_valid, stratified_split, valid_targets
 from data.manifest import StoreError, fingerprint
@@ -40,7 +41,7 @@ def test_select_valid_methods():
     labels = [[0]] * 300 + [[1]] * 30
     assert select_valid(labels, 2, SplitConfig()).sum() == 10
     assert select_valid(labels, 2, SplitConfig(method="stratified")).sum() == 35   # 10 % of 300 + 5
-    with pytest.raises(ValueError, match="--fraction applies to --method stratified only"):
+    with pytest.raises(InputError, match="--fraction applies to --method stratified only"):
         select_valid(labels, 2, SplitConfig(fraction=0.1))
 
 
@@ -297,6 +298,6 @@ def test_split_names_are_plain_names(store, capsys, argv):
     assert line == f"error: {flag}: {name!r} is not a plain name (a split is a directory of the store)"
     assert {p: p.stat().st_mtime_ns for p in store.root.parent.rglob("*")} == before
     assert open_store(store.root).splits == ["train", "eval_a", "eval_b"]
-    with pytest.raises(ValueError, match="is not a plain name"):
+    with pytest.raises(InputError, match="is not a plain name"):
         from data.split import carve
         carve(store, SplitConfig(target="../x"))

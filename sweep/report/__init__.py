@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.cli import InputError
 from data.store import open_store
 from sweep.report import markdown
 from sweep.report.figures import FIGURES, draw_figures
@@ -62,7 +63,7 @@ def _load_npz(path: Path) -> dict:
     f = load_predictions(path)
     missing = {"scores", "targets", "clip_ids"} - set(f)
     if missing:
-        raise ValueError(f"{path}: missing array(s) {sorted(missing)}")
+        raise InputError(f"{path}: missing array(s) {sorted(missing)}")
     return {"scores": f["scores"], "targets": f["targets"], "clip_ids": f["clip_ids"].astype(str), "path": str(path)}
 
 
@@ -73,12 +74,12 @@ def _align(pred: dict, ref: dict, what: str) -> dict:
     else:
         pos = {c: i for i, c in enumerate(pred["clip_ids"])}
         if len(pos) != len(ref["clip_ids"]) or any(c not in pos for c in ref["clip_ids"]):
-            raise ValueError(f"{what} ({pred['path']}): not the clips of {ref['path']}")
+            raise InputError(f"{what} ({pred['path']}): not the clips of {ref['path']}")
         order = np.array([pos[c] for c in ref["clip_ids"]])
     out = {**pred, "scores": pred["scores"][order], "targets": pred["targets"][order],
            "clip_ids": ref["clip_ids"]}
     if out["targets"].shape != ref["targets"].shape or not (out["targets"] == ref["targets"]).all():
-        raise ValueError(f"{what} ({pred['path']}): targets differ from {ref['path']}")
+        raise InputError(f"{what} ({pred['path']}): targets differ from {ref['path']}")
     return out
 
 
@@ -138,7 +139,7 @@ def _models(rows: list[dict], extras: dict) -> list[dict]:
                "row": r} for r in rows]
     for name in extras:
         if name in {m["name"] for m in models}:
-            raise ValueError(f"--extra {name}: the name is taken by a sweep row")
+            raise InputError(f"--extra {name}: the name is taken by a sweep row")
         models.append({"name": name, "scheme": None, "beta": None, "lr": None, "learned": True, "row": None})
     return models
 
@@ -169,7 +170,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
     cfg, splits = results["config"], results["eval_splits"]
     rows = ordered_rows(results["rows"], cfg["sweep"]["schemes"])  # rows[0]: the baseline
     if not rows:
-        raise ValueError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
+        raise InputError(f"{run_dir / 'results.json'}: no rows (every trial failed?)")
     store, train = open_store(cfg["data"]["store"]), cfg["data"]["train_split"]
     models = _models(rows, extras)
     eval_priors, boot, shift = {s: store.priors(s) for s in splits}, {}, []
@@ -178,7 +179,7 @@ def build_report(run_dir: str | Path, n_resamples: int = 1000, extras: dict[str,
         shift += split_shift
     for m in models[len(rows):]:
         if all(boot[s][m["name"]] is None for s in splits):
-            raise ValueError(f"--extra {m['name']}={extras[m['name']]}: no predictions of the eval splits "
+            raise InputError(f"--extra {m['name']}={extras[m['name']]}: no predictions of the eval splits "
                              f"{splits} (a dir of <split>.npz, or one npz with a split's clips)")
 
     tables: dict = {"eval_splits": splits, "baseline": rows[0]["label"], "baseline_beta": rows[0]["beta"],
