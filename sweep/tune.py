@@ -26,7 +26,8 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from data.store import open_store
-from data.stream import default_units_per_block, oversampled_dataset, sampler_audit, stream_execution_options
+from data.audit import sampler_audit
+from data.stream import default_units_per_block, oversampled_dataset, stream_execution_options
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.history import TrialState, summary_metrics
@@ -60,7 +61,7 @@ def _train_dataset_factory(cfg: Config, trial: Trial, train_run_path: str):
         seen = registered_examples(train_run_path)
         batch = cfg.train.batch_size
         budget = -(-cfg.train.max_examples // batch) * batch
-        return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, method=trial.scheme,
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, recipe=trial.scheme,
                                    examples=max(budget - seen, 1), skip=seen, units_per_block=units_per_block(cfg))
     return build
 
@@ -83,7 +84,7 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
     tracking.log_store_inputs(client, run_id, store, {cfg.data.train_split: "training",
                                                       cfg.data.valid_split: "validation"})
     audit = sampler_audit(store, cfg.data.train_split, trial.beta, seed=trial.seed, batch_size=cfg.train.batch_size,
-                          method=trial.scheme, units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
+                          recipe=trial.scheme, units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
     # as params, not metrics: the run's page opens on its validation curves, not on one-point charts
     tracking.log_params(client, run_id, {f"audit.{k}": v for k, v in audit.items() if isinstance(v, (int, float))})
     tracking.log_json(client, run_id, audit, "audit/sampler_audit.json")
