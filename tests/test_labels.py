@@ -51,6 +51,34 @@ def test_published_train_reproduces_tables_1_and_2(audioset, published_train, cl
     assert B.class_counts(seg.labels, 527).tolist() == full.tolist()
 
 
+def test_the_recipes_on_the_published_labels(published_train):
+    """data.stats' recipe rows (what `--recipe ast passt --betas 1 --json` prints) on the 2,063,949
+    published training clips, against the recipes as their training code draws: ast's expected
+    exposure of class k is E sum_{j in k} w_j / sum_j w_j (w_j = sum over j's labels of
+    1 / (N_k + 0.01), E = N) to 1e-6 relative; passt's is within 3% of the mean of 50 seeded
+    epochs of torch.multinomial(w, 100,000, replacement=False) (w_j = sum of 1 / (N_k + 100))
+    for every class with >= 500 expected draws an epoch (about 20 s)."""
+    torch = pytest.importorskip("torch")
+    from data.stats import recipe_rows
+    ml = published_train.labels
+    rows = {r["recipe"]: r for r in recipe_rows(ml, 527, ["ast", "passt"], [1.0])}
+    assert [rows[r]["epoch_length"] for r in ("ast", "passt")] == [2_063_949, 100_000]
+    n_k, clip = B.class_counts(ml, 527).astype(float), np.repeat(np.arange(len(ml)), ml.lengths)
+
+    def weights(offset: float) -> np.ndarray:
+        return np.bincount(clip, weights=1 / (n_k[ml.indices] + offset))
+    w = weights(0.01)
+    np.testing.assert_allclose(rows["ast"]["exposure"], len(ml) * B.class_counts(ml, 527, weights=w) / w.sum(),
+                               rtol=1e-6)
+    w, generator, drawn = torch.from_numpy(weights(100.0)), torch.Generator().manual_seed(0), np.zeros(len(ml))
+    for _ in range(50):
+        drawn[torch.multinomial(w, 100_000, replacement=False, generator=generator).numpy()] += 1
+    simulated, expected = B.class_counts(ml, 527, weights=drawn / 50), np.array(rows["passt"]["exposure"])
+    big = expected >= 500
+    assert big.sum() >= 50 and np.abs(simulated[big] / expected[big] - 1).max() < 0.03
+    assert rows["passt"]["max_clip_exposure"] < 1 <= rows["ast"]["max_clip_exposure"]  # a subset: no clip twice
+
+
 def test_eval_csv(audioset, class_index):
     seg = read_segments(audioset / "eval_segments.csv", class_index)
     assert len(seg) == 20_371 and len(seg.labels.indices) == 51_804
@@ -115,6 +143,17 @@ def test_stats_cli_json(audioset, capsys):
                         "empty_classes", "oversampled"}
     assert [r["beta"] for r in out["oversampled"]] == [0.0, 1.0]
     assert set(out["oversampled"][0]) == {"scheme", "beta", "imbalance_ratio", "gini", "epoch_length", "max_repeat"}
+    stats_main(["--segments", str(audioset / "eval_segments.csv"), "--class-index",
+                str(audioset / "class_labels_indices.csv"), "--recipe", "moore", "passt@1000", "--betas", "1", "--json"])
+    rows = json.loads(capsys.readouterr().out)["recipes"]
+    assert [(r["recipe"], r["draw"], r["epoch_length"]) for r in rows] == [
+        ("moore", "repeats", out["oversampled"][1]["epoch_length"]), ("passt@1000", "subset", 1000)]
+    assert set(rows[0]) == {"recipe", "scheme", "draw", "beta", "epoch_length", "exposure", "gini", "imbalance_ratio",
+                            "max_clip_exposure"} and len(rows[1]["exposure"]) == 527
+    assert rows[0]["gini"] == pytest.approx(out["oversampled"][1]["gini"])  # repeats: the oversampled set's
+    with pytest.raises(SystemExit) as e:
+        stats_main(["--segments", str(audioset / "eval_segments.csv"), "--recipe", "focal"])
+    assert e.value.code == 2 and "unknown balancing recipe 'focal'" in capsys.readouterr().err
 
 
 def test_lenient_read_leaves_out_what_strict_refuses(tmp_path, class_index):
