@@ -1,4 +1,4 @@
-"""The Ray Tune sweep over arms (scheme x beta) x learning rate x seed; each trial builds and
+"""The Ray Tune sweep over arms (recipe x beta) x learning rate x seed; each trial builds and
 fits a TorchTrainer.
 
 `trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
@@ -25,6 +25,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from data.balance import recipe
 from data.store import open_store
 from data.audit import sampler_audit
 from data.stream import default_units_per_block, oversampled_dataset, stream_execution_options
@@ -76,7 +77,7 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
     from sweep import tracking
     client = MlflowClient(tracking_info["uri"])
     store = open_store(cfg.data.store)
-    params = {"scheme": trial.scheme, "beta": trial.beta, "lr": trial.lr, "seed": trial.seed,
+    params = {"recipe": trial.scheme, "draw": recipe(trial.scheme).draw, "beta": trial.beta, "lr": trial.lr, "seed": trial.seed,
               **flatten({"cfg": to_dict(cfg)})}
     tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "ray_trial_id": tune.get_context().get_trial_id()}
     run_id = tracking.child_run(client, tracking_info["experiment_id"], tracking_info["parent_run_id"], trial.key,
