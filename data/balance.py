@@ -43,6 +43,8 @@ from typing import Sequence
 
 import numpy as np
 
+from data.cli import InputError
+
 __all__ = [
     "MultiLabels", "as_multilabels", "class_counts", "priors", "priors_from_counts", "imbalance_ratio",
     "gini", "rarest_label_count", "rarest_label_order", "Scheme", "SCHEMES", "scheme", "oversampling_factors",
@@ -192,9 +194,9 @@ SCHEMES = {s.name: s for s in (Scheme("moore", "max", 0.0), Scheme("psla", "sum"
 
 
 def scheme(name: str) -> Scheme:
-    """The scheme called `name`; a ValueError naming the known ones otherwise."""
+    """The scheme called `name`; an InputError naming the known ones otherwise."""
     if name not in SCHEMES:
-        raise ValueError(f"unknown balancing scheme {name!r}; known: {', '.join(SCHEMES)}")
+        raise InputError(f"unknown balancing scheme {name!r}; known: {', '.join(SCHEMES)}")
     return SCHEMES[name]
 
 
@@ -219,19 +221,19 @@ RECIPES = {r.name: r for r in (
 
 
 def recipe(name: str) -> Recipe:
-    """The recipe called `name`, or `NAME@E` (recipe NAME with epochs of E draws); a ValueError
+    """The recipe called `name`, or `NAME@E` (recipe NAME with epochs of E draws); an InputError
     naming the known ones otherwise."""
     base, sep, epoch = name.partition("@")
     if base not in RECIPES:
-        raise ValueError(f"unknown balancing recipe {name!r}; known: {', '.join(RECIPES)} (NAME@E: epochs of E draws)")
+        raise InputError(f"unknown balancing recipe {name!r}; known: {', '.join(RECIPES)} (NAME@E: epochs of E draws)")
     r = RECIPES[base]
     if not sep:
         return r
     if r.draw == "repeats":
-        raise ValueError(f"recipe {name!r}: {base} draws each clip M_j times a pass (sum M_j draws); "
+        raise InputError(f"recipe {name!r}: {base} draws each clip M_j times a pass (sum M_j draws); "
                          f"an epoch length applies to {', '.join(d for d in DRAWS if d != 'repeats')} recipes")
     if not epoch.isdigit() or int(epoch) < 1:
-        raise ValueError(f"recipe {name!r}: the epoch length after '@' must be an integer >= 1, got {epoch!r}")
+        raise InputError(f"recipe {name!r}: the epoch length after '@' must be an integer >= 1, got {epoch!r}")
     return Recipe(name, r.scheme, r.draw, int(epoch))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from data.balance import (MultiLabels, as_multilabels, class_counts, clip_weights, gini, imbalance_ratio,
                           oversampling_factors, rarest_label_count, recipe)
+from data.cli import InputError
 
 __all__ = ["EpochDraw", "epoch_draw", "check_epoch", "inclusion_probabilities", "exposure_stats"]
 
@@ -130,8 +131,8 @@ def _members(ml: MultiLabels, n_classes: int) -> MultiLabels:
 
 def epoch_draw(labels, n_classes: int, name: str, beta: float, clip_ids=None) -> EpochDraw:
     """How the epochs of `labels` (a training split: its own class counts weigh it) are drawn by
-    the recipe `name` (data/balance.py `recipe`) at exponent `beta`. A ValueError for an unknown
-    recipe, a negative beta, or an epoch that cannot be drawn without replacement."""
+    the recipe `name` (data/balance.py `recipe`) at exponent `beta`. An InputError for an unknown
+    recipe or an epoch that cannot be drawn without replacement, a ValueError for a negative beta."""
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     r, ml = recipe(name), as_multilabels(labels)
@@ -152,11 +153,11 @@ def epoch_draw(labels, n_classes: int, name: str, beta: float, clip_ids=None) ->
 
 
 def check_epoch(name: str, clips: int) -> None:
-    """A ValueError naming the recipe `name` if it cannot draw an epoch from `clips` clips: a
+    """An InputError naming the recipe `name` if it cannot draw an epoch from `clips` clips: a
     subset epoch longer than the split."""
     r = recipe(name)
     if r.draw == "subset" and r.epoch > clips:
-        raise ValueError(f"recipe {name!r} draws {r.epoch:,} clips an epoch without replacement and the split has "
+        raise InputError(f"recipe {name!r} draws {r.epoch:,} clips an epoch without replacement and the split has "
                          f"{clips:,}: give a shorter epoch, e.g. {name.partition('@')[0]}@{max(1, clips // 10)}")
 
 

@@ -6,6 +6,7 @@ import pytest
 from data import balance as B
 from data.labels import LabelFileError, read_class_index, read_segments
 from data.stats import main as stats_main, partition_stats
+from helpers import one_line_error
 
 # The paper's Table 2 Gini column (published train) and Table 1 ratio.
 TABLE2_GINI = {0.0: 0.83, 0.1: 0.79, 0.2: 0.75, 0.3: 0.71, 0.5: 0.63, 0.7: 0.56, 1.0: 0.47}
@@ -151,9 +152,15 @@ def test_stats_cli_json(audioset, capsys):
     assert set(rows[0]) == {"recipe", "scheme", "draw", "beta", "epoch_length", "exposure", "gini", "imbalance_ratio",
                             "max_clip_exposure"} and len(rows[1]["exposure"]) == 527
     assert rows[0]["gini"] == pytest.approx(out["oversampled"][1]["gini"])  # repeats: the oversampled set's
-    with pytest.raises(SystemExit) as e:
-        stats_main(["--segments", str(audioset / "eval_segments.csv"), "--recipe", "focal"])
-    assert e.value.code == 2 and "unknown balancing recipe 'focal'" in capsys.readouterr().err
+    eval_args = ["--segments", str(audioset / "eval_segments.csv"), "--class-index",
+                 str(audioset / "class_labels_indices.csv"), "--recipe"]
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit, one line
+        stats_main([*eval_args, "focal"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().startswith(
+        "error: python -m data.stats: argument --recipe: unknown balancing recipe 'focal'")
+    assert one_line_error(capsys, stats_main, [*eval_args, "passt"]).endswith(
+        "recipe 'passt' draws 100,000 clips an epoch without replacement and the split has 20,371: "
+        "give a shorter epoch, e.g. passt@2037")
 
 
 def test_lenient_read_leaves_out_what_strict_refuses(tmp_path, class_index):
