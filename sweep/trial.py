@@ -9,10 +9,10 @@ from a seed, and every name it goes by.
     trial.tune_config / Trial.from_tune(cfg)  # what Tune searches and shows
 
 An arm is one way of balancing; beta = 0 (no balancing) is one arm whatever the recipe. The
-field `scheme` holds the recipe's name (data/balance.py RECIPES: moore, psla, ast, passt, ...;
-the stream resolves it in data/). The
-trial's key does not depend on Tune's trial ids, so a resumed sweep, or one continued to a
-higher cap, finds every trial's checkpoints and MLflow run again.
+field `scheme` holds the recipe's name (data/balance.py RECIPES: moore, ast, passt@5000, ...;
+the name results.json rows and Tune's config keep). The trial's key does not depend on Tune's
+trial ids, so a resumed sweep, or one continued to a higher cap, finds every trial's
+checkpoints and MLflow run again.
 """
 from __future__ import annotations
 
