@@ -33,7 +33,7 @@ blocks of --units-per-block units (by default data.shards.ROW_GROUP_ROWS and
 - udf_size_warning: whether Ray Data printed "The UDF of operator ... is too large" anywhere
   (the driver's log handler and every log file of the Ray session).
 BENCH_STREAM_MODULE=old_stream (a module on sys.path) measures another data/stream.py version
-(all parts but mixing, which is data.stream's `sampler_audit`).
+(all parts but mixing, which is data.audit's `sampler_audit`).
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ from bench.audioset_labels import AUDIOSET, labels_only_store, store_path  # noq
 from data.cli import add_list  # noqa: E402
 from data.shards import ROW_GROUP_ROWS  # noqa: E402
 from data.store import open_store  # noqa: E402
-from data.stream import default_units_per_block, sampler_audit  # noqa: E402
+from data.audit import sampler_audit  # noqa: E402
+from data.stream import default_units_per_block  # noqa: E402
 
 UDF_WARNING = "is too large"
 TARGETS = {"distinct_classes_ratio_min": 0.9, "class_mix_ratio_max": 1.15}

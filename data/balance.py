@@ -18,6 +18,16 @@ and beta = 1 a scheme's published setting (`SCHEMES`):
   moore   max, c = 0      the paper's eq. 4 (the exponent commutes with the max)
   psla    sum, c = 0.01   PSLA, AST, AudioMAE, EAT (and in expectation PANNs' class round-robin)
   passt   sum, c = 100    PaSST, EfficientAT
+A *recipe* is how a field's training code balances: a scheme's weights (or PANNs' class
+round-robin), how an epoch is drawn from them (data/draws.py) and the epoch length E (`RECIPES`):
+  moore          moore weights, each clip exactly M_j times a pass (repeats)   the paper
+  psla           psla weights, repeats
+  passt-repeats  passt weights, repeats
+  ast            psla weights, N draws with replacement                        AST, PSLA
+  audiomae       psla weights, 200,000 draws without replacement an epoch      AudioMAE, EAT
+  passt          passt weights, 100,000 draws without replacement an epoch     PaSST, EfficientAT
+  panns          each class an equal share of the draws, a clip at random within its class (round robin)
+`NAME@E` is recipe NAME with an epoch of E draws (a draw recipe only: `passt@5000`).
 Classes with no clips have no prior (1/p_k is infinite): they are left out of rho and G with
 a warning that lists them, and ignored when a clip's factor is computed.
 
@@ -33,10 +43,13 @@ from typing import Sequence
 
 import numpy as np
 
+from data.cli import InputError
+
 __all__ = [
     "MultiLabels", "as_multilabels", "class_counts", "priors", "priors_from_counts", "imbalance_ratio",
     "gini", "rarest_label_count", "rarest_label_order", "Scheme", "SCHEMES", "scheme", "oversampling_factors",
-    "round_half_up", "oversampled_counts", "oversampled_stats",
+    "round_half_up", "oversampled_counts", "oversampled_stats", "clip_weights", "DRAWS", "Recipe", "RECIPES",
+    "recipe",
 ]
 
 
@@ -181,10 +194,63 @@ SCHEMES = {s.name: s for s in (Scheme("moore", "max", 0.0), Scheme("psla", "sum"
 
 
 def scheme(name: str) -> Scheme:
-    """The scheme called `name`; a ValueError naming the known ones otherwise."""
+    """The scheme called `name`; an InputError naming the known ones otherwise."""
     if name not in SCHEMES:
-        raise ValueError(f"unknown balancing scheme {name!r}; known: {', '.join(SCHEMES)}")
+        raise InputError(f"unknown balancing scheme {name!r}; known: {', '.join(SCHEMES)}")
     return SCHEMES[name]
+
+
+DRAWS = ("repeats", "replacement", "subset", "round_robin")  # how an epoch is drawn (data/draws.py)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named way of balancing: the scheme whose weights it draws by (None: class round robin),
+    how an epoch is drawn (`DRAWS`) and E, the draws an epoch (None: the split's clip count, or
+    sum M_j for repeats)."""
+    name: str
+    scheme: str | None
+    draw: str
+    epoch: int | None = None
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("moore", "moore", "repeats"), Recipe("psla", "psla", "repeats"), Recipe("passt-repeats", "passt", "repeats"),
+    Recipe("ast", "psla", "replacement"), Recipe("audiomae", "psla", "subset", 200_000),
+    Recipe("passt", "passt", "subset", 100_000), Recipe("panns", None, "round_robin"))}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called `name`, or `NAME@E` (recipe NAME with epochs of E draws); an InputError
+    naming the known ones otherwise."""
+    base, sep, epoch = name.partition("@")
+    if base not in RECIPES:
+        raise InputError(f"unknown balancing recipe {name!r}; known: {', '.join(RECIPES)} (NAME@E: epochs of E draws)")
+    r = RECIPES[base]
+    if not sep:
+        return r
+    if r.draw == "repeats":
+        raise InputError(f"recipe {name!r}: {base} draws each clip M_j times a pass (sum M_j draws); "
+                         f"an epoch length applies to {', '.join(d for d in DRAWS if d != 'repeats')} recipes")
+    if not epoch.isdigit() or int(epoch) < 1:
+        raise InputError(f"recipe {name!r}: the epoch length after '@' must be an integer >= 1, got {epoch!r}")
+    return Recipe(name, r.scheme, r.draw, int(epoch))
+
+
+def clip_weights(labels, counts: np.ndarray | None = None, method: str = "moore", clip_ids=None) -> np.ndarray:
+    """m_j at beta = 1 by the scheme `method`: agg over clip j's labels k of 1 / (N_k + c),
+    float64 [n_clips] (> 0). `counts` are the training class counts N_k [n_classes], by default
+    those of `labels` themselves; a class with none is ignored."""
+    s = scheme(method)
+    ml = as_multilabels(labels)
+    if counts is None:
+        counts = class_counts(ml, int(ml.indices.max()) + 1 if len(ml.indices) else 0)
+    counts = np.asarray(counts, dtype=np.float64)
+    rarest = _rarest_per_clip(ml, counts, clip_ids)  # every clip has a class with training clips
+    if s.aggregation == "max":  # max_k 1 / (N_k + c) = 1 / (min_k N_k + c): the rarest label
+        return 1.0 / (rarest + s.offset)
+    per_label = np.where(counts[ml.indices] > 0, 1.0 / (counts[ml.indices] + s.offset), 0.0)
+    return np.add.reduceat(per_label, ml.offsets[:-1]) if len(ml) else np.zeros(0)
 
 
 def oversampling_factors(labels, beta: float, counts: np.ndarray | None = None, method: str = "moore",
@@ -200,19 +266,9 @@ def oversampling_factors(labels, beta: float, counts: np.ndarray | None = None, 
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    s = scheme(method)
-    ml = as_multilabels(labels)
-    if counts is None:
-        counts = class_counts(ml, int(ml.indices.max()) + 1 if len(ml.indices) else 0)
-    counts = np.asarray(counts, dtype=np.float64)
-    if s.aggregation == "max":  # max_k 1 / (N_k + c) = 1 / (min_k N_k + c): the rarest label
-        weight = 1.0 / (_rarest_per_clip(ml, counts, clip_ids) + s.offset)
-    else:
-        _rarest_per_clip(ml, counts, clip_ids)  # every clip has a class with training clips
-        per_label = np.where(counts[ml.indices] > 0, 1.0 / (counts[ml.indices] + s.offset), 0.0)
-        weight = np.add.reduceat(per_label, ml.offsets[:-1]) if len(ml) else np.zeros(0)
-    if beta == 0 or len(ml) == 0:
-        return np.ones(len(ml), dtype=np.int64)
+    weight = clip_weights(labels, counts, method, clip_ids)
+    if beta == 0 or len(weight) == 0:
+        return np.ones(len(weight), dtype=np.int64)
     return round_half_up((weight / weight.min()) ** beta)       # m_j / min_j m_j >= 1
 
 

@@ -5,8 +5,12 @@
     python -m data.stats --store runs/synth --split train --betas 0 0.5 1 --json
     python -m data.stats --store runs/synth --split valid --per-class     # + clips per class
     python -m data.stats --store runs/synth --scheme moore psla passt     # Table 2 per scheme
+    python -m data.stats --store runs/synth --recipe moore ast passt@500 --betas 1 --json
 
 Several segment files are read as one partition (balanced + unbalanced = "published train").
+`--recipe` adds, per recipe and beta, what an epoch exposes in expectation (data/draws.py): its
+length E, the expected draws of each class's clips (`exposure`, in class-index order), their
+Gini and imbalance ratio, and the largest expected draws of one clip (`max_clip_exposure`).
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ import time
 
 import numpy as np
 
-from data.balance import SCHEMES, as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats
+from data.balance import (RECIPES, SCHEMES, as_multilabels, class_counts, gini, imbalance_ratio, oversampled_stats,
+                          recipe)
 from data.cli import add_list, add_store, parser, run
+from data.draws import epoch_draw, exposure_stats
 
-__all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "partition_stats", "per_class_rows", "format_table",
-           "format_per_class", "main"]
+__all__ = ["PAPER_BETAS", "imbalance_row", "oversampled_rows", "recipe_rows", "partition_stats", "per_class_rows",
+           "format_table", "format_recipes", "format_per_class", "main"]
 
 PAPER_BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -40,6 +46,20 @@ def oversampled_rows(labels, n_classes: int, betas=PAPER_BETAS, schemes=("moore"
     and beta, `oversampled_stats` rows."""
     ml = as_multilabels(labels)
     return [oversampled_stats(ml, b, n_classes, s) for s in schemes for b in betas]
+
+
+def recipe_rows(labels, n_classes: int, recipes, betas=PAPER_BETAS) -> list[dict]:
+    """Per recipe and beta, what an epoch of `labels` (weighed by their own class counts) exposes
+    in expectation: {recipe, scheme, draw, beta, epoch_length, exposure [n_classes], gini,
+    imbalance_ratio, max_clip_exposure} (data/draws.py `exposure_stats` of `EpochDraw.expected`)."""
+    ml = as_multilabels(labels)
+    rows = []
+    for name in recipes:
+        for b in betas:
+            d = epoch_draw(ml, n_classes, name, b)
+            rows.append({"recipe": name, "scheme": recipe(name).scheme, "draw": d.draw, "beta": float(b),
+                         "epoch_length": d.length, **exposure_stats(ml, d.expected(), n_classes)})
+    return rows
 
 
 def partition_stats(labels, n_classes: int, betas=PAPER_BETAS, schemes=("moore",)) -> dict:
@@ -83,6 +103,24 @@ def format_table(name: str, s: dict) -> str:
     return "\n".join(lines)
 
 
+def format_recipes(rows: list[dict]) -> str:
+    """`recipe_rows` as plain text (the per-class exposures left out)."""
+    lines = [f"  {'recipe':<14} {'beta':>5} {'draw':<11} {'epoch length':>14} {'Gini':>6} {'ratio':>10} "
+             f"{'max per clip':>12}"]
+    lines += [f"  {r['recipe']:<14} {r['beta']:5.2f} {r['draw']:<11} {r['epoch_length']:14,d} {r['gini']:6.3f} "
+              f"{r['imbalance_ratio']:10,.1f} {r['max_clip_exposure']:12,.2f}" for r in rows]
+    return "\n".join(["  expected exposure an epoch, per recipe:", *lines])
+
+
+def _recipe(text: str) -> str:
+    """argparse type: a recipe name (data/balance.py `recipe`)."""
+    try:
+        recipe(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _beta(text: str) -> float:
     """argparse type: one oversampling exponent, a finite number >= 0."""
     try:
@@ -105,6 +143,8 @@ def main(argv=None) -> int:
              help="oversampling exponents, e.g. --betas 0 0.5 1 (default: the paper's 7)")
     add_list(p, "--scheme", dest="schemes", default=("moore",), metavar="NAME", choices=list(SCHEMES),
              help=f"balancing scheme(s) of Table 2: {', '.join(SCHEMES)} (default moore, the paper's)")
+    add_list(p, "--recipe", dest="recipes", type=_recipe, default=(), metavar="NAME",
+             help=f"recipe(s) whose expected exposure to report: {', '.join(RECIPES)}; NAME@E: epochs of E draws")
     p.add_argument("--per-class", action="store_true", help="also the clips and prior of every class, rarest first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return run(lambda a: _main(p, a), p, argv)
@@ -126,10 +166,13 @@ def _main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         mids, names = store.mids, store.classes
     t1 = time.perf_counter()
     stats = partition_stats(labels, len(mids), a.betas, a.schemes)
+    if a.recipes:
+        stats["recipes"] = recipe_rows(labels, len(mids), a.recipes, a.betas)
     stats["seconds"] = {"read": round(t1 - t0, 3), "stats": round(time.perf_counter() - t1, 3)}
     if a.per_class:
         stats["per_class"] = per_class_rows(labels, mids, names)
-    text = format_table(name, stats) + (f"\n{format_per_class(stats['per_class'])}" if a.per_class else "")
+    text = format_table(name, stats) + (f"\n{format_recipes(stats['recipes'])}" if a.recipes else "")
+    text += f"\n{format_per_class(stats['per_class'])}" if a.per_class else ""
     print(json.dumps(stats, indent=1) if a.json else text)
     return 0
 

@@ -1,29 +1,45 @@
-"""The oversampling stream: clip j exactly M_j times per pass (eq. 4-5), well mixed, on Ray Data.
+"""The balancing stream: a recipe's epochs (data/balance.py RECIPES, data/draws.py), well mixed, on Ray Data.
 
-How a pass is planned (on the driver, in numpy, from the labels alone):
-- M_j comes from data/balance.py for the split's labels, beta and the balancing scheme (its
-  `method`: the paper's max over a clip's labels, or a sum of them as PSLA and PaSST weigh).
+Every recipe's pass (epoch) is a multiset of the split's clips, clip j c_j times: M_j for a
+repeats recipe (the paper's; the same every pass), drawn from (seed, pass) for the others
+(replacement, subset, round robin: `EpochDraw.counts`). How its order is planned (on the
+driver, in numpy, from the labels alone):
+
+Repeats (`SplitIndex`):
 - A *unit* is (row group g, copy c): the rows of g with M_j >= c. Clip j is in exactly M_j
   units, so any order of all units is an exact pass. The training split is stored in
   ascending rarest-label order, so M_j is non-increasing along the split and a unit is a
   prefix of its row group: reads are contiguous and few are wasted, for every beta.
 - The U units of a pass are numbered group by group; pass e puts them in the order of a keyed
-  pseudo-random permutation of [0, U) (`unit_order`, keyed by seed and e), cut into *blocks*
-  of `units_per_block` consecutive positions, and each block's rows are shuffled together.
-  Copies of a clip are in different units, so they land in the same batch about as often as
-  in a uniform random permutation of the oversampled multiset (measured by `sampler_audit`).
+  pseudo-random permutation of [0, U) (data/permute.py, keyed by seed and e), cut into
+  *blocks* of `units_per_block` consecutive positions, and each block's rows are shuffled
+  together. Copies of a clip are in different units, so they land in the same batch about as
+  often as in a uniform random permutation of the oversampled multiset (data/audit.py).
 - A unit's clips are neighbours in rarest-label order and share labels, so a batch mixes as
   well as it holds distinct units: b consecutive rows of a block of u units of s rows hold,
   beside each row, about (s - 1) b / (u s) others of its unit. A Train worker's batch is
   consecutive rows of one block or two (`streaming_split` hands blocks to workers whole), so
   `default_units_per_block` sizes blocks for the per-worker batch, and `sampler_audit`
   measures the batches each worker gets.
-- The permutation is computed position by position, so block k of pass e is rebuilt from
-  (seed, e, k) and the `SplitIndex` (row groups, M_j, first unit of each group, labels: about
-  a dozen bytes a clip) alone. A plan is that index plus the rows of each block (for stream positions);
-  the readers get the index once, by reference in the object store, and each reads a span
-  of consecutive blocks described by three numbers. No order of the whole pass is ever
-  materialised: planning costs one pass over the units up to the budget, in chunks.
+- Planning costs one pass over the units up to the budget, in chunks.
+
+Drawn epochs (`DrawIndex`):
+- Epoch e's E draws, sorted by row, are put in the order of a keyed permutation of [0, E)
+  (keyed by seed and e) and cut into blocks of `units_per_block` x (rows of a row group)
+  positions: each block is a uniform sample of its epoch's draws, so batches mix as a random
+  order does. A block reads each row group it needs once; drawn clips are scattered over the
+  split, so a block reads up to a row group's rows for each row it emits.
+- Blocks are all of one size but the last of an epoch, and E is the same every epoch: a block's
+  stream position is arithmetic, and planning costs nothing per epoch. A reader draws the
+  epoch (`EpochDraw.counts`: up to a few seconds for AudioSet's 2.06M clips) once per process,
+  and keeps the last `_EPOCHS_KEPT`.
+
+Both:
+- Block k of pass e is rebuilt from (seed, e, k) and the index alone (row groups, labels, and
+  M_j and the first unit of each group, or how an epoch is drawn: a dozen or two bytes a clip).
+  A plan is that index plus the rows of each block (for stream positions); the readers get
+  the index once, by reference in the object store, and each reads a span of consecutive
+  blocks described by three numbers. No order of a whole pass is ever materialised.
 - A run is counted in examples, not passes: `examples` concatenates passes epoch, epoch+1, ...
   until that many rows, and `skip` starts the stream at that position (resume; whole passes
   before it are skipped without being planned); the readers emit nothing outside
@@ -38,32 +54,32 @@ the block into its object store, and the Train worker's batches are views of it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.balance import MultiLabels, class_counts, oversampled_counts, oversampling_factors
+from data.balance import MultiLabels
+from data.draws import EpochDraw, epoch_draw
+from data.permute import keyed_permutation
 from data.shards import RowGroups
 from data.store import Store, open_store
 
-__all__ = ["SplitIndex", "StreamPlan", "split_labels", "unit_order", "plan_stream", "block_rows",
+__all__ = ["SplitIndex", "DrawIndex", "StreamPlan", "split_labels", "recipe_index", "stream_index", "plan_stream", "block_rows",
            "read_block", "read_blocks", "oversampled_dataset", "stream_execution_options",
-           "default_units_per_block", "deal_blocks", "duplicates_per_batch", "class_mix_distance",
-           "distinct_classes_per_batch", "mixing_audit", "sampler_audit", "max_units_per_block",
-           "MAX_BLOCK_BYTES"]
+           "default_units_per_block", "max_units_per_block", "MAX_BLOCK_BYTES"]
 
 _PLAN_CHUNK = 1 << 20   # unit positions evaluated at once while planning (bounds driver memory)
 _MAX_READ_TASKS = 256   # spans of blocks a dataset is cut into (one Ray task and one input block each)
 _MIN_SPAN_BYTES = 64 << 20  # output a span is given at least (when there are blocks enough)
-_ROUNDS = 4             # rounds of the unit permutation
 _LABELS_KEPT = 2        # splits whose labels `split_labels` keeps (about 60 MB each for AudioSet's 2.06M clips)
+_EPOCHS_KEPT = 2        # drawn epochs a process keeps (`DrawIndex.drawn`: 4 bytes a draw)
 _MIN_UNITS_PER_BLOCK = 64  # `default_units_per_block`'s floor
 MAX_BLOCK_BYTES = 1 << 30  # spectrogram bytes a block holds at most (`max_units_per_block`): one read
                            # task holds a block's spectrograms, then Ray's object store a copy
 _UNITS_PER_WORKER_ROW = 4  # `default_units_per_block`: units in a block per row of the per-worker batch
-_IDEAL_ORDERS = 5       # random permutations `mixing_audit` averages the ideal over
-_STAT_BATCHES = 4096    # batches whose class counts are held at once (bounds the audit's memory)
 _labels_kept: dict[tuple, tuple[MultiLabels, RowGroups]] = {}
+_epochs_kept: dict[tuple, np.ndarray] = {}
 
 
 def split_labels(store: Store, split: str) -> tuple[MultiLabels, RowGroups]:
@@ -105,9 +121,7 @@ class SplitIndex:
         unit_start = np.zeros(len(n) + 1, dtype=np.int64)
         np.cumsum(g_max, out=unit_start[1:])
         dtype = np.min_scalar_type(int(factors.max()) if len(factors) else 0)
-        compact = MultiLabels(labels.offsets.astype(np.min_scalar_type(int(labels.offsets[-1]))),
-                              labels.indices.astype(np.min_scalar_type(int(labels.indices.max(initial=0)))))
-        return cls(groups, factors.astype(dtype), unit_start, compact)
+        return cls(groups, factors.astype(dtype), unit_start, _compact(labels))
 
     @property
     def units(self) -> int:
@@ -148,38 +162,154 @@ class SplitIndex:
         size = (n[g_of_row] - t).astype(np.min_scalar_type(int(n.max())))
         return np.repeat(size, a - prev)
 
+    def counts(self, seed: int, pass_: int) -> np.ndarray:
+        """Draws of each clip in a pass: M_j, int64 [N] (the same every pass)."""
+        return self.factors.astype(np.int64)
 
-def unit_order(positions: np.ndarray, units: int, seed: int, pass_: int) -> np.ndarray:
-    """The units at `positions` (< `units`) of pass `pass_`'s order: a keyed pseudo-random
-    permutation of [0, units), evaluated position by position (int64).
+    def blocks_per_pass(self, units_per_block: int) -> int:
+        return -(-self.units // units_per_block)
 
-    On b-bit integers (2^b the smallest power of two >= units), `_ROUNDS` rounds of: xor a key,
-    multiply by an odd key mod 2^b, xor the value shifted right by about b/2 (each step a
-    bijection, so the rounds are one); values that land >= units are sent through the rounds
-    again (cycle walking), which keeps the map a bijection of [0, units). Keys come from
-    (seed, pass_)."""
-    positions = np.asarray(positions, dtype=np.int64)
-    bits = max(1, int(units - 1).bit_length())
-    dt = np.uint32 if bits <= 32 else np.uint64
-    keys = np.random.default_rng([seed, pass_, 0x5EED]).integers(0, 1 << bits, size=(_ROUNDS, 2),
-                                                                 dtype=np.uint64).astype(dt)
-    keys[:, 1] |= dt(1)
-    mask, shift = dt((1 << bits) - 1), dt((bits + 1) // 2)
+    def block(self, seed: int, pass_: int, k: int, units_per_block: int) -> np.ndarray:
+        """Global rows of block k of pass `pass_`, in stream order: its units' rows shuffled together."""
+        positions = np.arange(k * units_per_block, min((k + 1) * units_per_block, self.units))
+        rows = self.unit_rows(keyed_permutation(positions, self.units, (seed, pass_)))
+        return rows[np.random.default_rng([seed, pass_, k, 7]).permutation(len(rows))]
 
-    def rounds(x):
-        for k, a in keys:
-            x ^= k
-            x *= a
-            x &= mask
-            x ^= x >> shift
-        return x
+    def plan_blocks(self, seed: int, epoch: int, examples: int | None, skip: int,
+                    units_per_block: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Rows and stream positions of the run's blocks that emit rows at positions in
+        [skip, skip + examples) (one pass if `examples` is None), and the run number of the first
+        of them. Passes that end before `skip` are skipped whole (a pass is sum M_j rows whatever
+        its order); the others are evaluated `_PLAN_CHUNK` unit positions at a time, up to the
+        budget."""
+        pass_rows, n_units = self.rows_per_pass, self.units
+        none = np.zeros(0, np.int64)
+        if pass_rows == 0:
+            return none, none, 0
+        per_pass = self.blocks_per_pass(units_per_block)
+        stop = None if examples is None else skip + examples
+        p = 0 if examples is None else skip // pass_rows
+        sizes = self.unit_sizes()
+        step = max(1, _PLAN_CHUNK // units_per_block)                     # blocks a chunk
+        rows, starts, first = [], [], None
+        while True:
+            position = p * pass_rows                                      # of the next block
+            for k0 in range(0, per_pass, step):
+                k1 = min(per_pass, k0 + step)
+                units = keyed_permutation(np.arange(k0 * units_per_block, min(k1 * units_per_block, n_units)),
+                                          n_units, (seed, epoch + p))
+                r = np.add.reduceat(sizes[units], np.arange(0, len(units), units_per_block), dtype=np.int64)
+                s = position + np.cumsum(r) - r
+                position = int(s[-1] + r[-1])
+                keep = s + r > skip
+                if stop is not None:
+                    keep &= s < stop
+                if keep.any():
+                    if first is None:
+                        first = p * per_pass + k0 + int(np.argmax(keep))
+                    rows.append(r[keep])
+                    starts.append(s[keep])
+                if stop is not None and position >= stop:
+                    break
+            if stop is None or position >= stop:
+                break
+            p += 1
+        if first is None:
+            return none, none, 0
+        return np.concatenate(rows), np.concatenate(starts), first
 
-    x = rounds(positions.astype(dt))
-    out = np.flatnonzero(x >= units)
-    while len(out):
-        x[out] = y = rounds(x[out])
-        out = out[y >= units]
-    return x.astype(np.int64)
+
+@dataclass(frozen=True)
+class DrawIndex:
+    """What every reader of a drawn stream (replacement, subset, round robin) needs, the same for
+    every pass, seed and budget: where the rows live, the clips' labels (so a reader reads only
+    spectrograms), how an epoch is drawn, and the most rows a row group holds (a block holds
+    `units_per_block` times that many draws)."""
+
+    groups: RowGroups
+    draw: EpochDraw
+    labels: MultiLabels        # per-clip label indices, in split order (compact dtypes)
+    group_rows: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this index in `_epochs_kept`
+
+    @classmethod
+    def build(cls, groups: RowGroups, draw: EpochDraw, labels: MultiLabels) -> "DrawIndex":
+        return cls(groups, draw, _compact(labels), int(np.diff(groups.start).max(initial=1)))
+
+    @property
+    def rows_per_pass(self) -> int:
+        """E."""
+        return int(self.draw.length)
+
+    def counts(self, seed: int, pass_: int) -> np.ndarray:
+        """Draws of each clip in pass `pass_`, int64 [N] (`EpochDraw.counts`)."""
+        return self.draw.counts(seed, pass_)
+
+    def drawn(self, seed: int, pass_: int) -> np.ndarray:
+        """The rows pass `pass_` draws, ascending, each as often as drawn ([E]); the last
+        `_EPOCHS_KEPT` are kept in the process."""
+        key = (self.token, seed, pass_)
+        rows = _epochs_kept.pop(key, None)
+        if rows is None:
+            counts = self.counts(seed, pass_)
+            rows = np.repeat(np.arange(len(counts), dtype=np.min_scalar_type(max(len(counts) - 1, 0))), counts)
+        _epochs_kept[key] = rows  # the most recent last
+        while len(_epochs_kept) > _EPOCHS_KEPT:
+            del _epochs_kept[next(iter(_epochs_kept))]
+        return rows
+
+    def block_size(self, units_per_block: int) -> int:
+        return units_per_block * self.group_rows
+
+    def blocks_per_pass(self, units_per_block: int) -> int:
+        return -(-self.rows_per_pass // self.block_size(units_per_block))
+
+    def block(self, seed: int, pass_: int, k: int, units_per_block: int) -> np.ndarray:
+        """Global rows of block k of pass `pass_`, in stream order: the draws at its positions of
+        the pass's keyed permutation of [0, E)."""
+        size, n = self.block_size(units_per_block), self.rows_per_pass
+        slots = keyed_permutation(np.arange(k * size, min((k + 1) * size, n)), n, (seed, pass_))
+        return self.drawn(seed, pass_)[slots].astype(np.int64)
+
+    def plan_blocks(self, seed: int, epoch: int, examples: int | None, skip: int,
+                    units_per_block: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """As `SplitIndex.plan_blocks`, by arithmetic: every block but an epoch's last holds
+        `block_size` rows and every epoch E."""
+        n, size = self.rows_per_pass, self.block_size(units_per_block)
+        per_pass = self.blocks_per_pass(units_per_block)
+        stop = n if examples is None else skip + examples
+        if n == 0 or stop <= skip:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+        first, last = (self._block_of(x, size, per_pass) for x in (skip, stop - 1))
+        p, k = np.divmod(np.arange(first, last + 1, dtype=np.int64), per_pass)
+        return np.minimum(size, n - k * size), p * n + k * size, first
+
+    def _block_of(self, position: int, size: int, per_pass: int) -> int:
+        """The run number of the block holding stream `position`."""
+        p, at = divmod(position, self.rows_per_pass)
+        return p * per_pass + at // size
+
+
+def _compact(labels: MultiLabels) -> MultiLabels:
+    """`labels` in the smallest dtypes that hold them."""
+    return MultiLabels(labels.offsets.astype(np.min_scalar_type(int(labels.offsets[-1]))),
+                       labels.indices.astype(np.min_scalar_type(int(labels.indices.max(initial=0)))))
+
+
+def recipe_index(labels: MultiLabels, groups: RowGroups, n_classes: int, recipe: str,
+                 beta: float) -> SplitIndex | DrawIndex:
+    """The stream index of a training split (`labels` in split order, its row `groups`; its own
+    class counts weigh it) under the recipe `recipe` at `beta`: a `SplitIndex` for a repeats
+    recipe, else a `DrawIndex`."""
+    draw = epoch_draw(labels, n_classes, recipe, beta)
+    if draw.draw == "repeats":
+        return SplitIndex.build(groups, draw.weights.astype(np.int64), labels)
+    return DrawIndex.build(groups, draw, labels)
+
+
+def stream_index(store: Store, split: str, recipe: str, beta: float) -> SplitIndex | DrawIndex:
+    """`recipe_index` of the store's `split`."""
+    return recipe_index(*split_labels(store, split), store.n_classes, recipe, beta)
 
 
 @dataclass(frozen=True)
@@ -190,7 +320,7 @@ class StreamPlan:
     `epoch` (`blocks_per_pass` blocks a pass). Picklable, no Ray objects; the readers get only
     `index` (by reference) and a few numbers per span of blocks."""
 
-    index: SplitIndex
+    index: SplitIndex | DrawIndex
     block_rows: np.ndarray     # int64 [B] rows each block emits
     block_start: np.ndarray    # int64 [B] stream position of each block's first row
     first_block: int
@@ -205,13 +335,8 @@ class StreamPlan:
         return self.index.groups
 
     @property
-    def factors(self) -> np.ndarray:
-        """M_j, int64 [N]."""
-        return self.index.factors.astype(np.int64)
-
-    @property
     def blocks_per_pass(self) -> int:
-        return -(-self.index.units // self.units_per_block)
+        return self.index.blocks_per_pass(self.units_per_block)
 
     @property
     def examples(self) -> int:
@@ -225,23 +350,6 @@ class StreamPlan:
         """int64 [B, 2] (pass, position in the pass) of each block: what seeds its order."""
         q = self.first_block + np.arange(len(self.block_rows))
         return np.stack([self.epoch + q // self.blocks_per_pass, q % self.blocks_per_pass], axis=1)
-
-
-def _block_units(index: SplitIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:
-    """Units of block q of the run (counted from pass `epoch`'s block 0)."""
-    per_pass = -(-index.units // units_per_block)
-    p, k = divmod(q, per_pass)
-    positions = np.arange(k * units_per_block, min((k + 1) * units_per_block, index.units))
-    return unit_order(positions, index.units, seed, epoch + p)
-
-
-def _block_order(index: SplitIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:
-    """Global rows emitted by block q of the run, in stream order."""
-    per_pass = -(-index.units // units_per_block)
-    p, k = divmod(q, per_pass)
-    rows = index.unit_rows(_block_units(index, seed, epoch, units_per_block, q))
-    rng = np.random.default_rng([seed, epoch + p, k, 7])
-    return rows[rng.permutation(len(rows))]
 
 
 def default_units_per_block(per_worker_batch: int) -> int:
@@ -269,65 +377,27 @@ def max_units_per_block(store: Store, split: str) -> int:
 
 def plan_stream(store: Store, split: str, beta: float, *, seed: int, epoch: int = 0,
                 examples: int | None = None, skip: int = 0, units_per_block: int = 64,
-                method: str = "moore") -> StreamPlan:
+                recipe: str = "moore") -> StreamPlan:
     """Plan passes epoch, epoch+1, ... of `split` (a training split: its own class counts weigh
-    it) at `beta` under the balancing scheme `method` (one pass if `examples` is None).
+    it) under the recipe `recipe` at `beta` (one pass if `examples` is None).
 
     `skip` starts the stream at that position (rows before it are not emitted). Any M_j is
     exact: a unit holds the rows of its group with M_j >= its copy, whatever their order (the
     rarest-label order only makes a moore unit a prefix of its group). `units_per_block` is
     taken at most `max_units_per_block` (the plan's `units_per_block` says what was used).
-    Cost: reading the labels, then the units of the planned passes up to skip + examples.
+    Cost: reading the labels, then for repeats the units of the planned passes up to
+    skip + examples (for a drawn recipe, nothing per pass).
     """
     units_per_block = min(units_per_block, max_units_per_block(store, split))
-    labels, groups = split_labels(store, split)
-    counts = class_counts(labels, store.n_classes)
-    index = SplitIndex.build(groups, oversampling_factors(labels, beta, counts, method), labels)
-    rows, start, first_block = _plan_blocks(index, seed, epoch, examples, skip, units_per_block)
+    index = stream_index(store, split, recipe, beta)
+    rows, start, first_block = index.plan_blocks(seed, epoch, examples, skip, units_per_block)
     return StreamPlan(index, rows, start, first_block, seed, epoch, units_per_block, store.n_classes, skip)
 
 
-def _plan_blocks(index: SplitIndex, seed: int, epoch: int, examples: int | None, skip: int,
-                 units_per_block: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Rows and stream positions of the run's blocks that emit rows at positions in
-    [skip, skip + examples), and the run number of the first of them. Passes that end before
-    `skip` are skipped whole (a pass is sum M_j rows whatever its order); the others are
-    evaluated `_PLAN_CHUNK` unit positions at a time, up to the budget."""
-    pass_rows, n_units = index.rows_per_pass, index.units
-    none = np.zeros(0, np.int64)
-    if pass_rows == 0:
-        return none, none, 0
-    per_pass = -(-n_units // units_per_block)
-    stop = None if examples is None else skip + examples
-    p = 0 if examples is None else skip // pass_rows
-    sizes = index.unit_sizes()
-    step = max(1, _PLAN_CHUNK // units_per_block)                     # blocks a chunk
-    rows, starts, first = [], [], None
-    while True:
-        position = p * pass_rows                                      # of the next block
-        for k0 in range(0, per_pass, step):
-            k1 = min(per_pass, k0 + step)
-            units = unit_order(np.arange(k0 * units_per_block, min(k1 * units_per_block, n_units)),
-                               n_units, seed, epoch + p)
-            r = np.add.reduceat(sizes[units], np.arange(0, len(units), units_per_block), dtype=np.int64)
-            s = position + np.cumsum(r) - r
-            position = int(s[-1] + r[-1])
-            keep = s + r > skip
-            if stop is not None:
-                keep &= s < stop
-            if keep.any():
-                if first is None:
-                    first = p * per_pass + k0 + int(np.argmax(keep))
-                rows.append(r[keep])
-                starts.append(s[keep])
-            if stop is not None and position >= stop:
-                break
-        if stop is None or position >= stop:
-            break
-        p += 1
-    if first is None:
-        return none, none, 0
-    return np.concatenate(rows), np.concatenate(starts), first
+def _block_order(index: SplitIndex | DrawIndex, seed: int, epoch: int, units_per_block: int, q: int) -> np.ndarray:
+    """Global rows emitted by block q of the run (counted from pass `epoch`'s block 0), in stream order."""
+    p, k = divmod(q, index.blocks_per_pass(units_per_block))
+    return index.block(seed, epoch + p, k, units_per_block)
 
 
 def block_rows(plan: StreamPlan, b: int) -> np.ndarray:
@@ -348,7 +418,7 @@ class _Spec:
     stop: int | None = None    # rows at stream positions >= stop are not emitted (None: all)
 
 
-def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict | None, int]:
+def read_block(index: SplitIndex | DrawIndex, spec: _Spec, q: int, start: int) -> tuple[dict | None, int]:
     """Block q of the run, whose first row is at stream position `start`, as rows {clip_index
     (the clip's row in the split), position (in the stream), mel [n, T, F] float16, target
     [n, K] float32 multi-hot} in stream order (rows before `spec.skip` or from `spec.stop` on left
@@ -369,8 +439,9 @@ def read_block(index: SplitIndex, spec: _Spec, q: int, start: int) -> tuple[dict
 def read_blocks(batch: dict, index, spec: _Spec):
     """Ray Data UDF (a generator): spans {first (block of the run), blocks, start (stream
     position)} -> the rows of their blocks, one output batch a block. `index` is the split's
-    `SplitIndex` or an ObjectRef to it (fetched once a span, zero-copy from the object store)."""
-    if not isinstance(index, SplitIndex):
+    `SplitIndex` or `DrawIndex`, or an ObjectRef to it (fetched once a span, zero-copy from the
+    object store)."""
+    if not isinstance(index, (SplitIndex, DrawIndex)):
         import ray
         index = ray.get(index)
     for first, n, start in zip(batch["first"], batch["blocks"], batch["start"]):
@@ -405,12 +476,11 @@ def _spans(plan: StreamPlan, row_bytes: int = 0, max_spans: int = _MAX_READ_TASK
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
                         examples: int | None = None, skip: int = 0, units_per_block: int = 64,
-                        method: str = "moore"):
-    """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split`
-    oversampled at `beta` by the scheme `method`. Deterministic for (seed, epoch); rows as in
-    `read_block`.
+                        recipe: str = "moore"):
+    """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split` balanced
+    by the recipe `recipe` at `beta`. Deterministic for (seed, epoch); rows as in `read_block`.
 
-    The split's `SplitIndex` is put in the object store once and the readers get its
+    The split's index (`stream_index`) is put in the object store once and the readers get its
     reference; the UDF and each input row are a few numbers at any scale.
 
     The order is kept by the dataset's own execution options (the process-wide DataContext is
@@ -421,7 +491,7 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
 
     store = open_store(store_path)
     plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
-                       examples=examples, skip=skip, units_per_block=units_per_block, method=method)
+                       examples=examples, skip=skip, units_per_block=units_per_block, recipe=recipe)
     spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip, (store.frames, store.mels),
                  None if examples is None else plan.skip + examples)
     row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
@@ -448,140 +518,3 @@ def stream_execution_options():
     options = DataConfig.default_ingest_options()
     options.preserve_order = True
     return options
-
-
-def duplicates_per_batch(clip_index: np.ndarray, batch_size: int) -> float:
-    """Mean over consecutive full batches of (batch size - distinct clips) / batch size."""
-    n = len(clip_index) // batch_size * batch_size
-    if n == 0:
-        return 0.0
-    b = np.sort(np.asarray(clip_index[:n]).reshape(-1, batch_size), axis=1)
-    return float((b[:, 1:] == b[:, :-1]).sum(axis=1).mean() / batch_size)
-
-
-def _class_mix(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
-               batch_size: int) -> tuple[float, float]:
-    """(mean distinct classes, mean total-variation distance to the sequence's label
-    distribution) over consecutive full batches; class counts are held `_STAT_BATCHES`
-    batches at a time."""
-    n = len(clip_index) // batch_size * batch_size
-    if n == 0:
-        return 0.0, 0.0
-    clip_index = np.asarray(clip_index[:n])
-    q = np.bincount(labels.take(clip_index).indices, minlength=n_classes).astype(np.float64)
-    q /= max(q.sum(), 1.0)
-    distinct = distance = 0.0
-    step = _STAT_BATCHES * batch_size
-    for a in range(0, n, step):
-        sub = labels.take(clip_index[a:a + step])
-        m = min(step, n - a) // batch_size
-        batch = np.repeat(np.arange(m * batch_size) // batch_size, sub.lengths)
-        counts = np.bincount(batch * n_classes + sub.indices, minlength=m * n_classes)
-        counts = counts.reshape(m, n_classes).astype(np.float64)
-        distinct += float((counts > 0).sum())
-        p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        distance += float(0.5 * np.abs(p - q).sum())
-    return distinct / (n // batch_size), distance / (n // batch_size)
-
-
-def class_mix_distance(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
-                       batch_size: int) -> float:
-    """Mean over consecutive full batches of the total-variation distance between the batch's
-    label distribution and the whole sequence's: how far batches stray from the pass's prior
-    (clips stored in rarest-label order make read units homogeneous; mixing must undo it)."""
-    return _class_mix(clip_index, labels, n_classes, batch_size)[1]
-
-
-def distinct_classes_per_batch(clip_index: np.ndarray, labels: MultiLabels, n_classes: int,
-                               batch_size: int) -> float:
-    """Mean over consecutive full batches of the number of classes with a positive label in
-    the batch."""
-    return _class_mix(clip_index, labels, n_classes, batch_size)[0]
-
-
-def deal_blocks(rows_per_block: np.ndarray, workers: int) -> np.ndarray:
-    """Consumer of each block, in stream order, when `workers` consumers take the blocks whole
-    as `Dataset.streaming_split` deals them: each to the consumer with the fewest rows so far,
-    the lowest-numbered on ties (round-robin for equal blocks). int64 [B]."""
-    got = [0] * workers
-    out = np.empty(len(rows_per_block), np.int64)
-    for b, n in enumerate(np.asarray(rows_per_block).tolist()):
-        w = min(range(workers), key=got.__getitem__)
-        out[b], got[w] = w, got[w] + n
-    return out
-
-
-def _ratio(value: float, ideal: float) -> float:
-    return value / ideal if ideal > 0 else (1.0 if value == 0 else float("inf"))
-
-
-def mixing_audit(plan: StreamPlan, labels: MultiLabels, *, batch_size: int, workers: int = 1,
-                 max_examples: int = 2_000_000, seed: int = 0) -> dict:
-    """How well the batches a worker trains on mix, from the plan alone (no spectrograms read).
-
-    The first `max_examples` rows of the plan's first pass, block by block, are dealt to
-    `workers` consumers (`deal_blocks`); each consumer's rows are cut into batches of
-    batch_size // workers (`batch_size` is the global batch, as Train splits it). Reported per
-    worker batch, each against its mean over `_IDEAL_ORDERS` uniform random permutations of
-    the same rows cut the same way (the ideal), and as a ratio to it: duplicates per batch,
-    distinct classes per batch, class-mix distance (`class_mix_distance`)."""
-    per = max(1, batch_size // workers)
-    in_pass = int((plan.block_seeds[:, 0] == 0).sum())
-    blocks, n = [], 0
-    for b in range(in_pass):
-        if n >= max_examples:
-            break
-        blocks.append(block_rows(plan, b)[:max_examples - n])
-        n += len(blocks[-1])
-    consumer = deal_blocks(np.array([len(r) for r in blocks], np.int64), workers)
-    mine = [np.concatenate([r for r, c in zip(blocks, consumer) if c == w] or [np.zeros(0, np.int64)])
-            for w in range(workers)]
-    order = np.concatenate([m[:len(m) // per * per] for m in mine])  # each run of `per` rows: one worker's batch
-    rng = np.random.default_rng(seed)
-    stats = [(duplicates_per_batch(o, per), *_class_mix(o, labels, plan.n_classes, per))
-             for o in [order] + [rng.permutation(order) for _ in range(_IDEAL_ORDERS)]]
-    (dup, distinct, mix), ideal = stats[0], np.mean(stats[1:], axis=0).tolist()
-    return {
-        "workers": int(workers),
-        "worker_batch_size": int(per),
-        "audited_examples": int(n),
-        "duplicates_per_batch": dup,
-        "duplicates_per_batch_ideal": ideal[0],
-        "duplicates_ratio": _ratio(dup, ideal[0]),
-        "distinct_classes_per_batch": distinct,
-        "distinct_classes_per_batch_ideal": ideal[1],
-        "distinct_classes_ratio": _ratio(distinct, ideal[1]),
-        "class_mix_distance": mix,
-        "class_mix_distance_ideal": ideal[2],
-        "class_mix_ratio": mix / ideal[2] if ideal[2] > 0 else 1.0,
-    }
-
-
-def sampler_audit(store: Store, split: str, beta: float, *, seed: int = 0, batch_size: int = 32,
-                  units_per_block: int = 64, workers: int = 1, method: str = "moore",
-                  max_examples: int = 2_000_000) -> dict:
-    """What a pass at `beta` under the scheme `method` exposes, from the plan alone (no
-    spectrograms read).
-
-    Returns per-class exposure N'_k, epoch inflation (sum M_j / N), distinct clips per pass,
-    max repeat, and the mixing of the batches each of `workers` Train workers gets from a
-    global `batch_size` (`mixing_audit`: duplicates, distinct classes and class-mix distance
-    per worker batch, against uniform random permutations of the same rows). At most
-    `max_examples` of the pass are audited (a pass at beta = 1 on AudioSet is 437M examples).
-    """
-    plan = plan_stream(store, split, beta, seed=seed, units_per_block=units_per_block, method=method,
-                       examples=max_examples)  # planned up to what is audited
-    labels, _ = split_labels(store, split)
-    factors = plan.factors
-    return {
-        "scheme": method,
-        "beta": float(beta),
-        "exposure": oversampled_counts(labels, factors, store.n_classes).tolist(),
-        "epoch_inflation": float(factors.sum() / len(factors)),
-        "epoch_length": int(factors.sum()),
-        "distinct_clips": int((factors > 0).sum()),
-        "max_repeat": int(factors.max()),
-        "units_per_block": int(plan.units_per_block),
-        **mixing_audit(plan, labels, batch_size=batch_size, workers=workers,
-                       max_examples=max_examples, seed=seed),
-    }

@@ -23,7 +23,7 @@ import yaml
 from data.cli import InputError
 from data.synth import SynthConfig
 from model.config import AugmentConfig, ModelConfig, OptimConfig, arch_kind
-from data.balance import SCHEMES
+from data.balance import RECIPES, recipe
 from sweep.select import StoppingRule
 from sweep.trial import Arm, Trial
 
@@ -66,8 +66,9 @@ class TrainConfig:
 
 @dataclass
 class SweepConfig:
-    schemes: list[str] = field(default_factory=lambda: ["moore"])  # balancing methods (data/balance.py
-                                            # SCHEMES): the grid is scheme x beta x lr x seed, beta = 0 once
+    schemes: list[str] = field(default_factory=lambda: ["moore"])  # balancing recipes (data/balance.py
+                                            # RECIPES; NAME@E: epochs of E draws), also as sweep.recipes:
+                                            # the grid is recipe x beta x lr x seed, beta = 0 once
     betas: list[float] = field(default_factory=lambda: [0.0, 0.3, 0.5, 1.0])
     beta_step: float | None = None          # refine the beta grid (sweep/refine.py): midpoints where the
                                             # best beta may lie, down to this step (null: the grid as given)
@@ -98,8 +99,8 @@ class SweepConfig:
 
     @property
     def arms(self) -> list[Arm]:
-        """Every arm swept, in the grid's order: each scheme at each beta, beta = 0 (no balancing,
-        the same stream whatever the scheme) once, with the first scheme."""
+        """Every arm swept, in the grid's order: each recipe at each beta, beta = 0 (no balancing)
+        once, drawn by the first recipe."""
         return [Arm(s, float(b)) for s in self.schemes for b in self.betas if b > 0 or s == self.schemes[0]]
 
     @property
@@ -109,7 +110,7 @@ class SweepConfig:
 
     @property
     def several_schemes(self) -> bool:
-        """Arms are named with their scheme (sweep/trial.py Arm.label)."""
+        """Arms are named with their recipe (sweep/trial.py Arm.label)."""
         return len(self.schemes) > 1
 
     @property
@@ -213,8 +214,8 @@ def _coerce(value, hint, name: str):
 
 # (key, test, what it must be): checked at load, before Ray or MLflow start
 _RULES = [
-    ("sweep.schemes", lambda v: len(v) > 0 and set(v) <= set(SCHEMES) and len(set(v)) == len(v),
-     f"a non-empty list of distinct schemes out of {', '.join(SCHEMES)}"),
+    ("sweep.schemes", lambda v: len(v) > 0 and len(set(v)) == len(v),
+     f"a non-empty list of distinct recipes out of {', '.join(RECIPES)} (NAME@E: epochs of E draws)"),
     ("sweep.betas", lambda v: len(v) > 0 and all(b >= 0 for b in v) and len(set(v)) == len(v),
      "a non-empty list of distinct numbers >= 0"),
     ("sweep.lrs", lambda v: len(v) > 0 and all(x > 0 for x in v) and len(set(v)) == len(v),
@@ -250,6 +251,21 @@ _RULES = [
 ]
 
 
+ALIASES = {"sweep.recipes": "sweep.schemes"}  # another name a config file or an override may give a key
+
+
+def _unalias(loaded: dict, source: str) -> None:
+    """Each alias a config file gives renamed to its key (in place); a ConfigError naming both if
+    the file gives the key too."""
+    for alias, key in ALIASES.items():
+        section, name = alias.split(".")
+        part = loaded.get(section)
+        if isinstance(part, dict) and name in part:
+            if key.split(".")[1] in part:
+                raise ConfigError(f"{source}: {alias} and {key} are one key ({alias} is another name for it): give one")
+            part[key.split(".")[1]] = part.pop(name)
+
+
 def check(cfg: Config) -> Config:
     """Values that type-check but cannot be used (a negative budget, an even window, a run name
     that is a path): a ConfigError naming the key and the value."""
@@ -257,8 +273,14 @@ def check(cfg: Config) -> Config:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
+        named = key + "".join(f" ({a})" for a, k in ALIASES.items() if k == key)
         if not ok(value):
-            raise ConfigError(f"{key}: must be {what}, got {value!r}")
+            raise ConfigError(f"{named}: must be {what}, got {value!r}")
+    for name in cfg.sweep.schemes:
+        try:
+            recipe(name)
+        except ValueError as e:
+            raise ConfigError(f"sweep.schemes (sweep.recipes): {e}") from None
     return cfg
 
 
@@ -281,7 +303,7 @@ def _apply_override(values: dict, assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {assignment!r} is not KEY=VALUE (e.g. train.max_examples=4000)")
-    *parents, leaf = key.strip().split(".")
+    *parents, leaf = ALIASES.get(key.strip(), key.strip()).split(".")
     node = values
     for p in parents:
         node = node.setdefault(p, {})
@@ -305,6 +327,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
         except OSError as e:
             raise ConfigError(f"{path}: {e.strerror or e}") from None
+        if isinstance(loaded, dict):
+            _unalias(loaded, str(path))
         _merge(values, loaded, str(path))
         _resolve_paths(values, loaded, Path(path).resolve().parent)
     for assignment in overrides:

@@ -131,7 +131,7 @@ def header(cfg: Config, config_path, fingerprint: str, uri: str, experiment: str
         f"config     {config_path}  (--print-config shows every value)",
         f"store      {cfg.data.store}  train {fingerprint}",
         f"model      {model_line(cfg.model)}",
-        "grid       " + (f"{len(cfg.sweep.arms)} arms (scheme {cfg.sweep.schemes} x beta {cfg.sweep.betas}, "
+        "grid       " + (f"{len(cfg.sweep.arms)} arms (recipe {cfg.sweep.schemes} x beta {cfg.sweep.betas}, "
                             "beta 0 once)" if len(cfg.sweep.schemes) > 1 else f"beta {cfg.sweep.betas}")
         + f" x lr {cfg.sweep.lrs}" + (f" x seed {cfg.sweep.seeds}" if len(cfg.sweep.seeds) > 1 else "")
         + f" = {grid} trial{'s' * (grid != 1)}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -347,8 +348,9 @@ def _report(run_dir: RunDir, summary: dict, out: Path) -> None:
 
 
 def _metric_key(label: str) -> str:
-    """An arm's label as an MLflow metric name: `psla beta=0.5` -> `psla_beta_0.5`."""
-    return label.replace(" ", "_").replace("=", "_")
+    """An arm's label as an MLflow metric name, each character MLflow refuses in one (and each
+    space) an underscore: `psla beta=0.5` -> `psla_beta_0.5`, `passt@100 beta=1` -> `passt_100_beta_1`."""
+    return re.sub(r"[^A-Za-z0-9_\-.:/]", "_", label)
 
 
 def resume_command(argv: list[str], cap: int | None = None) -> str:

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from data.draws import check_epoch
 from data.store import Store, open_store
 from data.stream import MAX_BLOCK_BYTES, max_units_per_block
 from model.config import AST_KEYS, PATCH, ModelConfig
@@ -83,8 +84,9 @@ def check_store(store: Store, cfg: Config) -> None:
     """What would fail in every trial, as one ConfigError before anything starts: spectrograms
     smaller than one AST patch (arch ast), a data.units_per_block whose blocks would not fit in
     memory, a validation or evaluation split where no class has both positive and negative clips
-    (nothing to score). Warned: training classes with no clip, evaluation classes with no
-    positive (left out of priors and metrics)."""
+    (nothing to score), a recipe whose epoch cannot be drawn from the training split. Warned:
+    training classes with no clip, evaluation classes with no positive (left out of priors and
+    metrics)."""
     units, most = cfg.data.units_per_block, max_units_per_block(store, cfg.data.train_split)
     if units and units > most:
         raise ConfigError(f"data.units_per_block {units}: blocks of at most {most} units ({MAX_BLOCK_BYTES >> 20} "
@@ -92,6 +94,11 @@ def check_store(store: Store, cfg: Config) -> None:
     if cfg.model.arch == "ast" and min(store.frames, store.mels) < PATCH:
         raise ConfigError(f"data.store {store.root}: spectrograms of {store.frames} frames x {store.mels} mels; "
                           f"the AST needs at least {PATCH} x {PATCH} (one patch): ingest with --frames >= {PATCH}")
+    for name in cfg.sweep.schemes:
+        try:
+            check_epoch(name, store.split_info(cfg.data.train_split)["clips"])
+        except ValueError as e:
+            raise ConfigError(f"sweep.schemes (sweep.recipes): {e} ({store.root}, split {cfg.data.train_split!r})") from None
     for split in [cfg.data.valid_split, *cfg.data.eval_splits]:
         counts, clips = store.class_counts(split), store.split_info(split)["clips"]
         if not ((counts > 0) & (counts < clips)).any():

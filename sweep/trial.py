@@ -1,16 +1,18 @@
-"""What one trial is: an arm (a balancing scheme at an exponent beta) trained at a learning rate
+"""What one trial is: an arm (a balancing recipe at an exponent beta) trained at a learning rate
 from a seed, and every name it goes by.
 
-    trial = Trial("psla", 0.5, 1e-3, 0)
-    trial.arm.label(several_schemes=True)     # 'psla beta=0.5': tables, p_best, the console
-    trial.name(several_schemes=True, several_seeds=False)   # 'psla beta=0.5 lr=0.001': MLflow
-    trial.key                                 # 'psla-beta=0.5-lr=0.001-seed=0': its Train run
+    trial = Trial("ast", 0.5, 1e-3, 0)
+    trial.arm.label(several_schemes=True)     # 'ast beta=0.5': tables, p_best, the console
+    trial.name(several_schemes=True, several_seeds=False)   # 'ast beta=0.5 lr=0.001': MLflow
+    trial.key                                 # 'ast-beta=0.5-lr=0.001-seed=0': its Train run
                                               # directory and MLflow tag, the same in every attempt
     trial.tune_config / Trial.from_tune(cfg)  # what Tune searches and shows
 
-An arm is one way of balancing; beta = 0 (no balancing) is one arm whatever the scheme. The
-trial's key does not depend on Tune's trial ids, so a resumed sweep, or one continued to a
-higher cap, finds every trial's checkpoints and MLflow run again.
+An arm is one way of balancing; beta = 0 (no balancing) is one arm whatever the recipe. The
+field `scheme` holds the recipe's name (data/balance.py RECIPES: moore, ast, passt@5000, ...;
+the name results.json rows and Tune's config keep). The trial's key does not depend on Tune's
+trial ids, so a resumed sweep, or one continued to a higher cap, finds every trial's
+checkpoints and MLflow run again.
 """
 from __future__ import annotations
 
@@ -26,19 +28,19 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True, order=True)
 class Arm:
-    """One way of balancing: a scheme (data/balance.py SCHEMES) at an exponent beta."""
+    """One way of balancing: a recipe (data/balance.py RECIPES, in the field `scheme`) at an exponent beta."""
     scheme: str
     beta: float
 
     def label(self, several_schemes: bool) -> str:
-        """The arm's name in tables, on the console, in p_best: `beta=<b>`, with its scheme first
-        (`psla beta=<b>`) when the sweep has several schemes and beta > 0."""
+        """The arm's name in tables, on the console, in p_best: `beta=<b>`, with its recipe first
+        (`ast beta=<b>`) when the sweep has several recipes and beta > 0."""
         b = f"beta={self.beta:g}"
         return b if not several_schemes or self.beta == 0 else f"{self.scheme} {b}"
 
     @property
     def key(self) -> str:
-        """A path part: `<scheme>-beta=<b>` (the predictions of its picks live under it)."""
+        """A path part: `<recipe>-beta=<b>` (the predictions of its picks live under it)."""
         return f"{self.scheme}-beta={_num(self.beta)}"
 
 

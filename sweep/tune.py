@@ -1,4 +1,4 @@
-"""The Ray Tune sweep over arms (scheme x beta) x learning rate x seed; each trial builds and
+"""The Ray Tune sweep over arms (recipe x beta) x learning rate x seed; each trial builds and
 fits a TorchTrainer.
 
 `trial_driver(config)` is the Tune trainable (Train V2 inside Tune): it opens the trial's
@@ -25,8 +25,10 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from data.balance import recipe
 from data.store import open_store
-from data.stream import default_units_per_block, oversampled_dataset, sampler_audit, stream_execution_options
+from data.audit import sampler_audit
+from data.stream import default_units_per_block, oversampled_dataset, stream_execution_options
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.history import TrialState, summary_metrics
@@ -60,7 +62,7 @@ def _train_dataset_factory(cfg: Config, trial: Trial, train_run_path: str):
         seen = registered_examples(train_run_path)
         batch = cfg.train.batch_size
         budget = -(-cfg.train.max_examples // batch) * batch
-        return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, method=trial.scheme,
+        return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, recipe=trial.scheme,
                                    examples=max(budget - seen, 1), skip=seen, units_per_block=units_per_block(cfg))
     return build
 
@@ -75,7 +77,7 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
     from sweep import tracking
     client = MlflowClient(tracking_info["uri"])
     store = open_store(cfg.data.store)
-    params = {"scheme": trial.scheme, "beta": trial.beta, "lr": trial.lr, "seed": trial.seed,
+    params = {"recipe": trial.scheme, "draw": recipe(trial.scheme).draw, "beta": trial.beta, "lr": trial.lr, "seed": trial.seed,
               **flatten({"cfg": to_dict(cfg)})}
     tags = {"dataset.fingerprint": store.fingerprint(cfg.data.train_split), "ray_trial_id": tune.get_context().get_trial_id()}
     run_id = tracking.child_run(client, tracking_info["experiment_id"], tracking_info["parent_run_id"], trial.key,
@@ -83,7 +85,7 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
     tracking.log_store_inputs(client, run_id, store, {cfg.data.train_split: "training",
                                                       cfg.data.valid_split: "validation"})
     audit = sampler_audit(store, cfg.data.train_split, trial.beta, seed=trial.seed, batch_size=cfg.train.batch_size,
-                          method=trial.scheme, units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
+                          recipe=trial.scheme, units_per_block=units_per_block(cfg), workers=cfg.resources.num_workers)
     # as params, not metrics: the run's page opens on its validation curves, not on one-point charts
     tracking.log_params(client, run_id, {f"audit.{k}": v for k, v in audit.items() if isinstance(v, (int, float))})
     tracking.log_json(client, run_id, audit, "audit/sampler_audit.json")

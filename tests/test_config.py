@@ -52,9 +52,13 @@ def test_shipped_configs_load(name):
     ("run.name=/some/dir", r"run\.name: must be a plain name"),
     ("run.name=..", r"run\.name: must be a plain name"),
     ("data.store=[1]", r"data\.store: expected a string"),
-    ("sweep.schemes=[moore, focal]", r"sweep\.schemes: must be a non-empty list of distinct schemes out of moore, psla"),
-    ("sweep.schemes=[psla, psla]", r"sweep\.schemes: must be a non-empty list of distinct"),
-    ("sweep.schemes=[]", r"sweep\.schemes: must be a non-empty list"),
+    ("sweep.schemes=[moore, focal]", r"sweep\.schemes \(sweep\.recipes\): unknown balancing recipe 'focal'; known: "
+                                     r"moore, psla, passt-repeats, ast, audiomae, passt, panns \(NAME@E"),
+    ("sweep.recipes=[psla, psla]", r"sweep\.schemes \(sweep\.recipes\): must be a non-empty list of distinct"),
+    ("sweep.schemes=[]", r"sweep\.schemes \(sweep\.recipes\): must be a non-empty list"),
+    ("sweep.recipes=[moore@100]", r"recipe 'moore@100': moore draws each clip M_j times a pass"),
+    ("sweep.recipes=[passt@0]", r"recipe 'passt@0': the epoch length after '@' must be an integer >= 1, got '0'"),
+    ("sweep.recipes=[passt@1e3]", r"recipe 'passt@1e3': the epoch length after '@' must be an integer >= 1"),
 ])
 def test_values_are_checked_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -70,6 +74,21 @@ def test_the_grid_is_every_scheme_at_every_beta_with_beta_0_once():
     one = load_config(None, ["sweep.betas=[0, 1]"])
     assert one.sweep.arms == [Arm("moore", 0.0), Arm("moore", 1.0)] and one.sweep.arms[1].label(False) == "beta=1"
     assert load_config(None, ["sweep.schemes=[psla]", "sweep.betas=[0.5]"]).sweep.arms == [Arm("psla", 0.5)]
+
+
+def test_recipes_is_another_name_for_schemes(tmp_path):
+    """sweep.recipes (in a file or an override) is sweep.schemes; a file giving both is one error
+    naming both; the later source wins, whichever name it uses."""
+    cfg = load_config(None, ["sweep.recipes=[moore, ast, passt@500]", "sweep.betas=[0, 1]"])
+    assert cfg.sweep.schemes == ["moore", "ast", "passt@500"] and "recipes" not in to_dict(cfg)["sweep"]
+    assert [a.label(cfg.sweep.several_schemes) for a in cfg.sweep.arms] == [
+        "beta=0", "moore beta=1", "ast beta=1", "passt@500 beta=1"]
+    (tmp_path / "a.yaml").write_text("sweep: {recipes: [ast, panns]}\n")
+    assert load_config(tmp_path / "a.yaml").sweep.schemes == ["ast", "panns"]
+    assert load_config(tmp_path / "a.yaml", ["sweep.schemes=[moore]"]).sweep.schemes == ["moore"]
+    (tmp_path / "b.yaml").write_text("sweep: {recipes: [ast], schemes: [moore]}\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: sweep\.recipes and sweep\.schemes are one key .*: give one"):
+        load_config(tmp_path / "b.yaml")
 
 
 def test_a_trial_has_one_name_of_each_kind():

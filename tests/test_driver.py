@@ -16,7 +16,7 @@ from data.cli import InputError
 from data.store import create_store, open_store
 from sweep import tracking
 from sweep.config import ConfigError, load_config, to_dict
-from sweep.driver import Interrupted, _interrupted, _publish, _resumable, _Signals, missing_trials
+from sweep.driver import Interrupted, _interrupted, _metric_key, _publish, _resumable, _Signals, missing_trials
 from sweep.prepare import check_store, prepare
 from sweep.rundir import RunDir
 from sweep.run import main
@@ -246,3 +246,12 @@ def test_an_empty_state_json_is_named(tmp_path):
     (tmp_path / STATE).write_text("")
     with pytest.raises(InputError, match=rf"{tmp_path / STATE}: not a readable checkpoint state"):
         load_state(tmp_path)
+
+
+def test_an_arm_label_is_a_metric_name_mlflow_takes():
+    """p_best.<arm> metrics: the characters MLflow refuses in a metric name (a recipe's `@E`, `=`)
+    and spaces become underscores; the names of earlier sweeps' arms are unchanged."""
+    from mlflow.utils.validation import _validate_metric_name
+    assert [_metric_key(a) for a in ("beta=0", "psla beta=0.5", "passt@100 beta=1")] == [
+        "beta_0", "psla_beta_0.5", "passt_100_beta_1"]
+    _validate_metric_name(f"p_best.{_metric_key('passt@100 beta=1')}")

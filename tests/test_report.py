@@ -130,11 +130,12 @@ def test_imbalance_tables(report):
         assert r["imbalance_ratio"] == pytest.approx(imbalance_ratio(c)) and r["gini"] == pytest.approx(gini(c))
     assert [r["beta"] for r in t["table2"]] == [r["beta"] for r in results["rows"]] == list(BETAS)
     assert [r["label"] for r in t["table2"]] == [f"beta={b:g}" for b in BETAS]
-    for r in t["table2"]:
-        want = oversampled_stats(store.labels("train"), r["beta"], store.n_classes, r["scheme"])
-        assert {k: v for k, v in r.items() if k != "label"} == pytest.approx(want)
-        assert set(r) >= {"imbalance_ratio", "gini", "epoch_length", "max_repeat"}
-    assert t["table2"][0]["max_repeat"] == 1 and t["table2"][-1]["gini"] < t["table2"][0]["gini"]
+    for r in t["table2"]:  # the moore recipe: its expected exposure is the oversampled set's
+        want = oversampled_stats(store.labels("train"), r["beta"], store.n_classes, "moore")
+        assert (r["recipe"], r["scheme"], r["draw"]) == ("moore", "moore", "repeats")
+        assert [r[k] for k in ("imbalance_ratio", "gini", "epoch_length", "max_clip_exposure")] == pytest.approx(
+            [want[k] for k in ("imbalance_ratio", "gini", "epoch_length", "max_repeat")])
+    assert t["table2"][0]["max_clip_exposure"] == 1 and t["table2"][-1]["gini"] < t["table2"][0]["gini"]
 
 
 def test_metric_tables_consistent_with_results(report):
@@ -383,23 +384,26 @@ def test_no_pyplot_or_global_backend():
                    env={**os.environ, "MPLBACKEND": "svg"})
 
 
-def test_two_schemes_report_every_arm_once(synth_store, tmp_path):
-    """moore and psla at beta 0.5 and 1 with beta = 0 once: five arms in every table, the
-    baseline first, Fig. 3 the first scheme's largest beta, the figures drawn, p_best per arm."""
-    run_dir = write_sweep_output(synth_store, tmp_path / "run", lrs=(1e-3,), n_evals=12, schemes=("moore", "psla"))
+def test_two_recipes_report_every_arm_once(synth_store, tmp_path):
+    """The recipes moore and ast at beta 0.5 and 1 with beta = 0 once: five arms in every table,
+    the baseline first, Fig. 3 the first recipe's largest beta, the figures drawn, p_best per arm;
+    Table 2 says how each arm draws (ast: N draws with replacement an epoch)."""
+    run_dir = write_sweep_output(synth_store, tmp_path / "run", lrs=(1e-3,), n_evals=12, schemes=("moore", "ast"))
     build_report(run_dir, n_resamples=50)
     t = json.loads((run_dir / "report" / "tables.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
-    arms = ["beta=0", "moore beta=0.5", "moore beta=1", "psla beta=0.5", "psla beta=1"]
+    arms = ["beta=0", "moore beta=0.5", "moore beta=1", "ast beta=0.5", "ast beta=1"]
     assert [r["label"] for r in results["rows"]] == arms and set(results["p_best"]) == set(arms)
     assert [r["name"] for r in t["table4"]] == [r["label"] for r in t["table2"]] == arms
-    assert [r["scheme"] for r in t["table2"]] == ["moore", "moore", "moore", "psla", "psla"]
-    assert t["table2"][3]["epoch_length"] != t["table2"][1]["epoch_length"]  # the schemes draw differently
+    assert [(r["recipe"], r["draw"]) for r in t["table2"]] == [("moore", "repeats")] * 3 + [("ast", "replacement")] * 2
+    clips = synth_store.split_info("train")["clips"]
+    assert t["table2"][3]["epoch_length"] == clips != t["table2"][1]["epoch_length"]  # the recipes draw differently
+    assert t["table2"][4]["max_clip_exposure"] < t["table2"][2]["max_clip_exposure"]  # N draws an epoch, not sum M_j
     assert t["baseline"] == "beta=0" and t["fig3"]["models"] == ["beta=0", "moore beta=1"]
     assert t["figures"] == list(FIGURES)
-    assert (run_dir / "predictions" / "psla-beta=0.5" / "seed=0").is_dir()
+    assert (run_dir / "predictions" / "ast-beta=0.5" / "seed=0").is_dir()
     md = (run_dir / "report" / "report.md").read_text()
-    assert "| psla beta=1 |" in md and f": {results['selection']['label']}**" in md
+    assert "| ast beta=1 | replacement |" in md and f": {results['selection']['label']}**" in md
     text = format_results(results)
     assert all(any(line.startswith(a + " ") for line in text.splitlines()) for a in arms)
 

@@ -1,5 +1,6 @@
-"""The oversampling stream: exact counts, determinism, mixing, budgets, compact plans shipped by
-reference, many consumers, Ray Train sharding."""
+"""The balancing stream, for every draw mode (repeats, replacement, subset, round robin): exact
+counts, determinism, mixing, budgets and exact resume, compact plans shipped by reference, many
+consumers, Ray Train sharding; the sampler audit."""
 import json
 import logging
 import threading
@@ -7,12 +8,18 @@ import threading
 import numpy as np
 import pytest
 
-from data.balance import oversampled_counts, oversampling_factors
+from data.balance import class_counts, oversampled_counts, oversampling_factors
+from data.draws import epoch_draw, exposure_stats
 from data.shards import ROW_GROUP_ROWS
-from data.stream import (SplitIndex, block_rows, class_mix_distance, deal_blocks, default_units_per_block,
-                         distinct_classes_per_batch, duplicates_per_batch, oversampled_dataset, plan_stream,
-                         max_units_per_block, read_blocks, sampler_audit, split_labels, stream_execution_options,
-                         unit_order)
+from data.audit import (class_mix_distance, deal_blocks, distinct_classes_per_batch, duplicates_per_batch,
+                        sampler_audit)
+from data.permute import keyed_permutation
+from data.stream import (SplitIndex, block_rows, default_units_per_block, oversampled_dataset, plan_stream,
+                         max_units_per_block, read_blocks, split_labels, stream_execution_options)
+
+
+DRAWN = ["ast", "passt@300", "panns"]   # replacement, subset (300 of 1,028 clips), round robin
+RECIPES = ["moore", *DRAWN]
 
 
 def _order(plan):
@@ -25,40 +32,55 @@ def test_a_pass_repeats_each_clip_exactly(synth_store, beta, units_per_block):
     plan = plan_stream(synth_store, "train", beta, seed=1, units_per_block=units_per_block)
     assert set(np.diff(plan.groups.start)[:-1].tolist()) == {ROW_GROUP_ROWS} == {4}  # as stores are written
     expected = oversampling_factors(synth_store.labels("train"), beta)
-    np.testing.assert_array_equal(plan.factors, expected)
+    np.testing.assert_array_equal(plan.index.counts(1, 0), expected)
     counts = np.bincount(_order(plan), minlength=len(expected))
     np.testing.assert_array_equal(counts, expected)
     assert plan.examples == expected.sum()
 
 
-def test_plan_is_deterministic_and_epochs_differ(synth_store):
-    a = _order(plan_stream(synth_store, "train", 0.5, seed=1))
-    b = _order(plan_stream(synth_store, "train", 0.5, seed=1))
-    c = _order(plan_stream(synth_store, "train", 0.5, seed=1, epoch=1))
+@pytest.mark.parametrize("recipe", DRAWN)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_a_drawn_pass_emits_its_epochs_draws(synth_store, recipe, beta):
+    """A pass of a drawn recipe emits each clip as often as its epoch drew it (E rows), in
+    blocks of units_per_block x 4 rows but the last."""
+    plan = plan_stream(synth_store, "train", beta, seed=1, units_per_block=16, recipe=recipe)
+    draw = epoch_draw(synth_store.labels("train"), synth_store.n_classes, recipe, beta)
+    counts = plan.index.counts(1, 0)
+    np.testing.assert_array_equal(counts, draw.counts(1, 0))
+    np.testing.assert_array_equal(np.bincount(_order(plan), minlength=len(counts)), counts)
+    assert plan.examples == draw.length == counts.sum() and set(plan.block_rows[:-1].tolist()) == {64}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_plan_is_deterministic_and_epochs_differ(synth_store, recipe):
+    a = _order(plan_stream(synth_store, "train", 0.5, seed=1, recipe=recipe))
+    b = _order(plan_stream(synth_store, "train", 0.5, seed=1, recipe=recipe))
+    c = _order(plan_stream(synth_store, "train", 0.5, seed=1, epoch=1, recipe=recipe))
     np.testing.assert_array_equal(a, b)
-    assert (a != c).mean() > 0.9 and np.array_equal(np.sort(a), np.sort(c))
+    assert (a != c).mean() > 0.9 and np.array_equal(np.sort(a), np.sort(c)) == (recipe == "moore")
 
 
-def test_budget_spans_passes_and_skip_resumes(synth_store):
-    one = plan_stream(synth_store, "train", 1.0, seed=2).examples
-    plan = plan_stream(synth_store, "train", 1.0, seed=2, examples=int(2.5 * one))
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_budget_spans_passes_and_skip_resumes(synth_store, recipe):
+    one = plan_stream(synth_store, "train", 1.0, seed=2, recipe=recipe).examples
+    plan = plan_stream(synth_store, "train", 1.0, seed=2, examples=int(2.5 * one), recipe=recipe)
     assert plan.examples >= 2.5 * one and set(plan.block_seeds[:, 0]) == {0, 1, 2}
     full = _order(plan)
-    np.testing.assert_array_equal(np.bincount(full[:one]), oversampling_factors(
-        synth_store.labels("train"), 1.0))  # the first pass is exact on its own
-    resumed = plan_stream(synth_store, "train", 1.0, seed=2, examples=1000, skip=one + 123)
+    np.testing.assert_array_equal(np.bincount(full[:one], minlength=len(plan.index.labels)),
+                                  plan.index.counts(2, 0))  # the first pass is exact on its own
+    resumed = plan_stream(synth_store, "train", 1.0, seed=2, examples=1000, skip=one + 123, recipe=recipe)
     assert resumed.block_start[0] <= one + 123 < resumed.block_start[0] + resumed.block_rows[0]
     assert resumed.examples >= 1000
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
-def test_unit_order_is_a_permutation_that_changes_with_the_pass(n):
-    a = unit_order(np.arange(n), n, seed=3, pass_=0)
+def test_keyed_permutation_is_a_permutation_that_changes_with_the_key(n):
+    a = keyed_permutation(np.arange(n), n, (3, 0))
     np.testing.assert_array_equal(np.sort(a), np.arange(n))
-    np.testing.assert_array_equal(unit_order(np.arange(n)[::-1], n, 3, 0), a[::-1])  # position by position
+    np.testing.assert_array_equal(keyed_permutation(np.arange(n)[::-1], n, (3, 0)), a[::-1])  # position by position
     if n >= 64:
-        assert (unit_order(np.arange(n), n, 3, 1) != a).mean() > 0.9
-        assert (unit_order(np.arange(n), n, 4, 0) != a).mean() > 0.9
+        assert (keyed_permutation(np.arange(n), n, (3, 1)) != a).mean() > 0.9
+        assert (keyed_permutation(np.arange(n), n, (4, 0)) != a).mean() > 0.9
 
 
 def test_split_labels_match_the_store(synth_store):
@@ -80,21 +102,23 @@ def test_unit_sizes_match_the_units(synth_store):
     np.testing.assert_array_equal(sizes, [len(index.unit_rows([u])) for u in range(index.units)])
 
 
-def test_skip_past_whole_passes_gives_the_same_stream(synth_store):
-    one = plan_stream(synth_store, "train", 0.5, seed=5).examples
-    full = _order(plan_stream(synth_store, "train", 0.5, seed=5, examples=4 * one))
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_skip_past_whole_passes_gives_the_same_stream(synth_store, recipe):
+    one = plan_stream(synth_store, "train", 0.5, seed=5, recipe=recipe).examples
     skip = 2 * one + 123
-    resumed = plan_stream(synth_store, "train", 0.5, seed=5, examples=500, skip=skip)
-    assert set(resumed.block_seeds[:, 0]) == {2}  # passes 0 and 1 are not planned at all
+    full = _order(plan_stream(synth_store, "train", 0.5, seed=5, examples=skip + 500, recipe=recipe))
+    resumed = plan_stream(synth_store, "train", 0.5, seed=5, examples=500, skip=skip, recipe=recipe)
+    assert resumed.block_seeds[:, 0].min() == 2  # passes 0 and 1 are not planned at all
     got = _order(resumed)[skip - resumed.block_start[0]:][:500]
     np.testing.assert_array_equal(got, full[skip:skip + 500])
 
 
-def test_readers_rebuild_the_plan_from_spans(synth_store):
+@pytest.mark.parametrize("recipe", ["moore", "passt@300"])
+def test_readers_rebuild_the_plan_from_spans(synth_store, recipe):
     """What the readers get (the index, a few numbers per span) gives the planned rows and
     positions, rows before `skip` left out."""
     from data.stream import _Spec, _spans
-    plan = plan_stream(synth_store, "train", 1.0, seed=6, examples=30_000, skip=777)
+    plan = plan_stream(synth_store, "train", 1.0, seed=6, examples=30_000, skip=777, recipe=recipe)
     spans = _spans(plan, max_spans=7)
     sizes = [s["blocks"] for s in spans]
     assert sizes[:3] == [1, 2, 4] and sum(sizes) == len(plan.block_rows)  # the first rows come soon
@@ -121,7 +145,55 @@ def test_duplicates_per_batch_near_a_random_permutation(synth_store, beta):
     assert audit["epoch_inflation"] == pytest.approx(factors.sum() / len(factors))
     assert audit["exposure"] == oversampled_counts(labels, factors, synth_store.n_classes).tolist()
     assert audit["distinct_clips"] == len(synth_store.clip_ids("train"))
-    assert audit["max_repeat"] > 1
+    assert audit["max_clip_exposure"] == factors.max() > 1 and audit["exposure_deviation"] == 0
+
+
+@pytest.mark.parametrize("recipe", ["ast@20000", "passt@500", "panns@20000"])
+def test_drawn_batches_mix_like_a_random_order(synth_store, recipe):
+    """A drawn epoch's batches (4 workers' batches of 32) against random orders of the same rows:
+    a block is a uniform sample of the epoch's draws, so the ratios are 1 but for noise."""
+    audit = sampler_audit(synth_store, "train", 1.0, seed=0, batch_size=128, workers=4, recipe=recipe)
+    assert audit["audited_examples"] == audit["epoch_length"] == int(recipe.partition("@")[2])
+    assert 0.97 <= audit["distinct_classes_ratio"] <= 1.03 and 0.95 <= audit["class_mix_ratio"] <= 1.05, audit
+    assert audit["duplicates_per_batch"] <= 1.1 * audit["duplicates_per_batch_ideal"] + 1e-9
+    assert (audit["duplicates_per_batch"] == 0) == recipe.startswith("passt")  # without replacement: none
+
+
+def test_a_subset_epoch_never_draws_a_clip_twice(synth_store):
+    """Five epochs of 300 of the 1,028 clips: each 300 distinct clips, other ones each epoch."""
+    plan = plan_stream(synth_store, "train", 1.0, seed=3, examples=1500, recipe="passt@300")
+    epochs = _order(plan).reshape(5, 300)
+    assert all(len(set(e.tolist())) == 300 for e in epochs)
+    assert len(set(epochs[0].tolist()) & set(epochs[1].tolist())) < 300
+
+
+def test_replacement_epochs_match_expectation_within_sampling_error(synth_store):
+    """20 epochs of ast (1,028 draws with replacement each) as the stream emits them: each class's
+    draws, summed over its clips, are Binomial(20 E, p_k) (p_k the chance of a clip labelled k);
+    every class within 4.5 sd, and the sum of squared z about the number of classes."""
+    labels, k = synth_store.labels("train"), synth_store.n_classes
+    plan = plan_stream(synth_store, "train", 1.0, seed=4, examples=20 * 1028, recipe="ast")
+    got = class_counts(labels, k, weights=np.bincount(_order(plan), minlength=len(labels)))
+    p = np.array(exposure_stats(labels, epoch_draw(labels, k, "ast", 1.0).expected(), k)["exposure"]) / 1028
+    p_k = p.clip(max=1)  # p_k of a class: its expected draws / E (< 1: a draw is one clip)
+    z = (got - 20 * 1028 * p_k) / np.sqrt(20 * 1028 * p_k * (1 - p_k))
+    assert np.abs(z).max() < 4.5 and (z ** 2).sum() < k + 5 * np.sqrt(2 * k), z
+
+
+@pytest.mark.parametrize("recipe", ["moore", "ast", "passt@300"])
+def test_the_audit_sets_each_class_exposure_beside_its_expectation(synth_store, recipe):
+    audit = sampler_audit(synth_store, "train", 1.0, seed=2, recipe=recipe)
+    labels, k = synth_store.labels("train"), synth_store.n_classes
+    draw = epoch_draw(labels, k, recipe, 1.0)
+    counts = draw.counts(2, 0)
+    assert (audit["recipe"], audit["draw"], audit["epoch_length"]) == (recipe, draw.draw, draw.length)
+    assert audit["exposure"] == pytest.approx(class_counts(labels, k, weights=counts).tolist())
+    assert audit["exposure_expected"] == pytest.approx(exposure_stats(labels, draw.expected(), k)["exposure"])
+    assert audit["max_clip_exposure"] == counts.max() and audit["distinct_clips"] == (counts > 0).sum()
+    assert audit["max_clip_exposure_expected"] == pytest.approx(draw.expected().max())
+    e, r = np.array(audit["exposure_expected"]), np.array(audit["exposure"])
+    assert audit["exposure_deviation"] == pytest.approx(np.abs(r / e - 1)[e >= 100].max(initial=0))
+    assert (audit["exposure_deviation"] == 0) == (recipe == "moore")
 
 
 def test_class_mix_distance_by_hand():
@@ -132,13 +204,13 @@ def test_class_mix_distance_by_hand():
 
 
 def test_class_statistics_by_hand(monkeypatch):
-    from data import stream
+    from data import audit
     from data.balance import as_multilabels
     labels = as_multilabels([[0], [1, 2], [2], [0, 1, 2]])
     order = np.array([0, 0, 0, 1, 2, 2, 3, 1, 0, 2])     # batches of 3: {0}, {1, 2}, {0, 1, 2}; 1 row left
     assert distinct_classes_per_batch(order, labels, 3, 3) == pytest.approx((1 + 2 + 3) / 3)
     whole = class_mix_distance(order, labels, 3, 3)
-    monkeypatch.setattr(stream, "_STAT_BATCHES", 1)       # counts held one batch at a time: same answers
+    monkeypatch.setattr(audit, "_STAT_BATCHES", 1)       # counts held one batch at a time: same answers
     assert distinct_classes_per_batch(order, labels, 3, 3) == pytest.approx(2.0)
     assert class_mix_distance(order, labels, 3, 3) == pytest.approx(whole)
 
@@ -188,7 +260,8 @@ def test_worker_batches_mix_like_a_random_order_on_audioset_labels(audioset, tmp
     from data.balance import rarest_label_order
     from data.labels import read_class_index, read_segments
     from data.shards import RowGroups
-    from data.stream import StreamPlan, _plan_blocks, mixing_audit
+    from data.audit import mixing_audit
+    from data.stream import StreamPlan
     with gzip.open(audioset / "unbalanced_train_segments.csv.gz", "rt") as f:
         (tmp_path / "part.csv").write_text("".join(itertools.islice(f, 200_003)))  # 3 header lines
     index = read_class_index(audioset / "class_labels_indices.csv")
@@ -199,7 +272,7 @@ def test_worker_batches_mix_like_a_random_order_on_audioset_labels(audioset, tmp
     def audit(beta, rows, units):
         groups = RowGroups.from_sizes(["unread"], [[rows] * (n // rows) + [n % rows] * (n % rows > 0)])
         split = SplitIndex.build(groups, oversampling_factors(labels, beta), labels)
-        plan = StreamPlan(split, *_plan_blocks(split, 0, 0, 300_000, 0, units), 0, 0, units, len(index))
+        plan = StreamPlan(split, *split.plan_blocks(0, 0, 300_000, 0, units), 0, 0, units, len(index))
         return mixing_audit(plan, labels, batch_size=1024, workers=8, max_examples=300_000)
     for beta in (0.0, 1.0):
         new = audit(beta, ROW_GROUP_ROWS, default_units_per_block(128))
@@ -217,7 +290,7 @@ def test_a_sum_scheme_pass_is_exact_on_audioset_labels(audioset, scheme):
     from data.balance import rarest_label_order
     from data.labels import read_class_index, read_segments
     from data.shards import RowGroups
-    from data.stream import StreamPlan, _plan_blocks
+    from data.stream import StreamPlan
     index = read_class_index(audioset / "class_labels_indices.csv")
     labels = read_segments([audioset / "balanced_train_segments.csv"], index, strict=False)[0].labels
     labels = labels.take(rarest_label_order(labels, len(index)))
@@ -231,7 +304,7 @@ def test_a_sum_scheme_pass_is_exact_on_audioset_labels(audioset, scheme):
     assert factors.max() > 1 and split.rows_per_pass > n
 
     def plan(skip=0):
-        blocks = _plan_blocks(split, 3, 0, split.rows_per_pass - skip, skip, 64)
+        blocks = split.plan_blocks(3, 0, split.rows_per_pass - skip, skip, 64)
         return StreamPlan(split, *blocks, 3, 0, 64, len(index), skip)
     full = _order(plan())
     np.testing.assert_array_equal(np.bincount(full, minlength=n), factors)
@@ -249,13 +322,14 @@ def test_duplicates_statistic_by_hand():
     assert duplicates_per_batch(np.arange(10), 5) == 0.0
 
 
-def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store, monkeypatch):
+@pytest.mark.parametrize("recipe", ["moore", "passt@300"])
+def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store, monkeypatch, recipe):
     from ray.data import DataContext
     # the order comes from the dataset's own context, whatever the process-wide one says
     monkeypatch.setattr(DataContext.get_current().execution_options, "preserve_order", False)
 
     def pass_ids(epoch):
-        ds = oversampled_dataset(synth_store.root, "train", 1.0, seed=4, epoch=epoch)
+        ds = oversampled_dataset(synth_store.root, "train", 1.0, seed=4, epoch=epoch, recipe=recipe)
         out = {"clip_index": [], "position": [], "mel": [], "target": []}
         for b in ds.iter_batches(batch_size=100, batch_format="numpy"):
             for k in out:
@@ -264,7 +338,7 @@ def test_ray_dataset_is_exact_and_deterministic(ray_local, synth_store, monkeypa
             assert b["target"].shape[1] == synth_store.n_classes
         return {k: np.concatenate(v) for k, v in out.items()}
     a, b, c = pass_ids(0), pass_ids(0), pass_ids(1)
-    factors = oversampling_factors(synth_store.labels("train"), 1.0)
+    factors = plan_stream(synth_store, "train", 1.0, seed=4, recipe=recipe).index.counts(4, 0)
     np.testing.assert_array_equal(np.bincount(a["clip_index"], minlength=len(factors)), factors)
     np.testing.assert_array_equal(a["clip_index"], b["clip_index"])
     np.testing.assert_array_equal(a["position"], np.arange(len(a["position"])))
@@ -429,7 +503,8 @@ def test_units_per_block_is_bounded_by_the_bytes_of_a_block(synth_store, monkeyp
     plan = plan_stream(synth_store, "train", 1.0, seed=0, units_per_block=10**9)
     assert plan.units_per_block == 100 and plan.blocks_per_pass == -(-plan.index.units // 100) > 1
     assert plan.block_rows.max() * row <= data.stream.MAX_BLOCK_BYTES
-    np.testing.assert_array_equal(np.bincount(_order(plan), minlength=len(plan.factors)), plan.factors)
+    factors = plan.index.counts(0, 0)
+    np.testing.assert_array_equal(np.bincount(_order(plan), minlength=len(factors)), factors)
     assert sampler_audit(synth_store, "train", 1.0, units_per_block=10**9)["units_per_block"] == 100
 
 

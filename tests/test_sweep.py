@@ -1,5 +1,5 @@
 """The sweep end to end on a local Ray with the smoke config: an honest Ctrl-C, --resume, a
-Train worker killed mid-trial, exact checkpoints and selection, both trials (two schemes) at once;
+Train worker killed mid-trial, exact checkpoints and selection, both trials (two recipes) at once;
 and the errors that stop a sweep before it starts (bad config, unreachable MLflow, a store that is
 somebody's data). The grid and replicate seeds: tests/test_grid.py. The sweep on a multi-node
 cluster, logging to a real `mlflow server`, with the stopping rule and checkpoint pruning:
@@ -32,7 +32,8 @@ CAPPED = [f"train.max_examples={STEPS[-1]}", f"train.eval_every_examples={EVERY}
           "train.keep_checkpoints=1",
           # Train's own report cadence (one evaluation per 2 s): seconds to interrupt and kill in
           "train.report_poll_s=2"]
-ARMS = ["sweep.schemes=[moore, psla]", "sweep.betas=[1.0]"]  # two arms, two trials
+ARMS = ["sweep.recipes=[moore, passt@100]", "sweep.betas=[1.0]"]  # two arms (repeats; 100 of the 400
+# training clips drawn without replacement an epoch), two trials
 
 
 def _interrupt_once_both_trials_train(args: list[str], train_runs: Path) -> str:
@@ -99,8 +100,8 @@ class _WorkerKiller(threading.Thread):
 
 @pytest.mark.end_to_end
 def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, monkeypatch):
-    """The sweep's failure paths on one smoke grid of two schemes at beta 1 (moore and psla:
-    two arms), both trials at once (the session Ray's 4 logical CPUs):
+    """The sweep's failure paths on one smoke grid of two recipes at beta 1 (moore, each clip M_j
+    times a pass, and passt@100, epochs of 100 distinct clips: two arms), both trials at once (the session Ray's 4 logical CPUs):
 
     1. Ctrl-C while both trials train: exit 130, no selection anywhere (no results.json;
        interrupted.json lists both trials as missing; the MLflow parent is KILLED, no child is
@@ -114,7 +115,7 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
        checkpoints and in MLflow (no gap, no repeat, the redone values equal: the stream and
        augmentation resume exactly); the picks are NOT CONVERGED (patience 20) and say so;
        each arm is evaluated on exactly its selected checkpoint, and each trial streamed its own
-       scheme (the sampler audits MLflow logs differ)."""
+       recipe (MLflow's recipe and draw params, and the sampler audit's epoch length)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     address = ray_local.get_runtime_context().gcs_address
     run = tmp_path / "run"
@@ -125,7 +126,7 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
     assert not (run / "results.json").exists() and not (run / "results.txt").exists()
     partial = json.loads((run / "interrupted.json").read_text())
     assert partial["selection"] is None and partial["interrupted"] == "SIGINT"
-    assert sorted((m["scheme"], m["beta"]) for m in partial["missing"]) == [("moore", 1.0), ("psla", 1.0)]
+    assert sorted((m["scheme"], m["beta"]) for m in partial["missing"]) == [("moore", 1.0), ("passt@100", 1.0)]
     assert "--resume" in partial["resume"] and "--resume" in err and "no beta is selected" in err
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     parent_id, trials = children(client, run)
@@ -151,7 +152,7 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
     assert workers[killer.killed["actor_id"]].state == "DEAD"
 
     results = json.loads((run / "results.json").read_text())
-    assert [r["label"] for r in results["rows"]] == ["moore beta=1", "psla beta=1"] and not results["failed"]
+    assert [r["label"] for r in results["rows"]] == ["moore beta=1", "passt@100 beta=1"] and not results["failed"]
     assert not (run / "interrupted.json").exists()
     assert all(t["examples"] == STEPS for t in results["traces"])
     check_selection_is_exact(results, StoppingRule(3, 20, 2.0), cap_evals=CAP_EVALS)
@@ -160,11 +161,11 @@ def test_interrupt_resume_and_a_killed_worker(ray_local, smoke_store, tmp_path, 
     assert all(ex == STEPS for ex in registered_examples(train_runs).values())
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and "interrupted" not in parent.data.tags  # the resumed sweep finished
-    assert list(results["p_best"]) == ["moore beta=1", "psla beta=1"]  # the grid's order, after a resume too
+    assert list(results["p_best"]) == ["moore beta=1", "passt@100 beta=1"]  # the grid's order, after a resume too
     assert (run / "results.txt").read_text().endswith(")\n")  # ends with the answer's line
     _, trials = children(client, run)
-    audit = {c.data.params["scheme"]: c.data.params["audit.epoch_inflation"] for c in trials}
-    assert set(audit) == {"moore", "psla"} and audit["moore"] != audit["psla"]
+    audit = {c.data.params["recipe"]: (c.data.params["draw"], c.data.params["audit.epoch_length"]) for c in trials}
+    assert audit == {"moore": ("repeats", audit["moore"][1]), "passt@100": ("subset", "100")}
     traces = {t["trial"]: t for t in results["traces"]}
     for c in trials:
         assert c.info.status == "FINISHED", c.data.tags.get("error")

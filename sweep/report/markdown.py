@@ -61,10 +61,11 @@ def _imbalance(t: dict) -> list[str]:
              "| partition | role | clips | classes | imbalance ratio | Gini |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['partition']} | {r['role']} | {r['clips']:,} | {r['classes_present']} | "
               f"{r['imbalance_ratio']:.1f} | {r['gini']:.3f} |" for r in t["table1"]]
-    lines += ["", "## Table 2: the oversampled training set per arm", "",
-              "| arm | imbalance ratio | Gini | epoch length (clips) | max repeat |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['imbalance_ratio']:.1f} | {r['gini']:.3f} | {r['epoch_length']:,} | "
-              f"{r['max_repeat']:,} |" for r in t["table2"]]
+    lines += ["", "## Table 2: the training set as each arm draws it (expected exposure an epoch)", "",
+              "| arm | draw | imbalance ratio | Gini | epoch length (draws) | most draws of one clip |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['draw']} | {r['imbalance_ratio']:.1f} | {r['gini']:.3f} | {r['epoch_length']:,} | "
+              f"{r['max_clip_exposure']:,.4g} |" for r in t["table2"]]
     return lines
 
 

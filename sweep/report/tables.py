@@ -2,14 +2,15 @@
 the plain-text Tables 3-4 that `python -m sweep.run` prints.
 
     table1       imbalance per partition (data.stats.imbalance_row)
-    table2       the training set oversampled per arm (data.stats.oversampled_rows)
+    table2       what an epoch of each arm exposes, in expectation (data.stats.recipe_rows)
     table3/4     d' / mAP per model and eval split: {abs, rel, ci95}, rel and ci95 the paired
                  bootstrap difference from the baseline model (sweep.bootstrap.paired_difference)
     fig3         per-class delta-AP of one arm over the baseline on log10 training prior
     prior_shift  each model's mAP re-scored under another eval split's class prior
     convergence  the selected checkpoint per arm and seed
 
-An arm is a scheme at a beta (sweep/select.py); results.json rows are arms, named by `label`.
+An arm is a recipe at a beta (sweep/trial.py; its `scheme` field holds the recipe's name);
+results.json rows are arms, named by `label`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from data.balance import as_multilabels
 from sweep.console import answer_lines
-from data.stats import imbalance_row, oversampled_rows
+from data.stats import imbalance_row, recipe_rows
 from sweep.bootstrap import paired_difference, prior_shift_metrics, prior_slope
 
 __all__ = ["METRIC_TABLES", "title", "ordered_rows", "imbalance_tables", "metric_tables", "fig3_table", "prior_shift_rows",
@@ -43,15 +44,16 @@ def title(table: str) -> str:
 
 def imbalance_tables(store, data_cfg: dict, arms: list[dict]) -> tuple[list[dict], list[dict]]:
     """Table 1 (train, validation and eval splits, each {partition, role, clips, classes_present,
-    imbalance_ratio, gini}, from the manifest's class counts) and Table 2 (the training labels
-    oversampled by each arm: results.json rows' {scheme, beta, label}, label added)."""
+    imbalance_ratio, gini}, from the manifest's class counts) and Table 2 (what an epoch of the
+    training labels exposes under each arm, in expectation: `recipe_rows` for results.json rows'
+    {scheme (the recipe), beta, label}, label added, the per-class exposures left out)."""
     roles = [(data_cfg["train_split"], "train"), (data_cfg["valid_split"], "validation")]
     roles += [(s, "eval") for s in data_cfg["eval_splits"]]
     table1 = [{"partition": s, "role": role, **imbalance_row(store.class_counts(s), store.split_info(s)["clips"])}
               for s, role in roles]
     labels = as_multilabels(store.labels(data_cfg["train_split"]))
-    table2 = [{"label": a["label"], **oversampled_rows(labels, store.n_classes, [a["beta"]], [a["scheme"]])[0]}
-              for a in arms]
+    table2 = [{"label": a["label"], **{k: v for k, v in recipe_rows(labels, store.n_classes, [a["scheme"]], [a["beta"]])[0]
+                                       .items() if k != "exposure"}} for a in arms]
     return table1, table2
 
 
