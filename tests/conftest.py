@@ -125,22 +125,25 @@ def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (a free port, sqlite store); yields its URI once
     healthy; SIGTERM (then SIGKILL) to its process group afterwards."""
     port = free_port()
+    log = tmp_path / "mlflow-server.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
         # tracking only: without MLflow's job runner and its Huey consumer processes
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 240   # a loaded 2-core machine has taken over 90 s to start it
         while True:
             try:
                 urllib.request.urlopen(uri + "/health", timeout=2)
                 break
             except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                assert time.time() < deadline and server.poll() is None, (
+                    f"mlflow server did not start (exit {server.poll()}); its log ends: "
+                    + log.read_text(errors="replace")[-2000:])
                 time.sleep(1)
         yield uri
     finally:
