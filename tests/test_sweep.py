@@ -44,7 +44,7 @@ def _interrupt_once_both_trials_train(args: list[str], train_runs: Path) -> str:
     driver = subprocess.Popen([sys.executable, "-m", "sweep.run", *args], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 600   # two trials' start-up on a loaded 2-core machine has taken over 300 s
         while True:
             progress = registered_examples(train_runs)
             if len(progress) == 2 and all(progress.values()):
