@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,8 +69,8 @@ def convert(src_dir: str | Path, out_dir: str | Path | None = None, version: int
     if src.format_version == version:
         raise StoreError(f"{src.root}: already a format-{version} store; nothing to convert")
     check_new_store(out)
-    building = out.with_name(f"{out.name}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)  # this process's own, from an earlier attempt
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{out.name}.building-", dir=out.parent))  # new: only ours is removed
     try:
         splits = {name: dict(info) for name, info in src.manifest["splits"].items()}
         for info in splits.values():
