@@ -15,9 +15,13 @@ writes). In each of --rounds rounds, in turn:
   row groups read straight from their pages, CRC-32 checked, rows copied into place);
 - `ray_only`: Ray Data alone: blocks of the same size made (not read) in the same 0.5-CPU
   tasks and consumed the same way: what moving the bytes through Ray costs;
-- `stream`: `oversampled_dataset` at each --betas on each format, on a local Ray of --cpus
-  CPUs (started once, its workers warmed by one stream first), consumed by
-  `iter_torch_batches` as the Train loop does (mel and target tensors).
+- `stream`: the stream as the Train loop takes it, at each --betas on each format, on a local
+  Ray of --cpus CPUs (started once, its workers warmed by one stream first):
+  `oversampled_dataset(..., spectrograms=False)` through Ray, the spectrograms read by the
+  consumer (`data.feed.spectrogram_batches`), batches as torch tensors;
+- `stream_rows`: the previous release's stream, for comparison in the same run: the
+  spectrograms read by Ray tasks and carried through Ray's object store, consumed by
+  `iter_torch_batches` (format 2).
 Rates are clips/s (wall clock) and clips per CPU-second (the CPU time of this process and every
 process it started: Ray's workers, raylet and the rest), each as a ratio to the same round's
 `plain_read`, then the median over rounds. "per_read_cpu" is clips/s divided by --cpus.
@@ -45,10 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.cli import add_list  # noqa: E402
 from data.convert import convert  # noqa: E402
+from data.feed import spectrogram_batches  # noqa: E402
 from data.manifest import MANIFEST, SPECTROGRAM  # noqa: E402
 from data.store import Store, open_store  # noqa: E402
 from data.shards import ROW_GROUP_ROWS, mel_array  # noqa: E402
-from data.stream import _Spec, default_units_per_block, oversampled_dataset, plan_stream, read_blocks  # noqa: E402
+from data.stream import (_Spec, default_units_per_block, oversampled_dataset, plan_stream, read_blocks,  # noqa: E402
+                         split_labels)
 from data.synth import SynthConfig, make_synthetic_store  # noqa: E402
 
 H100_EXAMPLES_PER_S = 460  # AST-base, compiled, batch 128 (DESIGN.md section 6)
@@ -160,7 +166,17 @@ class _Collate(NumpyBatchCollateFn):
 
 
 def stream(root, beta: float, batch: int, limit: int, units: int) -> int:
-    """Clips `oversampled_dataset` delivers as torch batches (at most `limit`)."""
+    """Clips delivered as the Train loop takes them (at most `limit`): rows without spectrograms
+    through Ray, the spectrograms read here (data/feed.py), torch batches."""
+    store = open_store(root)
+    ds = oversampled_dataset(root, "train", beta, seed=0, examples=limit, units_per_block=units, spectrograms=False)
+    batches = spectrogram_batches(ds.iter_batches(batch_size=None, batch_format="numpy"),
+                                  split_labels(store, "train")[1], (store.frames, store.mels), batch)
+    return sum(len(torch.from_numpy(mel)) for mel, _, _ in batches)
+
+
+def stream_rows(root, beta: float, batch: int, limit: int, units: int) -> int:
+    """Clips `oversampled_dataset` delivers with its spectrograms, as torch batches (at most `limit`)."""
     ds = oversampled_dataset(root, "train", beta, seed=0, examples=limit, units_per_block=units)
     return sum(len(mel) for mel, _ in ds.iter_torch_batches(batch_size=batch, collate_fn=_Collate()))
 
@@ -223,6 +239,9 @@ def one_round(layouts: dict[int, Store], a) -> dict:
         for beta in a.betas:
             out[f"stream_format{version}_beta{beta}"] = measured(
                 lambda: stream(store.root, float(beta), a.batch, a.limit, a.units))
+    for beta in a.betas:
+        out[f"stream_rows_format2_beta{beta}"] = measured(
+            lambda: stream_rows(layouts[2].root, float(beta), a.batch, a.limit, a.units))
     return out
 
 
@@ -292,7 +311,8 @@ def main() -> None:
                   for v, s in layouts.items()}}
     start_ray(a.cpus)  # one Ray for every round (its idle daemons run through the plain reads too)
     import ray
-    stream(layouts[2].root, 0.0, a.batch, a.limit, a.units)  # Ray's workers started and warm
+    for warm in (stream, stream_rows):  # Ray's workers started and warm
+        warm(layouts[2].root, 0.0, a.batch, a.limit, a.units)
     out["measurements"] = summary([one_round(layouts, a) for _ in range(a.rounds)], a.cpus)
     ray.shutdown()
     slowest = min(v["clips_per_cpu_s"] for k, v in out["measurements"].items() if k.startswith("stream_format2"))

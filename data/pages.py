@@ -5,7 +5,8 @@ page: a Thrift header, then the rows' float16 bytes back to back (PLAIN, uncompr
 levels: the column is required), with the page's CRC-32 in the header. `SpectrogramPages`
 finds each group's page from the footer; `read_group` reads a page into a reusable buffer with
 one `os.preadv`, checks the header (one uncompressed data page of exactly those rows) and the
-CRC-32 of the values (zlib: the checksum Parquet defines), and views the values as float16
+CRC-32 of the values (the checksum Parquet defines, zlib's, computed by ISA-L at about 3x
+zlib's speed), and views the values as float16
 [rows, frames, mels]. With the caller's copy of each row into place, a spectrogram is copied
 twice (file to buffer, buffer to block) instead of three times through pyarrow (its read
 buffer, the decoded column, then into place), and the buffer's memory is reused. A page laid
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import os
 import threading
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
+from isal import isal_zlib
 
 from data.manifest import SPECTROGRAM, StoreError
 
@@ -127,7 +128,7 @@ def read_group(pages: SpectrogramPages, fd: int, g: int, frames: int, mels: int)
     crc = _page_crc(memoryview(buf)[:header], rows, rows * pages.width)
     if crc is None:
         return None
-    if zlib.crc32(memoryview(buf)[header:]) != crc:
+    if isal_zlib.crc32(memoryview(buf)[header:]) != crc:
         raise StoreError(f"{pages.path}: row group {g} is unreadable (CRC-32 of its spectrogram page does not "
                          "match: damaged bytes)")
     return buf[header:].view("<f2").reshape(rows, frames, mels)

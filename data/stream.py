@@ -49,7 +49,11 @@ with memory bounded by Ray's backpressure, not by the dataset size. A reader rea
 spectrograms (targets come from the index's labels), each row group a block needs once,
 straight from its format-2 page into a reused buffer with its CRC-32 checked
 (`RowGroups.spectrograms`, data/pages.py), and copies each row once into the block; Ray copies
-the block into its object store, and the Train worker's batches are views of it.
+the block into its object store, and the consumer's batches are views of it. Train workers
+take the stream without spectrograms (`spectrograms=False`: rows of a few hundred bytes naming
+their block) and read them themselves (data/feed.py), the same reads in the same order: the
+spectrograms then skip Ray's object store, which carried them at a fifth of what the reads
+deliver (bench/stream.py).
 """
 from __future__ import annotations
 
@@ -416,13 +420,15 @@ class _Spec:
     skip: int
     shape: tuple[int, int]     # [frames, mels] of a spectrogram
     stop: int | None = None    # rows at stream positions >= stop are not emitted (None: all)
+    spectrograms: bool = True  # read them (else a row names its block instead: data/feed.py reads them)
 
 
 def read_block(index: SplitIndex | DrawIndex, spec: _Spec, q: int, start: int) -> tuple[dict | None, int]:
     """Block q of the run, whose first row is at stream position `start`, as rows {clip_index
-    (the clip's row in the split), position (in the stream), mel [n, T, F] float16, target
-    [n, K] float32 multi-hot} in stream order (rows before `spec.skip` or from `spec.stop` on left
-    out; None if none is left), and the position after the block."""
+    (the clip's row in the split), position (in the stream), target [n, K] float32 multi-hot,
+    and mel [n, T, F] float16 (or, with `spec.spectrograms` off, block: q, int64 [n])} in stream
+    order (rows before `spec.skip` or from `spec.stop` on left out; None if none is left), and
+    the position after the block."""
     rows = _block_order(index, spec.seed, spec.epoch, spec.units_per_block, q)
     position = start + np.arange(len(rows), dtype=np.int64)
     end = start + len(rows)
@@ -432,8 +438,12 @@ def read_block(index: SplitIndex | DrawIndex, spec: _Spec, q: int, start: int) -
     rows, position = rows[keep], position[keep]
     if not len(rows):
         return None, end
-    return {"clip_index": rows, "position": position, "mel": index.groups.spectrograms(rows, *spec.shape),
-            "target": index.labels.take(rows).multi_hot(spec.n_classes)}, end
+    out = {"clip_index": rows, "position": position, "target": index.labels.take(rows).multi_hot(spec.n_classes)}
+    if spec.spectrograms:
+        out["mel"] = index.groups.spectrograms(rows, *spec.shape)
+    else:
+        out["block"] = np.full(len(rows), q, np.int64)
+    return out, end
 
 
 def read_blocks(batch: dict, index, spec: _Spec):
@@ -476,9 +486,12 @@ def _spans(plan: StreamPlan, row_bytes: int = 0, max_spans: int = _MAX_READ_TASK
 
 def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch: int = 0,
                         examples: int | None = None, skip: int = 0, units_per_block: int = 64,
-                        recipe: str = "moore"):
+                        recipe: str = "moore", spectrograms: bool = True):
     """A Ray Dataset of one pass (or `examples` rows over consecutive passes) of `split` balanced
     by the recipe `recipe` at `beta`. Deterministic for (seed, epoch); rows as in `read_block`.
+    With `spectrograms` off its rows are a few hundred bytes (no mel: each names its block), and
+    the consumer reads the spectrograms itself (`data.feed.spectrogram_batches`, as Train
+    workers do): the bytes then never pass through Ray's object store.
 
     The split's index (`stream_index`) is put in the object store once and the readers get its
     reference; the UDF and each input row are a few numbers at any scale.
@@ -493,8 +506,8 @@ def oversampled_dataset(store_path, split: str, beta: float, *, seed: int, epoch
     plan = plan_stream(store, split, beta, seed=seed, epoch=epoch,
                        examples=examples, skip=skip, units_per_block=units_per_block, recipe=recipe)
     spec = _Spec(plan.seed, plan.epoch, plan.units_per_block, plan.n_classes, plan.skip, (store.frames, store.mels),
-                 None if examples is None else plan.skip + examples)
-    row_bytes = 2 * store.frames * store.mels + 4 * store.n_classes + 32  # mel, target, the rest
+                 None if examples is None else plan.skip + examples, spectrograms)
+    row_bytes = (2 * store.frames * store.mels if spectrograms else 8) + 4 * store.n_classes + 24  # mel or block, the rest
     spans = _spans(plan, row_bytes)
     # from_items builds its blocks here; from_numpy would run a 1-CPU task, which never
     # starts when no node has a whole CPU free (Train workers hold the rest; the reads take 0.5)

@@ -6,7 +6,9 @@ validation split and gathers every share, so all ranks compute the same metrics 
 same decision (sweep/history.py: a settled pick, or `train.max_examples`) with no broadcast.
 Rank 0 saves the checkpoint, every rank reports it (a barrier), then rank 0 records Train's
 registration of it, logs to MLflow and prunes the weights selection can no longer pick
-(`train.keep_checkpoints`, sweep/checkpoint.py).
+(`train.keep_checkpoints`, sweep/checkpoint.py). Ray Data hands each worker its rows of the
+stream (clip, position, target); the worker reads their spectrograms itself, two blocks ahead
+of the step on two threads (data/feed.py).
 
 A restarted worker group restores the latest checkpoint Train registered, and the stream
 restarts at the examples recorded as registered (the dataset factory in sweep/tune.py): that
@@ -32,9 +34,10 @@ import ray.train
 import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
-from ray.data.collate_fn import NumpyBatchCollateFn
 
+from data.feed import spectrogram_batches
 from data.store import Store, open_store
+from data.stream import split_labels
 from model.factory import build_model
 from model.step import make_optimizer, train_step, unwrap
 from sweep.checkpoint import (checkpoint_dir, clear_failures, prune, record_failure, restore_checkpoint,
@@ -50,19 +53,13 @@ from sweep.trial import Trial
 __all__ = ["train_func"]
 
 
-class _Collate(NumpyBatchCollateFn):
-    """Stream rows -> (mel [b, T, F] float16, target [b, K] float32, position [b] int64: each
-    row's place in the stream); string ids dropped.
-
-    The arrays are read-only views of Ray's object store; the tensors share them without a
-    copy (and without torch's warning about it) because the step never writes its inputs:
-    `train_step` casts, augments and normalises out of place."""
-
-    def __call__(self, batch):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            return (torch.from_numpy(batch["mel"]), torch.from_numpy(batch["target"]),
-                    torch.from_numpy(batch["position"]))
+def _tensors(batch: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
+    """numpy -> torch without a copy. The target and position arrays are read-only views of
+    Ray's object store; the tensors share them without torch's warning about it because the
+    step never writes its inputs: `train_step` casts, augments and normalises out of place."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return tuple(torch.from_numpy(a) for a in batch)
 
 
 @dataclass(frozen=True)
@@ -114,9 +111,10 @@ def _train(config: dict) -> None:
     generator = torch.Generator(device=w.device)  # re-seeded every step (step_seed)
     resume_at, due = state.examples, next_evaluation(state.examples, every)
     w.model.train()
-    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=max(1, cfg.train.batch_size // w.world), collate_fn=_Collate())
-    for mel, target, position in batches:
+    batches = spectrogram_batches(ray.train.get_dataset_shard("train").iter_batches(batch_size=None, batch_format="numpy"),
+                                  split_labels(w.store, cfg.data.train_split)[1], (w.store.frames, w.store.mels),
+                                  max(1, cfg.train.batch_size // w.world))
+    for mel, target, position in map(_tensors, batches):
         if int(position.max()) < resume_at:  # before the restored checkpoint (module docstring)
             continue
         if started:

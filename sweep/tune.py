@@ -63,7 +63,8 @@ def _train_dataset_factory(cfg: Config, trial: Trial, train_run_path: str):
         batch = cfg.train.batch_size
         budget = -(-cfg.train.max_examples // batch) * batch
         return oversampled_dataset(cfg.data.store, cfg.data.train_split, trial.beta, seed=trial.seed, recipe=trial.scheme,
-                                   examples=max(budget - seen, 1), skip=seen, units_per_block=units_per_block(cfg))
+                                   examples=max(budget - seen, 1), skip=seen, units_per_block=units_per_block(cfg),
+                                   spectrograms=False)  # read by the workers (data/feed.py)
     return build
 
 
