@@ -33,7 +33,7 @@ from data.balance import MultiLabels
 from data.manifest import FORMAT_VERSION, HASH, SPECTROGRAM, StoreError
 from data.pages import SpectrogramPages, read_group
 
-__all__ = ["ROW_GROUP_ROWS", "RowGroups", "close_shards", "file_hash", "file_hashes", "map_shards",
+__all__ = ["ROW_GROUP_ROWS", "RowGroups", "pooled_empty", "close_shards", "file_hash", "file_hashes", "map_shards",
            "multi_hot", "labels_array", "mel_column", "mel_array", "put_mel", "write_shard_file", "open_parquet",
            "check_shard", "read_shard", "find_mel", "shard_batches"]
 
@@ -258,6 +258,14 @@ def _group_sizes(pf: pq.ParquetFile) -> list[int]:
     return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
+def pooled_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised, writable array in pyarrow's memory pool, which keeps freed memory for
+    the next one. A large numpy array is fresh pages from the kernel every time, faulted in as
+    they are first written: for a block of spectrograms that costs more than copying them in."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(int(np.prod(shape)) * dtype.itemsize), dtype).reshape(shape)
+
+
 @dataclass(frozen=True)
 class RowGroups:
     """Where the rows of a list of shards (taken in order) live, to read rows by global index.
@@ -319,7 +327,7 @@ class RowGroups:
         rows = np.asarray(rows, dtype=np.int64)
         groups = self.group_of(rows)
         order = np.argsort(groups, kind="stable")
-        out = np.empty((len(rows), frames, mels), np.float16)
+        out = pooled_empty((len(rows), frames, mels), np.float16)
         for at in np.split(order, np.flatnonzero(np.diff(self.shard[groups[order]])) + 1):  # a shard at a time
             if len(at):
                 left = self._read_pages(rows[at], groups[at], at, out)
