@@ -8,8 +8,8 @@ One synthetic store is written in format 2 (data/synth.py) and copied to format 
 previous release's layout, with `data.convert` (the same clips and bytes the previous release
 writes). In each of --rounds rounds, in turn:
 - `plain_read`: one thread reads the format-2 shards' spectrograms with pyarrow (16 row groups
-  a call, page checksums not verified, no Ray) as torch tensors [n, frames, mels]: the bare
-  read of a plain fixed-size binary layout, the baseline;
+  a call, page checksums not verified, no Ray) as torch tensors [n, frames, mels], pass after
+  pass up to --limit clips: the bare read of a plain fixed-size binary layout, the baseline;
 - `plain_read_verified`: the same read verifying every page's checksum, as pyarrow readers do;
 - `reader_beta0.0`: one thread, no Ray: the stream's readers' work (`read_blocks`: each block's
   row groups read straight from their pages, CRC-32 checked, rows copied into place);
@@ -143,16 +143,18 @@ def measured(fn) -> dict:
     return {"clips_per_s": n / wall, "clips_per_cpu_s": n / cpu.seconds}
 
 
-def plain_read(store: Store, verify: bool) -> int:
-    """One thread: every train shard's spectrograms as torch tensors, 16 row groups a call."""
+def plain_read(store: Store, verify: bool, limit: int) -> int:
+    """One thread: the train shards' spectrograms as torch tensors, 16 row groups a call, pass
+    after pass until at least `limit` clips (as many as a stream measurement delivers)."""
     n = 0
-    for path in store.shard_paths("train"):
-        pf = pq.ParquetFile(path, page_checksum_verification=verify)
-        for g in range(0, pf.num_row_groups, 16):
-            table = pf.read_row_groups(range(g, min(g + 16, pf.num_row_groups)), columns=[SPECTROGRAM],
-                                       use_threads=False)
-            for chunk in table[SPECTROGRAM].chunks:
-                n += len(torch.from_numpy(mel_array(chunk, store.frames, store.mels)))
+    while n < limit:
+        for path in store.shard_paths("train"):
+            pf = pq.ParquetFile(path, page_checksum_verification=verify)
+            for g in range(0, pf.num_row_groups, 16):
+                table = pf.read_row_groups(range(g, min(g + 16, pf.num_row_groups)), columns=[SPECTROGRAM],
+                                           use_threads=False)
+                for chunk in table[SPECTROGRAM].chunks:
+                    n += len(torch.from_numpy(mel_array(chunk, store.frames, store.mels)))
     return n
 
 
@@ -231,8 +233,8 @@ def stores(root: Path, cfg: SynthConfig) -> dict[int, Store]:
 
 def one_round(layouts: dict[int, Store], a) -> dict:
     """One measurement of the baselines and of every (format, beta) stream, in turn."""
-    out = {"plain_read": measured(lambda: plain_read(layouts[2], False)),
-           "plain_read_verified": measured(lambda: plain_read(layouts[2], True)),
+    out = {"plain_read": measured(lambda: plain_read(layouts[2], False, a.limit)),
+           "plain_read_verified": measured(lambda: plain_read(layouts[2], True, a.limit)),
            "reader_beta0.0": measured(lambda: reader(layouts[2], 0.0, a.limit, a.units)),
            "ray_only": measured(lambda: ray_only(layouts[2], a.batch, a.limit, a.units))}
     for version, store in layouts.items():
