@@ -126,13 +126,14 @@ def mlflow_server(tmp_path):
     healthy; SIGTERM (then SIGKILL) to its process group afterwards."""
     port = free_port()
     log = tmp_path / "mlflow-server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        # tracking only: without MLflow's job runner and its Huey consumer processes
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
+    with log.open("wb") as err:  # the server writes to its own copy of the descriptor
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+            # tracking only: without MLflow's job runner and its Huey consumer processes
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 240   # a loaded 2-core machine has taken over 90 s to start it
