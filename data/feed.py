@@ -6,7 +6,7 @@ so the spectrograms never pass through Ray's object store (a copy in, a copy out
 serialisation: the stream's limit when they did). `spectrogram_batches` takes those rows as a
 worker gets them (whole Ray blocks: `iter_batches(batch_size=None)`), reads each stream block's
 spectrograms with the stream's own reader (`RowGroups.spectrograms`: each row group a block
-needs read once, its page's CRC-32 checked, each row copied once into place), `ahead` blocks in
+needs read once, straight into place, and its page's CRC-32 checked), `ahead` blocks in
 advance on `threads` threads (preadv, the CRC and numpy's copies release the GIL, so reads
 overlap each other and the training step), and cuts the rows into batches of `batch_size`
 consecutive rows, the last one shorter: the batches `iter_torch_batches(batch_size)` makes of

@@ -3,15 +3,14 @@
 A format-2 shard (data/manifest.py) stores each row group's spectrograms as one Parquet data
 page: a Thrift header, then the rows' float16 bytes back to back (PLAIN, uncompressed, no
 levels: the column is required), with the page's CRC-32 in the header. `SpectrogramPages`
-finds each group's page from the footer; `read_group` reads a page into a reusable buffer with
-one `os.preadv`, checks the header (one uncompressed data page of exactly those rows) and the
-CRC-32 of the values (the checksum Parquet defines, zlib's, computed by ISA-L at about 3x
-zlib's speed), and views the values as float16
-[rows, frames, mels]. With the caller's copy of each row into place, a spectrogram is copied
-twice (file to buffer, buffer to block) instead of three times through pyarrow (its read
-buffer, the decoded column, then into place), and the buffer's memory is reused. A page laid
-out otherwise (a format-1 shard, a writer that splits pages) is not read here: the caller
-reads it through pyarrow, which checks the same CRC.
+finds each group's page from the footer; `read_group` reads a page with one scatter `os.preadv`:
+the header into a reusable buffer and each row's bytes straight into the array that row goes to
+(rows no one asked for into the buffer), then checks the header (one uncompressed data page of
+exactly those rows) and the CRC-32 of the values (the checksum Parquet defines, zlib's, computed
+by ISA-L at about 3x zlib's speed, row after row). A spectrogram is copied once, file to its
+place in the block, instead of three times through pyarrow (its read buffer, the decoded
+column, then into place). A page laid out otherwise (a format-1 shard, a writer that splits
+pages) is not read here: the caller reads it through pyarrow, which checks the same CRC.
 """
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ __all__ = ["SpectrogramPages", "read_group"]
 
 _I32, _STRUCT = 5, 12  # Thrift compact protocol type ids
 _HEADER_MAX = 256      # bytes a page header of this layout takes at most
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv fills
 _buffers = threading.local()
 
 
@@ -116,19 +116,29 @@ def _buffer(size: int) -> np.ndarray:
     return buf
 
 
-def read_group(pages: SpectrogramPages, fd: int, g: int, frames: int, mels: int) -> np.ndarray | None:
-    """Row group g's spectrograms, float16 [rows, frames, mels], a view of this thread's buffer
-    (valid until the thread's next read); None if the page is not laid out as expected. A CRC-32
+def read_group(pages: SpectrogramPages, fd: int, g: int, into: list[np.ndarray | None]) -> bool:
+    """Row group g's spectrograms read straight into place: row r's bytes into `into[r]` (a
+    writable, C-contiguous float16 [frames, mels]) or, where it is None, into this thread's
+    buffer, there only for the page's CRC-32 (one scatter `preadv`: no copy after the read).
+    False if the page is not laid out as expected (`into` may then be partly written). A CRC-32
     that does not match, or a short read, is a StoreError naming the shard and the row group."""
-    size, rows = int(pages.size[g]), int(pages.rows[g])
-    buf = _buffer(size)[:size]
-    if os.preadv(fd, [memoryview(buf)], int(pages.offset[g])) != size:
+    size, rows, width = int(pages.size[g]), int(pages.rows[g]), pages.width
+    header = size - rows * width
+    buf = memoryview(_buffer(size))
+    values = [memoryview(into[r]).cast("B") if into[r] is not None else buf[header + r * width:header + (r + 1) * width]
+              for r in range(rows)]
+    parts, got = [buf[:header], *values], 0
+    for i in range(0, len(parts), _IOV_MAX):
+        got += os.preadv(fd, parts[i:i + _IOV_MAX], int(pages.offset[g]) + got)
+    if got != size:
         raise StoreError(f"{pages.path}: row group {g} is unreadable (the file ends inside its spectrogram page)")
-    header = size - rows * pages.width
-    crc = _page_crc(memoryview(buf)[:header], rows, rows * pages.width)
+    crc = _page_crc(buf[:header], rows, rows * width)
     if crc is None:
-        return None
-    if isal_zlib.crc32(memoryview(buf)[header:]) != crc:
+        return False
+    computed = 0
+    for v in values:
+        computed = isal_zlib.crc32(v, computed)
+    if computed != crc:
         raise StoreError(f"{pages.path}: row group {g} is unreadable (CRC-32 of its spectrogram page does not "
                          "match: damaged bytes)")
-    return buf[header:].view("<f2").reshape(rows, frames, mels)
+    return True

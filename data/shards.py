@@ -321,9 +321,9 @@ class RowGroups:
 
     def spectrograms(self, rows: np.ndarray, frames: int, mels: int) -> np.ndarray:
         """Spectrograms of global `rows` in that order (repeats allowed), float16 [n, frames,
-        mels]: each row group needed read once and its page's checksum checked, each row copied
-        once into place. Format-2 pages are read straight from the file (data/pages.py), others
-        through pyarrow. A damaged page is a StoreError naming its shard and row group."""
+        mels]: each row group needed read once and its page's checksum checked, each row read
+        straight into its place (a repeat copied from there). Format-2 pages are read from the file
+        (data/pages.py), others through pyarrow. A damaged page is a StoreError naming its shard and row group."""
         rows = np.asarray(rows, dtype=np.int64)
         groups = self.group_of(rows)
         order = np.argsort(groups, kind="stable")
@@ -347,10 +347,14 @@ class RowGroups:
         try:
             for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(groups)) + 1):
                 g = int(groups[at[0]])
-                values = read_group(pages, fd, int(self.index[g]), *out.shape[1:])
-                if values is not None:
+                first: dict[int, int] = {}  # row of the group -> the first place it goes
+                for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
+                    first.setdefault(r, d)
+                into = [out[first[r]] if r in first else None for r in range(int(self.start[g + 1] - self.start[g]))]
+                if read_group(pages, fd, int(self.index[g]), into):
                     for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
-                        out[d] = values[r]
+                        if first[r] != d:  # a row drawn again in this block: copied from its first place
+                            out[d] = out[first[r]]
                     left[at] = False
         finally:
             os.close(fd)
