@@ -32,6 +32,7 @@ from data.stream import default_units_per_block, oversampled_dataset, stream_exe
 from sweep.checkpoint import list_checkpoints, prune, recorded_failures, registered_examples
 from sweep.config import Config, flatten, from_dict, to_dict
 from sweep.history import TrialState, summary_metrics
+from sweep.process_group import torch_config
 from sweep.progress import SweepProgress
 from sweep.scheduler import FairRacing, RefiningGrid, eliminated, is_eliminated
 from sweep.trial import Trial
@@ -154,6 +155,7 @@ def trial_driver(config: dict, sweep: dict) -> None:
                            "train_run_path": run_path, "started": {"driver": started, "fit": time.time()}},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
+        torch_config=torch_config(),  # on a one-machine cluster nothing listens beyond the loopback
         datasets={"train": _train_dataset_factory(cfg, trial, run_path)},
         # Train replaces a dataset's execution options with these: the planned order kept
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
