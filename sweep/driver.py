@@ -35,6 +35,7 @@ from pathlib import Path
 import ray
 from mlflow.entities import RunStatus
 
+from data.cli import Failure
 from data.store import open_store
 from sweep import environment, tracking
 from sweep.config import Config, ConfigError, flatten, to_dict
@@ -152,11 +153,9 @@ def _locked(cfg: Config, run_dir: RunDir, uri: str, experiment: str, fingerprint
             _interrupted(client, info, run_dir, e, resume_command(argv))
             return 128 + e.signum
         except BaseException as e:
-            explained = tracking.explain(e, uri)  # the tracking store failed: one line, and no run to end
-            if explained is not None:
-                raise explained from e
-            if info:
-                tracking.finish_run(client, info["parent_run_id"], e)
+            expected = _ended_failed(client, info, run_dir, uri, e)
+            if expected is not None:
+                raise expected from e
             raise
         finally:
             if owns_ray:
@@ -170,12 +169,49 @@ def _locked(cfg: Config, run_dir: RunDir, uri: str, experiment: str, fingerprint
     return 0
 
 
+FULL_DISK_BYTES = 64 * 2**20  # free space below which a failed sweep's run directory counts as full
+
+
+class DiskFull(Failure):
+    """The disk of the run directory filled up while the sweep wrote there."""
+
+
+def _disk_full(run_dir: RunDir) -> DiskFull | None:
+    """A DiskFull naming the run directory when its file system has almost no space left: then
+    that is why the sweep failed, whatever error Tune or MLflow raised on the way (a cut-short
+    pickle of Tune's, "database or disk is full")."""
+    free = shutil.disk_usage(run_dir.path).free
+    if free >= FULL_DISK_BYTES:
+        return None
+    return DiskFull(f"{run_dir.path}: the disk holding the run directory is full ({free / 2**20:.1f} MiB free); "
+                    "free space, then run the same command with --resume (the trials trained so far are kept)")
+
+
+def _ended_failed(client, info: dict | None, run_dir: RunDir, uri: str, error: BaseException) -> Failure | None:
+    """After the sweep failed with `error`: the MLflow parent ended FAILED where it can be, and the
+    one-line error that explains an expected failure (the run directory's disk full; the
+    tracking store failing); None for any other error (a bug: it keeps its traceback)."""
+    full, explained = _disk_full(run_dir), tracking.explain(error, uri)
+    if info and explained is None:
+        try:
+            tracking.finish_run(client, info["parent_run_id"], error)
+        except Exception as e:  # noqa: BLE001 - the store failed too (often the same full disk)
+            explained = tracking.explain(e, uri)
+            if explained is None and full is None:
+                raise
+    return full or explained
+
+
 def _quiet_console() -> None:
     """The console shows the sweep's own lines (sweep/console.py): MLflow's INFO lines (database
     set-up) and Ray's notes and warnings off (they stay in Ray's log files), and Tune's own
-    output off (sweep/environment.py)."""
+    output off (sweep/environment.py). Two loggers print a traceback for an error that is then
+    raised and reported in one line (`--verbose` shows them): MLflow's database layer, and Tune's
+    copy of its experiment state into the run directory (both fail so on a full disk)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("mlflow.store.db.utils", "ray.tune.execution.experiment_state"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     environment.quiet_tune()
 
 

@@ -6,6 +6,9 @@ Ray version each was checked with (2.60 for all).
         when Ray is first imported; not set when a Ray address is given.
     RAY_AIR_NEW_OUTPUT=0  Tune's legacy console output prints nothing at verbose=0 (the new one
         prints its experiment header); the sweep prints its own progress table.
+    TUNE_PRINT_ALL_TRIAL_ERRORS=0, with the above  Tune prints no traceback for a failed trial
+        (hundreds of lines on a full disk); the progress table prints one line naming the trial
+        and its error, which MLflow and results.json keep whole.
     TUNE_DISABLE_SIGINT_HANDLER=1, while Tune's fit runs  Tune's own SIGINT handler would take a
         Ctrl-C unrecorded; the sweep's handler takes it and passes it on as SIGUSR1, Tune's stop
         signal.
@@ -19,11 +22,12 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-__all__ = ["LOCAL_ONLY", "QUIET_TUNE", "TUNE_SIGINT", "REPORT_POLL", "single_machine", "quiet_tune", "tune_sigint_off",
-           "runtime_env"]
+__all__ = ["LOCAL_ONLY", "QUIET_TUNE", "TRIAL_ERRORS", "TUNE_SIGINT", "REPORT_POLL", "single_machine", "quiet_tune",
+           "tune_sigint_off", "runtime_env"]
 
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 QUIET_TUNE = "RAY_AIR_NEW_OUTPUT"
+TRIAL_ERRORS = "TUNE_PRINT_ALL_TRIAL_ERRORS"
 TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 REPORT_POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
@@ -36,8 +40,10 @@ def single_machine(ray_address: str | None) -> None:
 
 
 def quiet_tune() -> None:
-    """Tune's own console output off (the sweep prints its progress table)."""
+    """Tune's own console output off, its trial tracebacks included (the sweep prints its
+    progress table, and a line for each failed trial)."""
     os.environ.setdefault(QUIET_TUNE, "0")
+    os.environ.setdefault(TRIAL_ERRORS, "0")
 
 
 @contextmanager

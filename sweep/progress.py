@@ -45,6 +45,10 @@ class SweepProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, {trial.trial_id: "ERROR"})
+        t = Trial.from_tune(trial.config)
+        seed = f" seed={t.seed}" if self.cfg.sweep.several_seeds else ""
+        name = f"{t.arm.label(self.cfg.sweep.several_schemes)} lr={t.lr:g}{seed}"
+        print(f"trial {name} failed: {_last_line(trial)}", file=sys.stderr, flush=True)
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self.last_print >= self.every_s:
@@ -92,6 +96,17 @@ class SweepProgress(Callback):
                 return
             table = table[:2] + changed
         print("\n".join(table), flush=True)
+
+
+def _last_line(trial) -> str:
+    """The last line of a failed trial's error as Tune recorded it (the exception; Tune's own
+    traceback print is off, sweep/environment.py), or why it cannot be read."""
+    try:
+        text = trial.get_error() or ""
+    except Exception as e:  # noqa: BLE001 - e.g. the error file cut short by a full disk
+        return f"(its error file cannot be read: {type(e).__name__}: {e})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no error recorded)"
 
 
 def _status(state: str, result: dict) -> str:

@@ -255,3 +255,36 @@ def test_an_arm_label_is_a_metric_name_mlflow_takes():
     assert [_metric_key(a) for a in ("beta=0", "psla beta=0.5", "passt@100 beta=1")] == [
         "beta_0", "psla_beta_0.5", "passt_100_beta_1"]
     _validate_metric_name(f"p_best.{_metric_key('passt@100 beta=1')}")
+
+
+def test_a_sweep_failed_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """The sweep failed (here with the cut-short pickle Tune leaves on a full disk) and ending the
+    MLflow parent fails too: one line, never the traceback of that second failure. With the run
+    directory's disk full it names the directory and says to free space and --resume; a failure
+    of another kind on a disk with room, the store working, keeps its traceback (None)."""
+    import pickle
+    import types
+    import sqlalchemy
+    import sweep.driver as driver
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.open_store(uri)
+    exp = client.create_experiment("t")
+    error = pickle.UnpicklingError("pickle data was truncated")
+
+    def info():
+        return {"uri": uri, "experiment_id": exp, "parent_run_id": tracking.start_parent(client, exp, "t", {}, {})}
+    ok = info()
+    assert driver._ended_failed(client, ok, run_dir, uri, error) is None
+    assert MlflowClient(uri).get_run(ok["parent_run_id"]).info.status == "FAILED"
+
+    def store_fails(*args, **kwargs):  # an error raised by SQLAlchemy itself, as a full disk's is
+        sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}").connect()
+    monkeypatch.setattr(tracking, "finish_run", store_fails)
+    explained = driver._ended_failed(client, info(), run_dir, uri, error)
+    assert isinstance(explained, tracking.TrackingError) and "mlflow.db" in str(explained)
+    monkeypatch.setattr(driver.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=3 << 20))
+    full = driver._ended_failed(client, info(), run_dir, uri, error)
+    assert isinstance(full, driver.DiskFull)
+    assert str(run_dir.path) in str(full) and "3.0 MiB free" in str(full) and "--resume" in str(full)
