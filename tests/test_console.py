@@ -142,3 +142,21 @@ def test_in_a_log_only_what_changed_is_printed(capsys):
     progress.on_step_end(0, [a])
     later = capsys.readouterr().out.splitlines()
     assert len(later) == 3 and later[2].split()[0] == "beta=0" and "4,000" in later[2]
+
+
+def test_a_failed_trial_is_one_line_naming_it_and_its_error(capsys):
+    """Tune's traceback print is off (sweep/environment.py): the progress prints the table and one
+    line on stderr with the trial and the last line of its recorded error, or why there is none."""
+    grid = [Trial("moore", 1.0, 0.002, 0)]
+    progress = SweepProgress(_cfg(), grid, 1, log=False)
+    for error, shown in ((lambda: "Traceback ...\n  File x\nStoreError: part-00003.parquet: row group 7 is unreadable\n",
+                          "StoreError: part-00003.parquet: row group 7 is unreadable"),
+                         (lambda: None, "(no error recorded)"),
+                         (lambda: (_ for _ in ()).throw(EOFError("pickle data was truncated")),
+                          "(its error file cannot be read: EOFError: pickle data was truncated)")):
+        failed = _trial("a", 1.0, "ERROR")
+        failed.get_error = error
+        progress.on_trial_error(0, [failed], failed)
+        captured = capsys.readouterr()
+        assert captured.out.splitlines()[2].endswith("failed")
+        assert captured.err == f"trial beta=1 lr=0.002 failed: {shown}\n"
