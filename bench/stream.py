@@ -12,7 +12,7 @@ writes). In each of --rounds rounds, in turn:
   pass up to --limit clips: the bare read of a plain fixed-size binary layout, the baseline;
 - `plain_read_verified`: the same read verifying every page's checksum, as pyarrow readers do;
 - `reader_beta0.0`: one thread, no Ray: the stream's readers' work (`read_blocks`: each block's
-  row groups read straight from their pages, CRC-32 checked, rows copied into place);
+  row groups read from their pages straight into place, CRC-32 checked);
 - `ray_only`: Ray Data alone: blocks of the same size made (not read) in the same 0.5-CPU
   tasks and consumed the same way: what moving the bytes through Ray costs;
 - `stream`: the stream as the Train loop takes it, at each --betas on each format, on a local

@@ -322,8 +322,9 @@ class RowGroups:
     def spectrograms(self, rows: np.ndarray, frames: int, mels: int) -> np.ndarray:
         """Spectrograms of global `rows` in that order (repeats allowed), float16 [n, frames,
         mels]: each row group needed read once and its page's checksum checked, each row read
-        straight into its place (a repeat copied from there). Format-2 pages are read from the file
-        (data/pages.py), others through pyarrow. A damaged page is a StoreError naming its shard and row group."""
+        straight into its place (a repeat copied from there). Format-2 pages are read from the
+        file (data/pages.py), others through pyarrow. A damaged page is a StoreError naming its
+        shard and row group."""
         rows = np.asarray(rows, dtype=np.int64)
         groups = self.group_of(rows)
         order = np.argsort(groups, kind="stable")
@@ -347,12 +348,13 @@ class RowGroups:
         try:
             for at in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(groups)) + 1):
                 g = int(groups[at[0]])
+                places = list(zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()))  # (place, row of the group)
                 first: dict[int, int] = {}  # row of the group -> the first place it goes
-                for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
+                for d, r in places:
                     first.setdefault(r, d)
-                into = [out[first[r]] if r in first else None for r in range(int(self.start[g + 1] - self.start[g]))]
+                into = [out[first[r]] if r in first else None for r in range(int(pages.rows[self.index[g]]))]
                 if read_group(pages, fd, int(self.index[g]), into):
-                    for d, r in zip(dest[at].tolist(), (rows[at] - self.start[g]).tolist()):
+                    for d, r in places:
                         if first[r] != d:  # a row drawn again in this block: copied from its first place
                             out[d] = out[first[r]]
                     left[at] = False
