@@ -80,7 +80,8 @@ class _Worker:
 def train_func(config: dict) -> None:
     """Ray Train worker entry point. config: {cfg (Config as a dict, the trial's learning rate in
     train.optim.lr), trial (sweep/trial.py Trial as a dict), tracking (MLflow {uri, run_id}, or
-    None), train_run_path, started (times the trial driver started and called fit)}.
+    None), train_run_path, started (times the trial driver started and called fit, and the worker
+    began importing this module)}.
     A failure is recorded in the run directory (type and message) before it ends the worker."""
     rank = ray.train.get_context().get_world_rank()
     clear_failures(config["train_run_path"], rank)  # an earlier attempt's
@@ -222,13 +223,15 @@ def _log_history(tracking: dict | None, history: dict, window: int) -> None:
 def _log_startup(tracking: dict | None, started: dict[str, float], examples: int) -> None:
     """Rank 0: where a (re)started trial's start-up went, in seconds, as MLflow metrics
     `startup.<phase>_s`: tracking and sampler audit in the trial driver (driver), Train's
-    controller and worker group (workers), model build and restore (model), the stream's
-    planning and first read (first_batch)."""
+    controller and worker group (workers), the import of the model code in the worker (import),
+    model build and restore (model), the stream's planning and first read (first_batch). A
+    trial driver's own start is not in them: a sweep's trials reuse the drivers' processes
+    (`resources.reuse_actors`)."""
     if not tracking:
         return
     now = time.time()
-    phases = {"driver": started["fit"] - started["driver"], "workers": started["worker"] - started["fit"],
-              "model": started["model"] - started["worker"], "first_batch": now - started["model"],
-              "total": now - started["driver"]}
+    phases = {"driver": started["fit"] - started["driver"], "workers": started["import"] - started["fit"],
+              "import": started["worker"] - started["import"], "model": started["model"] - started["worker"],
+              "first_batch": now - started["model"], "total": now - started["driver"]}
     log_metrics(MlflowClient(tracking["uri"]), tracking["run_id"],
                 {f"startup.{k}_s": round(v, 2) for k, v in phases.items()}, examples)

@@ -9,7 +9,9 @@ trial itself (sweep/trial.py `Trial.key`), not by Tune's trial id, so a restarte
 sweep and a sweep continued to a higher cap all find its checkpoints. `build_tuner` makes
 (or restores) the Tuner; concurrency is derived from the cluster: a Train run starts only when
 all its workers fit, and Ray Data's reads need CPUs of their own, so on a 2-CPU machine one
-trial runs at a time.
+trial runs at a time. A finished trial's driver process runs the next trial
+(`resources.reuse_actors`, Tune's reuse_actors): its start and imports are paid once per driver,
+not once per trial (bench/startup.py).
 """
 from __future__ import annotations
 
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """The TorchTrainer's loop: sweep.train.train_func, imported here, in the Train worker."""
+    """The TorchTrainer's loop: sweep.train.train_func, imported here, in the Train worker (the
+    time the import takes is the start-up phase `import`)."""
+    imported = time.time()
     from sweep.train import train_func
-    train_func(config)
+    train_func({**config, "started": {**config["started"], "import": imported}})
 
 
 def units_per_block(cfg: Config) -> int:
@@ -261,7 +265,7 @@ def build_tuner(cfg: Config, storage_path: str, train_runs: str, tracking_info: 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=grid, scheduler=scheduler, num_samples=-1,
-                                    max_concurrent_trials=concurrency),
+                                    max_concurrent_trials=concurrency, reuse_actors=cfg.resources.reuse_actors),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=1), **console),
     )

@@ -2,6 +2,7 @@
 expansion of the search space); replicate seeds end to end on a local Ray with the smoke config,
 each arm reported once with its spread over seeds (two schemes end to end: tests/test_sweep.py);
 how many trials run at once on a cluster of a given size."""
+import csv
 import json
 from pathlib import Path
 
@@ -65,10 +66,13 @@ def test_the_grid_refines_where_the_best_beta_may_lie(tmp_path):
 @pytest.mark.end_to_end
 def test_seeds_are_replicates_of_one_arm_and_report_spread(ray_local, smoke_store, tmp_path, monkeypatch):
     """One arm (beta 1) and two seeds: two trials, one row in every output, each seed evaluated on
-    its own pick, the mean and the spread over seeds, p_best per arm in MLflow."""
+    its own pick, the mean and the spread over seeds, p_best per arm in MLflow. Run one at a
+    time, the second trial runs in the first one's driver process (Tune's `pid`:
+    resources.reuse_actors), and each logs where its start-up went."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = tmp_path / "run"
     args = smoke_args(tmp_path, smoke_store, "sweep.betas=[1.0]", "sweep.seeds=[0, 1]", "train.max_examples=384",
+                      "resources.max_concurrent_trials=1",
                       f"run.ray_address={ray_local.get_runtime_context().gcs_address}")
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
@@ -92,6 +96,14 @@ def test_seeds_are_replicates_of_one_arm_and_report_spread(ray_local, smoke_stor
     parent = client.get_run(parent_id)
     assert f"{p_best}.beta_1" in parent.data.metrics and parent.data.tags["p_best"] in ("provisional", "final")
     assert parent.info.run_name.endswith(f": beta=1, {results['verdict']['word']}")
+    progress = list((run / "ray").glob("*/trial_driver_*/progress.csv"))  # Tune's, one per trial
+    pids = {row["pid"] for path in progress for row in csv.DictReader(path.read_text().splitlines())}
+    assert len(progress) == 2 and len(pids) == 1
+    phases = {"driver", "workers", "import", "model", "first_batch", "total"}
+    for c in trials:
+        startup = {k[len("startup."):-len("_s")]: v for k, v in c.data.metrics.items() if k.startswith("startup.")}
+        assert set(startup) == phases and all(v >= 0 for v in startup.values())
+        assert startup["total"] == pytest.approx(sum(v for k, v in startup.items() if k != "total"), abs=0.05)
 
 
 def test_trial_concurrency_follows_the_cluster(caplog):
