@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 def train_loop_per_worker(config: dict) -> None:
     """The TorchTrainer's loop: sweep.train.train_func, imported here, in the Train worker (the
     time the import takes is the start-up phase `import`)."""
-    imported = time.time()
+    import_started = time.time()
     from sweep.train import train_func
-    train_func({**config, "started": {**config["started"], "import": imported}})
+    train_func({**config, "started": {**config["started"], "import": import_started}})
 
 
 def units_per_block(cfg: Config) -> int:
