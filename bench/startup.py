@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,13 +45,14 @@ def run_sweep(run_dir: Path, store: Path, betas: list[float], setting: str) -> f
 
 def trials_of(run_dir: Path) -> dict:
     """Start-up phases (mean over trials), gaps between trials, trial-driver processes."""
-    db = sqlite3.connect(run_dir / "mlflow.db")
-    phases = {k.removeprefix("startup.").removesuffix("_s"): round(v, 2) for k, v in db.execute(
-        "select key, avg(value) from metrics where key like 'startup.%' group by key")}
-    runs = db.execute("select start_time, end_time from runs where run_uuid in "
-                      "(select run_uuid from tags where key = 'mlflow.parentRunId') order by start_time").fetchall()
-    db.close()
-    gaps = [round((runs[i][0] - runs[i - 1][1]) / 1000, 2) for i in range(1, len(runs))]
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = json.loads((run_dir / "sweep.json").read_text())["parent_run_id"]
+    runs = sorted(client.search_runs([client.get_run(parent).info.experiment_id],
+                                     f"tags.`mlflow.parentRunId` = '{parent}'"), key=lambda r: r.info.start_time)
+    phases = {k[len("startup."):-len("_s")]: round(statistics.mean(r.data.metrics[k] for r in runs), 2)
+              for k in runs[0].data.metrics if k.startswith("startup.")}
+    gaps = [round((b.info.start_time - a.info.end_time) / 1000, 2) for a, b in zip(runs, runs[1:])]
     progress = list((run_dir / "ray").glob("*/trial_driver_*/progress.csv"))  # Tune's, one per trial
     pids = {row["pid"] for path in progress for row in csv.DictReader(path.read_text().splitlines())}
     return {"trials": len(runs), "startup_s": phases, "gaps_s": gaps, "driver_processes": len(pids)}

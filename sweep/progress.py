@@ -45,12 +45,8 @@ class SweepProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, {trial.trial_id: "ERROR"})
-        t = Trial.from_tune(trial.config)
-        print(f"trial {self._name(t)} lr={t.lr:g} failed: {_last_line(trial)}", file=sys.stderr, flush=True)
-
-    def _name(self, trial: Trial) -> str:
-        """A trial's name on the table: its arm, and its seed when the sweep has several."""
-        return trial.arm.label(self.cfg.sweep.several_schemes) + (f" s{trial.seed}" if self.cfg.sweep.several_seeds else "")
+        name = Trial.from_tune(trial.config).name(self.cfg.sweep.several_schemes, self.cfg.sweep.several_seeds)
+        print(f"trial {name} failed: {_last_line(trial)}", file=sys.stderr, flush=True)  # named as in MLflow
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self.last_print >= self.every_s:
@@ -74,7 +70,7 @@ class SweepProgress(Callback):
         for trial in sorted(set(self.grid) | by_trial.keys(), key=lambda p: (order.get(p, len(order)), p.key)):
             t = by_trial.get(trial, SimpleNamespace(status="PENDING", last_result=None))
             r, state = t.last_result or {}, (ended or {}).get(getattr(t, "trial_id", None), t.status)
-            name = self._name(trial)
+            name = trial.arm.label(self.cfg.sweep.several_schemes) + (f" s{trial.seed}" if self.cfg.sweep.several_seeds else "")
             out = is_eliminated(trial, record)
             status = f"eliminated p={out['p']:.3f}" if out else _status(state, r)
             row = {"trial": name, "lr": trial.lr, "status": status}
