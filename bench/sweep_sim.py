@@ -17,7 +17,8 @@ stopping and selection, sweep/racing.py, sweep/refine.py, sweep/confidence.py):
 
     reference    a fine grid (betas every 0.1) trained to twice the cap: the answer
     rule         the paper's 7 betas x 3 learning rates under the stopping rule alone: today's compute
-    raced        a coarse grid (0, 0.5, 1) with racing and refinement down to 0.1: the method
+    raced        a coarse grid (0, 0.5, 1) with racing and refinement down to 0.1, a new arm
+                 without the learning rates eliminated in both its neighbours: the method
 
 and the report gives the compute of `raced` against `rule`, and how often `raced` (and, for
 scale, `rule`) gives the reference's answer: its selected beta when the reference's verdict is
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sweep.confidence import P_PLAUSIBLE, confidence, verdict  # noqa: E402
 from sweep.racing import RaceTrace, race  # noqa: E402
-from sweep.refine import refine  # noqa: E402
+from sweep.refine import refine, ruled_out  # noqa: E402
 from sweep.select import StoppingRule, TrialTrace, select_overall, select_per_arm, select_trial, settled  # noqa: E402
 from sweep.trial import Arm, Trial  # noqa: E402
 
@@ -108,10 +109,11 @@ def _trace(world: World, trial: Trial, n: int) -> TrialTrace:
 
 
 def _train(world: World, trials: list[Trial], done: dict[Trial, int], cap: int, stopping: bool,
-           racing: bool) -> dict[Trial, int]:
+           racing: bool, lr_out: dict[Arm, dict[float, float]] | None = None) -> dict[Trial, int]:
     """Train `trials` side by side, an evaluation at a time, from nothing, beside the finished
     `done` ({trial: evaluations}): each stops when its pick settles (`stopping`), at the cap, or
-    when racing eliminates it. Returns every trial's evaluations."""
+    when racing eliminates it (a learning rate not its arm's best is added to `lr_out`: arm ->
+    {lr: p}). Returns every trial's evaluations."""
     evals = dict(done)
     running = {t: 0 for t in trials}
     labels = {t.arm: f"beta={t.beta:g}" for t in [*done, *trials]}
@@ -127,6 +129,8 @@ def _train(world: World, trials: list[Trial], done: dict[Trial, int], cap: int, 
             traces = [RaceTrace(t, *world.observed(t, n)[:3], finished=t not in running) for t, n in state.items()]
             for e in race(traces, RULE, cap, P_ELIMINATE, labels):
                 evals[e.trial] = running.pop(e.trial)
+                if e.level == "lr" and lr_out is not None:
+                    lr_out.setdefault(e.trial.arm, {})[e.trial.lr] = e.p
     return evals
 
 
@@ -157,18 +161,22 @@ def _grid(betas: list[float]) -> list[Trial]:
 
 
 def raced(world: World) -> tuple[dict, int]:
-    """The method: a coarse grid, racing, refinement; (answer, examples trained)."""
-    betas, evals = list(COARSE_BETAS), {}
+    """The method: a coarse grid, racing, refinement (a new arm without the learning rates
+    eliminated in both its neighbours); (answer, examples trained)."""
+    betas, evals, lr_out = list(COARSE_BETAS), {}, {}
     new = _grid(betas)
     while new:
-        evals = _train(world, new, evals, CAP, stopping=True, racing=True)
+        evals = _train(world, new, evals, CAP, stopping=True, racing=True, lr_out=lr_out)
         out = {t for t in evals if _eliminated(world, evals, t)}
         standing = _answer(world, evals, out)
         arms = [Arm("moore", b) for b in betas]
         added = refine(arms, standing["selected"], {Arm("moore", b): p for b, p in standing["p_best"].items()},
                        standing["resolved"], STEP, MAX_ARMS)
         betas += [a.beta for a in added]
-        new = _grid([a.beta for a in added])
+        arms += added
+        skipped = {a: ruled_out(a, arms, lr_out) for a in added}
+        lr_out.update({a: lrs for a, lrs in skipped.items() if lrs})
+        new = [t for t in _grid([a.beta for a in added]) if t.lr not in skipped[t.arm]]
     out = {t for t in evals if _eliminated(world, evals, t)}
     return _answer(world, evals, out), sum(evals.values()) * EVERY
 

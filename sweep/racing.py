@@ -56,7 +56,8 @@ class RaceTrace:
 class Elimination:
     """A trial stopped by racing: at `examples` seen, its arm's (`level` "arm") or its learning
     rate's (`level` "lr") chance `p` of being best, and what it lost to (`against`: an arm's
-    label, or a learning rate)."""
+    label, or a learning rate). Level "neighbours": a new arm's learning rate not started, as it
+    was eliminated in both neighbouring arms (sweep/refine.py `ruled_out`; `against` names them)."""
     trial: Trial
     examples: int
     p: float

@@ -11,7 +11,9 @@ checkpoints (state.json, and the d' per resample of each evaluation), read once 
 `RefiningGrid` (a Searcher): yields the grid's trials in order and, each time all of them have
 finished, adds the betas sweep/refine.py proposes; the betas added are recorded in
 `<train_runs>/grid.json`, and `refined(cfg, train_runs)` is the config with them, so a resumed
-sweep, its answer and its report see the whole grid.
+sweep, its answer and its report see the whole grid. A new arm's learning rate that racing
+eliminated in both neighbouring arms (sweep/refine.py `ruled_out`) is recorded as eliminated
+before it starts (level "neighbours", examples 0): its trial ends at once, without training.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from ray.tune.search import Searcher
 from sweep.checkpoint import checkpoint_dir, list_checkpoints, load_resampled, read_record, write_record
 from sweep.config import Config
 from sweep.racing import Elimination, RaceTrace, race
-from sweep.refine import refine
-from sweep.trial import Trial
+from sweep.refine import neighbours, refine, ruled_out
+from sweep.trial import Arm, Trial
 
 __all__ = ["RACING", "GRID", "FairRacing", "RefiningGrid", "eliminated", "is_eliminated", "record_eliminations",
            "refined"]
@@ -46,7 +48,7 @@ def refined(cfg: Config, train_runs: str) -> Config:
 
 def eliminated(train_runs: str) -> dict[str, dict]:
     """The trials racing stopped, by trial key: {trial, scheme, beta, lr, seed, examples, p,
-    level ("arm" | "lr"), against}; empty when racing stopped none."""
+    level ("arm" | "lr" | "neighbours"), against}; empty when racing stopped none."""
     return {e["trial"]: e for e in (read_record(train_runs, RACING) or {}).get("eliminated", [])}
 
 
@@ -156,4 +158,22 @@ class RefiningGrid(Searcher):
         write_record(self.train_runs, GRID, {"added": added})
         before = set(s.trials)
         self.cfg = refined(self.cfg, self.train_runs)
-        return [t for t in self.cfg.sweep.trials if t not in before]
+        trials = [t for t in self.cfg.sweep.trials if t not in before]
+        if gone := self._ruled_out(trials):
+            record_eliminations(self.train_runs, gone)
+        return trials
+
+    def _ruled_out(self, trials: list[Trial]) -> list[Elimination]:
+        """The eliminations before they start of the new `trials` whose learning rate racing
+        eliminated as not its arm's best in both neighbouring arms."""
+        out: dict[Arm, dict[float, float]] = {}
+        for e in eliminated(self.train_runs).values():
+            if e["level"] in ("lr", "neighbours"):
+                out.setdefault(Arm(e["scheme"], e["beta"]), {})[e["lr"]] = e["p"]
+        several, arms, gone = self.cfg.sweep.several_schemes, self.cfg.sweep.arms, []
+        for t in trials:
+            p = ruled_out(t.arm, arms, out).get(t.lr)
+            if p is not None:
+                against = " and ".join(a.label(several) for a in neighbours(t.arm, arms))
+                gone.append(Elimination(t, 0, p, "neighbours", against))
+        return gone

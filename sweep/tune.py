@@ -147,6 +147,8 @@ def trial_driver(config: dict, sweep: dict) -> None:
     checkpoints = list_checkpoints(run_path)
     done = checkpoints and checkpoints[-1][1].finished(cfg.train.max_examples)
     if done or is_eliminated(trial, eliminated(sweep["train_runs"])):
+        if not checkpoints:  # eliminated before it started: its MLflow run is tagged so at the end
+            _log_trial_start(cfg, sweep["tracking"], trial)
         _report_finished(cfg, checkpoints[-1] if checkpoints else None)  # not run again
         return
     run_id = _log_trial_start(cfg, sweep["tracking"], trial)

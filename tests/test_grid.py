@@ -63,6 +63,42 @@ def test_the_grid_refines_where_the_best_beta_may_lie(tmp_path):
     assert refine(cfg.sweep.arms, Arm("moore", 0.5), {Arm("moore", 1.0): 0.5}, True, 0.125, 6) == []
 
 
+def test_a_new_arm_skips_a_learning_rate_eliminated_on_both_sides(tmp_path):
+    """Racing eliminated lr 1e-5 as not its arm's best at beta 0 and at beta 0.5, lr 3e-4 only at
+    0.5, and beta 1 whole (level "arm": that says nothing of a rate). Refinement adds 0.25 and
+    0.75: 0.25 does not train 1e-5 (recorded before it starts: level "neighbours", examples 0, the
+    larger p of its neighbours, named), but every other new trial runs; every new trial is still
+    yielded (it ends at once when eliminated), and a beta at an end of the grid has no
+    neighbours."""
+    from ray.tune.search import Searcher
+    from sweep.checkpoint import write_record
+    from sweep.refine import neighbours, ruled_out
+    from sweep.scheduler import RACING, eliminated
+    cfg = load_config(SMOKE, ["sweep.betas=[0.0, 0.5, 1.0]", "sweep.beta_step=0.25", "sweep.max_arms=5",
+                              "sweep.lrs=[0.001, 0.0003, 0.00001]"])
+
+    def out(beta, lr, p, level):
+        return {"trial": Trial("moore", beta, lr, 0).key, "scheme": "moore", "beta": beta, "lr": lr, "seed": 0,
+                "examples": 30_000, "p": p, "level": level, "against": "lr=0.001"}
+    write_record(str(tmp_path), RACING, {"eliminated": [out(0.0, 1e-5, 0.002, "lr"), out(0.5, 1e-5, 0.004, "lr"),
+                                                        out(0.5, 3e-4, 0.0, "lr"), out(1.0, 1e-5, 0.0, "arm")]})
+    best = Arm("moore", 0.5)
+    grid, n = RefiningGrid(cfg, str(tmp_path), lambda c: (best, {best: 0.5, Arm("moore", 0.0): 0.3,
+                                                                 Arm("moore", 1.0): 0.2}, False)), 0
+    yielded = []
+    while (config := grid.suggest(f"t{n}")) != Searcher.FINISHED:
+        yielded.append(Trial.from_tune(config))
+        grid.on_trial_complete(f"t{n}")
+        n += 1
+    assert {(t.beta, t.lr) for t in yielded[9:]} == {(b, lr) for b in (0.25, 0.75) for lr in (1e-3, 3e-4, 1e-5)}
+    record = eliminated(str(tmp_path))
+    new = [e for e in record.values() if e["level"] == "neighbours"]
+    assert [(e["beta"], e["lr"], e["examples"], e["p"], e["against"]) for e in new] == \
+        [(0.25, 1e-5, 0, 0.004, "beta=0 and beta=0.5")]
+    arms = [Arm("moore", b) for b in (0.0, 0.25, 0.5)]
+    assert neighbours(Arm("moore", 0.0), arms) is None and ruled_out(Arm("moore", 0.0), arms, {}) == {}
+
+
 @pytest.mark.end_to_end
 def test_seeds_are_replicates_of_one_arm_and_report_spread(ray_local, smoke_store, tmp_path, monkeypatch):
     """One arm (beta 1) and two seeds: two trials, one row in every output, each seed evaluated on
