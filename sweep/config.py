@@ -126,7 +126,8 @@ class ResourcesConfig:
     cpus_per_worker: float = 0.5
     max_concurrent_trials: int | None = None  # None: derived from the cluster's resources
     driver_resource: str | None = None      # custom resource for trial drivers (cluster.yaml)
-    reuse_actors: bool = True               # a trial driver's process runs the next trial (Tune's reuse_actors)
+    reuse_actors: bool = True               # a trial driver's process runs the next trial (Tune's reuse_actors);
+                                            # an eliminated trial then ends at its next evaluation
 
 
 @dataclass

@@ -37,7 +37,7 @@ __all__ = ["EXPECTED_COMPUTE", "RaceTrace", "Elimination", "headroom", "race"]
 
 # The compute of a sweep with racing and refinement against the stopping rule alone, in 500
 # simulated paper-scale sweeps (python bench/sweep_sim.py; docs/benchmarks.md)
-EXPECTED_COMPUTE = 0.48
+EXPECTED_COMPUTE = 0.42
 
 
 @dataclass(frozen=True)

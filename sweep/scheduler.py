@@ -1,8 +1,10 @@
 """The sweep's Tune scheduler and searcher.
 
 `FairRacing` (a TrialScheduler): after every evaluation of any trial, sweep/racing.py's `race`
-runs on the traces as they stand, and a trial it eliminates is stopped (at once, or at its next
-evaluation when another trial's result decided it). Eliminations are recorded in
+runs on the traces as they stand, and a trial it eliminates is stopped: at once by Tune when
+trial drivers are not reused (or at its next evaluation when another trial's result decided
+it); with reused drivers (`resources.reuse_actors`) the trial ends itself at its next evaluation
+(sweep/train.py), since Tune would hand the next trial a driver whose training still runs. Eliminations are recorded in
 `<train_runs>/racing.json` (the sweep's shared storage: local or s3://), which is what makes them
 stick: a resumed or continued sweep, and a trial of an eliminated arm or learning rate that has
 not started yet, read it (`eliminated`) and do not train again. The traces come from the trials'
@@ -118,7 +120,8 @@ class FairRacing(FIFOScheduler):
                                     self.labels) if e.trial.key not in record]
             if gone:
                 record = record_eliminations(self.train_runs, gone)
-        return TrialScheduler.STOP if is_eliminated(me, record) else TrialScheduler.CONTINUE
+        stop = is_eliminated(me, record) and not self.cfg.resources.reuse_actors
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
     def debug_string(self) -> str:
         return f"Fair racing: {len(eliminated(self.train_runs))} trial(s) eliminated."

@@ -6,9 +6,9 @@ validation split and gathers every share, so all ranks compute the same metrics 
 same decision (sweep/history.py: a settled pick, or `train.max_examples`) with no broadcast.
 Rank 0 saves the checkpoint, every rank reports it (a barrier), then rank 0 records Train's
 registration of it, logs to MLflow and prunes the weights selection can no longer pick
-(`train.keep_checkpoints`, sweep/checkpoint.py). Ray Data hands each worker its rows of the
-stream (clip, position, target); the worker reads their spectrograms itself, two blocks ahead
-of the step on two threads (data/feed.py).
+(`train.keep_checkpoints`, sweep/checkpoint.py); a trial racing has eliminated ends there. Ray
+Data hands each worker its rows of the stream (clip, position, target); the worker reads their
+spectrograms itself, two blocks ahead of the step on two threads (data/feed.py).
 
 A restarted worker group restores the latest checkpoint Train registered, and the stream
 restarts at the examples recorded as registered (the dataset factory in sweep/tune.py): that
@@ -129,12 +129,26 @@ def _train(config: dict) -> None:
         if state.examples >= due or state.examples >= cap:
             state = _evaluate(w, state, losses, end=False)
             _log_history(tracking, state.history, rule.window)
-            if state.stopped:
+            if state.stopped or _eliminated(w):
                 return
             losses, due = [], next_evaluation(state.examples, every)
     if losses:  # the stream ended between two evaluations
         state = _evaluate(w, state, losses, end=True)
         _log_history(tracking, state.history, rule.window)
+
+
+def _eliminated(w: _Worker) -> bool:
+    """Racing has eliminated this trial (sweep/scheduler.py's record, read at each evaluation):
+    the trial ends itself, so that its driver process can run the next one (Tune ends a trial
+    it stops only when drivers are not reused). Every rank stops if any has read it so."""
+    import posixpath
+    from sweep.scheduler import eliminated, is_eliminated
+    out = is_eliminated(w.trial, eliminated(posixpath.dirname(w.run_path.rstrip("/")))) is not None
+    if w.world > 1 and torch.distributed.is_initialized():
+        flag = torch.tensor([float(out)], device=w.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        out = bool(flag.item())
+    return out
 
 
 def _build(config: dict) -> _Worker:
