@@ -44,7 +44,7 @@ from sweep.prepare import prepare
 from sweep.report import build_report
 from sweep.rundir import RunDir
 from sweep.report.tables import format_results
-from sweep.scheduler import eliminated, refined
+from sweep.scheduler import eliminated, is_eliminated, refined
 from sweep.trial import Trial
 from sweep.tune import build_tuner, unfit_trial
 from sweep.winners import SelectionError, finished, summarise, traces
@@ -318,7 +318,9 @@ def _sweep(cfg: Config, run_dir: RunDir, client, info: dict, signals: _Signals, 
     if missing:
         raise SelectionError(f"trial(s) {', '.join(names[t] for t in missing)} ended without a final checkpoint in "
                              f"{train_runs}: it was removed or is incomplete; start the sweep afresh (without --resume)")
-    tracking.mark_eliminated(client, info["experiment_id"], info["parent_run_id"], list(eliminated(train_runs).values()))
+    record = eliminated(train_runs)  # a seed not started when its setting was stopped: the setting's elimination
+    tracking.mark_eliminated(client, info["experiment_id"], info["parent_run_id"],
+                             [{**e, "trial": t.key} for t in trials if (e := is_eliminated(t, record))])
     tracking.close_running_children(client, info["experiment_id"], info["parent_run_id"])
     found, failed, diverged = traces(cfg, trials, errors, train_runs)
     tracking.fail_children(client, info["experiment_id"], info["parent_run_id"], failed)

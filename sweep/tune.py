@@ -16,6 +16,7 @@ not once per trial (bench/startup.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -101,8 +102,8 @@ def _log_trial_start(cfg: Config, tracking_info: dict | None, trial: Trial) -> s
 def _report_finished(cfg: Config, checkpoint: tuple[str, TrialState] | None) -> None:
     """Give Tune the final result of a trial whose training had already finished, or that racing
     stopped (perhaps before it started: `checkpoint` None)."""
-    if checkpoint is None:
-        tune.report({"examples": 0, "stopped": "eliminated"})
+    if checkpoint is None:  # the metric as before a pick: Tune checks every result has it
+        tune.report({"examples": 0, "stopped": "eliminated", METRIC: math.nan, "examples_to_pick": -1})
         return
     path, state = checkpoint
     tune.report({**summary_metrics(state, cfg.sweep.rule), "checkpoint_path": path})

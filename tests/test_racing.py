@@ -104,35 +104,38 @@ def test_a_finished_trial_is_judged_but_not_stopped_again():
 
 @pytest.mark.end_to_end
 def test_racing_stops_a_learning_rate_that_cannot_win(ray_local, smoke_store, tmp_path, monkeypatch):
-    """The smoke sweep at beta 1, one trial at a time, with a learning rate too small to learn
-    (1e-6) between two that learn: racing stops it before the cap (once it has seen 1.5, the
-    settle ratio, times the examples of the good rate's pick); it is recorded, labelled in
-    MLflow, not selected, and the compute it saved is reported. The trial after it runs in its
-    driver process (resources.reuse_actors: the stopped trial ended its own training, so Tune
-    could hand its driver the next trial) and trains."""
+    """The smoke sweep at beta 1 with two seeds, one trial at a time, and a learning rate too
+    small to learn (1e-6): racing stops its first seed before the cap (once it has seen 1.5, the
+    settle ratio, times the examples of the good rate's pick); its second seed never starts. Both
+    are labelled in MLflow, neither is selected or failed, and the compute saved is reported. The
+    second seed runs in the first one's driver process (resources.reuse_actors: the stopped
+    trial ended its own training, so Tune could hand its driver the next trial) and ends at once
+    with a result Tune accepts."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = tmp_path / "run"
-    args = smoke_args(tmp_path, smoke_store, "sweep.betas=[1.0]", "sweep.lrs=[0.001, 0.000001, 0.0005]",
+    args = smoke_args(tmp_path, smoke_store, "sweep.betas=[1.0]", "sweep.lrs=[0.001, 0.000001]", "sweep.seeds=[0, 1]",
                       "train.max_examples=1600", "sweep.settle_ratio=1.5", "resources.max_concurrent_trials=1",
                       f"run.ray_address={ray_local.get_runtime_context().gcs_address}")
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
-    gone = {e["lr"]: e for e in results["eliminated"]}[1e-6]
-    assert (gone["level"], gone["against"]) == ("lr", "lr=0.001") and gone["p"] < 0.01
+    (gone,) = results["eliminated"]
+    assert (gone["lr"], gone["seed"], gone["level"], gone["against"]) == (1e-6, 0, "lr", "lr=0.001") and gone["p"] < 0.01
     (row,) = results["rows"]
-    assert row["lr"] != 1e-6 and row["status"] != "eliminated" and not results["failed"]
-    traces = {t["lr"]: t for t in results["traces"]}
-    assert traces[1e-3]["examples"][0] * 1.5 <= gone["examples"] < 1600
-    assert traces[1e-6]["eliminated"]["examples"] == gone["examples"] in traces[1e-6]["examples"]
-    assert traces[1e-6]["examples"][-1] < 1600  # stopped before the cap
-    assert traces[5e-4]["examples"][-1] >= 2 * 64  # the trial after it trained
-    progress = {p.parent.name: p for p in (run / "ray").glob("*/trial_driver_*/progress.csv")}
-    pids = {name.split("lr=")[1].split(",")[0]: {r["pid"] for r in csv.DictReader(p.read_text().splitlines())}
-            for name, p in progress.items()}
-    assert pids["0.0000"] == pids["0.0005"]  # Tune's lr in the name: 1e-6 shows as 0.0000
+    assert row["lr"] == 1e-3 and row["status"] != "eliminated" and not results["failed"]
+    traces = {(t["lr"], t["seed"]): t for t in results["traces"]}
+    assert (1e-6, 1) not in traces  # never started
+    assert min(traces[1e-3, s]["examples"][0] for s in (0, 1)) * 1.5 <= gone["examples"] < 1600
+    assert traces[1e-6, 0]["eliminated"]["examples"] == gone["examples"] in traces[1e-6, 0]["examples"]
+    assert traces[1e-6, 0]["examples"][-1] < 1600  # stopped before the cap
+    pids = {}  # Tune's trial directories: ..._beta=1.0000,scheme=moore,lr=0.0000,seed=1_<date>
+    for path in (run / "ray").glob("*/trial_driver_*/progress.csv"):
+        lr, seed = path.parent.name.split("lr=")[1].split(",seed=")
+        pids[lr, seed[0]] = {row["pid"] for row in csv.DictReader(path.read_text().splitlines())}
+    assert len(pids) == 4 and pids["0.0000", "0"] == pids["0.0000", "1"]  # the stopped trial's driver ran the next
     assert results["compute"]["examples"] < results["compute"]["without_racing_at_least"]
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     _, trials = children(client, run)
-    tags = {float(c.data.params["lr"]): (c.info.status, c.data.tags) for c in trials}
-    assert tags[1e-6][0] == "FINISHED" and tags[1e-6][1]["eliminated"] == "true"
-    assert "eliminated" not in tags[1e-3][1]
+    tags = {(float(c.data.params["lr"]), int(c.data.params["seed"])): (c.info.status, c.data.tags) for c in trials}
+    for seed in (0, 1):
+        assert tags[1e-6, seed][0] == "FINISHED" and tags[1e-6, seed][1]["eliminated"] == "true"
+        assert "eliminated" not in tags[1e-3, seed][1]
