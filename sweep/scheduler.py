@@ -3,11 +3,12 @@
 `FairRacing` (a TrialScheduler): after every evaluation of any trial, sweep/racing.py's `race`
 runs on the traces as they stand, and a trial it eliminates is stopped: at once by Tune when
 trial drivers are not reused (or at its next evaluation when another trial's result decided
-it); with reused drivers (`resources.reuse_actors`) the trial ends itself at its next evaluation
-(sweep/train.py), since Tune would hand the next trial a driver whose training still runs. Eliminations are recorded in
-`<train_runs>/racing.json` (the sweep's shared storage: local or s3://), which is what makes them
-stick: a resumed or continued sweep, and a trial of an eliminated arm or learning rate that has
-not started yet, read it (`eliminated`) and do not train again. The traces come from the trials'
+it); with reused drivers (`resources.reuse_actors`) the trial ends itself at its next
+evaluation (sweep/train.py), since Tune would hand the next trial a driver whose training still
+runs. Eliminations are recorded in `<train_runs>/racing.json` (the sweep's shared storage: local
+or s3://), which is what makes them stick: a resumed or continued sweep, and a trial of an
+eliminated arm or learning rate that has not started yet, read it (`eliminated`) and do not
+train again. The traces come from the trials'
 checkpoints (state.json, and the d' per resample of each evaluation), read once each.
 
 `RefiningGrid` (a Searcher): yields the grid's trials in order and, each time all of them have
