@@ -8,8 +8,8 @@ evaluation (sweep/train.py), since Tune would hand the next trial a driver whose
 runs. Eliminations are recorded in `<train_runs>/racing.json` (the sweep's shared storage: local
 or s3://), which is what makes them stick: a resumed or continued sweep, and a trial of an
 eliminated arm or learning rate that has not started yet, read it (`eliminated`) and do not
-train again. The traces come from the trials'
-checkpoints (state.json, and the d' per resample of each evaluation), read once each.
+train again. The traces come from the trials' checkpoints (state.json, and the d' per resample
+of each evaluation), read once each.
 
 `RefiningGrid` (a Searcher): yields the grid's trials in order and, each time all of them have
 finished, adds the betas sweep/refine.py proposes; the betas added are recorded in
